@@ -1,0 +1,134 @@
+"""The `pcteleport` command: argument parsing and dispatch only.
+
+Each subcommand's work lives in the room that owns it (teleport/, sites/, ui/); this
+module only parses arguments and turns known errors into one clear line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from console import __version__
+from console.errors import PcteleportError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pcteleport",
+        description="Wide-area live migration with page cache teleportation.",
+    )
+    parser.add_argument("--version", action="version", version=f"pcteleport {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_codec(sub)
+    _add_relay(sub)
+    return parser
+
+
+# --- codec -------------------------------------------------------------------------------
+
+
+def _add_codec(sub: argparse._SubParsersAction) -> None:
+    codec = sub.add_parser("codec", help="encode, decode and inspect migration streams offline")
+    csub = codec.add_subparsers(dest="codec_command", metavar="ACTION", required=True)
+
+    enc = csub.add_parser("encode", help="QEMU stream -> teleport WAN stream")
+    enc.add_argument("--map", required=True, help="restorable map (extent text or binary form)")
+    enc.add_argument("--disk", required=True, help="the source's disk image the map refers to")
+    enc.add_argument("input", help="QEMU migration stream ('-' for stdin)")
+    enc.add_argument("output", help="WAN stream ('-' for stdout)")
+    enc.set_defaults(handler=_codec_encode)
+
+    dec = csub.add_parser("decode", help="teleport WAN stream -> QEMU stream")
+    dec.add_argument("--disk", required=True, help="the destination's replica of the disk image")
+    dec.add_argument("input", help="WAN stream ('-' for stdin)")
+    dec.add_argument("output", help="QEMU migration stream ('-' for stdout)")
+    dec.set_defaults(handler=_codec_decode)
+
+    st = csub.add_parser("stats", help="what a QEMU or WAN stream holds")
+    st.add_argument("file", help="a QEMU migration stream or a teleport WAN stream")
+    st.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    st.set_defaults(handler=_codec_stats)
+
+
+def _codec_encode(args: argparse.Namespace) -> int:
+    from console.teleport import offline
+
+    return offline.encode_file(args.map, args.disk, args.input, args.output)
+
+
+def _codec_decode(args: argparse.Namespace) -> int:
+    from console.teleport import offline
+
+    return offline.decode_file(args.disk, args.input, args.output)
+
+
+def _codec_stats(args: argparse.Namespace) -> int:
+    from console.teleport import offline
+
+    return offline.stats_file(args.file, as_json=args.json)
+
+
+# --- relay -------------------------------------------------------------------------------
+
+
+def _add_relay(sub: argparse._SubParsersAction) -> None:
+    relay = sub.add_parser("relay", help="run one end of a teleport migration stream")
+    rsub = relay.add_subparsers(dest="relay_command", metavar="END", required=True)
+
+    send = rsub.add_parser("send", help="source end: QEMU -> encoder -> WAN")
+    send.add_argument("--listen", required=True, metavar="H:P", help="where QEMU connects")
+    send.add_argument("--to", required=True, metavar="H:P", help="the destination relay")
+    send.add_argument("--map", help="restorable map; without it every page is sent")
+    send.add_argument("--disk", help="the source's disk image the map refers to")
+    send.add_argument("--secret-file", help="file holding this migration's shared secret")
+    send.add_argument("--stats-interval", type=float, default=1.0, metavar="S")
+    send.add_argument("--once", action="store_true", default=True, help=argparse.SUPPRESS)
+    send.set_defaults(handler=_relay_send)
+
+    recv = rsub.add_parser("recv", help="destination end: WAN -> decoder -> QEMU")
+    recv.add_argument("--listen", required=True, metavar="H:P", help="where the source relay connects")
+    recv.add_argument("--to", required=True, metavar="H:P", help="the destination QEMU's -incoming")
+    recv.add_argument("--disk", help="the destination's replica of the disk image")
+    recv.add_argument("--secret-file", help="file holding this migration's shared secret")
+    recv.add_argument("--stats-interval", type=float, default=1.0, metavar="S")
+    recv.set_defaults(handler=_relay_recv)
+
+
+def _relay_send(args: argparse.Namespace) -> int:
+    from console.teleport import relay
+
+    return relay.main_send(args)
+
+
+def _relay_recv(args: argparse.Namespace) -> int:
+    from console.teleport import relay
+
+    return relay.main_recv(args)
+
+
+# --- entry point -------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Handler | None = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help()
+        return 0
+    try:
+        return handler(args)
+    except PcteleportError as exc:
+        print(f"pcteleport: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("pcteleport: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

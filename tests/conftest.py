@@ -1,0 +1,22 @@
+"""Shared test helpers.
+
+Tests that need QEMU, root, the guest kernel or the lab run under CI=true and never skip
+there: a skip in CI would hide a missing install step. Elsewhere they skip with a reason.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def require(condition: bool, reason: str) -> None:
+    """Skip outside CI when `condition` is false; fail loudly inside CI."""
+    if condition:
+        return
+    if IN_CI:
+        pytest.fail(f"CI must provide this, but: {reason}")
+    pytest.skip(reason)
