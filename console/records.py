@@ -1,0 +1,393 @@
+"""The records every part of pcteleport shares: sites, VMs, page-cache composition, migrations.
+
+Plain dataclasses serialised to JSON. The migration service writes them, the console shows them,
+the CLI prints them and the benchmark compares them, so they hold data only — no I/O, no UI.
+
+Units, everywhere: bytes for sizes, bytes per second for rates (the UI shows WAN rates as bits per
+second, which is how operators think of links), seconds for times, milliseconds for downtime and
+RTT. `t` fields are seconds since the run started.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from console.errors import PcteleportError
+
+SCHEMA_VERSION = 1
+PAGE_SIZE = 4096
+
+
+class RecordError(PcteleportError):
+    """A record that cannot be read; the message names the field and what to do."""
+
+
+# --- vocabulary ----------------------------------------------------------------------------
+
+
+class ConnectionState(enum.StrEnum):
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    DISCONNECTED = "disconnected"
+    ERROR = "error"
+    REPLAY = "replay"  # a site reconstructed from a recording: nothing to connect to
+
+
+class VMState(enum.StrEnum):
+    RUNNING = "running"
+    PAUSED = "paused"
+    SHUTOFF = "shut off"
+    MIGRATING = "migrating"
+    CRASHED = "crashed"
+    UNKNOWN = "unknown"
+
+
+class ReplicaState(enum.StrEnum):
+    IN_SYNC = "in sync"
+    DIFFERS = "differs"
+    MISSING = "missing"
+    UNKNOWN = "unknown"
+
+
+class CompositionSource(enum.StrEnum):
+    MODULE = "module"  # the kernel module walked the page cache: restorable is exact
+    FALLBACK = "fallback"  # /proc/meminfo only: restorable is unknown (0)
+
+
+class Mode(enum.StrEnum):
+    STOCK = "stock"
+    DROP_CACHE = "drop-cache"
+    ZSTD = "zstd"
+    TELEPORT = "teleport"
+
+
+class Phase(enum.StrEnum):
+    PREPARE = "prepare"
+    MAP = "map"
+    ITERATIVE = "iterative"
+    STOP_AND_COPY = "stop-and-copy"
+    RESUME = "resume"
+    DONE = "done"
+
+
+PHASE_ORDER: tuple[Phase, ...] = tuple(Phase)
+
+
+class Result(enum.StrEnum):
+    OK = "ok"
+    FAILED = "failed"
+    ABORTED = "aborted"
+
+
+# --- inventory -----------------------------------------------------------------------------
+
+
+@dataclass
+class WanLink:
+    """The WAN from one site to a peer, as configured (profile) and as last measured."""
+
+    peer: str
+    profile: str = ""  # e.g. "100mbit-50ms"; empty when the link is not a lab profile
+    rate_bytes_per_s: float | None = None  # measured; None until measured
+    rtt_ms: float | None = None
+
+
+@dataclass
+class Site:
+    name: str
+    host: str
+    libvirt_version: str = ""
+    connection: ConnectionState = ConnectionState.CONNECTING
+    error: str | None = None  # what the operator must do, when connection is ERROR
+    wan: list[WanLink] = field(default_factory=list)
+
+    def link_to(self, peer: str) -> WanLink | None:
+        return next((w for w in self.wan if w.peer == peer), None)
+
+
+@dataclass
+class Replica:
+    site: str
+    state: ReplicaState = ReplicaState.UNKNOWN
+    detail: str = ""  # e.g. "differs at block 1234: re-sync it"
+
+
+@dataclass
+class Disk:
+    target: str  # guest device name, e.g. "vdb"
+    path: str  # image path at the VM's current site
+    size_bytes: int = 0
+    replicas: list[Replica] = field(default_factory=list)
+
+
+@dataclass
+class VM:
+    uuid: str
+    name: str
+    site: str
+    state: VMState = VMState.UNKNOWN
+    vcpus: int = 1
+    memory_bytes: int = 0
+    disks: list[Disk] = field(default_factory=list)
+
+
+@dataclass
+class Composition:
+    """What the guest's memory holds, from its agent. All sizes in bytes.
+
+    total = free + anon + kernel + cache_clean + cache_dirty + cache_writeback (the agent makes it
+    add up). `restorable` is the part of cache_clean whose bytes are on a replicated disk, so the
+    destination can read it from its replica instead of receiving it over the WAN.
+    """
+
+    total: int
+    free: int = 0
+    anon: int = 0
+    kernel: int = 0  # kernel and everything the agent cannot attribute
+    cache_clean: int = 0
+    cache_dirty: int = 0
+    cache_writeback: int = 0
+    restorable: int = 0
+    source: CompositionSource = CompositionSource.FALLBACK
+    error: str | None = None  # the agent's last error, if any
+    taken_at: float = 0.0  # unix time the agent read it
+
+    @property
+    def restorable_share(self) -> float:
+        return self.restorable / self.total if self.total > 0 else 0.0
+
+
+# --- migrations ----------------------------------------------------------------------------
+
+
+@dataclass
+class PhaseMark:
+    """The run entered `phase` at `t`; `iteration` counts precopy rounds within ITERATIVE."""
+
+    phase: Phase
+    t: float
+    iteration: int = 0
+
+
+@dataclass
+class LogLine:
+    t: float
+    text: str
+
+
+@dataclass
+class PageCounts:
+    teleported: int = 0  # restored at the destination from its replica
+    zero: int = 0  # sent as QEMU zero-page records
+    sent: int = 0  # sent whole over the WAN
+
+
+@dataclass
+class MigrationSample:
+    """One per second while a migration runs (rates over the last second)."""
+
+    t: float
+    phase: Phase
+    guest_rate_bytes_per_s: float  # guest memory processed by QEMU
+    wan_rate_bytes_per_s: float  # measured on the WAN link itself
+    remaining_bytes: int  # guest memory still to transfer (QEMU's ram.remaining)
+    total_bytes: int  # guest memory size
+    iteration: int = 0
+    dirty_rate_bytes_per_s: float = 0.0
+    pages: PageCounts = field(default_factory=PageCounts)  # cumulative
+    expected_downtime_ms: float | None = None
+
+
+@dataclass
+class Throughput:
+    """Workload throughput measured after the migration, e.g. file-read blocks/s."""
+
+    value: float
+    unit: str
+    recovered_s: float | None = None  # seconds until it was back to its pre-migration level
+
+
+@dataclass
+class MigrationRecord:
+    run_id: str
+    vm: str
+    from_site: str = field(metadata={"json": "from"})
+    to_site: str = field(metadata={"json": "to"})
+    mode: Mode
+    vm_uuid: str = ""
+    bandwidth_cap_bytes_per_s: float | None = None
+    started_at: float = 0.0  # unix time
+    wan: WanLink | None = None  # the link used, with its measured rate and RTT
+    composition: Composition | None = None  # when the migration started
+    phases: list[PhaseMark] = field(default_factory=list)
+    samples: list[MigrationSample] = field(default_factory=list)
+    log: list[LogLine] = field(default_factory=list)
+    result: Result | None = None  # None while running
+    error: str | None = None
+    total_s: float | None = None
+    downtime_ms: float | None = None
+    wan_bytes: int = 0
+    guest_bytes: int = 0
+    pages: PageCounts = field(default_factory=PageCounts)
+    throughput_after: Throughput | None = None
+    schema: int = SCHEMA_VERSION
+
+    def summary(self) -> dict[str, Any]:
+        """The one-line summary `pcteleport migrate --json` ends with (issue 5's contract)."""
+        return {
+            "vm": self.vm,
+            "from": self.from_site,
+            "to": self.to_site,
+            "mode": str(self.mode),
+            "result": None if self.result is None else str(self.result),
+            "total_s": self.total_s,
+            "downtime_ms": self.downtime_ms,
+            "wan_bytes": self.wan_bytes,
+            "guest_bytes": self.guest_bytes,
+            "pages": {
+                "teleported": self.pages.teleported,
+                "zero": self.pages.zero,
+                "sent": self.pages.sent,
+            },
+        }
+
+    def to_json(self, indent: int | None = 1) -> str:
+        return to_json(self, indent=indent)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> MigrationRecord:
+        return from_json(cls, text)
+
+    @property
+    def current_phase(self) -> Phase | None:
+        return self.phases[-1].phase if self.phases else None
+
+
+MigrationEvent = PhaseMark | MigrationSample | LogLine
+"""What a running migration reports; the record is these events accumulated (see RecordBuilder)."""
+
+
+class RecordBuilder:
+    """Accumulates a run's events into its MigrationRecord; backends and the UI share it."""
+
+    def __init__(self, record: MigrationRecord) -> None:
+        self.record = record
+
+    def add(self, event: MigrationEvent) -> None:
+        r = self.record
+        if isinstance(event, PhaseMark):
+            r.phases.append(event)
+        elif isinstance(event, MigrationSample):
+            r.samples.append(event)
+            r.pages = dataclasses.replace(event.pages)
+        elif isinstance(event, LogLine):
+            r.log.append(event)
+        else:  # pragma: no cover - the type union is closed
+            raise TypeError(f"not a migration event: {event!r}")
+
+    def events(self) -> list[tuple[float, MigrationEvent]]:
+        """Every event of the record in time order (phase before sample before log at equal t)."""
+        rank = {PhaseMark: 0, MigrationSample: 1, LogLine: 2}
+        evs: list[MigrationEvent] = [*self.record.phases, *self.record.samples, *self.record.log]
+        evs.sort(key=lambda e: (e.t, rank[type(e)]))
+        return [(e.t, e) for e in evs]
+
+
+# --- JSON ----------------------------------------------------------------------------------
+# A small generic codec driven by the dataclasses' type hints, so adding a field is one line and
+# a record written by an older version (missing optional fields) still loads.
+
+T = TypeVar("T")
+
+
+def to_dict(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(obj):
+            out[f.metadata.get("json", f.name)] = to_dict(getattr(obj, f.name))
+        return out
+    if isinstance(obj, enum.Enum):
+        return obj.value
+    if isinstance(obj, list | tuple):
+        return [to_dict(x) for x in obj]
+    if isinstance(obj, dict):
+        return {str(k): to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+def to_json(obj: Any, indent: int | None = 1) -> str:
+    return json.dumps(to_dict(obj), indent=indent, allow_nan=False, ensure_ascii=False)
+
+
+def from_json(cls: type[T], text: str | bytes) -> T:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise RecordError(f"not JSON ({exc}): is this a pcteleport record?") from exc
+    return from_dict(cls, data)
+
+
+def from_dict(cls: type[T], data: Any, where: str = "") -> T:
+    return _decode(cls, data, where or cls.__name__)
+
+
+def _decode(tp: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _decode(args[0], value, where)
+    if origin is list:
+        if not isinstance(value, list):
+            raise RecordError(f"{where}: expected a list, got {type(value).__name__}")
+        (item,) = typing.get_args(tp)
+        return [_decode(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise RecordError(f"{where}: expected an object, got {type(value).__name__}")
+        _, item = typing.get_args(tp)
+        return {k: _decode(item, v, f"{where}.{k}") for k, v in value.items()}
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        try:
+            return tp(value)
+        except ValueError:
+            allowed = ", ".join(str(m.value) for m in tp)
+            raise RecordError(f"{where}: {value!r} is not one of {allowed}") from None
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise RecordError(f"{where}: expected an object, got {type(value).__name__}")
+        hints = typing.get_type_hints(tp)
+        kwargs: dict[str, Any] = {}
+        for f in dataclasses.fields(tp):
+            key = f.metadata.get("json", f.name)
+            if key in value:
+                kwargs[f.name] = _decode(hints[f.name], value[key], f"{where}.{key}")
+            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise RecordError(f"{where}: missing field {key!r}")
+        return tp(**kwargs)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise RecordError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise RecordError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise RecordError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise RecordError(f"{where}: expected a string, got {value!r}")
+        return value
+    if tp is Any:
+        return value
+    raise TypeError(f"{where}: no JSON decoding for {tp!r}")

@@ -1,0 +1,81 @@
+"""The contract between a migration backend and everything that shows it (console, CLI, bench).
+
+No Textual here. Every method is *blocking* and safe to call from any thread: the console calls
+them from thread workers, the CLI calls them directly. Why blocking: libvirt-python is blocking;
+a backend that also needs asyncio (asyncssh to hosts and guest agents) runs its own event loop in
+a thread of its own and waits on `asyncio.run_coroutine_threadsafe(coro, loop).result()`, so
+callers never have to know which of its calls are async.
+
+A migration is one blocking call, `migrate(request, on_event)`, that reports its progress through
+`on_event` — phase marks, one sample and one log line per second — in time order, from the
+calling thread or the backend's own; the caller must not block in `on_event` (the console just
+posts a message). It returns the finished MigrationRecord: failures are *in* the record
+(result FAILED + an error that says what to do next), not exceptions. `abort(vm_uuid)` may be
+called from another thread while `migrate` runs; `migrate` then returns promptly with result
+ABORTED, the source VM still running.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from console.errors import PcteleportError
+from console.record_store import LoadResult
+from console.records import VM, Composition, MigrationEvent, MigrationRecord, Mode, Site
+
+EventSink = Callable[[MigrationEvent], None]
+
+
+class ServiceError(PcteleportError):
+    """A request the backend cannot start (unknown VM or site, site unreachable, ...)."""
+
+
+@dataclass(frozen=True)
+class MigrationRequest:
+    vm_uuid: str
+    to_site: str
+    mode: Mode
+    bandwidth_cap_bytes_per_s: float | None = None
+
+
+class Backend(ABC):
+    """What the console needs from sites, guest agents and the migration service."""
+
+    #: shown in the console's title bar, e.g. "lab" or "replay of web-teleport.json"
+    title: str = "pcteleport"
+
+    @abstractmethod
+    def sites(self) -> list[Site]:
+        """Every configured site with its connection state and WAN links (never raises for an
+        unreachable site: it comes back with connection ERROR and an `error` to act on)."""
+
+    @abstractmethod
+    def vms(self, site: str) -> list[VM]:
+        """The VMs defined at `site`. Raises ServiceError if the site is unknown or unreachable."""
+
+    @abstractmethod
+    def composition(self, vm_uuid: str) -> Composition:
+        """The VM's memory composition from its guest agent. When the agent cannot walk the page
+        cache it still answers, with source FALLBACK and `error` set; ServiceError only when the
+        agent cannot be reached at all."""
+
+    @abstractmethod
+    def migrate(self, request: MigrationRequest, on_event: EventSink) -> MigrationRecord:
+        """Run one migration to the end (see the module docstring) and record it."""
+
+    @abstractmethod
+    def abort(self, vm_uuid: str) -> None:
+        """Ask the running migration of `vm_uuid` to stop; returns at once. No-op if none runs."""
+
+    @abstractmethod
+    def records(self) -> LoadResult:
+        """Finished runs to compare (the record store, or a replay's recordings)."""
+
+    def autoplay(self) -> MigrationRequest | None:
+        """A migration the console should start as soon as it opens (a replay does), else None."""
+        return None
+
+    def close(self) -> None:  # noqa: B027 - optional hook, most backends have nothing to release
+        """Release connections; called once when the console exits."""
