@@ -1,0 +1,69 @@
+"""The guest harness end to end: a TCG guest reads files into its page cache, is migrated to
+a file with QMP, and a second QEMU started with -incoming continues the same guest."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import require
+from qemu_guest import Disk, QemuGuest, make_ext4
+
+pytestmark = [pytest.mark.qemu, pytest.mark.slow]
+
+# Mount the data disk read-only and pull every file through the page cache.
+READ_FILES = """#!/bin/sh
+mkdir -p /mnt
+mount -t ext4 -o ro /dev/disk/by-id/virtio-data /mnt || exit 1
+echo "CHECKSUM $(cat /mnt/files/* | sha256sum | cut -d' ' -f1)"
+"""
+
+
+def _guest_kernel():
+    from console.errors import PcteleportError
+    from console.sites import guestimage
+
+    require(shutil.which("qemu-system-x86_64") is not None, "qemu-system-x86_64 is not installed")
+    require(os.geteuid() == 0, "needs root")
+    try:
+        return guestimage.guest_kernel()
+    except PcteleportError as exc:
+        require(False, str(exc))
+
+
+def test_boot_read_migrate_to_file_and_resume(tmp_path: Path) -> None:
+    from console.sites import guestimage
+
+    kernel = _guest_kernel()
+    rng = random.Random(1234)
+    files = {f"files/f{i:02d}.bin": rng.randbytes(4 << 20) for i in range(14)}  # 56 MiB
+    expected = hashlib.sha256(b"".join(files[k] for k in sorted(files))).hexdigest()
+    data = make_ext4(tmp_path / "data.raw", files, size_mib=72)
+    boot = guestimage.stage1_boot(READ_FILES, kernel=kernel)
+    disks = [Disk(data, serial="data")]
+    stream = tmp_path / "stream.bin"
+
+    with QemuGuest(boot, tmp_path / "src", memory_mib=256, disks=disks) as src:
+        line = src.wait_for("CHECKSUM", timeout=90)
+        assert line.split()[-1] == expected
+        assert src.wait_for("PCTELEPORT-SCENARIO-EXIT").endswith(" 0")
+        cached_kib = int(src.run("awk '/^Cached:/ {print $2}' /proc/meminfo"))
+        assert cached_kib * 1024 >= 56 << 20, cached_kib
+        info = src.migrate(f"exec:cat > {stream}")
+        assert info["status"] == "completed"
+        assert src.qmp("query-status")["status"] == "postmigrate"
+
+    assert stream.read_bytes()[:8] == b"QEVM\x00\x00\x00\x03"
+    with QemuGuest(boot, tmp_path / "dst", memory_mib=256, disks=disks,
+                   incoming=f"exec:cat {stream}") as dst:
+        dst.wait_running()
+        # The same guest continues: its shell answers and the files still read back the same.
+        again = dst.run("cat /mnt/files/* | sha256sum | cut -d' ' -f1").strip()
+        assert again == expected
+        cached_after = int(dst.run("awk '/^Cached:/ {print $2}' /proc/meminfo"))
+        assert cached_after * 1024 >= 56 << 20  # the page cache came along with the memory
+        assert "PCTELEPORT-READY" not in dst.console()  # resumed, not rebooted
