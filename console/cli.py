@@ -90,7 +90,9 @@ def _add_relay(sub: argparse._SubParsersAction) -> None:
     send.set_defaults(handler=_relay_send)
 
     recv = rsub.add_parser("recv", help="destination end: WAN -> decoder -> QEMU")
-    recv.add_argument("--listen", required=True, metavar="H:P", help="where the source relay connects")
+    recv.add_argument(
+        "--listen", required=True, metavar="H:P", help="where the source relay connects"
+    )
     recv.add_argument("--to", required=True, metavar="H:P", help="the destination QEMU's -incoming")
     recv.add_argument("--disk", help="the destination's replica of the disk image")
     recv.add_argument("--secret-file", help="file holding this migration's shared secret")

@@ -1,0 +1,181 @@
+"""The destination side: WAN frames in, QEMU's own stream out, byte for byte.
+
+Each reference is resolved from the local replica and its hash checked before the page is
+used. A block that does not verify (a diverged replica) is never passed on: the page is
+asked for over the back channel when there is one, and otherwise decoding stops with an
+error before QEMU has seen the end of the stream, so the destination can never resume
+with a wrong page.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable, Iterable
+
+import xxhash
+import zstandard
+
+from console.errors import PcteleportError
+from console.teleport import wan
+from console.teleport.counters import CodecCounters
+from console.teleport.disk import DiskImage
+from console.teleport.encoder import COUNT, PLAIN, REF, ZSTD, page_hash
+
+MAX_PLAIN = 256 << 20  # no honest DATA frame decompresses to more than this
+
+# fetch(ids) -> {id: page}: asks the source for pages the replica could not give.
+Fetcher = Callable[[list[int]], dict[int, bytes]]
+
+
+class DecodeError(PcteleportError):
+    pass
+
+
+class ReplicaMismatch(DecodeError):
+    pass
+
+
+class Decoder:
+    def __init__(self, disk: DiskImage | None, fetch: Fetcher | None = None) -> None:
+        self.disk = disk
+        self.fetch = fetch
+        self.counters = CodecCounters()
+        self.hello: dict | None = None
+        self.ended = False
+        self._next_ref = 0
+        self._hash = xxhash.xxh3_128()
+        self._zstd = zstandard.ZstdDecompressor()
+
+    def on_hello(self, info: dict) -> None:
+        if info.get("role") != "encoder" or info.get("hash") != "xxh3-128":
+            raise DecodeError("the sender is not a pcteleport encoder of this version")
+        size = info.get("disk_size")
+        if info.get("map_pages") and self.disk is None:
+            raise DecodeError(
+                "the source teleports pages but this relay has no replica: give --disk"
+            )
+        if info.get("map_pages") and self.disk is not None and size != self.disk.size:
+            raise DecodeError(
+                f"replica {self.disk.path} is {self.disk.size} bytes but the source image is "
+                f"{size}: re-sync the replica or migrate without teleport"
+            )
+        self.hello = info
+
+    def data(self, payload: bytes) -> list[bytes]:
+        """The QEMU stream bytes one DATA frame stands for, as pieces in order."""
+        if self.hello is None:
+            raise DecodeError("data arrived before the sender said hello")
+        if not payload:
+            raise DecodeError("empty data frame")
+        kind, body = payload[0], payload[1:]
+        if kind == ZSTD:
+            try:
+                plain = self._zstd.decompress(body, max_output_size=MAX_PLAIN)
+            except zstandard.ZstdError as exc:
+                raise DecodeError(f"a data frame does not decompress: {exc}") from None
+        elif kind == PLAIN:
+            plain = body
+        else:
+            raise DecodeError(f"unknown data frame encoding {kind}")
+        if len(plain) < COUNT.size:
+            raise DecodeError("data frame too short")
+        (n,) = COUNT.unpack_from(plain)
+        lit_start = COUNT.size + n * REF.size
+        if lit_start > len(plain):
+            raise DecodeError(f"data frame announces {n} references but is too short")
+        lits = memoryview(plain)[lit_start:]
+        pieces: list[bytes] = []
+        missing: list[tuple[int, int, bytes]] = []  # (index in pieces, ref id, hash)
+        prev = 0
+        disk = self.disk
+        first_ref = self._next_ref
+        for i in range(n):
+            pos, disk_off, digest = REF.unpack_from(plain, COUNT.size + i * REF.size)
+            if pos < prev or pos > len(lits):
+                raise DecodeError(f"reference {first_ref + i} points outside its frame")
+            pieces.append(lits[prev:pos])
+            prev = pos
+            block = disk.block(disk_off) if disk is not None else None
+            if block is None:
+                size = disk.size if disk is not None else 0
+                raise DecodeError(
+                    f"reference to disk offset {disk_off} is outside the replica "
+                    f"({size} bytes): the stream does not belong to this disk"
+                )
+            if hmac.compare_digest(page_hash(block), digest):
+                pieces.append(block)
+            else:
+                missing.append((len(pieces), first_ref + i, digest))
+                pieces.append(b"")
+        pieces.append(lits[prev:])
+        self._next_ref = first_ref + n
+        if missing:
+            self._resolve(pieces, missing)
+        self.counters.pages_teleported += n - len(missing)
+        for piece in pieces:
+            self._hash.update(piece)
+            self.counters.guest_bytes += len(piece)
+        return pieces
+
+    def _resolve(self, pieces: list, missing: list[tuple[int, int, bytes]]) -> None:
+        first = missing[0][1]
+        if self.fetch is None:
+            raise ReplicaMismatch(
+                f"replica block for teleported page {first} differs from the source "
+                f"({len(missing)} page(s) in this frame): re-sync the replica or migrate "
+                "without teleport"
+            )
+        got = self.fetch([ref for _, ref, _ in missing])
+        for index, ref, digest in missing:
+            page = got.get(ref)
+            if page is None or not hmac.compare_digest(page_hash(page), digest):
+                raise ReplicaMismatch(
+                    f"replica block for teleported page {ref} differs from the source and "
+                    "the source could not supply it: re-sync the replica"
+                )
+            pieces[index] = page
+        self.counters.pages_fetched += len(missing)
+
+    def end(self, info: dict) -> None:
+        """Check the totals the encoder sent against what was produced."""
+        want_bytes = info.get("stream_bytes")
+        if want_bytes != self.counters.guest_bytes:
+            raise DecodeError(
+                f"stream length mismatch: source sent {want_bytes} bytes, rebuilt "
+                f"{self.counters.guest_bytes}"
+            )
+        if info.get("stream_hash") != self._hash.hexdigest():
+            raise DecodeError("rebuilt stream differs from the source's (hash mismatch)")
+        src = info.get("counters") or {}
+        for key in ("pages_zero", "pages_sent", "pages_refused"):
+            if isinstance(src.get(key), int):
+                setattr(self.counters, key, src[key])
+        self.ended = True
+
+
+def decode_all(
+    frames: Iterable[wan.Frame], disk: DiskImage | None, write: Callable[[bytes], object]
+) -> CodecCounters:
+    """Decode a whole WAN stream with no back channel (offline use)."""
+    dec = Decoder(disk)
+    for frame in frames:
+        if frame.type == wan.HELLO:
+            dec.on_hello(frame.json())
+        elif frame.type == wan.DATA:
+            for piece in dec.data(frame.payload):
+                write(piece)
+        elif frame.type == wan.END:
+            dec.end(frame.json())
+        elif frame.type == wan.ERROR:
+            raise DecodeError(f"the source gave up: {frame.payload.decode(errors='replace')}")
+        else:
+            raise DecodeError(f"unexpected {wan.NAMES.get(frame.type, frame.type)} frame")
+        dec.counters.frames += 1
+    if not dec.ended:
+        raise DecodeError("WAN stream truncated: it ended before the source's END frame")
+    return dec.counters
+
+
+def iter_frames(reader: wan.FrameReader) -> Iterable[wan.Frame]:
+    while (frame := reader.next()) is not None:
+        yield frame

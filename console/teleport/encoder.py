@@ -1,0 +1,191 @@
+"""The source side: QEMU's stream in, WAN frames out, restorable pages as references.
+
+A PAGE record of the main RAM block whose page the map says mirrors a disk block, and
+whose bytes are exactly that block's bytes in the source's image, becomes a reference
+(disk offset + xxh3-128 of the page). Everything else is carried losslessly in zstd-
+compressed DATA frames, so the decoder can rebuild the stream byte for byte.
+
+DATA payload (before compression): be32 n | n x (be32 literal position, be64 disk offset,
+16-byte hash) | literal bytes. A reference's page goes in front of the literal byte at its
+position. The first payload byte says whether the rest is zstd-compressed.
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+
+import xxhash
+import zstandard
+
+from console.teleport import wan
+from console.teleport.counters import CodecCounters
+from console.teleport.disk import DiskImage
+from console.teleport.layout import RamLayout
+from console.teleport.mapfile import RestorableMap
+from console.teleport.stream import PAGE, ZERO, ByteSource, Reader, StreamParser
+
+REF = struct.Struct(">IQ16s")
+COUNT = struct.Struct(">I")
+PLAIN, ZSTD = 0, 1
+FRAME_BYTES = 512 << 10  # flush a DATA frame at this much literal data
+KEEP_BYTES = 64 << 20  # teleported pages kept to answer the decoder's FETCH requests
+
+page_hash = xxhash.xxh3_128_digest
+
+
+class Encoder:
+    def __init__(
+        self,
+        writer: wan.FrameWriter,
+        rmap: RestorableMap | None = None,
+        disk: DiskImage | None = None,
+        *,
+        ram_block: str = "pc.ram",
+        level: int = 1,
+        max_ram_below_4g: int | None = None,
+        keep_bytes: int = KEEP_BYTES,
+    ) -> None:
+        if rmap is not None and rmap.extents and disk is None:
+            raise ValueError("a restorable map needs the disk image it refers to")
+        self.writer = writer
+        self.rmap = rmap
+        self.disk = disk
+        self.ram_block = ram_block
+        self.max_ram_below_4g = max_ram_below_4g
+        self.counters = CodecCounters()
+        self._zstd = zstandard.ZstdCompressor(level=level)
+        self._table: dict[int, int] | None = None
+        self._lits: list[bytes] = []
+        self._litlen = 0
+        self._refs: list[bytes] = []
+        self._next_ref = 0
+        self._kept: OrderedDict[int, bytes] = OrderedDict()
+        self._keep_pages = keep_bytes // 4096
+        self._kept_lock = threading.Lock()
+        self._hash = xxhash.xxh3_128()
+        self.parser: StreamParser | None = None
+
+    # -- the stream ---------------------------------------------------------------------
+
+    def hello(self, **extra: object) -> None:
+        info = {
+            "role": "encoder",
+            "hash": "xxh3-128",
+            "page_size": 4096,
+            "disk_size": self.disk.size if self.disk else None,
+            "map_pages": self.rmap.pages if self.rmap else 0,
+            "disk": (self.rmap.meta.get("disk") if self.rmap else None),
+        }
+        info.update(extra)
+        self.writer.send_json(wan.HELLO, info)
+
+    def run(self, reader: Reader) -> CodecCounters:
+        """Encode a whole QEMU stream from `reader`, then send END."""
+        source = ByteSource(reader, on_wait=self.flush)
+        self.parser = parser = StreamParser(source)
+        counters = self.counters
+        lits = self._lits
+        update = self._hash.update
+        for chunk in parser.chunks():
+            kind = chunk.kind
+            if kind == PAGE:
+                update(chunk.raw)
+                update(chunk.page)
+                if not self._teleport(chunk.block, chunk.offset, chunk.raw, chunk.page):
+                    lits.append(chunk.raw)
+                    lits.append(chunk.page)
+                    self._litlen += len(chunk.raw) + 4096
+                    counters.pages_sent += 1
+            else:
+                update(chunk.raw)
+                lits.append(chunk.raw)
+                self._litlen += len(chunk.raw)
+                if kind == ZERO:
+                    counters.pages_zero += 1
+            if self._litlen >= FRAME_BYTES:
+                self.flush()
+        counters.guest_bytes = source.offset
+        self.flush()
+        self.writer.send_json(
+            wan.END,
+            {
+                "stream_bytes": source.offset,
+                "stream_hash": self._hash.hexdigest(),
+                "counters": counters.as_dict(),
+            },
+        )
+        counters.wan_bytes = self.writer.bytes_out
+        counters.frames = self.writer.seq
+        return counters
+
+    def _teleport(self, block: str, offset: int, raw: bytes, page: bytes) -> bool:
+        if self.rmap is None or block != self.ram_block:
+            return False
+        table = self._table
+        if table is None:
+            table = self._table = self._build_table()
+        disk_off = table.get(offset)
+        if disk_off is None:
+            return False
+        assert self.disk is not None
+        if self.disk.block(disk_off) != page:
+            # A stale or lying map, or a block rewritten since: send the page itself.
+            self.counters.pages_refused += 1
+            return False
+        self._lits.append(raw)
+        self._litlen += len(raw)
+        self._refs.append(REF.pack(self._litlen, disk_off, page_hash(page)))
+        ref_id = self._next_ref
+        self._next_ref = ref_id + 1
+        with self._kept_lock:
+            self._kept[ref_id] = page
+            if len(self._kept) > self._keep_pages:
+                self._kept.popitem(last=False)
+        self.counters.pages_teleported += 1
+        return True
+
+    def _build_table(self) -> dict[int, int]:
+        assert self.parser is not None and self.rmap is not None
+        info = self.parser.info
+        size = info.ram_blocks.get(self.ram_block)
+        if size is None:
+            return {}
+        layout = RamLayout.for_machine(info.machine, size, self.max_ram_below_4g)
+        return self.rmap.page_table(layout)
+
+    def flush(self) -> None:
+        """Send what is held as one DATA frame (nothing if nothing is held)."""
+        if not self._lits and not self._refs:
+            return
+        plain = b"".join([COUNT.pack(len(self._refs)), *self._refs, *self._lits])
+        packed = self._zstd.compress(plain)
+        payload = bytes([ZSTD]) + packed if len(packed) < len(plain) else bytes([PLAIN]) + plain
+        self._lits.clear()
+        self._refs.clear()
+        self._litlen = 0
+        self.writer.send(wan.DATA, payload)
+        self.counters.wan_bytes = self.writer.bytes_out
+
+    # -- the back channel ---------------------------------------------------------------
+
+    def kept_page(self, ref_id: int) -> bytes | None:
+        """The page behind reference `ref_id`, if still kept (for a FETCH)."""
+        with self._kept_lock:
+            return self._kept.get(ref_id)
+
+
+def encode_all(
+    reader: Reader,
+    write: Callable[[bytes], object],
+    rmap: RestorableMap | None,
+    disk: DiskImage | None,
+    secret: bytes | None = None,
+) -> CodecCounters:
+    """Encode a whole stream to `write` (offline use: files, tests, benchmarks)."""
+    writer = wan.FrameWriter(write, secret)
+    enc = Encoder(writer, rmap, disk)
+    enc.hello()
+    return enc.run(reader)
