@@ -389,3 +389,13 @@ def test_authentic_but_malformed_data_frames_fail_clearly(disk, payloads, compre
         w.send(wan.DATA, bytes([1 if compressed else 0]) + body)
     with contextlib.suppress(PcteleportError):
         decode(out.getvalue(), disk)
+
+
+def test_end_frame_names_the_vm_description_tail(disk):
+    stream, rmap = scenario(disk)
+    wire = encode(stream, rmap, disk)
+    end = next(f for f in iter_frames(wan.FrameReader(io.BytesIO(wire).read))
+               if f.type == wan.END).json()
+    desc = b'{"page_size":4096,"devices":[]}'
+    assert end["optional_tail"] == 1 + 4 + len(desc)
+    assert stream.endswith(b"\x00\x06" + struct.pack(">I", len(desc)) + desc)

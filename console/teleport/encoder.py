@@ -114,6 +114,7 @@ class Encoder:
             {
                 "stream_bytes": source.offset,
                 "stream_hash": self._hash.hexdigest(),
+                "optional_tail": parser.info.optional_tail(),
                 "counters": counters.as_dict(),
             },
         )

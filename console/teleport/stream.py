@@ -79,6 +79,7 @@ UNSUPPORTED_RAM_FLAGS = {
     RAM_FLAG_FULL: "full-page (pre-1.0 stream)",
 }
 MULTIFD_MAGIC = 0x11223344  # the first bytes of a multifd channel
+DEVICE_STATE_KEEP = 64 << 20  # device state is small; past this, stop keeping a copy
 
 _BE32 = struct.Struct(">I")
 _BE64 = struct.Struct(">Q")
@@ -249,6 +250,24 @@ class StreamInfo:
     device_state_offset: int | None = None  # where verbatim device state starts
     eof_seen: bool = False
     commands: list[str] = field(default_factory=list)
+    device_state: bytearray = field(default_factory=bytearray)  # kept to find the tail
+
+    def optional_tail(self) -> int:
+        """Bytes at the end a destination QEMU never reads: EOF's trailing VM description.
+
+        QEMU stops reading at its EOF marker and closes the connection, so a relay may find
+        the destination gone while these bytes are still on their way.
+        """
+        data = self.device_state
+        pos = data.rfind(b"\x00" + bytes([VM_VMDESCRIPTION]))
+        while pos >= 0:
+            start = pos + 2
+            if start + 4 <= len(data):
+                (length,) = _BE32.unpack_from(data, start)
+                if start + 4 + length == len(data):
+                    return len(data) - pos - 1
+            pos = data.rfind(b"\x00" + bytes([VM_VMDESCRIPTION]), 0, pos)
+        return 0
 
 
 class StreamParser:
@@ -295,8 +314,12 @@ class StreamParser:
                 # Device state: not length-prefixed, so carry the rest verbatim.
                 self.info.device_state_offset = start
                 self.info.eof_seen = kind == VM_EOF
+                keep = self.info.device_state
+                keep.append(kind)
                 yield Chunk(RAW, bytes([kind]))
                 while rest := src.available():
+                    if len(keep) < DEVICE_STATE_KEEP:
+                        keep += rest
                     yield Chunk(RAW, rest)
                 return
             else:

@@ -1,0 +1,436 @@
+"""The two relay ends of a teleport migration, one process each.
+
+    source QEMU --tcp--> relay send (encoder) ==WAN==> relay recv (decoder) --tcp--> dest QEMU
+
+QEMU's migration channel is two-way: the destination answers on a return path (PONG, SHUT),
+so each relay also carries RETURN frames backwards. The same backward direction carries
+FETCH requests for pages whose replica block did not verify; the source answers with PAGE
+frames from the pages it still keeps.
+
+Sockets are blocking and each direction has its own thread: a full WAN blocks `sendall`,
+which stops the encoder from reading QEMU, so QEMU's own rate and downtime estimates see the
+effective WAN rate (the buffers between are the kernel's socket buffers, nothing more).
+
+Each relay prints JSON lines on stdout: `listening`, `connected`, `stats` once per interval,
+and finally `summary` or `error`. Exit status 0 only when the stream went through whole.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import socket
+import struct
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from console.errors import PcteleportError
+from console.teleport import mapfile, wan
+from console.teleport.counters import CodecCounters
+from console.teleport.decoder import DecodeError, Decoder
+from console.teleport.disk import DiskImage
+from console.teleport.encoder import Encoder
+from console.teleport.stream import SocketReader
+
+ID = struct.Struct(">Q")
+CONNECT_TIMEOUT = 20.0
+DRAIN_TIMEOUT = 30.0  # after the stream, how long to wait for the return path to close
+
+
+class RelayError(PcteleportError):
+    pass
+
+
+def parse_hostport(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise RelayError(f"'{text}' is not HOST:PORT")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def read_secret(path: str | None) -> bytes | None:
+    if not path:
+        return None
+    try:
+        secret = Path(path).read_bytes().strip()
+    except OSError as exc:
+        raise RelayError(f"cannot read secret file {path}: {exc.strerror}") from None
+    if len(secret) < 16:
+        raise RelayError(f"secret in {path} is too short (need at least 16 bytes)")
+    return secret
+
+
+class Emitter:
+    """JSON lines on stdout, one writer at a time."""
+
+    def __init__(self, role: str, out: Any = None) -> None:
+        self.role = role
+        self.out = out or sys.stdout
+        self._lock = threading.Lock()
+        self.t0 = time.monotonic()
+
+    def __call__(self, event: str, **fields: Any) -> None:
+        rec = {"event": event, "role": self.role, "t": round(time.monotonic() - self.t0, 3)}
+        rec.update(fields)
+        with self._lock:
+            self.out.write(json.dumps(rec) + "\n")
+            self.out.flush()
+
+
+class StatsTicker(threading.Thread):
+    """Prints counters and rates every `interval` seconds until stopped."""
+
+    def __init__(self, emit: Emitter, counters: Callable[[], CodecCounters], interval: float):
+        super().__init__(daemon=True)
+        self.emit, self.counters, self.interval = emit, counters, interval
+        self.stopped = threading.Event()
+
+    def run(self) -> None:
+        last = self.counters().as_dict()
+        last_t = time.monotonic()
+        while not self.stopped.wait(self.interval):
+            now = time.monotonic()
+            cur = self.counters().as_dict()
+            dt = max(now - last_t, 1e-6)
+            self.emit(
+                "stats",
+                **cur,
+                guest_rate_bps=round((cur["guest_bytes"] - last["guest_bytes"]) * 8 / dt),
+                wan_rate_bps=round((cur["wan_bytes"] - last["wan_bytes"]) * 8 / dt),
+            )
+            last, last_t = cur, now
+
+
+def _listen(addr: tuple[str, int]) -> socket.socket:
+    family = socket.AF_INET6 if ":" in addr[0] else socket.AF_INET
+    srv = socket.socket(family, socket.SOCK_STREAM)
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        srv.bind(addr)
+    except OSError as exc:
+        srv.close()
+        raise RelayError(f"cannot listen on {addr[0]}:{addr[1]}: {exc.strerror}") from None
+    srv.listen(4)
+    return srv
+
+
+def _connect(addr: tuple[str, int], timeout: float = CONNECT_TIMEOUT) -> socket.socket:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            sock = socket.create_connection(addr, timeout=5)
+            sock.settimeout(None)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            return sock
+        except OSError as exc:
+            if time.monotonic() > deadline:
+                raise RelayError(
+                    f"cannot reach {addr[0]}:{addr[1]}: {exc.strerror or exc}"
+                ) from None
+            time.sleep(0.2)
+
+
+def _close(*socks: socket.socket | None) -> None:
+    for s in socks:
+        if s is None:
+            continue
+        with contextlib.suppress(OSError):
+            s.shutdown(socket.SHUT_RDWR)
+        s.close()
+
+
+# -- source end ---------------------------------------------------------------------------
+
+
+class SendRelay:
+    def __init__(
+        self,
+        listen: tuple[str, int],
+        to: tuple[str, int],
+        rmap: mapfile.RestorableMap | None,
+        disk: DiskImage | None,
+        secret: bytes | None,
+        emit: Emitter,
+        stats_interval: float = 1.0,
+    ) -> None:
+        self.listen_addr, self.to = listen, to
+        self.rmap, self.disk, self.secret = rmap, disk, secret
+        self.emit = emit
+        self.stats_interval = stats_interval
+        self.server = _listen(listen)
+        self.port = self.server.getsockname()[1]
+        self.back_error: str | None = None
+
+    def run(self) -> CodecCounters:
+        emit = self.emit
+        emit("listening", address=f"{self.listen_addr[0]}:{self.port}")
+        qemu, peer = self.server.accept()
+        self.server.close()
+        wan_sock: socket.socket | None = None
+        try:
+            emit("connected", side="qemu", peer=f"{peer[0]}:{peer[1]}")
+            wan_sock = _connect(self.to)
+            emit("connected", side="wan", peer=f"{self.to[0]}:{self.to[1]}")
+            writer = wan.FrameWriter(wan_sock.sendall, self.secret)
+            encoder = Encoder(writer, self.rmap, self.disk)
+            encoder.hello()
+            back = threading.Thread(
+                target=self._back_channel, args=(wan_sock, qemu, writer, encoder), daemon=True
+            )
+            back.start()
+            ticker = StatsTicker(emit, lambda: encoder.counters, self.stats_interval)
+            ticker.start()
+            try:
+                counters = encoder.run(SocketReader(qemu))
+            except OSError as exc:
+                raise RelayError(f"lost the source QEMU or the WAN: {exc}") from None
+            except PcteleportError as exc:
+                self._send_error(writer, str(exc))
+                raise
+            finally:
+                ticker.stopped.set()
+            # QEMU may still wait for the destination's return path to close (SHUT).
+            back.join(DRAIN_TIMEOUT)
+            if self.back_error:
+                raise RelayError(self.back_error)
+            counters.wan_bytes = writer.bytes_out
+            emit("summary", **counters.as_dict())
+            return counters
+        finally:
+            _close(qemu, wan_sock)
+
+    @staticmethod
+    def _send_error(writer: wan.FrameWriter, message: str) -> None:
+        with contextlib.suppress(OSError):
+            writer.send(wan.ERROR, message.encode())
+
+    def _back_channel(
+        self, wan_sock: socket.socket, qemu: socket.socket, writer: wan.FrameWriter, enc: Encoder
+    ) -> None:
+        reader = wan.FrameReader(wan.socket_read_exact(wan_sock), self.secret)
+        try:
+            first = reader.next()
+            if first is None or first.type != wan.HELLO or first.json().get("role") != "decoder":
+                raise RelayError("the destination relay did not say hello")
+            while (frame := reader.next()) is not None:
+                if frame.type == wan.RETURN:
+                    qemu.sendall(frame.payload)
+                elif frame.type == wan.FETCH:
+                    self._answer_fetch(frame.payload, writer, enc)
+                elif frame.type == wan.ERROR:
+                    msg = frame.payload.decode(errors="replace")
+                    self.back_error = f"destination relay: {msg}"
+                    self.emit("error", message=self.back_error)
+                    _close(qemu)  # QEMU sees the stream break: the source keeps running
+                    return
+                else:
+                    raise RelayError(f"unexpected {wan.NAMES.get(frame.type)} frame from peer")
+        except (OSError, PcteleportError) as exc:
+            self.back_error = f"back channel: {exc}"
+            _close(qemu)
+            return
+        # The destination closed the WAN: let QEMU see the return path close too.
+        with contextlib.suppress(OSError):
+            qemu.shutdown(socket.SHUT_WR)
+
+    def _answer_fetch(self, payload: bytes, writer: wan.FrameWriter, enc: Encoder) -> None:
+        for (ref_id,) in ID.iter_unpack(payload):
+            page = enc.kept_page(ref_id)
+            if page is None:
+                self._send_error(writer, f"page {ref_id} asked for is no longer kept")
+                continue
+            writer.send(wan.PAGE, ID.pack(ref_id) + page)
+
+
+# -- destination end ----------------------------------------------------------------------
+
+
+class FrameSource:
+    """Frames from the WAN with a queue in front, for frames read while awaiting PAGEs."""
+
+    def __init__(self, reader: wan.FrameReader) -> None:
+        self.reader = reader
+        self.pending: deque[wan.Frame] = deque()
+
+    def next(self) -> wan.Frame | None:
+        if self.pending:
+            return self.pending.popleft()
+        return self.reader.next()
+
+
+class RecvRelay:
+    def __init__(
+        self,
+        listen: tuple[str, int],
+        to: tuple[str, int],
+        disk: DiskImage | None,
+        secret: bytes | None,
+        emit: Emitter,
+        stats_interval: float = 1.0,
+    ) -> None:
+        self.listen_addr, self.to = listen, to
+        self.disk, self.secret = disk, secret
+        self.emit = emit
+        self.stats_interval = stats_interval
+        self.server = _listen(listen)
+        self.port = self.server.getsockname()[1]
+
+    def _accept_authentic(self) -> tuple[socket.socket, wan.FrameReader, dict]:
+        """The first WAN connection whose HELLO authenticates; others are turned away."""
+        for _ in range(16):
+            sock, peer = self.server.accept()
+            reader = wan.FrameReader(wan.socket_read_exact(sock), self.secret)
+            try:
+                hello = reader.next()
+                if hello is None or hello.type != wan.HELLO:
+                    raise RelayError("no hello")
+                info = hello.json()
+            except (PcteleportError, OSError) as exc:
+                self.emit("refused", peer=f"{peer[0]}:{peer[1]}", reason=str(exc))
+                _close(sock)
+                continue
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.emit("connected", side="wan", peer=f"{peer[0]}:{peer[1]}")
+            return sock, reader, info
+        raise RelayError("too many connections failed authentication; giving up")
+
+    def run(self) -> CodecCounters:
+        emit = self.emit
+        emit("listening", address=f"{self.listen_addr[0]}:{self.port}")
+        wan_sock, reader, hello = self._accept_authentic()
+        self.server.close()
+        qemu: socket.socket | None = None
+        writer = wan.FrameWriter(wan_sock.sendall, self.secret)
+        source = FrameSource(reader)
+        decoder = Decoder(self.disk, fetch=lambda ids: self._fetch(ids, writer, source))
+        try:
+            decoder.on_hello(hello)
+            qemu = _connect(self.to)
+            emit("connected", side="qemu", peer=f"{self.to[0]}:{self.to[1]}")
+            writer.send_json(wan.HELLO, {"role": "decoder"})
+            back = threading.Thread(target=self._return_path, args=(qemu, writer), daemon=True)
+            back.start()
+
+            def live_counters() -> CodecCounters:
+                decoder.counters.wan_bytes = reader.bytes_in
+                return decoder.counters
+
+            ticker = StatsTicker(emit, live_counters, self.stats_interval)
+            ticker.start()
+            try:
+                self._pump(source, decoder, qemu)
+            finally:
+                ticker.stopped.set()
+            with contextlib.suppress(OSError):
+                qemu.shutdown(socket.SHUT_WR)
+            back.join(DRAIN_TIMEOUT)
+            counters = live_counters()
+            emit("summary", **counters.as_dict())
+            return counters
+        except (PcteleportError, OSError) as exc:
+            with contextlib.suppress(OSError):
+                writer.send(wan.ERROR, str(exc).encode())
+            if isinstance(exc, OSError):
+                raise RelayError(f"lost the destination QEMU or the WAN: {exc}") from None
+            raise
+        finally:
+            _close(qemu, wan_sock)
+
+    def _pump(self, source: FrameSource, decoder: Decoder, qemu: socket.socket) -> None:
+        written = 0
+        qemu_gone: OSError | None = None
+        while (frame := source.next()) is not None:
+            if frame.type == wan.DATA:
+                data = b"".join(decoder.data(frame.payload))
+                if qemu_gone is None:
+                    try:
+                        qemu.sendall(data)
+                        written += len(data)
+                    except OSError as exc:
+                        qemu_gone = exc  # judged at END: QEMU may just have read all it needs
+            elif frame.type == wan.END:
+                info = frame.json()
+                decoder.end(info)
+                needed = decoder.counters.guest_bytes - int(info.get("optional_tail") or 0)
+                if qemu_gone is not None and written < needed:
+                    raise RelayError(
+                        f"the destination QEMU closed the migration stream after {written} of "
+                        f"{needed} bytes ({qemu_gone.strerror or qemu_gone}): see its log"
+                    )
+                return
+            elif frame.type == wan.ERROR:
+                raise RelayError(f"source relay: {frame.payload.decode(errors='replace')}")
+            else:
+                raise DecodeError(f"unexpected {wan.NAMES.get(frame.type)} frame from source")
+        raise DecodeError("the WAN connection closed before the end of the stream")
+
+    @staticmethod
+    def _fetch(ids: list[int], writer: wan.FrameWriter, source: FrameSource) -> dict[int, bytes]:
+        """Ask the source for pages and wait, queueing the DATA that arrives meanwhile."""
+        writer.send(wan.FETCH, b"".join(ID.pack(i) for i in ids))
+        wanted = set(ids)
+        got: dict[int, bytes] = {}
+        held: list[wan.Frame] = []
+        while wanted:
+            frame = source.reader.next()
+            if frame is None:
+                raise DecodeError("the WAN connection closed while fetching pages")
+            if frame.type == wan.PAGE:
+                (ref_id,) = ID.unpack_from(frame.payload)
+                got[ref_id] = frame.payload[ID.size :]
+                wanted.discard(ref_id)
+            elif frame.type == wan.ERROR:
+                raise DecodeError(f"source relay: {frame.payload.decode(errors='replace')}")
+            else:
+                held.append(frame)
+        source.pending.extend(held)
+        return got
+
+    def _return_path(self, qemu: socket.socket, writer: wan.FrameWriter) -> None:
+        try:
+            while data := qemu.recv(65536):
+                writer.send(wan.RETURN, data)
+        except OSError:
+            pass
+
+
+# -- command-line entry points --------------------------------------------------------------
+
+
+def main_send(args: argparse.Namespace) -> int:
+    emit = Emitter("send")
+    rmap = mapfile.load(args.map) if args.map else None
+    if rmap is not None and not args.disk:
+        raise RelayError("--map needs --disk (the source image the map refers to)")
+    disk = DiskImage(args.disk) if args.disk else None
+    relay = SendRelay(
+        parse_hostport(args.listen), parse_hostport(args.to), rmap, disk,
+        read_secret(args.secret_file), emit, args.stats_interval,
+    )
+    try:
+        relay.run()
+    except PcteleportError as exc:
+        emit("error", message=str(exc))
+        raise
+    return 0
+
+
+def main_recv(args: argparse.Namespace) -> int:
+    emit = Emitter("recv")
+    disk = DiskImage(args.disk) if args.disk else None
+    relay = RecvRelay(
+        parse_hostport(args.listen), parse_hostport(args.to), disk,
+        read_secret(args.secret_file), emit, args.stats_interval,
+    )
+    try:
+        relay.run()
+    except PcteleportError as exc:
+        emit("error", message=str(exc))
+        raise
+    return 0
