@@ -435,7 +435,7 @@ def _precompile_python(root: Path) -> None:
     py = "/usr/bin/" + pythons[-1].name
     lib = "/usr/lib/" + pythons[-1].name
     _run(
-        ["chroot", str(root), py, "-m", "compileall", "-q", "-j", "0", lib,
+        ["chroot", str(root), py, "-m", "compileall", "-q", lib,
          "/usr/lib/pcteleport"],
         what="precompile the guest's Python",
     )

@@ -127,10 +127,11 @@ if [ -n "$root" ] && [ ! -x /scenario ]; then
 	[ "$(pct_arg pct.rootrw 0)" = 1 ] && opts=rw
 	mount -t "$(pct_arg pct.rootfstype ext4)" -o "$opts" "$dev" /newroot \
 		|| pct_fail "cannot mount root $dev"
+	init=$(pct_arg pct.init /sbin/pcteleport-init)
 	for d in dev proc sys; do
 		mount --move "/$d" "/newroot/$d" || pct_fail "cannot move /$d into the root"
 	done
-	exec switch_root /newroot "$(pct_arg pct.init /sbin/pcteleport-init)"
+	exec switch_root /newroot "$init"
 fi
 
 # Stage-1 only: a command shell (if the host gave us the port), then the scenario script.
@@ -151,16 +152,17 @@ while :; do sleep 3600; done
 ROOT_INIT = r"""#!/bin/busybox sh
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export HOME=/root LANG=C.UTF-8
-mountpoint -q /proc || mount -t proc proc /proc
-mountpoint -q /sys || mount -t sysfs sysfs /sys
-mountpoint -q /dev || mount -t devtmpfs devtmpfs /dev
+# Stage 1 moves its /proc, /sys and /dev here; mount them only if it did not.
+[ -e /proc/self ] || mount -t proc proc /proc
+[ -d /sys/kernel ] || mount -t sysfs sysfs /sys
+[ -e /dev/null ] || mount -t devtmpfs devtmpfs /dev
 mkdir -p /dev/pts /dev/shm
 mount -t devpts devpts /dev/pts
 mount -t tmpfs -o mode=1777 tmpfs /dev/shm
 mount -t tmpfs -o mode=755 tmpfs /run
 mount -t tmpfs -o mode=1777 tmpfs /tmp
 mount -t tmpfs -o mode=755 tmpfs /var/log
-mount -t tmpfs -o mode=755 tmpfs /var/tmp
+mount -t tmpfs -o mode=1777 tmpfs /var/tmp
 . /lib/pcteleport/functions.sh
 hostname "$(pct_arg pct.hostname guest)"
 ip link set lo up 2>/dev/null
