@@ -1,0 +1,117 @@
+"""The console app and its factory (tests, screenshots and the CLI all build it the same way)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+from textual.app import App, SystemCommand
+from textual.binding import Binding
+from textual.reactive import reactive
+from textual.screen import Screen
+
+from console.sites.service import Backend
+
+REFRESH_STEPS = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+
+
+class PcteleportApp(App[None]):
+    CSS_PATH = "pcteleport.tcss"
+    TITLE = "pcteleport"
+    BINDINGS = [
+        Binding("question_mark", "help", "Help"),
+        Binding("c", "compare", "Compare"),
+        Binding("plus", "faster", "+Refresh", show=False),
+        Binding("minus", "slower", "-Refresh", show=False),
+        Binding("space", "toggle_pause", "Pause"),
+        Binding("q", "quit", "Quit"),
+    ]
+
+    refresh_s: reactive[float] = reactive(2.0)
+    paused: reactive[bool] = reactive(False)
+
+    def __init__(self, backend: Backend, *, refresh_s: float = 2.0,
+                 export_dir: Path | None = None, autoplay: bool = True) -> None:
+        super().__init__()
+        self.backend = backend
+        self.export_dir = export_dir if export_dir is not None else Path.cwd()
+        self._autoplay = autoplay
+        self.set_reactive(PcteleportApp.refresh_s, refresh_s)
+        self.sub_title = backend.title
+
+    def on_mount(self) -> None:
+        from console.ui.main_screen import MainScreen
+
+        self.push_screen(MainScreen())
+        request = self.backend.autoplay() if self._autoplay else None
+        if request is not None:
+            from console.ui.migration_view import MigrationView
+
+            self.push_screen(MigrationView(request))
+
+    def on_unmount(self) -> None:
+        self.backend.close()
+
+    # --- app-wide actions ------------------------------------------------------------------
+
+    def action_help(self) -> None:
+        from console.ui.help_screen import HelpScreen
+
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen())
+
+    def action_compare(self) -> None:
+        from console.ui.compare_screen import CompareScreen
+
+        if not isinstance(self.screen, CompareScreen):
+            self.push_screen(CompareScreen())
+
+    def action_faster(self) -> None:
+        slower = [s for s in REFRESH_STEPS if s < self.refresh_s]
+        self.refresh_s = slower[-1] if slower else REFRESH_STEPS[0]
+
+    def action_slower(self) -> None:
+        faster = [s for s in REFRESH_STEPS if s > self.refresh_s]
+        self.refresh_s = faster[0] if faster else REFRESH_STEPS[-1]
+
+    def action_toggle_pause(self) -> None:
+        self.paused = not self.paused
+
+    def watch_refresh_s(self, value: float) -> None:
+        if self.is_mounted:
+            self.notify(f"refreshing every {value:g} s", timeout=2)
+            self._refresh_status()
+
+    def watch_paused(self, paused: bool) -> None:
+        if not self.is_mounted:
+            return
+        self.notify("polling paused (space resumes)" if paused else "polling resumed", timeout=2)
+        self._refresh_status()
+        if not paused:
+            # Polls that came due while paused did not reschedule themselves: restart them.
+            for screen in self.screen_stack:
+                resume = getattr(screen, "resume_polling", None)
+                if resume is not None:
+                    resume()
+
+    def _refresh_status(self) -> None:
+        for screen in self.screen_stack:
+            update = getattr(screen, "update_status", None)
+            if update is not None:
+                update()
+
+    def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
+        yield from super().get_system_commands(screen)
+        yield SystemCommand("Compare runs", "Recorded runs side by side", self.action_compare)
+        yield SystemCommand("Help", "Keys of every screen", self.action_help)
+        yield SystemCommand("Pause or resume polling", "Stop or restart refreshing",
+                            self.action_toggle_pause)
+        yield SystemCommand("Refresh faster", "Shorter refresh interval", self.action_faster)
+        yield SystemCommand("Refresh slower", "Longer refresh interval", self.action_slower)
+        for title, help_text, action in getattr(screen, "COMMANDS_HERE", ()):
+            yield SystemCommand(title, help_text, getattr(screen, f"action_{action}"))
+
+
+def create_app(backend: Backend, **kwargs: object) -> PcteleportApp:
+    """The one way to build the console: tests, screenshots and `pcteleport` use it."""
+    return PcteleportApp(backend, **kwargs)  # type: ignore[arg-type]

@@ -1,0 +1,187 @@
+"""Compare recorded runs side by side: a table, a bar chart of one metric, CSV/Markdown export."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, cast
+
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Header, Static
+from textual_plotext import PlotextPlot
+
+from console.compare import METRICS, Metric, filter_runs, to_csv, to_markdown
+from console.records import MigrationRecord, Mode
+from console.ui import units
+from console.ui.messages import Exported, RecordsLoaded
+
+if TYPE_CHECKING:
+    from console.ui.app import PcteleportApp
+
+MODE_COLOUR = {Mode.STOCK: (139, 139, 139), Mode.DROP_CACHE: (210, 153, 34),
+               Mode.ZSTD: (168, 85, 199), Mode.TELEPORT: (46, 160, 67)}
+
+
+def metric_text(metric: Metric, r: MigrationRecord) -> str:
+    v = metric.value(r)
+    if v is None:
+        return "–"
+    if metric.key == "total_s":
+        return units.seconds(v)
+    if metric.key == "wan_bytes":
+        return units.size(v)
+    if metric.key == "downtime_ms":
+        return units.millis(v)
+    assert r.throughput_after is not None
+    return f"{v:g} {r.throughput_after.unit}"
+
+
+class CompareScreen(Screen[None]):
+    BINDINGS = [
+        Binding("escape", "app.pop_screen", "Back"),
+        Binding("v", "next_vm", "VM"),
+        Binding("o", "next_mode", "Mode"),
+        Binding("g", "next_metric", "Chart"),
+        Binding("e", "export", "Export"),
+    ]
+    COMMANDS_HERE = (
+        ("Export runs as CSV and Markdown", "Writes both files to the export folder", "export"),
+        ("Chart the next metric", "Total time, WAN bytes, downtime, throughput", "next_metric"),
+    )
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[MigrationRecord] = []
+        self.problems: list[str] = []
+        self.vm_filter: str | None = None
+        self.mode_filter: Mode | None = None
+        self.metric = METRICS[0]
+
+    @property
+    def papp(self) -> PcteleportApp:
+        return cast("PcteleportApp", self.app)
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Static(id="cmp-filters")
+        table: DataTable[Text | str] = DataTable(id="cmp-table", cursor_type="row",
+                                                 zebra_stripes=True)
+        table.add_column("when", key="when")
+        table.add_column("VM", key="vm")
+        table.add_column("route", key="route")
+        table.add_column("mode", key="mode")
+        table.add_column("result", key="result")
+        for m in METRICS:
+            table.add_column(m.title, key=m.key)
+        yield table
+        yield PlotextPlot(id="cmp-chart")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.render_all()
+        self.load()
+
+    @work(thread=True, exclusive=True, group="records")
+    def load(self) -> None:
+        self.post_message(RecordsLoaded(self.papp.backend.records()))
+
+    @on(RecordsLoaded)
+    def _loaded(self, message: RecordsLoaded) -> None:
+        self.records = message.result.records
+        self.problems = message.result.problems
+        for problem in self.problems[:3]:
+            self.notify(problem, severity="warning", timeout=6)
+        self.render_all()
+
+    def visible(self) -> list[MigrationRecord]:
+        return filter_runs(self.records, self.vm_filter, self.mode_filter)
+
+    # --- rendering -------------------------------------------------------------------------
+
+    def render_all(self) -> None:
+        runs = self.visible()
+        f = Text.assemble(
+            ("VM ", "dim"), (self.vm_filter or "all", "bold"), ("  mode ", "dim"),
+            (str(self.mode_filter) if self.mode_filter else "all", "bold"),
+            ("  chart ", "dim"), (self.metric.title, "bold"),
+            (f"  {len(runs)} of {len(self.records)} runs", "dim"))
+        if not self.records:
+            f.append("  — no recorded runs yet: every migration is recorded here", style="dim")
+        self.query_one("#cmp-filters", Static).update(f)
+        table = self.query_one("#cmp-table", DataTable)
+        table.clear()
+        for r in runs:
+            when = time.strftime("%m-%d %H:%M", time.localtime(r.started_at))
+            result = "running" if r.result is None else str(r.result)
+            table.add_row(when, Text(r.vm, style="bold"), f"{r.from_site}→{r.to_site}",
+                          Text(str(r.mode), style="rgb({},{},{})".format(*MODE_COLOUR[r.mode])),
+                          result, *[metric_text(m, r) for m in METRICS], key=r.run_id)
+        self.chart(runs)
+
+    def chart(self, runs: list[MigrationRecord]) -> None:
+        widget = self.query_one("#cmp-chart", PlotextPlot)
+        plt = widget.plt
+        plt.clear_data()
+        plt.clear_figure()
+        m = self.metric
+        scale, unit = {"total_s": (1.0, "s"), "wan_bytes": (2**20, "MiB"),
+                       "downtime_ms": (1.0, "ms")}.get(m.key, (1.0, ""))
+        if m.key == "throughput_after":
+            unit = next((r.throughput_after.unit for r in runs if r.throughput_after), "")
+        plotted = [(r, m.value(r)) for r in runs]
+        plotted = [(r, v) for r, v in plotted if v is not None]
+        plt.title(f"{m.title} ({unit})" if unit else m.title)
+        if plotted:
+            labels = [f"{r.vm} {r.mode} {i + 1}" for i, (r, _) in enumerate(plotted)]
+            values = [v / scale for _, v in plotted]
+            colours = [MODE_COLOUR[r.mode] for r, _ in plotted]
+            plt.bar(labels, values, color=colours, orientation="horizontal", width=0.6)
+        widget.refresh()
+
+    # --- actions ---------------------------------------------------------------------------
+
+    def action_next_vm(self) -> None:
+        names = sorted({r.vm for r in self.records})
+        options: list[str | None] = [None, *names]
+        self.vm_filter = options[(options.index(self.vm_filter) + 1) % len(options)]
+        self.render_all()
+
+    def action_next_mode(self) -> None:
+        options: list[Mode | None] = [None, *Mode]
+        self.mode_filter = options[(options.index(self.mode_filter) + 1) % len(options)]
+        self.render_all()
+
+    def action_next_metric(self) -> None:
+        self.metric = METRICS[(METRICS.index(self.metric) + 1) % len(METRICS)]
+        self.render_all()
+
+    def action_export(self) -> None:
+        runs = self.visible()
+        if not runs:
+            self.notify("nothing to export", severity="warning")
+            return
+        self.export(runs, self.papp.export_dir)
+
+    @work(thread=True, group="export")
+    def export(self, runs: list[MigrationRecord], folder: Path) -> None:
+        stem = folder / time.strftime("pcteleport-compare-%Y%m%d-%H%M%S")
+        csv_path, md_path = stem.with_suffix(".csv"), stem.with_suffix(".md")
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            csv_path.write_text(to_csv(runs), encoding="utf-8")
+            md_path.write_text(to_markdown(runs), encoding="utf-8")
+        except OSError as exc:
+            self.post_message(Exported([], f"export to {folder} failed: {exc.strerror}"))
+            return
+        self.post_message(Exported([csv_path, md_path]))
+
+    @on(Exported)
+    def _exported(self, message: Exported) -> None:
+        if message.error:
+            self.notify(message.error, severity="error")
+        else:
+            self.notify("wrote " + ", ".join(str(p) for p in message.paths), timeout=6)

@@ -1,0 +1,443 @@
+"""The main screen: one pane per site, each with its header and its VM table."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, cast
+
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Container, Vertical
+from textual.screen import Screen
+from textual.timer import Timer
+from textual.widgets import DataTable, Footer, Header, Input, Static
+
+from console.records import VM, Composition, ConnectionState, Site, VMState
+from console.sites.service import ServiceError
+from console.ui import units
+from console.ui.composition_bar import composition_bar, legend
+from console.ui.messages import InventoryFailed, InventoryLoaded, SitesFailed, SitesLoaded
+
+if TYPE_CHECKING:
+    from console.ui.app import PcteleportApp
+
+BAR_WIDTH = 14
+SORTS = ("name", "state", "memory", "restorable")
+STATE_STYLE = {
+    VMState.RUNNING: "bold #2ea043",
+    VMState.MIGRATING: "bold #d29922",
+    VMState.PAUSED: "#d29922",
+    VMState.CRASHED: "bold #e5534b",
+}
+CONNECTION_STYLE = {
+    ConnectionState.CONNECTED: "#2ea043",
+    ConnectionState.REPLAY: "#3b82c4",
+    ConnectionState.CONNECTING: "#d29922",
+    ConnectionState.DISCONNECTED: "#e5534b",
+    ConnectionState.ERROR: "bold #e5534b",
+}
+
+
+def site_header(site: Site, peers: list[str]) -> Text:
+    t = Text()
+    t.append(site.name, style="bold")
+    t.append(f"  {site.host}")
+    if site.libvirt_version:
+        t.append(f"  libvirt {site.libvirt_version}")
+    t.append("  ● ", style=CONNECTION_STYLE.get(site.connection, ""))
+    t.append(str(site.connection), style=CONNECTION_STYLE.get(site.connection, ""))
+    for peer in peers:
+        link = site.link_to(peer)
+        if link is None:
+            continue
+        t.append(f"\nWAN → {peer}: ")
+        t.append(units.link_rate(link.rate_bytes_per_s), style="bold")
+        t.append(f", RTT {'–' if link.rtt_ms is None else f'{link.rtt_ms:.0f} ms'}")
+        if link.profile:
+            t.append(f"  ({link.profile})", style="dim")
+    if site.error:
+        t.append(f"\n{site.error}", style="bold #e5534b")
+    return t
+
+
+class SitePane(Vertical):
+    """A site's header and VM table. It polls its own site, one poll at a time: the next poll is
+    scheduled only when the previous one has finished (a slow site never piles up requests)."""
+
+    def __init__(self, site: Site) -> None:
+        super().__init__(id=f"site-{site.name}", classes="site-pane")
+        self.site = site
+        self.peers: list[str] = []
+        self.vms: dict[str, VM] = {}
+        self.compositions: dict[str, Composition] = {}
+        self.problems: dict[str, str] = {}
+        self.error: str | None = None
+        self._due = False
+        self._timer: Timer | None = None
+
+    @property
+    def papp(self) -> PcteleportApp:
+        return cast("PcteleportApp", self.app)
+
+    def compose(self) -> ComposeResult:
+        yield Static(site_header(self.site, self.peers), classes="site-header")
+        table: DataTable[Text | str] = DataTable(cursor_type="row", zebra_stripes=True)
+        table.add_column("VM", key="name")
+        table.add_column("state", key="state")
+        table.add_column("vCPU", key="vcpus")
+        table.add_column("memory", key="memory")
+        table.add_column("composition", key="bar", width=BAR_WIDTH)
+        table.add_column("rest.", key="restorable")
+        table.add_column("agent", key="agent")
+        yield table
+
+    def on_mount(self) -> None:
+        self.poll()
+
+    def set_site(self, site: Site, peers: list[str]) -> None:
+        self.site, self.peers = site, peers
+        self.query_one(".site-header", Static).update(site_header(site, peers))
+
+    # --- polling ---------------------------------------------------------------------------
+
+    @work(thread=True, exclusive=True, group="site-poll")
+    def poll(self) -> None:
+        backend = self.papp.backend
+        try:
+            vms = backend.vms(self.site.name)
+        except ServiceError as exc:
+            self.post_message(InventoryFailed(self.site.name, str(exc)))
+            return
+        compositions: dict[str, Composition] = {}
+        problems: dict[str, str] = {}
+        for vm in vms:
+            if vm.state not in (VMState.RUNNING, VMState.MIGRATING):
+                continue
+            try:
+                compositions[vm.uuid] = backend.composition(vm.uuid)
+            except ServiceError as exc:
+                problems[vm.uuid] = str(exc)
+        self.post_message(InventoryLoaded(self.site.name, vms, compositions, problems))
+
+    def _schedule_next(self) -> None:
+        # One timer at most: a manual refresh racing a scheduled one must not fork the loop.
+        if self._timer is not None:
+            self._timer.stop()
+            self._timer = None
+        if self.papp.paused:
+            self._due = True
+        else:
+            self._timer = self.set_timer(self.papp.refresh_s, self.poll)
+
+    def resume_polling(self) -> None:
+        if self._due:
+            self._due = False
+            self.poll()
+
+    @on(InventoryLoaded)
+    def _loaded(self, message: InventoryLoaded) -> None:
+        message.stop()
+        self.error = None
+        self.vms = {vm.uuid: vm for vm in message.vms}
+        # Keep the last composition of a VM whose agent missed one poll, but say so.
+        self.compositions = {**{k: v for k, v in self.compositions.items() if k in self.vms},
+                             **message.compositions}
+        self.problems = message.problems
+        self.render_rows()
+        self._schedule_next()
+
+    @on(InventoryFailed)
+    def _failed(self, message: InventoryFailed) -> None:
+        message.stop()
+        self.error = message.error
+        self.render_rows()
+        self._schedule_next()
+
+    # --- table -----------------------------------------------------------------------------
+
+    @property
+    def table(self) -> DataTable[Text | str]:
+        return self.query_one(DataTable)
+
+    def selected_uuid(self) -> str | None:
+        table = self.table
+        if table.row_count == 0:
+            return None
+        key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key
+        return key.value
+
+    def _row(self, vm: VM) -> list[Text | str]:
+        comp = self.compositions.get(vm.uuid)
+        if vm.uuid in self.problems:
+            agent = Text("no agent", style="#e5534b")
+        elif comp is None:
+            agent = Text("–", style="dim")
+        elif comp.error:
+            agent = Text(f"{comp.source}!", style="#d29922")
+        else:
+            agent = Text(str(comp.source))
+        return [
+            Text(vm.name, style="bold"),
+            Text(str(vm.state), style=STATE_STYLE.get(vm.state, "dim")),
+            str(vm.vcpus),
+            units.size(vm.memory_bytes),
+            composition_bar(comp, BAR_WIDTH),
+            units.percent(comp.restorable_share) if comp else "–",
+            agent,
+        ]
+
+    def _sort_key(self, vm: VM) -> tuple[object, ...]:
+        by = cast("MainScreen", self.screen).sort_by
+        comp = self.compositions.get(vm.uuid)
+        if by == "state":
+            return (str(vm.state), vm.name)
+        if by == "memory":
+            return (-vm.memory_bytes, vm.name)
+        if by == "restorable":
+            return (-(comp.restorable_share if comp else -1.0), vm.name)
+        return (vm.name,)
+
+    def render_rows(self) -> None:
+        """Bring the table in line with self.vms, keeping the cursor on the same VM."""
+        screen = cast("MainScreen", self.screen)
+        needle = screen.filter_text.lower()
+        wanted = sorted((vm for vm in self.vms.values() if needle in vm.name.lower()),
+                        key=self._sort_key)
+        table = self.table
+        keep = self.selected_uuid()
+        current = [k.value for k in table.rows]
+        order = [vm.uuid for vm in wanted]
+        if current == order:
+            for vm in wanted:
+                for col, cell in zip(table.columns, self._row(vm), strict=True):
+                    table.update_cell(vm.uuid, col, cell)
+        else:
+            table.clear()
+            for vm in wanted:
+                table.add_row(*self._row(vm), key=vm.uuid)
+        if keep in order:
+            table.move_cursor(row=order.index(keep), animate=False)
+        self.border_subtitle = self.error or ""
+        self.set_class(bool(self.error), "-error")
+
+
+class MainScreen(Screen[None]):
+    BINDINGS = [
+        Binding("enter", "details", "Details"),
+        Binding("m", "migrate", "Migrate"),
+        Binding("slash", "filter", "Filter"),
+        Binding("s", "sort", "Sort"),
+        Binding("r", "refresh", "Refresh", show=False),
+        Binding("escape", "clear_filter", "Clear filter", show=False),
+    ]
+    COMMANDS_HERE = (
+        ("Migrate selected VM", "Choose destination, mode and bandwidth cap", "migrate"),
+        ("Show VM details", "Composition history, disks and replicas", "details"),
+        ("Filter VMs", "Show only VMs whose name matches", "filter"),
+        ("Sort VMs", "Cycle the sort order", "sort"),
+    )
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sort_by = SORTS[0]
+        self.filter_text = ""
+        self.sites: list[Site] = []
+        self._due = False
+        self._timer: Timer | None = None
+
+    @property
+    def papp(self) -> PcteleportApp:
+        return cast("PcteleportApp", self.app)
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Container(Static("connecting to sites…", id="sites-message"), id="sites")
+        # Disabled while hidden, so it never takes the focus (or the keys) from the tables.
+        yield Input(placeholder="filter VMs by name (enter keeps it, esc clears)", id="filter",
+                    disabled=True)
+        yield Static(id="status")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.update_status()
+        self.poll_sites()
+
+    def on_resize(self) -> None:
+        # Side by side where there is room, stacked on an 80-column terminal.
+        self.query_one("#sites").set_class(self.size.width < 120, "-stacked")
+
+    # --- sites poll ------------------------------------------------------------------------
+
+    @work(thread=True, exclusive=True, group="sites-poll")
+    def poll_sites(self) -> None:
+        try:
+            sites = self.papp.backend.sites()
+        except ServiceError as exc:
+            self.post_message(SitesFailed(str(exc)))
+            return
+        self.post_message(SitesLoaded(sites))
+
+    def _schedule_next(self) -> None:
+        if self._timer is not None:
+            self._timer.stop()
+            self._timer = None
+        if self.papp.paused:
+            self._due = True
+        else:
+            self._timer = self.set_timer(self.papp.refresh_s, self.poll_sites)
+
+    def resume_polling(self) -> None:
+        if self._due:
+            self._due = False
+            self.poll_sites()
+        for pane in self.query(SitePane):
+            pane.resume_polling()
+        self.update_status()
+
+    @on(SitesLoaded)
+    def _sites_loaded(self, message: SitesLoaded) -> None:
+        self.sites = message.sites
+        container = self.query_one("#sites")
+        names = [s.name for s in message.sites]
+        for msg in self.query("#sites-message"):
+            msg.remove()
+        for site in message.sites:
+            peers = [n for n in names if n != site.name]
+            panes = [p for p in self.query(SitePane) if p.site.name == site.name]
+            if panes:
+                panes[0].set_site(site, peers)
+            else:
+                pane = SitePane(site)
+                pane.peers = peers
+                container.mount(pane)
+                self.call_after_refresh(self._focus_first_table)
+        if not message.sites:
+            container.mount(Static("no sites configured", id="sites-message"))
+        self.update_status()
+        self._schedule_next()
+
+    @on(SitesFailed)
+    def _sites_failed(self, message: SitesFailed) -> None:
+        self.notify(message.error, severity="error", timeout=6)
+        self._schedule_next()
+
+    def _focus_first_table(self) -> None:
+        if self.focused is None:
+            for pane in self.query(SitePane):
+                pane.table.focus()
+                return
+
+    def update_status(self) -> None:
+        t = Text()
+        t.append_text(legend())
+        t.append(f"│ every {self.papp.refresh_s:g} s", style="dim")
+        if self.papp.paused:
+            t.append("  PAUSED", style="bold #d29922")
+        t.append(f"  sort: {self.sort_by}", style="dim")
+        if self.filter_text:
+            t.append(f"  filter: {self.filter_text}", style="bold")
+        self.query_one("#status", Static).update(t)
+
+    # --- selection -------------------------------------------------------------------------
+
+    def focused_pane(self) -> SitePane | None:
+        focused = self.focused
+        for pane in self.query(SitePane):
+            if focused is not None and (focused is pane.table):
+                return pane
+        panes = list(self.query(SitePane))
+        return panes[0] if panes else None
+
+    def selected(self) -> tuple[SitePane, VM] | None:
+        pane = self.focused_pane()
+        if pane is None:
+            return None
+        uuid = pane.selected_uuid()
+        if uuid is None or uuid not in pane.vms:
+            return None
+        return pane, pane.vms[uuid]
+
+    @on(DataTable.RowSelected)
+    def _row_selected(self, _: DataTable.RowSelected) -> None:
+        self.action_details()
+
+    # --- actions ---------------------------------------------------------------------------
+
+    def action_details(self) -> None:
+        from console.ui.vm_detail import VMDetailScreen
+
+        picked = self.selected()
+        if picked is None:
+            self.notify("no VM selected", severity="warning")
+            return
+        pane, vm = picked
+        self.app.push_screen(VMDetailScreen(vm, self.sites, pane.compositions.get(vm.uuid)))
+
+    def action_migrate(self) -> None:
+        from console.ui.migrate_dialog import MigrateDialog
+
+        picked = self.selected()
+        if picked is None:
+            self.notify("no VM selected", severity="warning")
+            return
+        pane, vm = picked
+        if vm.state is not VMState.RUNNING:
+            self.notify(f"{vm.name} is {vm.state}: only a running VM migrates live",
+                        severity="warning")
+            return
+        self.app.push_screen(
+            MigrateDialog(vm, pane.site, self.sites, pane.compositions.get(vm.uuid)),
+            callback=self._start_migration)
+
+    def _start_migration(self, request: object) -> None:
+        from console.sites.service import MigrationRequest
+        from console.ui.migration_view import MigrationView
+
+        if isinstance(request, MigrationRequest):
+            self.app.push_screen(MigrationView(request))
+
+    def action_filter(self) -> None:
+        box = self.query_one("#filter", Input)
+        box.disabled = False
+        box.add_class("-visible")
+        box.focus()
+
+    @on(Input.Changed, "#filter")
+    def _filter_changed(self, event: Input.Changed) -> None:
+        self.filter_text = event.value.strip()
+        for pane in self.query(SitePane):
+            pane.render_rows()
+        self.update_status()
+
+    @on(Input.Submitted, "#filter")
+    def _filter_done(self, _: Input.Submitted) -> None:
+        box = self.query_one("#filter", Input)
+        box.remove_class("-visible")
+        box.disabled = True
+        pane = self.focused_pane()
+        if pane is not None:
+            pane.table.focus()
+
+    def action_clear_filter(self) -> None:
+        box = self.query_one("#filter", Input)
+        box.value = ""
+        box.remove_class("-visible")
+        box.disabled = True
+        pane = self.focused_pane()
+        if pane is not None:
+            pane.table.focus()
+
+    def action_sort(self) -> None:
+        self.sort_by = SORTS[(SORTS.index(self.sort_by) + 1) % len(SORTS)]
+        for pane in self.query(SitePane):
+            pane.render_rows()
+        self.update_status()
+
+    def action_refresh(self) -> None:
+        self.poll_sites()
+        for pane in self.query(SitePane):
+            pane.poll()
+
+    def on_screen_resume(self) -> None:
+        self.update_status()

@@ -1,0 +1,200 @@
+"""VM detail: live composition (stacked bar and history plot), disks and replicas, agent errors."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import TYPE_CHECKING, cast
+
+from rich.table import Table
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.screen import Screen
+from textual.timer import Timer
+from textual.widgets import DataTable, Footer, Header, Static
+from textual_plotext import PlotextPlot
+
+from console.records import VM, Composition, ReplicaState, Site
+from console.sites.service import ServiceError
+from console.ui import units
+from console.ui.composition_bar import SEGMENTS, composition_bar, segment_sizes
+from console.ui.messages import CompositionLoaded
+
+if TYPE_CHECKING:
+    from console.ui.app import PcteleportApp
+
+HISTORY = 600  # samples kept for the plot
+REPLICA_STYLE = {
+    ReplicaState.IN_SYNC: "#2ea043",
+    ReplicaState.DIFFERS: "bold #e5534b",
+    ReplicaState.MISSING: "bold #e5534b",
+    ReplicaState.UNKNOWN: "dim",
+}
+
+
+def composition_table(c: Composition) -> Table:
+    table = Table.grid(padding=(0, 2))
+    table.add_column()
+    table.add_column(justify="right")
+    table.add_column(justify="right")
+    for (label, glyph, style), size in zip(SEGMENTS, segment_sizes(c), strict=True):
+        share = size / c.total if c.total else 0.0
+        table.add_row(Text(f"{glyph} {label}", style=style), units.size(size),
+                      units.percent(share))
+    table.add_row(Text("total", style="bold"), units.size(c.total), "")
+    return table
+
+
+class VMDetailScreen(Screen[None]):
+    BINDINGS = [
+        Binding("escape", "app.pop_screen", "Back"),
+        Binding("m", "migrate", "Migrate"),
+    ]
+
+    def __init__(self, vm: VM, sites: list[Site], composition: Composition | None) -> None:
+        super().__init__()
+        self.vm = vm
+        self.sites = sites
+        self.composition = composition
+        self.error: str | None = None
+        self.history: deque[tuple[float, Composition]] = deque(maxlen=HISTORY)
+        self._start = time.monotonic()
+        self._due = False
+        self._timer: Timer | None = None
+        if composition is not None:
+            self.history.append((0.0, composition))
+
+    @property
+    def papp(self) -> PcteleportApp:
+        return cast("PcteleportApp", self.app)
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Static(id="vm-title")
+        yield Static(id="vm-bar")
+        yield Static(id="vm-numbers")
+        yield PlotextPlot(id="vm-history")
+        disks: DataTable[Text | str] = DataTable(id="vm-disks", cursor_type="none")
+        disks.add_column("disk", key="disk")
+        disks.add_column("size", key="size")
+        for site in self.sites:
+            disks.add_column(f"replica at {site.name}", key=site.name)
+        yield disks
+        yield Static(id="vm-agent")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        vm = self.vm
+        self.query_one("#vm-title", Static).update(Text.assemble(
+            (vm.name, "bold"), f"  {vm.uuid}  at {vm.site}  ", (str(vm.state), "bold"),
+            f"  {vm.vcpus} vCPU  {units.size(vm.memory_bytes)}"))
+        table = self.query_one("#vm-disks", DataTable)
+        for disk in vm.disks:
+            cells: list[Text | str] = [Text(f"{disk.target}  {disk.path}"),
+                                       units.size(disk.size_bytes)]
+            by_site = {r.site: r for r in disk.replicas}
+            for site in self.sites:
+                r = by_site.get(site.name)
+                if site.name == vm.site:
+                    cells.append(Text("source (live)", style="dim"))
+                elif r is None:
+                    cells.append(Text("–", style="dim"))
+                else:
+                    label = str(r.state) + (f": {r.detail}" if r.detail else "")
+                    cells.append(Text(label, style=REPLICA_STYLE[r.state]))
+            table.add_row(*cells, key=disk.target)
+        if not vm.disks:
+            table.add_row("no disks reported", "", *["" for _ in self.sites])
+        self.show()
+        self.poll()
+
+    # --- polling ---------------------------------------------------------------------------
+
+    @work(thread=True, exclusive=True, group="composition-poll")
+    def poll(self) -> None:
+        try:
+            comp = self.papp.backend.composition(self.vm.uuid)
+        except ServiceError as exc:
+            self.post_message(CompositionLoaded(self.vm.uuid, None, str(exc)))
+            return
+        self.post_message(CompositionLoaded(self.vm.uuid, comp, None))
+
+    @on(CompositionLoaded)
+    def _loaded(self, message: CompositionLoaded) -> None:
+        self.error = message.error
+        if message.composition is not None:
+            self.composition = message.composition
+            self.history.append((time.monotonic() - self._start, message.composition))
+        self.show()
+        if self._timer is not None:
+            self._timer.stop()
+        if self.papp.paused:
+            self._due = True
+        else:
+            self._timer = self.set_timer(self.papp.refresh_s, self.poll)
+
+    def resume_polling(self) -> None:
+        if self._due:
+            self._due = False
+            self.poll()
+
+    # --- rendering -------------------------------------------------------------------------
+
+    def show(self) -> None:
+        c = self.composition
+        bar = self.query_one("#vm-bar", Static)
+        width = max(10, self.size.width - 4)
+        if c is None:
+            bar.update(Text("no composition yet", style="dim"))
+        else:
+            share = Text.assemble(("restorable ", "bold"), (units.percent(c.restorable_share),
+                                  "bold #2ea043"), f" of {units.size(c.total)}  ·  agent: ",
+                                  (str(c.source), "bold"))
+            bar.update(Text("\n").join([composition_bar(c, width), composition_bar(c, width),
+                                        share]))
+            self.query_one("#vm-numbers", Static).update(composition_table(c))
+        agent = self.query_one("#vm-agent", Static)
+        problem = self.error or (c.error if c else None)
+        agent.update(Text(f"agent: {problem}", style="bold #e5534b") if problem
+                     else Text("agent: no errors", style="dim"))
+        self.plot()
+
+    def plot(self) -> None:
+        widget = self.query_one(PlotextPlot)
+        plt = widget.plt
+        plt.clear_data()
+        plt.clear_figure()
+        plt.title("composition over time (MiB)")
+        plt.xlabel("s")
+        if len(self.history) >= 1:
+            xs = [t for t, _ in self.history]
+            for (label, _, style), i in zip(SEGMENTS[:4], range(4), strict=True):
+                ys = [segment_sizes(c)[i] / 2**20 for _, c in self.history]
+                plt.plot(xs, ys, label=label, color=_rgb(style), marker="braille")
+            ys = [c.free / 2**20 for _, c in self.history]
+            plt.plot(xs, ys, label="free", color=_rgb("#8b8b8b"), marker="braille")
+        widget.refresh()
+
+    def action_migrate(self) -> None:
+        from console.ui.migrate_dialog import MigrateDialog
+        from console.ui.migration_view import MigrationView
+
+        source = next((s for s in self.sites if s.name == self.vm.site), None)
+        if source is None:
+            return
+
+        def start(request: object) -> None:
+            from console.sites.service import MigrationRequest
+
+            if isinstance(request, MigrationRequest):
+                self.app.switch_screen(MigrationView(request))
+
+        self.app.push_screen(MigrateDialog(self.vm, source, self.sites, self.composition),
+                             callback=start)
+
+
+def _rgb(hex_colour: str) -> tuple[int, int, int]:
+    h = hex_colour.lstrip("#")
+    return (int(h[0:2], 16), int(h[2:4], 16), int(h[4:6], 16))
