@@ -136,6 +136,12 @@ def _connect(addr: tuple[str, int], timeout: float = CONNECT_TIMEOUT) -> socket.
             time.sleep(0.2)
 
 
+def _stop(sock: socket.socket) -> None:
+    """Break a connection another thread is using (it sees end of stream, not a bad fd)."""
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+
+
 def _close(*socks: socket.socket | None) -> None:
     for s in socks:
         if s is None:
@@ -188,10 +194,12 @@ class SendRelay:
             ticker.start()
             try:
                 counters = encoder.run(SocketReader(qemu))
-            except OSError as exc:
-                raise RelayError(f"lost the source QEMU or the WAN: {exc}") from None
-            except PcteleportError as exc:
+            except (OSError, PcteleportError) as exc:
+                if self.back_error:  # the peer's failure is why QEMU's stream was cut
+                    raise RelayError(self.back_error) from None
                 self._send_error(writer, str(exc))
+                if isinstance(exc, OSError):
+                    raise RelayError(f"lost the source QEMU or the WAN: {exc}") from None
                 raise
             finally:
                 ticker.stopped.set()
@@ -226,14 +234,13 @@ class SendRelay:
                 elif frame.type == wan.ERROR:
                     msg = frame.payload.decode(errors="replace")
                     self.back_error = f"destination relay: {msg}"
-                    self.emit("error", message=self.back_error)
-                    _close(qemu)  # QEMU sees the stream break: the source keeps running
+                    _stop(qemu)  # QEMU sees the stream break: the source keeps running
                     return
                 else:
                     raise RelayError(f"unexpected {wan.NAMES.get(frame.type)} frame from peer")
         except (OSError, PcteleportError) as exc:
             self.back_error = f"back channel: {exc}"
-            _close(qemu)
+            _stop(qemu)
             return
         # The destination closed the WAN: let QEMU see the return path close too.
         with contextlib.suppress(OSError):
