@@ -1,0 +1,27 @@
+"""Open the console: on the configured sites, or on recordings (`pcteleport replay`)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from console.sites.service import Backend
+
+
+def run_console(backend: Backend, refresh_s: float = 2.0) -> int:
+    from console.ui.app import create_app
+
+    create_app(backend, refresh_s=refresh_s).run()
+    return 0
+
+
+def run_configured(refresh_s: float = 2.0) -> int:
+    from console.sites.backends import open_configured_backend
+
+    return run_console(open_configured_backend(), refresh_s)
+
+
+def run_replay(files: Sequence[str], speed: float) -> int:
+    from console.sites.replay import ReplayBackend
+
+    return run_console(ReplayBackend.from_files([Path(f) for f in files], speed))
