@@ -25,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_codec(sub)
     _add_relay(sub)
+    _add_replay(sub)
     return parser
 
 
@@ -112,16 +113,37 @@ def _relay_recv(args: argparse.Namespace) -> int:
     return relay.main_recv(args)
 
 
+# --- console -----------------------------------------------------------------------------
+
+
+def _add_replay(sub: argparse._SubParsersAction) -> None:
+    replay = sub.add_parser("replay", help="play recorded migrations back in the console")
+    replay.add_argument("files", nargs="+", metavar="FILE", help="migration record (JSON)")
+    replay.add_argument("--speed", type=float, default=1.0, metavar="N",
+                        help="play N times faster than recorded (default 1)")
+    replay.set_defaults(handler=_replay)
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from console.ui import launch
+
+    return launch.run_replay(args.files, args.speed)
+
+
+def _console(_: argparse.Namespace) -> int:
+    from console.ui import launch
+
+    return launch.run_configured()
+
+
 # --- entry point -------------------------------------------------------------------------
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    handler: Handler | None = getattr(args, "handler", None)
-    if handler is None:
-        parser.print_help()
-        return 0
+    # No subcommand opens the console on the configured sites.
+    handler: Handler = getattr(args, "handler", None) or _console
     try:
         return handler(args)
     except PcteleportError as exc:
