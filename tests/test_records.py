@@ -1,0 +1,126 @@
+"""Records: JSON round trip (any record), the exact summary shape, clear errors, the store."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from console.record_store import RecordStore, default_records_dir
+from console.records import (
+    VM,
+    Composition,
+    LogLine,
+    MigrationRecord,
+    MigrationSample,
+    Mode,
+    PageCounts,
+    Phase,
+    PhaseMark,
+    RecordBuilder,
+    RecordError,
+    Result,
+    Site,
+)
+
+finite = st.floats(allow_nan=False, allow_infinity=False)
+st.register_type_strategy(float, finite)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.builds(MigrationRecord))
+def test_migration_record_round_trips_through_json(record: MigrationRecord) -> None:
+    assert MigrationRecord.from_json(record.to_json()) == record
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.builds(Site), st.builds(VM), st.builds(Composition))
+def test_inventory_records_round_trip(site: Site, vm: VM, comp: Composition) -> None:
+    from console.records import from_json, to_json
+
+    assert from_json(Site, to_json(site)) == site
+    assert from_json(VM, to_json(vm)) == vm
+    assert from_json(Composition, to_json(comp)) == comp
+
+
+def test_summary_has_exactly_the_issue_5_keys() -> None:
+    r = MigrationRecord(run_id="r1", vm="web", from_site="tokyo", to_site="osaka",
+                        mode=Mode.TELEPORT, result=Result.OK, total_s=11.5, downtime_ms=306.0,
+                        wan_bytes=134_000_000, guest_bytes=2**30,
+                        pages=PageCounts(teleported=70_000, zero=120_000, sent=40_000))
+    s = r.summary()
+    assert list(s) == ["vm", "from", "to", "mode", "result", "total_s", "downtime_ms",
+                       "wan_bytes", "guest_bytes", "pages"]
+    assert s["pages"] == {"teleported": 70_000, "zero": 120_000, "sent": 40_000}
+    assert s["from"] == "tokyo" and s["mode"] == "teleport" and s["result"] == "ok"
+    json.dumps(s)  # serialisable as is
+
+
+def test_record_json_uses_from_and_to_keys() -> None:
+    r = MigrationRecord(run_id="r", vm="web", from_site="a", to_site="b", mode=Mode.STOCK)
+    data = json.loads(r.to_json())
+    assert data["from"] == "a" and data["to"] == "b" and "from_site" not in data
+
+
+def test_reading_a_bad_record_names_the_field() -> None:
+    good = json.loads(MigrationRecord(run_id="r", vm="web", from_site="a", to_site="b",
+                                      mode=Mode.STOCK).to_json())
+    bad_mode = dict(good, mode="warp")
+    with pytest.raises(RecordError, match=r"mode.*'warp'.*stock"):
+        MigrationRecord.from_json(json.dumps(bad_mode))
+    missing = {k: v for k, v in good.items() if k != "vm"}
+    with pytest.raises(RecordError, match="missing field 'vm'"):
+        MigrationRecord.from_json(json.dumps(missing))
+    with pytest.raises(RecordError, match="not JSON"):
+        MigrationRecord.from_json("{nope")
+
+
+def test_older_records_without_optional_fields_still_load() -> None:
+    text = json.dumps({"run_id": "r", "vm": "web", "from": "a", "to": "b", "mode": "zstd",
+                       "total_s": 12})
+    r = MigrationRecord.from_json(text)
+    assert r.total_s == 12.0 and isinstance(r.total_s, float) and r.samples == []
+
+
+def test_builder_accumulates_events_and_replays_them_in_time_order() -> None:
+    r = MigrationRecord(run_id="r", vm="web", from_site="a", to_site="b", mode=Mode.TELEPORT)
+    b = RecordBuilder(r)
+    sample = MigrationSample(t=1.0, phase=Phase.ITERATIVE, guest_rate_bytes_per_s=1.0,
+                             wan_rate_bytes_per_s=1.0, remaining_bytes=5, total_bytes=10,
+                             pages=PageCounts(1, 2, 3))
+    b.add(LogLine(1.0, "line"))
+    b.add(sample)
+    b.add(PhaseMark(Phase.PREPARE, 0.0))
+    b.add(PhaseMark(Phase.ITERATIVE, 1.0, 1))
+    assert r.pages == PageCounts(1, 2, 3)
+    assert r.current_phase is Phase.ITERATIVE
+    kinds = [type(e).__name__ for _, e in b.events()]
+    assert kinds == ["PhaseMark", "PhaseMark", "MigrationSample", "LogLine"]
+
+
+def _record(run_id: str, started: float) -> MigrationRecord:
+    return MigrationRecord(run_id=run_id, vm="web", from_site="tokyo", to_site="osaka",
+                           mode=Mode.TELEPORT, started_at=started, result=Result.OK)
+
+
+def test_store_saves_and_loads_in_start_order_and_reports_bad_files(tmp_path: Path) -> None:
+    store = RecordStore(tmp_path)
+    later = store.save(_record("b", 2_000_000_000.0))
+    store.save(_record("a", 1_000_000_000.0))
+    assert later.name.startswith("20330518T") and later.suffix == ".json"
+    (tmp_path / "broken.json").write_text("{")
+    result = store.load_all()
+    assert [r.run_id for r in result.records] == ["a", "b"]
+    assert len(result.problems) == 1 and "broken.json" in result.problems[0]
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_store_location_follows_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("PCTELEPORT_RECORDS", raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
+    assert default_records_dir() == tmp_path / "pcteleport" / "records"
+    monkeypatch.setenv("PCTELEPORT_RECORDS", str(tmp_path / "elsewhere"))
+    assert default_records_dir() == tmp_path / "elsewhere"
