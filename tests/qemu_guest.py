@@ -86,7 +86,7 @@ def make_ext4(path: Path, files: dict[str, bytes], size_mib: int, label: str = "
             p.write_bytes(data)
         path.unlink(missing_ok=True)
         subprocess.run(
-            ["mkfs.ext4", "-q", "-F", "-L", label, "-m", "0", "-d", tmp, str(path),
+            ["mkfs.ext4", "-q", "-F", "-b", "4096", "-L", label, "-m", "0", "-d", tmp, str(path),
              f"{size_mib}M"],
             check=True,
         )

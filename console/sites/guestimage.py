@@ -274,7 +274,7 @@ def build_rootfs(kernel: GuestKernel, spec: RootfsSpec | None = None) -> Path:
     agent_src = agent.read_bytes() if spec.with_agent and agent.exists() else None
     extra_kos = kernel.module_closure(spec.extra_modules) if spec.extra_modules else []
     key = _key(
-        "rootfs-v1",
+        "rootfs-v2-b4096",
         kernel.version,
         *(f"{p}={v}".encode() for p, v in sorted(versions.items())),
         ko.read_bytes() if ko else b"-",
@@ -306,7 +306,7 @@ def build_rootfs(kernel: GuestKernel, spec: RootfsSpec | None = None) -> Path:
         size_mib = _tree_mib(root) * 5 // 4 + spec.free_mib
         tmp_img = Path(tmp) / "root.ext4"
         _run(
-            ["mkfs.ext4", "-q", "-F", "-L", ROOT_SERIAL, "-m", "0", "-d", str(root),
+            ["mkfs.ext4", "-q", "-F", "-b", "4096", "-L", ROOT_SERIAL, "-m", "0", "-d", str(root),
              str(tmp_img), f"{size_mib}M"],
             what="make the guest root filesystem",
         )
