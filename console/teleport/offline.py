@@ -83,7 +83,7 @@ def qemu_stream_stats(f: BinaryIO) -> dict:
         "return_path": info.return_path,
         "commands": info.commands,
         "device_state_bytes": device,
-        "eof_seen": info.eof_seen,
+        "vm_description_bytes": info.optional_tail(),
     }
 
 

@@ -248,7 +248,6 @@ class StreamInfo:
     sections: dict[int, str] = field(default_factory=dict)  # section id -> idstr
     return_path: bool = False
     device_state_offset: int | None = None  # where verbatim device state starts
-    eof_seen: bool = False
     commands: list[str] = field(default_factory=list)
     device_state: bytearray = field(default_factory=bytearray)  # kept to find the tail
 
@@ -313,7 +312,6 @@ class StreamParser:
             elif kind in (VM_SECTION_FULL, VM_EOF):
                 # Device state: not length-prefixed, so carry the rest verbatim.
                 self.info.device_state_offset = start
-                self.info.eof_seen = kind == VM_EOF
                 keep = self.info.device_state
                 keep.append(kind)
                 yield Chunk(RAW, bytes([kind]))
