@@ -226,7 +226,7 @@ def test_source_vanishing_mid_stream_fails_both_ends_clearly(material):
 
 def test_killed_destination_relay_fails_the_source_end(material):
     m = material
-    send, recv, dest, port = start_pair(m)
+    send, recv, _dest, port = start_pair(m)
     try:
         sock = socket.create_connection(("127.0.0.1", port), timeout=20)
         sock.sendall(m["stream"][:1000])

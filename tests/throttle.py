@@ -3,6 +3,7 @@ each way, pacing bytes to a fixed rate, and counts what crossed it."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -46,7 +47,5 @@ class ThrottledLink(threading.Thread):
             dst.shutdown(socket.SHUT_WR)
         except OSError:
             for s in (src, dst):
-                try:
+                with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
