@@ -26,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_codec(sub)
     _add_relay(sub)
     _add_replay(sub)
+    _add_lab(sub)
     return parser
 
 
@@ -134,6 +135,67 @@ def _console(_: argparse.Namespace) -> int:
     from console.ui import launch
 
     return launch.run_configured()
+
+
+# --- lab ---------------------------------------------------------------------------------
+
+
+def _add_lab(sub: argparse._SubParsersAction) -> None:
+    lab = sub.add_parser("lab", help="the embedded two-site lab (tokyo, osaka) on this host")
+    lsub = lab.add_subparsers(dest="lab_command", metavar="ACTION", required=True)
+
+    up = lsub.add_parser("up", help="bring the lab up (idempotent)")
+    up.add_argument("--vms", type=lambda s: [v for v in s.split(",") if v], metavar="A,B",
+                    help="scenarios to define and start at tokyo (default: web,tpcc,idle)")
+    up.add_argument("--wan", metavar="PROFILE", help="WAN profile (default, fast, slow)")
+    up.set_defaults(handler=_lab_up)
+
+    down = lsub.add_parser("down", help="stop the lab and remove its namespaces")
+    down.set_defaults(handler=_lab_down)
+
+    st = lsub.add_parser("status", help="sites, daemons, WAN (measured) and VMs")
+    st.add_argument("--json", action="store_true", help="print JSON")
+    st.add_argument("--no-measure", action="store_true", help="skip the WAN measurement")
+    st.set_defaults(handler=_lab_status)
+
+    ssh = lsub.add_parser("ssh", help="log in to a site host (or run CMD there)")
+    ssh.add_argument("site", metavar="SITE")
+    ssh.add_argument("cmd", nargs=argparse.REMAINDER, metavar="CMD")
+    ssh.set_defaults(handler=_lab_ssh)
+
+    wan = lsub.add_parser("wan", help="switch the WAN profile live")
+    wan.add_argument("profile", metavar="PROFILE", help="default, fast or slow")
+    wan.set_defaults(handler=_lab_wan)
+
+
+def _lab_up(args: argparse.Namespace) -> int:
+    from console.sites.lab import commands
+
+    return commands.up(args.vms, args.wan)
+
+
+def _lab_down(args: argparse.Namespace) -> int:
+    from console.sites.lab import commands
+
+    return commands.down()
+
+
+def _lab_status(args: argparse.Namespace) -> int:
+    from console.sites.lab import commands
+
+    return commands.show_status(args.json, not args.no_measure)
+
+
+def _lab_ssh(args: argparse.Namespace) -> int:
+    from console.sites.lab import commands
+
+    return commands.ssh(args.site, args.cmd)
+
+
+def _lab_wan(args: argparse.Namespace) -> int:
+    from console.sites.lab import commands
+
+    return commands.set_wan(args.profile)
 
 
 # --- entry point -------------------------------------------------------------------------
