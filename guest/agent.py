@@ -1,0 +1,685 @@
+#!/usr/bin/env python3
+"""pcteleport guest agent: page-cache composition and the restorable map, from inside a guest.
+
+Standard library only, Python >= 3.9, one file: run it as ``python3 -m guest.agent`` or copy
+it into a guest and run ``python3 agent.py``.
+
+Commands:
+  composition [--interval S] [--count N]   JSON lines: total, free, anon, page cache ...
+  map --disk DISK [--binary] [--source auto|module|fallback] [--mounts M,...]
+                                           the restorable map of one disk, in the codec's
+                                           extent text form (or its binary form)
+  disks                                    the block disks this guest has, as JSON
+  serve (--stdio | --port DEVICE)          JSON-lines requests, like qemu-guest-agent
+
+DISK is a virtio serial ("data" or "serial:data"), a name ("vdb", "/dev/vdb") or "MAJ:MIN".
+
+Sources: the pcteleport kernel module (/proc/pcteleport, exact and fast) or, without it, a
+userspace fallback: composition from /proc/meminfo, map from mincore() + MADV_POPULATE_READ
++ /proc/self/pagemap + /proc/kpageflags + FIEMAP over the files under the disk's mounts.
+Every answer says which source it used.
+
+Protocol (serve): one JSON object a line each way.
+  request   {"id": 1, "method": "composition", "params": {...}}
+  response  {"id": 1, "result": {...}}  or  {"id": 1, "error": {"code": C, "message": M}}
+  event     {"event": "composition", "data": {...}}   (after "watch", until "unwatch")
+Methods: hello, ping, composition, disks, map {disk, format: text|binary, source, mounts},
+watch {interval}, unwatch. Binary maps travel base64-encoded in result["binary_b64"].
+"""
+
+import argparse
+import base64
+import ctypes
+import errno
+import json
+import mmap
+import os
+import select
+import stat
+import struct
+import sys
+import time
+
+PAGE = 4096
+PROC_DIR = "/proc/pcteleport"
+MAP_MAGIC = b"PCTMAP1\n"
+PROTOCOL_VERSION = 1
+# Filesystems whose files FIEMAP maps to blocks of their own device (the fallback's reach).
+FALLBACK_FSTYPES = ("ext4", "ext3", "ext2", "xfs", "vfat", "msdos")
+# ...and those the kernel module can walk (its fstypes parameter).
+MODULE_FSTYPES = ("ext4", "ext3", "ext2", "xfs", "vfat", "msdos")
+
+
+class AgentError(Exception):
+    """A failure the host can act on; ``code`` is stable, the message says what to do."""
+
+    def __init__(self, code, message):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+# --- disks ------------------------------------------------------------------------------
+
+
+def _read(path, default=""):
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return default
+
+
+def list_disks():
+    """Whole block disks: name, dev, serial, size and partitions (with byte offsets)."""
+    disks = []
+    for name in sorted(os.listdir("/sys/block")):
+        base = "/sys/block/" + name
+        if name.startswith(("loop", "ram", "zram")) and _read(base + "/size", "0") == "0":
+            continue
+        parts = []
+        for entry in sorted(os.listdir(base)):
+            pbase = base + "/" + entry
+            if os.path.exists(pbase + "/partition"):
+                parts.append({
+                    "name": entry,
+                    "dev": _read(pbase + "/dev"),
+                    "start": int(_read(pbase + "/start", "0")) * 512,
+                    "size": int(_read(pbase + "/size", "0")) * 512,
+                })
+        disks.append({
+            "name": name,
+            "dev": _read(base + "/dev"),
+            "serial": _read(base + "/serial") or _read(base + "/device/serial"),
+            "size": int(_read(base + "/size", "0")) * 512,
+            "partitions": parts,
+        })
+    return disks
+
+
+def find_disk(spec, disks=None):
+    disks = list_disks() if disks is None else disks
+    want = spec[len("serial:"):] if spec.startswith("serial:") else spec
+    name = want[len("/dev/"):] if want.startswith("/dev/") else want
+    for d in disks:
+        if spec.startswith("serial:"):
+            if d["serial"] == want:
+                return d
+        elif want in (d["serial"], d["dev"]) or name == d["name"]:
+            return d
+    known = ", ".join(
+        "%s (serial %s, %s)" % (d["name"], d["serial"] or "none", d["dev"]) for d in disks
+    )
+    raise AgentError("unknown-disk",
+                     "unknown disk %r; this guest has: %s" % (spec, known or "none"))
+
+
+def _dev_of(devnum):
+    return "%d:%d" % (os.major(devnum), os.minor(devnum))
+
+
+def _mounts():
+    """(device, mount point, fstype) of mounted filesystems, from /proc/self/mounts."""
+    out = []
+    for line in _read("/proc/self/mounts").splitlines():
+        fields = line.split()
+        if len(fields) >= 3:
+            out.append((fields[0], fields[1].replace("\\040", " "), fields[2]))
+    return out
+
+
+def _disk_mounts(disk):
+    """Mounts whose block device is the disk or one of its partitions: (mnt, fstype, start)."""
+    starts = {disk["dev"]: 0}
+    for p in disk["partitions"]:
+        starts[p["dev"]] = p["start"]
+    found = []
+    for _dev, mnt, fstype in _mounts():
+        try:
+            st = os.stat(mnt)
+        except OSError:
+            continue
+        key = _dev_of(st.st_dev)
+        if key in starts:
+            found.append((mnt, fstype, starts[key], key))
+    return found
+
+
+# --- composition ------------------------------------------------------------------------
+
+
+def meminfo():
+    info = {}
+    for line in _read("/proc/meminfo").splitlines():
+        key, _, rest = line.partition(":")
+        words = rest.split()
+        if words:
+            info[key] = int(words[0]) * (1024 if len(words) > 1 else 1)
+    return info
+
+
+def module_loaded():
+    return os.path.isdir(PROC_DIR)
+
+
+def _module_counters(text):
+    counters, sbs = {}, []
+    for line in text.splitlines():
+        words = line.lstrip("# ").split()
+        if len(words) == 2 and words[1].lstrip("-").isdigit():
+            counters[words[0]] = int(words[1])
+        elif len(words) >= 8 and words[0] == "sb":
+            sbs.append({"fstype": words[1], "bdev": words[2], "dev": words[3],
+                        "disk": words[5], "disk_dev": words[6], "start": int(words[8])})
+    return counters, sbs
+
+
+def _set_module_fstypes():
+    """Walk only the types that are registered: naming others would make the kernel load them."""
+    registered = {line.split()[-1] for line in _read("/proc/filesystems").splitlines() if line}
+    wanted = ",".join(t for t in MODULE_FSTYPES if t in registered)
+    path = "/sys/module/pcteleport/parameters/fstypes"
+    try:
+        if _read(path) != wanted:
+            with open(path, "w") as f:
+                f.write(wanted)
+    except OSError:
+        pass  # not root: the module keeps its default (ext4 family)
+
+
+class Composition:
+    """Snapshots of memory use; the restorable figure is refreshed every ``restorable_every``
+    seconds from the module (a cheap walk without block lookups), or taken from the last
+    fallback map; ``restorable_age_s`` says how old it is."""
+
+    def __init__(self, restorable_every=5.0):
+        self.restorable_every = restorable_every
+        self.restorable = None  # (bytes, time.monotonic() when measured)
+
+    def note_fallback_map(self, pages):
+        self.restorable = (pages * PAGE, time.monotonic())
+
+    def _refresh_from_module(self, now):
+        if self.restorable is not None and now - self.restorable[1] < self.restorable_every:
+            return
+        _set_module_fstypes()
+        counters, _ = _module_counters(_read(PROC_DIR + "/stats"))
+        if "restorable_estimate" in counters:
+            self.restorable = (counters["restorable_estimate"] * PAGE, now)
+
+    def snapshot(self):
+        now = time.monotonic()
+        m = meminfo()
+        loaded = module_loaded()
+        if loaded:
+            self._refresh_from_module(now)
+        total, free = m.get("MemTotal", 0), m.get("MemFree", 0)
+        shmem = m.get("Shmem", 0)
+        page_cache = max(0, m.get("Cached", 0) + m.get("Buffers", 0) - shmem)
+        dirty, writeback = m.get("Dirty", 0), m.get("Writeback", 0)
+        anon = m.get("AnonPages", 0)
+        return {
+            "t": round(time.time(), 3),
+            "total": total,
+            "free": free,
+            "anon": anon,
+            "shmem": shmem,
+            "page_cache": page_cache,
+            "clean": max(0, page_cache - dirty - writeback),
+            "dirty": dirty,
+            "writeback": writeback,
+            "kernel_other": max(0, total - free - anon - shmem - page_cache),
+            "restorable": self.restorable[0] if self.restorable else None,
+            "restorable_age_s": round(now - self.restorable[1], 1) if self.restorable else None,
+            "source": "module" if loaded else "fallback",
+        }
+
+
+# --- map: kernel module -----------------------------------------------------------------
+
+
+def _module_map(disk):
+    _set_module_fstypes()
+    try:
+        with open(PROC_DIR + "/map") as f:
+            text = f.read()
+    except PermissionError:
+        raise AgentError("not-root", "reading %s/map needs root: run the agent as root"
+                         % PROC_DIR) from None
+    counters, sbs = _module_counters(text)
+    extents = []
+    for line in text.splitlines():
+        if not line or line[0] == "#":
+            continue
+        pfn, pages, dev, off = line.split()
+        if dev == disk["dev"]:
+            extents.append((int(pfn, 16) * PAGE, int(off, 16), int(pages) * PAGE))
+    notes = []
+    if "truncated" in text:
+        notes.append("module map truncated (max_extents): the map is partial")
+    covered = {sb["dev"] for sb in sbs}
+    for mnt, fstype, _start, dev in _disk_mounts(disk):
+        if dev not in covered:
+            notes.append("%s (%s) is not covered by the module" % (mnt, fstype))
+    return extents, counters, notes
+
+
+# --- map: userspace fallback ------------------------------------------------------------
+
+FS_IOC_FIEMAP = 0xC020660B
+_FIEMAP_HEAD = struct.Struct("=QQIIII")
+_FIEMAP_EXTENT = struct.Struct("=QQQQQIIII")
+# Extents whose bytes on disk are not the file's bytes (or not yet on disk at all).
+_FIEMAP_UNUSABLE = (0x2 | 0x4 | 0x8 | 0x80 | 0x100 | 0x200 | 0x400 | 0x800)
+_KPF_UPTODATE, _KPF_DIRTY, _KPF_WRITEBACK = 1 << 3, 1 << 4, 1 << 8
+_PM_PRESENT, _PM_PFN_MASK = 1 << 63, (1 << 55) - 1
+MADV_POPULATE_READ = 22
+
+
+def _fiemap(fd, size):
+    """[(logical, physical, length)] of the file's usable extents."""
+    import fcntl
+
+    extents, start, count = [], 0, 256
+    while start < size:
+        buf = bytearray(_FIEMAP_HEAD.size + count * _FIEMAP_EXTENT.size)
+        _FIEMAP_HEAD.pack_into(buf, 0, start, size - start, 0, 0, count, 0)
+        fcntl.ioctl(fd, FS_IOC_FIEMAP, buf)
+        mapped = _FIEMAP_HEAD.unpack_from(buf, 0)[3]
+        if not mapped:
+            break
+        last = False
+        for i in range(mapped):
+            logical, physical, length, _r1, _r2, flags, _a, _b, _c = _FIEMAP_EXTENT.unpack_from(
+                buf, _FIEMAP_HEAD.size + i * _FIEMAP_EXTENT.size)
+            if not flags & _FIEMAP_UNUSABLE:
+                extents.append((logical, physical, length))
+            start = logical + length
+            last = bool(flags & 0x1)
+        if last:
+            break
+    return extents
+
+
+class _Libc:
+    def __init__(self):
+        self.c = ctypes.CDLL(None, use_errno=True)
+        self.c.mmap.restype = ctypes.c_void_p
+        self.c.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                                ctypes.c_int, ctypes.c_long]
+        self.c.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+        self.c.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+        self.c.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+
+
+def _runs(flags):
+    """(first, count) runs of true entries."""
+    runs, start = [], None
+    for i, on in enumerate(flags):
+        if on and start is None:
+            start = i
+        elif not on and start is not None:
+            runs.append((start, i - start))
+            start = None
+    if start is not None:
+        runs.append((start, len(flags) - start))
+    return runs
+
+
+def _file_pages(libc, fd, size, pagemap_fd, kpf_fd, counters):
+    """{file page index: pfn} of the file's resident pages that are clean and up to date."""
+    npages = (size + PAGE - 1) // PAGE
+    addr = libc.c.mmap(None, npages * PAGE, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+    if addr in (None, ctypes.c_void_p(-1).value):
+        return {}
+    try:
+        vec = ctypes.create_string_buffer(npages)
+        if libc.c.mincore(addr, npages * PAGE, vec) != 0:
+            return {}
+        resident = [b & 1 for b in vec.raw[:npages]]
+        # Map the resident pages into our page table (no I/O: they are in the page cache).
+        for first, count in _runs(resident):
+            if libc.c.madvise(addr + first * PAGE, count * PAGE, MADV_POPULATE_READ) != 0:
+                for i in range(first, first + count):
+                    ctypes.string_at(addr + i * PAGE, 1)
+        raw = os.pread(pagemap_fd, 8 * npages, (addr // PAGE) * 8)
+        entries = struct.unpack("=%dQ" % (len(raw) // 8), raw)
+        pages = {}
+        for i, entry in enumerate(entries):
+            if not resident[i] or not entry & _PM_PRESENT:
+                continue
+            pfn = entry & _PM_PFN_MASK
+            if pfn == 0:
+                raise AgentError("not-root", "/proc/self/pagemap hides page frame numbers: "
+                                 "the fallback map needs root (CAP_SYS_ADMIN)")
+            counters["cached"] += 1
+            flags = struct.unpack("=Q", os.pread(kpf_fd, 8, pfn * 8))[0]
+            if flags & _KPF_DIRTY:
+                counters["dirty"] += 1
+            elif flags & _KPF_WRITEBACK:
+                counters["writeback"] += 1
+            elif flags & _KPF_UPTODATE:
+                pages[i] = pfn
+        return pages
+    finally:
+        libc.c.munmap(addr, npages * PAGE)
+
+
+def _fallback_map(disk, mounts=None):
+    if os.geteuid() != 0:
+        raise AgentError("not-root", "the fallback map reads /proc/kpageflags and page frame "
+                         "numbers: run the agent as root")
+    on_disk = _disk_mounts(disk)
+    if mounts:
+        wanted = {os.path.realpath(m) for m in mounts}
+        on_disk = [m for m in on_disk if os.path.realpath(m[0]) in wanted]
+    notes, covered = [], []
+    for mnt, fstype, start, dev in on_disk:
+        if fstype in FALLBACK_FSTYPES:
+            covered.append((mnt, start, dev))
+        else:
+            notes.append("%s (%s) is not covered: the map supports %s" %
+                         (mnt, fstype, ", ".join(FALLBACK_FSTYPES)))
+    if not covered:
+        raise AgentError("unsupported-filesystem" if on_disk else "not-mounted",
+                         "no mounted filesystem on %s the map can cover%s" %
+                         (disk["name"], (": " + "; ".join(notes)) if notes else ""))
+    libc = _Libc()
+    counters = {"cached": 0, "dirty": 0, "writeback": 0, "restorable": 0, "files": 0}
+    extents = []
+    pagemap_fd = os.open("/proc/self/pagemap", os.O_RDONLY)
+    kpf_fd = os.open("/proc/kpageflags", os.O_RDONLY)
+    seen = set()
+    try:
+        for mnt, start, dev in covered:
+            for dirpath, dirnames, filenames in os.walk(mnt):
+                # Stay on this filesystem (os.walk does not stop at mount points).
+                dirnames[:] = [d for d in dirnames
+                               if _dev_of(os.lstat(os.path.join(dirpath, d)).st_dev) == dev]
+                for name in filenames:
+                    _fallback_file(os.path.join(dirpath, name), dev, start, libc, pagemap_fd,
+                                   kpf_fd, counters, extents, seen)
+    finally:
+        os.close(pagemap_fd)
+        os.close(kpf_fd)
+    return extents, counters, notes
+
+
+def _fallback_file(path, dev, start, libc, pagemap_fd, kpf_fd, counters, extents, seen):
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return
+    try:
+        st = os.fstat(fd)
+        if (not stat.S_ISREG(st.st_mode) or st.st_size == 0
+                or _dev_of(st.st_dev) != dev or (st.st_dev, st.st_ino) in seen):
+            return
+        seen.add((st.st_dev, st.st_ino))
+        counters["files"] += 1
+        pages = _file_pages(libc, fd, st.st_size, pagemap_fd, kpf_fd, counters)
+        if not pages:
+            return
+        for logical, physical, length in _fiemap(fd, st.st_size):
+            if logical % PAGE or physical % PAGE:
+                continue
+            for i in range(logical // PAGE, (logical + length + PAGE - 1) // PAGE):
+                pfn = pages.get(i)
+                if pfn is not None:
+                    extents.append((pfn * PAGE, start + physical + i * PAGE - logical, PAGE))
+                    counters["restorable"] += 1
+    except OSError:
+        return
+    finally:
+        os.close(fd)
+
+
+# --- map: output ------------------------------------------------------------------------
+
+
+def coalesce(extents):
+    """Sorted by guest address; neighbours contiguous in memory and on disk become one."""
+    out = []
+    for gpa, off, length in sorted(extents):
+        if out and out[-1][0] + out[-1][2] == gpa and out[-1][1] + out[-1][2] == off:
+            out[-1] = (out[-1][0], out[-1][1], out[-1][2] + length)
+        else:
+            out.append((gpa, off, length))
+    return out
+
+
+def restorable_map(disk_spec, source="auto", mounts=None):
+    """(header dict, extents) for one disk; source is auto, module or fallback."""
+    disk = find_disk(disk_spec)
+    notes = []
+    if source == "module" and not module_loaded():
+        raise AgentError("module-missing", "the pcteleport kernel module is not loaded "
+                         "(insmod pcteleport.ko), or ask for source=fallback")
+    t0 = time.monotonic()
+    if source == "module" or (source == "auto" and module_loaded()):
+        extents, counters, notes = _module_map(disk)
+        used = "module"
+    else:
+        if source == "auto":
+            notes.append("pcteleport kernel module not loaded: userspace fallback used")
+        extents, counters, fb_notes = _fallback_map(disk, mounts)
+        notes += fb_notes
+        used = "fallback"
+    extents = coalesce(extents)
+    header = {
+        "disk-serial": disk["serial"] or "-",
+        "disk-name": disk["name"],
+        "disk-dev": disk["dev"],
+        "disk-size": str(disk["size"]),
+        "source": used,
+        "pages": str(sum(e[2] for e in extents) // PAGE),
+        "extents": str(len(extents)),
+        "elapsed-ms": "%.1f" % ((time.monotonic() - t0) * 1000),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    for key in ("cached", "dirty", "writeback", "in_dirty_file", "unmapped", "walk_ns"):
+        if key in counters:
+            header["guest-" + key.replace("_", "-")] = str(counters[key])
+    for i, note in enumerate(notes):
+        header["note-%d" % (i + 1)] = note
+    return header, extents
+
+
+def map_text(header, extents):
+    lines = ["# pcteleport restorable map: <guest-physical-address> <disk-byte-offset> <length>"]
+    lines += ["# %s: %s" % (k, v) for k, v in header.items()]
+    lines += ["0x%x 0x%x %d" % e for e in extents]
+    return "\n".join(lines) + "\n"
+
+
+def map_binary(extents):
+    out = [MAP_MAGIC, struct.pack("<Q", len(extents))]
+    out += [struct.pack("<QQQ", *e) for e in extents]
+    return b"".join(out)
+
+
+# --- serving ----------------------------------------------------------------------------
+
+
+class Server:
+    """JSON-lines requests from the host; composition events while a watch is on."""
+
+    def __init__(self, read_fd, write_fd, reconnecting):
+        self.read_fd, self.write_fd = read_fd, write_fd
+        self.reconnecting = reconnecting  # virtio port: EOF means "host not connected"
+        self.composition = Composition()
+        self.watch_interval = None
+        self.next_event = 0.0
+        self.buf = b""
+
+    def send(self, obj):
+        data = (json.dumps(obj, separators=(",", ":")) + "\n").encode()
+        try:
+            while data:
+                data = data[os.write(self.write_fd, data):]
+        except OSError as exc:
+            if exc.errno not in (errno.EPIPE, errno.EIO, errno.ENXIO):
+                raise
+            self.watch_interval = None  # host went away
+
+    def handle(self, line):
+        try:
+            req = json.loads(line)
+        except ValueError:
+            self.send({"id": None, "error": {"code": "bad-request",
+                                             "message": "not a JSON object: %r" % line[:80]}})
+            return
+        rid = req.get("id") if isinstance(req, dict) else None
+        try:
+            if not isinstance(req, dict) or not isinstance(req.get("method"), str):
+                raise AgentError("bad-request", "a request needs a string 'method'")
+            params = req.get("params") or {}
+            self.send({"id": rid, "result": self.dispatch(req["method"], params)})
+        except AgentError as exc:
+            self.send({"id": rid, "error": {"code": exc.code, "message": exc.message}})
+        except Exception as exc:  # keep serving: one bad request must not end the agent
+            self.send({"id": rid, "error": {"code": "internal",
+                                            "message": "%s: %s" % (type(exc).__name__, exc)}})
+
+    def dispatch(self, method, params):
+        if method == "ping":
+            return {}
+        if method == "hello":
+            warnings = []
+            if not module_loaded():
+                warnings.append("pcteleport kernel module not loaded: using the userspace "
+                                "fallback (composition from /proc/meminfo)")
+            if os.geteuid() != 0:
+                warnings.append("agent is not root: maps are unavailable")
+            return {"agent": "pcteleport", "protocol": PROTOCOL_VERSION,
+                    "source": "module" if module_loaded() else "fallback",
+                    "python": sys.version.split()[0], "warnings": warnings}
+        if method == "composition":
+            return self.composition.snapshot()
+        if method == "disks":
+            return {"disks": list_disks()}
+        if method == "map":
+            if "disk" not in params:
+                raise AgentError("bad-request", "map needs params.disk (serial, name or MAJ:MIN)")
+            header, extents = restorable_map(params["disk"], params.get("source", "auto"),
+                                             params.get("mounts"))
+            if header["source"] == "fallback":
+                self.composition.note_fallback_map(int(header["pages"]))
+            result = {"header": header}
+            if params.get("format", "text") == "binary":
+                result["binary_b64"] = base64.b64encode(map_binary(extents)).decode()
+            else:
+                result["text"] = map_text(header, extents)
+            return result
+        if method == "watch":
+            interval = float(params.get("interval", 1.0))
+            if interval < 0.05:
+                raise AgentError("bad-request", "watch interval must be >= 0.05 s")
+            self.watch_interval = interval
+            self.next_event = time.monotonic()
+            return {"interval": interval}
+        if method == "unwatch":
+            self.watch_interval = None
+            return {}
+        raise AgentError("unknown-method", "unknown method %r" % method)
+
+    def serve_forever(self):
+        while True:
+            timeout = None
+            if self.watch_interval is not None:
+                timeout = max(0.0, self.next_event - time.monotonic())
+            ready, _, _ = select.select([self.read_fd], [], [], timeout)
+            if ready:
+                try:
+                    chunk = os.read(self.read_fd, 65536)
+                except OSError as exc:
+                    if exc.errno != errno.EAGAIN:
+                        raise
+                    chunk = None
+                if not chunk:
+                    if not self.reconnecting:
+                        return
+                    self.watch_interval = None
+                    self.buf = b""
+                    time.sleep(0.2)  # the host is not connected to the port
+                    continue
+                self.buf += chunk
+                while b"\n" in self.buf:
+                    line, self.buf = self.buf.split(b"\n", 1)
+                    if line.strip():
+                        self.handle(line.decode(errors="replace"))
+            if self.watch_interval is not None and time.monotonic() >= self.next_event:
+                self.send({"event": "composition", "data": self.composition.snapshot()})
+                self.next_event += self.watch_interval
+                if self.next_event < time.monotonic():
+                    self.next_event = time.monotonic() + self.watch_interval
+
+
+# --- command line -----------------------------------------------------------------------
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="pcteleport-agent", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    comp = sub.add_parser("composition", help="JSON lines of memory composition")
+    comp.add_argument("--interval", type=float, default=1.0)
+    comp.add_argument("--count", type=int, default=0, help="stop after N (0: forever)")
+    mp = sub.add_parser("map", help="the restorable map of one disk")
+    mp.add_argument("--disk", required=True)
+    mp.add_argument("--binary", action="store_true", help="the compact binary form")
+    mp.add_argument("--source", choices=("auto", "module", "fallback"), default="auto")
+    mp.add_argument("--mounts", help="fallback: only these mount points (comma-separated)")
+    mp.add_argument("--output", "-o", help="write here instead of stdout")
+    sub.add_parser("disks", help="the guest's block disks as JSON")
+    srv = sub.add_parser("serve", help="answer JSON-lines requests")
+    where = srv.add_mutually_exclusive_group(required=True)
+    where.add_argument("--stdio", action="store_true")
+    where.add_argument("--port", help="a virtio-serial port, e.g. /dev/virtio-ports/NAME")
+    args = parser.parse_args(argv)
+
+    try:
+        if args.cmd == "composition":
+            comp_state = Composition()
+            n = 0
+            while True:
+                print(json.dumps(comp_state.snapshot()), flush=True)
+                n += 1
+                if args.count and n >= args.count:
+                    return 0
+                time.sleep(args.interval)
+        if args.cmd == "disks":
+            print(json.dumps(list_disks(), indent=1))
+            return 0
+        if args.cmd == "map":
+            mounts = args.mounts.split(",") if args.mounts else None
+            header, extents = restorable_map(args.disk, args.source, mounts)
+            for key, note in header.items():
+                if key.startswith("note-"):
+                    print("pcteleport-agent: %s" % note, file=sys.stderr)
+            data = map_binary(extents) if args.binary else map_text(header, extents).encode()
+            if args.output:
+                with open(args.output, "wb") as f:
+                    f.write(data)
+            else:
+                sys.stdout.buffer.write(data)
+                sys.stdout.flush()
+            return 0
+        if args.cmd == "serve":
+            if args.stdio:
+                Server(sys.stdin.fileno(), sys.stdout.fileno(), reconnecting=False).serve_forever()
+            else:
+                fd = os.open(args.port, os.O_RDWR)
+                Server(fd, fd, reconnecting=True).serve_forever()
+            return 0
+    except AgentError as exc:
+        print("pcteleport-agent: %s: %s" % (exc.code, exc.message), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
