@@ -28,7 +28,8 @@ KEYS: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
         ("r", "refresh now"),
     )),
     ("migrate dialog", (
-        ("↑ ↓  space", "choose a mode"),
+        ("1 2 3 4", "stock, drop-cache, zstd, teleport"),
+        ("← →  space", "move between modes, choose one"),
         ("tab", "destination, cap, buttons"),
         ("ctrl+s / enter", "start"),
         ("esc", "cancel"),
@@ -64,9 +65,13 @@ class HelpScreen(ModalScreen[None]):
         Binding("q", "dismiss", "Close", show=False),
     ]
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.table = help_table()
+
     def compose(self) -> ComposeResult:
         with VerticalScroll(id="help-box"):
-            yield Static(help_table(), id="help-keys")
+            yield Static(self.table, id="help-keys")
 
     async def action_dismiss(self, result: None = None) -> None:
         self.dismiss(result)

@@ -20,6 +20,8 @@ class MigrateDialog(ModalScreen[MigrationRequest | None]):
     BINDINGS = [
         Binding("escape", "cancel", "Cancel"),
         Binding("ctrl+s", "start", "Start"),
+        *[Binding(str(i), f"pick_mode({i - 1})", str(m), show=False)
+          for i, m in enumerate(Mode, start=1)],
     ]
 
     def __init__(self, vm: VM, source: Site, sites: list[Site],
@@ -132,6 +134,11 @@ class MigrateDialog(ModalScreen[MigrationRequest | None]):
             self.notify(str(exc), severity="error")
             return
         self.dismiss(MigrationRequest(self.vm.uuid, dest, self.mode(), cap))
+
+    def action_pick_mode(self, index: int) -> None:
+        buttons = list(self.query(RadioButton))
+        if 0 <= index < len(buttons):
+            buttons[index].value = True
 
     @on(Button.Pressed, "#cancel")
     def action_cancel(self) -> None:

@@ -61,10 +61,11 @@ class VMDetailScreen(Screen[None]):
         self.error: str | None = None
         self.history: deque[tuple[float, Composition]] = deque(maxlen=HISTORY)
         self._start = time.monotonic()
+        self._first_taken: float | None = None
         self._due = False
         self._timer: Timer | None = None
         if composition is not None:
-            self.history.append((0.0, composition))
+            self.remember(composition)
 
     @property
     def papp(self) -> PcteleportApp:
@@ -126,7 +127,7 @@ class VMDetailScreen(Screen[None]):
         self.error = message.error
         if message.composition is not None:
             self.composition = message.composition
-            self.history.append((time.monotonic() - self._start, message.composition))
+            self.remember(message.composition)
         self.show()
         if self._timer is not None:
             self._timer.stop()
@@ -134,6 +135,20 @@ class VMDetailScreen(Screen[None]):
             self._due = True
         else:
             self._timer = self.set_timer(self.papp.refresh_s, self.poll)
+
+    def remember(self, c: Composition) -> None:
+        # Plot against the agent's own clock when it gives one (a stalled agent then shows as a
+        # gap, not as a flat line); else against when the answer arrived.
+        if c.taken_at > 0:
+            if self._first_taken is None:
+                self._first_taken = c.taken_at
+            x = c.taken_at - self._first_taken
+        else:
+            x = time.monotonic() - self._start
+        if self.history and self.history[-1][0] == x:
+            self.history[-1] = (x, c)  # the same reading again
+        else:
+            self.history.append((x, c))
 
     def resume_polling(self) -> None:
         if self._due:

@@ -1,0 +1,20 @@
+"""Helpers for pilot tests: build the app the product's way, wait for conditions."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+from textual.pilot import Pilot
+
+
+async def wait_for(pilot: Pilot, condition: Callable[[], object], timeout: float = 5.0,
+                   what: str = "condition") -> None:
+    """Let the app run until `condition()` is true; fail with `what` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await pilot.pause(0.02)
+    await asyncio.sleep(0)

@@ -1,0 +1,87 @@
+"""Migrate dialog: predictions per mode, cap parsing, start and cancel."""
+
+from __future__ import annotations
+
+from textual.widgets import DataTable, Input, Static
+
+from console.records import Mode
+from console.sites.service import MigrationRequest
+from console.ui.app import create_app
+from console.ui.main_screen import MainScreen, SitePane
+from console.ui.migrate_dialog import MigrateDialog
+from console.ui.migration_view import MigrationView
+from tests.ui.conftest import wait_for
+from tests.ui.fake_backend import FakeBackend, populated_backend
+
+
+async def open_dialog(pilot, app) -> MigrateDialog:  # type: ignore[no-untyped-def]
+    await wait_for(pilot, lambda: any(p.table.row_count == 3
+                                      for p in app.screen.query(SitePane)))
+    tokyo = next(p for p in app.screen.query(SitePane) if p.site.name == "tokyo")
+    tokyo.table.focus()
+    await pilot.press("down", "down", "m")  # web
+    await wait_for(pilot, lambda: isinstance(app.screen, MigrateDialog))
+    return app.screen  # type: ignore[return-value]
+
+
+def prediction_rows(dialog: MigrateDialog) -> list[list[str]]:
+    table = dialog.query_one("#predictions", DataTable)
+    return [[str(c) for c in table.get_row(k)] for k in table.rows]
+
+
+async def test_predictions_for_every_mode_and_teleport_preselected() -> None:
+    app = create_app(populated_backend(), refresh_s=60)
+    async with app.run_test(size=(100, 30)) as pilot:
+        dialog = await open_dialog(pilot, app)
+        rows = prediction_rows(dialog)
+        assert [r[0] for r in rows] == ["stock", "drop-cache", "zstd", "teleport"]
+        assert dialog.mode() is Mode.TELEPORT and dialog.destination() == "osaka"
+        assert "×" in rows[3][1] and rows[3][2].endswith(" s")
+        before = rows[0][2]
+        dialog.query_one("#cap", Input).focus()
+        await pilot.press("1", "0", "M")  # 10 Mbit/s: slower than the 94 Mbit/s link
+        assert "cap 10.0 Mbit/s" in str(dialog.query_one("#cap-error", Static).render())
+        assert prediction_rows(dialog)[0][2] != before
+
+
+async def test_a_bad_cap_is_explained_and_does_not_start() -> None:
+    backend = populated_backend()
+    app = create_app(backend, refresh_s=60)
+    async with app.run_test(size=(100, 30)) as pilot:
+        dialog = await open_dialog(pilot, app)
+        dialog.query_one("#cap", Input).focus()
+        await pilot.press("f", "a", "s", "t", "enter")
+        assert "not a rate" in str(dialog.query_one("#cap-error", Static).render())
+        assert isinstance(app.screen, MigrateDialog) and backend.requests == []
+
+
+async def test_start_sends_the_chosen_request_and_opens_the_migration_view() -> None:
+    backend = populated_backend()
+    app = create_app(backend, refresh_s=60)
+    async with app.run_test(size=(100, 30)) as pilot:
+        dialog = await open_dialog(pilot, app)
+        await pilot.press("2")  # drop-cache
+        assert dialog.mode() is Mode.DROP_CACHE
+        dialog.query_one("#cap", Input).focus()
+        await pilot.press("5", "0", "M", "enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, MigrationView))
+        await wait_for(pilot, lambda: backend.requests, what="migrate called")
+        assert backend.requests == [MigrationRequest("u-web", "osaka", Mode.DROP_CACHE, 50e6 / 8)]
+
+
+async def test_escape_cancels() -> None:
+    backend = populated_backend()
+    app = create_app(backend, refresh_s=60)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await open_dialog(pilot, app)
+        await pilot.press("escape")
+        assert isinstance(app.screen, MainScreen) and backend.requests == []
+
+
+async def test_without_a_composition_there_is_no_prediction() -> None:
+    backend: FakeBackend = populated_backend()
+    backend.agent_down.add("u-web")
+    app = create_app(backend, refresh_s=60)
+    async with app.run_test(size=(100, 30)) as pilot:
+        dialog = await open_dialog(pilot, app)
+        assert "no prediction" in prediction_rows(dialog)[0][0]

@@ -1,0 +1,114 @@
+"""Migration view: phases, a progress bar that never runs backwards silently, counters,
+downtime, the log, abort with confirmation."""
+
+from __future__ import annotations
+
+from textual.widgets import Digits, ProgressBar, RichLog, Static
+
+from console.records import Mode, Result
+from console.sites.service import MigrationRequest
+from console.ui.app import create_app
+from console.ui.confirm import ConfirmScreen
+from console.ui.migration_view import MigrationView, eta_seconds
+from tests.record_factory import constructed_run
+from tests.ui.conftest import wait_for
+from tests.ui.fake_backend import populated_backend
+
+REQUEST = MigrationRequest("u-web", "osaka", Mode.TELEPORT)
+
+
+def text(view: MigrationView, selector: str) -> str:
+    return str(view.query_one(selector, Static).render())
+
+
+async def start(pilot, app) -> MigrationView:  # type: ignore[no-untyped-def]
+    await pilot.pause(0.05)
+    view = MigrationView(REQUEST)
+    await app.push_screen(view)
+    return view
+
+
+async def test_progress_phases_counters_and_final_downtime() -> None:
+    backend = populated_backend(step_by_step=True)
+    app = create_app(backend, refresh_s=60)
+    async with app.run_test(size=(100, 32)) as pilot:
+        view = await start(pilot, app)
+        await wait_for(pilot, lambda: "web" in text(view, "#mig-title"), what="title")
+        assert "tokyo → osaka" in text(view, "#mig-title")
+        backend.release(5)  # prepare, log, map, iterative, first sample (700 MiB left)
+        await wait_for(pilot, lambda: len(view.builder.record.samples) == 1)
+        bar = view.query_one(ProgressBar)
+        first = bar.progress
+        assert 30 < first < 32  # 1 - 700/1024
+        assert "iterative #1" in text(view, "#mig-phases")
+        assert "700.0 MiB left" in text(view, "#mig-eta") and "ETA" in text(view, "#mig-eta")
+        assert str(view.query_one("#mig-downtime", Digits).value) == "290"
+        backend.release(4)  # log, 400 MiB left, log, 450 MiB left: the remainder grew
+        await wait_for(pilot, lambda: len(view.builder.record.samples) == 3)
+        second = bar.progress
+        assert second > first
+        note = text(view, "#mig-note")
+        assert "dirtied memory faster" in note and "450.0 MiB left" in note and "+50.0 MiB" in note
+        assert bar.progress == second  # held, not moved back
+        counters = text(view, "#mig-counters")
+        assert "30,000" in counters and "60,000" in counters and "9,000" in counters
+        backend.release(100)
+        await wait_for(pilot, lambda: view.final is not None, what="the end")
+        assert view.final.result is Result.OK
+        assert bar.progress == 100
+        assert str(view.query_one("#mig-downtime", Digits).value) == "287"
+        assert "total 6.5 s" in text(view, "#mig-eta") and "OK" in text(view, "#mig-title")
+        assert "✓ done" in text(view, "#mig-phases")
+        log_lines = [str(line.text) for line in view.query_one(RichLog).lines]
+        assert log_lines[0].startswith("00:00 starting migration")
+        assert any("00:06 migration finished" in line for line in log_lines)
+
+
+async def test_abort_asks_first_and_no_means_no() -> None:
+    backend = populated_backend(step_by_step=True)
+    app = create_app(backend, refresh_s=60)
+    async with app.run_test(size=(100, 32)) as pilot:
+        view = await start(pilot, app)
+        backend.release(2)
+        await wait_for(pilot, lambda: view.builder.record.phases)
+        await pilot.press("a")
+        assert isinstance(app.screen, ConfirmScreen)
+        await pilot.press("n")
+        assert app.screen is view and backend.aborted == []
+        await pilot.press("escape")  # cannot leave a running migration
+        assert app.screen is view
+        await pilot.press("a", "y")
+        await wait_for(pilot, lambda: view.final is not None, what="aborted run")
+        assert backend.aborted == ["u-web"] and view.final.result is Result.ABORTED
+        assert "aborted" in text(view, "#mig-note")
+        assert "ABORTED" in text(view, "#mig-title")
+        await pilot.press("escape")
+        assert app.screen is not view
+
+
+async def test_a_request_the_backend_refuses_is_shown_as_failed() -> None:
+    backend = populated_backend()
+    app = create_app(backend, refresh_s=60)
+    async with app.run_test(size=(100, 32)) as pilot:
+        await pilot.pause(0.05)
+        view = MigrationView(MigrationRequest("u-nowhere", "osaka", Mode.STOCK))
+        backend.vms_by_site = {"tokyo": []}
+
+        def refuse(request, on_event):  # type: ignore[no-untyped-def]
+            from console.sites.service import ServiceError
+
+            raise ServiceError("no VM u-nowhere at any site")
+
+        backend.migrate = refuse  # type: ignore[method-assign]
+        await app.push_screen(view)
+        await wait_for(pilot, lambda: view.final is not None)
+        assert view.final.result is Result.FAILED
+        assert "no VM u-nowhere" in text(view, "#mig-note")
+
+
+def test_eta_uses_the_net_rate_of_recent_samples() -> None:
+    run = constructed_run(seconds=4)
+    s = run.samples
+    net = s[-1].guest_rate_bytes_per_s - s[-1].dirty_rate_bytes_per_s
+    assert eta_seconds(s) == s[-1].remaining_bytes / net
+    assert eta_seconds([]) is None
