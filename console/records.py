@@ -141,14 +141,15 @@ class VM:
 class Composition:
     """What the guest's memory holds, from its agent. All sizes in bytes.
 
-    total = free + anon + kernel + cache_clean + cache_dirty + cache_writeback (the agent makes it
-    add up). `restorable` is the part of cache_clean whose bytes are on a replicated disk, so the
-    destination can read it from its replica instead of receiving it over the WAN.
+    total = free + anon + shmem + kernel + cache_clean + cache_dirty + cache_writeback (the agent
+    makes it add up). `restorable` is the part of cache_clean whose bytes are on a replicated
+    disk, so the destination can read it from its replica instead of receiving it over the WAN.
     """
 
     total: int
     free: int = 0
     anon: int = 0
+    shmem: int = 0  # tmpfs and shared memory: file-backed in name, but only in RAM
     kernel: int = 0  # kernel and everything the agent cannot attribute
     cache_clean: int = 0
     cache_dirty: int = 0
@@ -157,10 +158,30 @@ class Composition:
     source: CompositionSource = CompositionSource.FALLBACK
     error: str | None = None  # the agent's last error, if any
     taken_at: float = 0.0  # unix time the agent read it
+    restorable_age_s: float | None = None  # how old the restorable figure is; None: unknown
 
     @property
     def restorable_share(self) -> float:
         return self.restorable / self.total if self.total > 0 else 0.0
+
+    @classmethod
+    def from_agent(cls, data: dict[str, Any], error: str | None = None) -> Composition:
+        """From the guest agent's `composition` answer (guest/agent.py, protocol version 1)."""
+        try:
+            restorable = data.get("restorable")
+            return cls(
+                total=int(data["total"]), free=int(data["free"]), anon=int(data["anon"]),
+                shmem=int(data.get("shmem", 0)), kernel=int(data.get("kernel_other", 0)),
+                cache_clean=int(data["clean"]), cache_dirty=int(data["dirty"]),
+                cache_writeback=int(data.get("writeback", 0)),
+                restorable=int(restorable) if restorable is not None else 0,
+                source=CompositionSource(data.get("source", "fallback")),
+                error=error, taken_at=float(data.get("t", 0.0)),
+                restorable_age_s=data.get("restorable_age_s"))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise RecordError(f"the guest agent's composition is malformed ({exc!r}): "
+                              "is the agent in the guest the same version as the console?"
+                              ) from None
 
 
 # --- migrations ----------------------------------------------------------------------------

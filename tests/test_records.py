@@ -124,3 +124,19 @@ def test_store_location_follows_env(monkeypatch: pytest.MonkeyPatch, tmp_path: P
     assert default_records_dir() == tmp_path / "pcteleport" / "records"
     monkeypatch.setenv("PCTELEPORT_RECORDS", str(tmp_path / "elsewhere"))
     assert default_records_dir() == tmp_path / "elsewhere"
+
+
+def test_composition_from_the_real_guest_agent_adds_up() -> None:
+    from guest.agent import Composition as AgentComposition
+
+    data = AgentComposition().snapshot()  # this host's /proc/meminfo: the fallback source
+    c = Composition.from_agent(data)
+    parts = (c.free + c.anon + c.shmem + c.kernel + c.cache_clean + c.cache_dirty
+             + c.cache_writeback)
+    assert c.total > 0 and parts == c.total
+    assert c.source in ("module", "fallback") and c.taken_at > 0
+
+
+def test_composition_from_a_malformed_agent_answer_says_what_to_check() -> None:
+    with pytest.raises(RecordError, match="same version"):
+        Composition.from_agent({"total": 1})

@@ -12,7 +12,7 @@ SEGMENTS: tuple[tuple[str, str, str], ...] = (
     ("restorable", "█", "#2ea043"),
     ("clean cache", "█", "#3b82c4"),
     ("dirty cache", "█", "#d29922"),
-    ("anonymous", "█", "#a855c7"),
+    ("anon", "█", "#a855c7"),
     ("kernel", "▓", "#8b8b8b"),
     ("free", "░", "#8b8b8b"),
 )
@@ -25,7 +25,7 @@ def segment_sizes(c: Composition) -> list[int]:
         restorable,
         c.cache_clean - restorable,
         c.cache_dirty + c.cache_writeback,
-        c.anon,
+        c.anon + c.shmem,
         c.kernel,
         c.free,
     ]
