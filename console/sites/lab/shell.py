@@ -50,8 +50,8 @@ def in_netns(netns: str, cmd: Sequence[str]) -> list[str]:
 
 
 def in_site(holder_pid: int, cmd: Sequence[str]) -> list[str]:
-    """A command line that runs `cmd` in a site's mount and network namespaces."""
-    return ["nsenter", "-t", str(holder_pid), "-m", "-n", "--", *cmd]
+    """A command line that runs `cmd` in a site's mount, UTS and network namespaces."""
+    return ["nsenter", "-t", str(holder_pid), "-m", "-u", "-n", "--", *cmd]
 
 
 def netns_names() -> set[str]:

@@ -48,7 +48,7 @@ def ensure_mountpoints(paths: LabPaths) -> None:
         if not os.path.isdir(d):
             os.makedirs(d)
             created.add(d)
-    paths.created_dirs.write_text("".join(f"{d}\n" for d in sorted(created)))
+    _write(paths.created_dirs, "".join(f"{d}\n" for d in sorted(created)))
 
 
 def remove_mountpoints(paths: LabPaths) -> None:
@@ -149,6 +149,7 @@ def holder_script(paths: LabPaths, s: Site) -> str:
               (str(sp.srv), "/srv")]
     lines = [
         "set -e",
+        f"hostname {s.name}",
         "mount -t tmpfs -o mode=755 pcteleport-run /run",
         "mkdir -p /run/libvirt /run/sshd /run/lock",
         f"mount --bind {sp.run_libvirt} /run/libvirt",
@@ -165,7 +166,7 @@ def ensure_holder(paths: LabPaths, s: Site) -> int:
     if pid is not None:
         return pid
     sp.holder_pid.unlink(missing_ok=True)
-    cmd = shell.in_netns(s.netns, ["unshare", "--mount", "--propagation", "private", "--",
+    cmd = shell.in_netns(s.netns, ["unshare", "--mount", "--uts", "--propagation", "private", "--",
                                    "/bin/sh", "-c", holder_script(paths, s)])
     proc = shell.spawn_detached(cmd, sp.holder_log)
     shell.wait_for(lambda: shell.read_pid(sp.holder_pid) or proc.poll() is not None, 10,

@@ -1,0 +1,93 @@
+"""Lab pieces that need neither root nor QEMU: profiles, shaping arguments, scenarios, domain
+XML, the sites config and data-disk contents."""
+
+from __future__ import annotations
+
+import tomllib
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from console.errors import PcteleportError
+from console.sites.guestimage import GuestBoot
+from console.sites.lab import config, datafill, domainxml, scenarios, wan
+from console.sites.lab.paths import LabPaths
+from console.sites.lab.topology import SITES
+from console.sites.lab.wanprofiles import PROFILES, profile
+
+BOOT = GuestBoot(Path("/k/vmlinux"), Path("/k/initrd.cpio"), "console=ttyS0",
+                 Path("/cache/rootfs.ext4"), "pctroot", "6.1")
+
+
+def test_profiles_match_the_issue():
+    assert {(p.name, p.rate_mbit, p.rtt_ms) for p in PROFILES.values()} == {
+        ("default", 100, 50), ("fast", 1000, 10), ("slow", 30, 100)}
+    with pytest.raises(PcteleportError, match="use one of"):
+        profile("dialup")
+
+
+def test_tbf_holds_a_whole_jumbo_frame_and_a_bdp_of_queue():
+    args = wan.tbf_args(profile("default"))
+    burst = int(args[args.index("burst") + 1])
+    limit = int(args[args.index("limit") + 1])
+    assert args[:3] == ["tbf", "rate", "100mbit"]
+    assert burst >= 64000
+    assert limit >= 100e6 / 8 * 0.050  # one bandwidth-delay product
+
+
+def test_every_scenario_loads_and_the_defaults_exist():
+    names = scenarios.available()
+    assert {"web", "tpcc", "idle", "web-small"} <= set(names)
+    for n in names:
+        spec = scenarios.load(n)
+        assert spec.memory_mib >= 128 and spec.data_size_mib > spec.fill_mib
+    assert scenarios.load("web").memory_mib == 1024
+    assert scenarios.load("tpcc").fill == "sqlite"
+
+
+def test_domain_xml_attaches_disks_read_only_and_the_agent_channel():
+    spec = scenarios.load("web-small")
+    root = ET.fromstring(domainxml.domain_xml(spec, BOOT))
+    assert root.get("type") == "qemu"
+    assert root.findtext("memory") == "256"
+    disks = root.findall("devices/disk")
+    assert [d.find("source").get("file") for d in disks] == [
+        "/cache/rootfs.ext4", "/srv/replicas/web-small-data.raw"]
+    assert all(d.find("readonly") is not None for d in disks)
+    names = {c.find("target").get("name"): c.find("source").get("path")
+             for c in root.findall("devices/channel")}
+    assert names["pcteleport.agent"] == "/srv/agents/web-small.agent.sock"
+    assert "pct.hostname=web-small" in root.findtext("os/cmdline")
+    assert root.findtext("uuid") == domainxml.vm_uuid("web-small")
+
+
+def test_sites_config_is_valid_toml_with_what_the_console_needs(tmp_path):
+    paths = LabPaths(tmp_path)
+    text = config.render(paths, "default", [scenarios.load("web-small")])
+    cfg = tomllib.loads(text)
+    assert [s["name"] for s in cfg["site"]] == [s.name for s in SITES]
+    for s, site in zip(cfg["site"], SITES, strict=True):
+        assert s["libvirt_uri"].startswith(f"qemu+ssh://root@{site.mgmt_addr}/system?keyfile=")
+        assert f"command={paths.ssh_wrapper}" in s["libvirt_uri"]
+        assert s["ssh"] == {"host": site.mgmt_addr, "port": 22, "user": "root",
+                            "key": str(paths.key), "known_hosts": str(paths.known_hosts)}
+        assert s["replica_dir"] == "/srv/replicas"
+    assert cfg["vm"][0]["data_disk"] == "/srv/replicas/web-small-data.raw"
+
+
+def test_data_fill_is_deterministic(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    for d in (a, b):
+        datafill.fill_html(d, 2, seed=7)
+    files = sorted(p.relative_to(a) for p in a.rglob("*.html"))
+    assert files and sum((a / f).stat().st_size for f in files) >= 2 << 20
+    assert all((a / f).read_bytes() == (b / f).read_bytes() for f in files)
+
+
+def test_state_dir_under_run_is_refused(monkeypatch):
+    from console.sites.lab import paths
+
+    monkeypatch.setenv("PCTELEPORT_LAB_DIR", "/run/pcteleport-lab")
+    with pytest.raises(PcteleportError, match="outside /run"):
+        paths.state_dir()
