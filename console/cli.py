@@ -27,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_relay(sub)
     _add_replay(sub)
     _add_lab(sub)
+    _add_sites(sub)
     return parser
 
 
@@ -196,6 +197,47 @@ def _lab_wan(args: argparse.Namespace) -> int:
     from console.sites.lab import commands
 
     return commands.set_wan(args.profile)
+
+
+# --- sites: vms, migrate, abort ------------------------------------------------------------
+
+
+def _add_sites(sub: argparse._SubParsersAction) -> None:
+    vms = sub.add_parser("vms", help="list the VMs of every configured site")
+    vms.add_argument("--json", action="store_true", help="print JSON")
+    vms.set_defaults(handler=_vms)
+
+    mig = sub.add_parser("migrate", help="live-migrate a VM to another site (headless)")
+    mig.add_argument("vm", help="VM name or UUID")
+    mig.add_argument("--to", required=True, metavar="SITE", help="destination site")
+    mig.add_argument("--mode", default="teleport",
+                     choices=["stock", "drop-cache", "zstd", "teleport"])
+    mig.add_argument("--bandwidth", type=float, metavar="MiB/s", help="cap the migration rate")
+    mig.add_argument("--json", action="store_true",
+                     help="progress on stderr; the last stdout line is a JSON summary")
+    mig.set_defaults(handler=_migrate)
+
+    ab = sub.add_parser("abort", help="abort the running migration of a VM")
+    ab.add_argument("vm", help="VM name or UUID")
+    ab.set_defaults(handler=_abort)
+
+
+def _vms(args: argparse.Namespace) -> int:
+    from console.sites import commands
+
+    return commands.list_vms(args.json)
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from console.sites import commands
+
+    return commands.migrate(args.vm, args.to, args.mode, args.bandwidth, args.json)
+
+
+def _abort(args: argparse.Namespace) -> int:
+    from console.sites import commands
+
+    return commands.abort(args.vm)
 
 
 # --- entry point -------------------------------------------------------------------------

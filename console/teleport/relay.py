@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import socket
 import struct
 import sys
@@ -175,7 +176,7 @@ class SendRelay:
 
     def run(self) -> CodecCounters:
         emit = self.emit
-        emit("listening", address=f"{self.listen_addr[0]}:{self.port}")
+        emit("listening", address=f"{self.listen_addr[0]}:{self.port}", pid=os.getpid())
         qemu, peer = self.server.accept()
         self.server.close()
         wan_sock: socket.socket | None = None
@@ -309,7 +310,7 @@ class RecvRelay:
 
     def run(self) -> CodecCounters:
         emit = self.emit
-        emit("listening", address=f"{self.listen_addr[0]}:{self.port}")
+        emit("listening", address=f"{self.listen_addr[0]}:{self.port}", pid=os.getpid())
         wan_sock, reader, hello = self._accept_authentic()
         self.server.close()
         qemu: socket.socket | None = None

@@ -1,0 +1,114 @@
+"""Host side of the guest agent protocol (guest/agent.py `serve`), reached over SSH.
+
+The agent listens on a virtio-serial port; QEMU exposes it on the site host as a unix socket
+(`<agent_socket_dir>/<vm>.agent.sock`). A virtio-serial socket takes one client at a time, so
+each call opens its own connection through the site's SSH login, one call per VM at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import threading
+from typing import Any
+
+import asyncssh
+
+from console.errors import PcteleportError
+from console.records import Composition, CompositionSource
+from console.sites.remote import SiteHost
+
+CALL_TIMEOUT = 20.0
+MAP_TIMEOUT = 120.0  # a full map walk of a big guest under TCG takes a while
+
+
+class AgentUnavailable(PcteleportError):
+    """The agent could not be reached at all."""
+
+
+class AgentRefused(PcteleportError):
+    """The agent answered with an error (its message says what to do)."""
+
+
+_locks: dict[str, threading.Lock] = {}
+_locks_guard = threading.Lock()
+_ids = itertools.count(1)
+
+
+def _lock_for(key: str) -> threading.Lock:
+    with _locks_guard:
+        return _locks.setdefault(key, threading.Lock())
+
+
+class GuestAgent:
+    def __init__(self, host: SiteHost, vm: str, socket_dir: str) -> None:
+        self.host = host
+        self.vm = vm
+        self.socket = f"{socket_dir.rstrip('/')}/{vm}.agent.sock"
+
+    async def _acall(self, method: str, params: dict[str, Any], timeout: float) -> Any:
+        conn = await self.host.connection()
+        try:
+            reader, writer = await asyncio.wait_for(conn.open_unix_connection(self.socket), 10)
+        except (asyncssh.Error, OSError, TimeoutError) as exc:
+            raise AgentUnavailable(
+                f"guest agent of {self.vm} unreachable at {self.host.site.name} "
+                f"({self.socket}): {exc or 'timed out'}"
+            ) from None
+        rid = next(_ids)
+        try:
+            writer.write(json.dumps({"id": rid, "method": method, "params": params}) + "\n")
+            while True:
+                line = await asyncio.wait_for(reader.readline(), timeout)
+                if not line:
+                    raise AgentUnavailable(f"guest agent of {self.vm} closed the connection")
+                try:
+                    msg = json.loads(line)
+                except ValueError:
+                    continue  # noise on the port (a half line from an earlier client)
+                if msg.get("id") != rid:
+                    continue  # events, or the answer to somebody's abandoned request
+                if "error" in msg:
+                    err = msg["error"] or {}
+                    raise AgentRefused(f"guest agent of {self.vm}: {err.get('message', err)}")
+                return msg.get("result")
+        except TimeoutError:
+            raise AgentUnavailable(
+                f"guest agent of {self.vm} did not answer '{method}' within {timeout:.0f} s"
+            ) from None
+        finally:
+            writer.close()
+
+    def call(self, method: str, params: dict[str, Any] | None = None,
+             timeout: float = CALL_TIMEOUT) -> Any:
+        with _lock_for(f"{self.host.site.name}:{self.socket}"):
+            return self.host.loop.call(self._acall(method, params or {}, timeout), timeout + 20)
+
+    def ping(self) -> None:
+        self.call("ping")
+
+    def composition(self) -> Composition:
+        r = self.call("composition")
+        restorable = r.get("restorable")
+        source = CompositionSource.MODULE if r.get("source") == "module" else (
+            CompositionSource.FALLBACK)
+        return Composition(
+            total=int(r.get("total", 0)),
+            free=int(r.get("free", 0)),
+            anon=int(r.get("anon", 0)) + int(r.get("shmem", 0)),
+            kernel=int(r.get("kernel_other", 0)),
+            cache_clean=int(r.get("clean", 0)),
+            cache_dirty=int(r.get("dirty", 0)),
+            cache_writeback=int(r.get("writeback", 0)),
+            restorable=int(restorable) if restorable is not None else 0,
+            source=source,
+            error=None if restorable is not None or source is CompositionSource.MODULE else
+            "restorable share unknown until a map is taken (no kernel module)",
+            taken_at=float(r.get("t", 0.0)),
+        )
+
+    def restorable_map(self, disk: str) -> tuple[str, dict[str, str]]:
+        """(extent text, header) of the restorable map of `disk` (serial, name or MAJ:MIN)."""
+        r = self.call("map", {"disk": disk, "format": "text"}, timeout=MAP_TIMEOUT)
+        return r["text"], dict(r.get("header", {}))

@@ -1,0 +1,429 @@
+"""One live migration through libvirt, in any mode, with telemetry recorded as it happens.
+
+Modes:
+- stock: libvirt's live precopy, the stream straight over the WAN.
+- drop-cache: the guest drops its clean page cache first (the paper's straw man), then stock.
+- zstd: QEMU multifd with zstd compression (the strongest stock peer).
+- teleport: the stream goes source QEMU -> `relay send` (source host) -> WAN -> `relay recv`
+  (destination host) -> destination QEMU; the map comes from the guest agent when the
+  migration starts.
+
+The migration is client-managed (`migrate3` with both connections held here): libvirt starts
+the destination QEMU with `-incoming`, the source QEMU connects to the URI we give. A failed
+or aborted migration leaves the source VM running and the destination discarded (libvirt's
+own cleanup), and the record says why.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import libvirt
+
+from console.errors import PcteleportError
+from console.records import (
+    Composition,
+    LogLine,
+    MigrationEvent,
+    MigrationRecord,
+    MigrationSample,
+    Mode,
+    PageCounts,
+    Phase,
+    PhaseMark,
+    RecordBuilder,
+    Result,
+    WanLink,
+)
+from console.sites.guest_agent import GuestAgent
+from console.sites.relays import RelayFailure, RelayPair
+from console.sites.site_runtime import SiteRuntime, domain_disks
+
+BASE_FLAGS = (libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PERSIST_DEST
+              | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE)
+ROOT_SERIAL = "pctroot"
+
+
+class MigrationFailed(PcteleportError):
+    pass
+
+
+class Aborted(PcteleportError):
+    pass
+
+
+@dataclass
+class Plan:
+    """What a migration needs to know up front."""
+
+    vm: str
+    vm_uuid: str
+    src: SiteRuntime
+    dst: SiteRuntime
+    mode: Mode
+    bandwidth_cap: float | None  # bytes/s
+    data_disk: str = ""  # path of the disk whose replica the destination has
+    data_serial: str = ""
+    wan: WanLink | None = None
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+class MigrationRun:
+    """Runs one migration; `abort()` may be called from any thread."""
+
+    def __init__(self, plan: Plan, on_event: Callable[[MigrationEvent], None],
+                 agent_for: Callable[[SiteRuntime, str], GuestAgent],
+                 composition: Composition | None = None) -> None:
+        self.plan = plan
+        self.on_event = on_event
+        self.agent_for = agent_for
+        self.run_id = uuid.uuid4().hex[:12]
+        self.t0 = time.monotonic()
+        self.record = MigrationRecord(
+            run_id=self.run_id, vm=plan.vm, from_site=plan.src.name, to_site=plan.dst.name,
+            mode=plan.mode, vm_uuid=plan.vm_uuid, bandwidth_cap_bytes_per_s=plan.bandwidth_cap,
+            started_at=time.time(), wan=plan.wan, composition=composition,
+        )
+        self.builder = RecordBuilder(self.record)
+        self._abort = threading.Event()
+        self._abort_reason = ""
+        self._phase = Phase.PREPARE
+        self._relays: RelayPair | None = None
+        self._domain: libvirt.virDomain | None = None
+
+    # -- events ---------------------------------------------------------------------------
+
+    def _t(self) -> float:
+        return round(time.monotonic() - self.t0, 3)
+
+    def _emit(self, event: MigrationEvent) -> None:
+        self.builder.add(event)
+        with contextlib.suppress(Exception):
+            self.on_event(event)
+
+    def phase(self, phase: Phase, iteration: int = 0) -> None:
+        self._phase = phase
+        self._emit(PhaseMark(phase, self._t(), iteration))
+
+    def log(self, text: str) -> None:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        self._emit(LogLine(self._t(), f"{stamp} {text}"))
+
+    def abort(self, reason: str = "aborted by the operator") -> None:
+        self._abort_reason = reason
+        self._abort.set()
+        dom = self._domain
+        if dom is not None:
+            # No job yet, or already over: then the run notices the flag instead.
+            with contextlib.suppress(libvirt.libvirtError):
+                dom.abortJob()
+        if self._relays is not None:
+            threading.Thread(target=self._relays.stop, daemon=True).start()
+
+    def _check_abort(self) -> None:
+        if self._abort.is_set():
+            raise Aborted(self._abort_reason)
+
+    # -- the run --------------------------------------------------------------------------
+
+    def run(self) -> MigrationRecord:
+        p = self.plan
+        self.phase(Phase.PREPARE)
+        self.log(f"starting migration of VM {p.vm} from {p.src.name} to {p.dst.name} "
+                 f"(mode {p.mode})")
+        wan_before = None
+        try:
+            dom = p.src.domain(p.vm_uuid or p.vm)
+            self._domain = dom
+            if dom.state()[0] != libvirt.VIR_DOMAIN_RUNNING:
+                raise MigrationFailed(f"VM {p.vm} is not running at {p.src.name}")
+            if p.dst.find_domain(p.vm) is not None:
+                raise MigrationFailed(f"a VM named {p.vm} already exists at {p.dst.name}")
+            self._check_abort()
+            params, flags = self._mode_setup(dom)
+            self._check_abort()
+            wan_before = p.src.wan_tx_bytes()
+            self.phase(Phase.ITERATIVE, 1)
+            self._migrate(dom, params, flags)
+            self._finish(wan_before)
+        except Aborted as exc:
+            self._fail(Result.ABORTED, str(exc), wan_before)
+        except (PcteleportError, libvirt.libvirtError) as exc:
+            msg = exc.get_error_message() if isinstance(exc, libvirt.libvirtError) else str(exc)
+            if self._abort.is_set():
+                self._fail(Result.ABORTED, self._abort_reason, wan_before)
+            else:
+                self._fail(Result.FAILED, msg, wan_before)
+        finally:
+            if self._relays is not None:
+                self._relays.stop()
+        return self.record
+
+    def _mode_setup(self, dom: libvirt.virDomain) -> tuple[dict, int]:
+        p = self.plan
+        flags = BASE_FLAGS
+        params: dict[str, object] = {}
+        if p.bandwidth_cap:
+            params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = max(1, int(p.bandwidth_cap / 2**20))
+        if p.mode == Mode.DROP_CACHE:
+            agent = self.agent_for(p.src, p.vm)
+            before = agent.composition()
+            agent.call("drop_caches", timeout=60)
+            after = agent.composition()
+            self.log(f"guest dropped its page cache: clean cache {_fmt_bytes(before.cache_clean)}"
+                     f" -> {_fmt_bytes(after.cache_clean)}")
+        if p.mode == Mode.ZSTD:
+            flags |= libvirt.VIR_MIGRATE_PARALLEL
+            params[libvirt.VIR_MIGRATE_PARAM_COMPRESSION] = "zstd"
+        if p.mode == Mode.TELEPORT:
+            self._start_teleport()
+            params[libvirt.VIR_MIGRATE_PARAM_URI] = f"tcp://127.0.0.1:{self._relays.qemu_port}"
+            params[libvirt.VIR_MIGRATE_PARAM_LISTEN_ADDRESS] = "127.0.0.1"
+        else:
+            if not p.dst.config.wan_addr:
+                raise MigrationFailed(f"site {p.dst.name} has no wan_addr in the sites config")
+            params[libvirt.VIR_MIGRATE_PARAM_URI] = f"tcp://{p.dst.config.wan_addr}"
+            params[libvirt.VIR_MIGRATE_PARAM_LISTEN_ADDRESS] = p.dst.config.wan_addr
+        return params, flags
+
+    def _start_teleport(self) -> None:
+        p = self.plan
+        if not p.data_disk:
+            raise MigrationFailed(
+                f"VM {p.vm} has no data disk with a replica at {p.dst.name}: "
+                "teleport needs one (migrate with stock instead)"
+            )
+        self.phase(Phase.MAP)
+        agent = self.agent_for(p.src, p.vm)
+        t = time.monotonic()
+        text, header = agent.restorable_map(p.data_serial or p.data_disk)
+        pages = int(header.get("pages", 0))
+        self.log(f"restorable map from the guest agent ({header.get('source', '?')}): "
+                 f"{pages} pages ({_fmt_bytes(pages * 4096)}) of disk {p.data_serial}, "
+                 f"taken in {time.monotonic() - t:.1f} s")
+        self._check_abort()
+        self._relays = RelayPair(p.src, p.dst, self.run_id)
+        self._relays.start(p.data_disk, p.data_disk, text)
+        self.log(f"relays up: {p.src.name} 127.0.0.1:{self._relays.qemu_port} -> "
+                 f"{p.dst.name} {p.dst.config.wan_addr}")
+
+    def _migrate(self, dom: libvirt.virDomain, params: dict, flags: int) -> None:
+        p = self.plan
+        dconn = p.dst.conn()
+        outcome: dict[str, object] = {}
+
+        def perform() -> None:
+            try:
+                outcome["domain"] = dom.migrate3(dconn, params, flags)
+            except libvirt.libvirtError as exc:
+                outcome["error"] = exc
+
+        worker = threading.Thread(target=perform, daemon=True, name="migrate3")
+        worker.start()
+        self._watch(dom, worker)
+        worker.join()
+        if "error" in outcome:
+            err = outcome["error"]
+            assert isinstance(err, libvirt.libvirtError)
+            relay_problem = self._relays.failure() if self._relays else None
+            if self._abort.is_set():
+                raise Aborted(self._abort_reason)
+            if err.get_error_code() == libvirt.VIR_ERR_OPERATION_ABORTED:
+                raise Aborted("aborted through libvirt (pcteleport abort, or virsh domjobabort)")
+            raise MigrationFailed(relay_problem or f"libvirt: {err.get_error_message()}")
+
+    def _watch(self, dom: libvirt.virDomain, worker: threading.Thread) -> None:
+        """One sample and one log line per second until libvirt's migrate call returns."""
+        p = self.plan
+        last_wan = p.src.wan_tx_bytes()
+        last_t = time.monotonic()
+        iteration = 1
+        remaining_min: int | None = None
+        while worker.is_alive():
+            worker.join(1.0)
+            if not worker.is_alive():
+                break
+            try:
+                stats = dom.jobStats()
+                state = dom.state()
+            except libvirt.libvirtError:
+                continue  # the job just ended; the worker tells us how
+            now = time.monotonic()
+            wan = p.src.wan_tx_bytes()
+            wan_rate = ((wan - last_wan) / (now - last_t)
+                        if wan is not None and last_wan is not None else 0.0)
+            last_wan, last_t = wan, now
+            it = int(stats.get("memory_iteration", iteration) or iteration)
+            if it > iteration and self._phase == Phase.ITERATIVE:
+                iteration = it
+                self.phase(Phase.ITERATIVE, iteration)
+            if (state[0] == libvirt.VIR_DOMAIN_PAUSED
+                    and self._phase not in (Phase.STOP_AND_COPY,)):
+                self.phase(Phase.STOP_AND_COPY, iteration)
+            sample = self._sample(stats, wan_rate)
+            self._emit(sample)
+            self._progress_line(sample, remaining_min)
+            remaining_min = (sample.remaining_bytes if remaining_min is None
+                             else min(remaining_min, sample.remaining_bytes))
+            if self._relays is not None:
+                problem = self._relays.failure()
+                if problem:
+                    self.log(problem)
+                    with contextlib.suppress(libvirt.libvirtError):
+                        dom.abortJob()
+
+    def _sample(self, stats: dict, wan_rate: float) -> MigrationSample:
+        page_size = int(stats.get("memory_page_size", 4096) or 4096)
+        pages = PageCounts(zero=int(stats.get("memory_constant", 0)),
+                           sent=int(stats.get("memory_normal", 0)))
+        if self._relays is not None and self._relays.send.latest:
+            r = self._relays.send.latest
+            pages = PageCounts(teleported=int(r.get("pages_teleported", 0)),
+                               zero=int(r.get("pages_zero", 0)),
+                               sent=int(r.get("pages_sent", 0)))
+        expected = stats.get("downtime")
+        return MigrationSample(
+            t=self._t(),
+            phase=self._phase,
+            guest_rate_bytes_per_s=float(stats.get("memory_bps", 0) or 0),
+            wan_rate_bytes_per_s=max(0.0, wan_rate),
+            remaining_bytes=int(stats.get("memory_remaining", 0)),
+            total_bytes=int(stats.get("memory_total", 0)),
+            iteration=int(stats.get("memory_iteration", 0) or 0),
+            dirty_rate_bytes_per_s=float(stats.get("memory_dirty_rate", 0) or 0) * page_size,
+            pages=pages,
+            expected_downtime_ms=float(expected) if expected is not None else None,
+        )
+
+    def _progress_line(self, s: MigrationSample, remaining_min: int | None) -> None:
+        done = s.total_bytes - s.remaining_bytes
+        pct = 100.0 * done / s.total_bytes if s.total_bytes else 0.0
+        line = (f"migration active, transferred {_fmt_bytes(done)} of "
+                f"{_fmt_bytes(s.total_bytes)} VM-state, {_fmt_bytes(s.guest_rate_bytes_per_s)}/s"
+                f" (WAN {_fmt_bytes(s.wan_rate_bytes_per_s)}/s)")
+        if s.pages.teleported:
+            line += f", {s.pages.teleported} pages teleported"
+        if remaining_min is not None and s.remaining_bytes > remaining_min:
+            line += (f" - remaining grew to {_fmt_bytes(s.remaining_bytes)} "
+                     f"(iteration {s.iteration}: the guest dirtied memory)")
+        self.log(f"{line} [{pct:.0f}%]")
+
+    def _finish(self, wan_before: int | None) -> None:
+        p = self.plan
+        self.phase(Phase.RESUME)
+        if self._relays is not None:
+            try:
+                self._relays.wait_done(60)
+            except RelayFailure as exc:
+                # QEMU finished; a relay complaint afterwards is worth a line, not a failure.
+                self.log(f"warning: {exc}")
+        ddom = p.dst.domain(p.vm)
+        completed: dict = {}
+        for _ in range(10):  # libvirt fills the completed stats a moment after the job ends
+            try:
+                completed = ddom.jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED)
+            except libvirt.libvirtError:
+                completed = {}
+            if completed.get("downtime"):
+                break
+            time.sleep(0.3)
+        rec = self.record
+        rec.total_s = round(time.monotonic() - self.t0, 3)
+        if completed.get("downtime") is not None:
+            rec.downtime_ms = float(completed["downtime"])
+        rec.guest_bytes = int(completed.get("memory_processed", 0) or 0)
+        wan_after = p.src.wan_tx_bytes()
+        if wan_before is not None and wan_after is not None:
+            rec.wan_bytes = wan_after - wan_before
+        if self._relays is not None and self._relays.send.event("summary"):
+            s = self._relays.send.event("summary") or {}
+            rec.pages = PageCounts(int(s.get("pages_teleported", 0)),
+                                   int(s.get("pages_zero", 0)), int(s.get("pages_sent", 0)))
+            rec.guest_bytes = rec.guest_bytes or int(s.get("guest_bytes", 0))
+        elif completed:
+            rec.pages = PageCounts(0, int(completed.get("memory_constant", 0)),
+                                   int(completed.get("memory_normal", 0)))
+        self._verify(ddom)
+        rec.result = Result.OK
+        self.phase(Phase.DONE)
+        self.log(f"migration finished successfully (duration {rec.total_s:.1f} s, downtime "
+                 f"{rec.downtime_ms if rec.downtime_ms is not None else '?'} ms, WAN "
+                 f"{_fmt_bytes(rec.wan_bytes)})")
+
+    def _verify(self, ddom: libvirt.virDomain) -> None:
+        p = self.plan
+        state = ddom.state()[0]
+        if state != libvirt.VIR_DOMAIN_RUNNING:
+            raise MigrationFailed(f"VM {p.vm} is not running at {p.dst.name} after migration")
+        agent = self.agent_for(p.dst, p.vm)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                agent.ping()
+                break
+            except PcteleportError as exc:
+                if time.monotonic() > deadline:
+                    raise MigrationFailed(f"after migration: {exc}") from None
+                time.sleep(1)
+        result = agent.call("verify", {"disk": p.data_serial} if p.data_serial else {},
+                            timeout=300)
+        bad = result.get("mismatches") or []
+        if bad:
+            raise MigrationFailed(
+                f"VM {p.vm} at {p.dst.name}: {len(bad)} cached page(s) differ from the disk "
+                f"(first: {bad[0]}): do not trust this VM's page cache; drop it in the guest"
+            )
+        self.log(f"verified at {p.dst.name}: guest agent answers, "
+                 f"{result.get('pages_checked', 0)} cached pages match the disk")
+
+    def _fail(self, result: Result, message: str, wan_before: int | None) -> None:
+        p = self.plan
+        rec = self.record
+        rec.result = result
+        rec.error = message
+        rec.total_s = round(time.monotonic() - self.t0, 3)
+        try:
+            after = p.src.wan_tx_bytes()
+            if wan_before is not None and after is not None:
+                rec.wan_bytes = after - wan_before
+        except PcteleportError:
+            pass
+        # The source must keep running: libvirt resumes it on failure; make sure.
+        try:
+            dom = p.src.find_domain(p.vm_uuid or p.vm)
+            if dom is not None and dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED:
+                dom.resume()
+            state = "running" if dom is not None and dom.isActive() else "NOT running"
+        except (libvirt.libvirtError, PcteleportError):
+            state = "in an unknown state"
+        self.log(f"migration {result}: {message}; VM {p.vm} is {state} at {p.src.name}")
+
+
+def plan_for(vm: str, src: SiteRuntime, dst: SiteRuntime, mode: Mode,
+             bandwidth_cap: float | None, data_disk: str = "",
+             wan: WanLink | None = None) -> Plan:
+    """Work out the plan: the VM's data disk (configured, else its first non-root disk)."""
+    dom = src.domain(vm)
+    disks = domain_disks(dom.XMLDesc(0))
+    chosen = next((d for d in disks if data_disk and d.path == data_disk), None)
+    if chosen is None:
+        chosen = next((d for d in disks if d.serial != ROOT_SERIAL and d.readonly), None)
+    if chosen is None:
+        chosen = next((d for d in disks if d.serial != ROOT_SERIAL), None)
+    return Plan(
+        vm=dom.name(), vm_uuid=dom.UUIDString(), src=src, dst=dst, mode=mode,
+        bandwidth_cap=bandwidth_cap, data_disk=chosen.path if chosen else "",
+        data_serial=chosen.serial if chosen else "", wan=wan,
+    )

@@ -1,0 +1,112 @@
+"""One configured site at run time: its libvirt connection and its host over SSH.
+
+libvirt-python is blocking and thread-safe per connection: callers use it from worker
+threads, never from an event loop. The connection is opened on first use and reopened when
+libvirt reports it dead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+
+import libvirt
+
+from console.errors import PcteleportError
+from console.sites.config import SiteConfig
+from console.sites.remote import LoopThread, SiteHost
+
+# libvirt prints every error to stderr by default; we turn them into one-line messages.
+libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+
+
+class SiteError(PcteleportError):
+    pass
+
+
+@dataclass(frozen=True)
+class DomainDisk:
+    target: str  # vda, vdb, ...
+    path: str
+    serial: str
+    readonly: bool
+
+
+def domain_disks(xml: str) -> list[DomainDisk]:
+    out = []
+    for disk in ET.fromstring(xml).iterfind("./devices/disk"):
+        if disk.get("device", "disk") != "disk":
+            continue
+        source = disk.find("source")
+        target = disk.find("target")
+        path = source.get("file") or source.get("dev") if source is not None else None
+        if not path or target is None:
+            continue
+        serial = disk.findtext("serial") or ""
+        out.append(DomainDisk(target.get("dev", ""), path, serial,
+                              disk.find("readonly") is not None))
+    return out
+
+
+class SiteRuntime:
+    def __init__(self, config: SiteConfig, loop: LoopThread) -> None:
+        self.config = config
+        self.name = config.name
+        self.host = SiteHost(config, loop)
+        self._conn: libvirt.virConnect | None = None
+        self._lock = threading.Lock()
+
+    def conn(self) -> libvirt.virConnect:
+        with self._lock:
+            if self._conn is not None:
+                try:
+                    if self._conn.isAlive():
+                        return self._conn
+                except libvirt.libvirtError:
+                    pass
+                self._conn = None
+            try:
+                self._conn = libvirt.open(self.config.libvirt_uri)
+            except libvirt.libvirtError as exc:
+                raise SiteError(
+                    f"cannot reach libvirt at {self.name} ({exc.get_error_message()}): "
+                    "check the site is up and its libvirt_uri in the sites config"
+                ) from None
+            return self._conn
+
+    def domain(self, name_or_uuid: str) -> libvirt.virDomain:
+        conn = self.conn()
+        try:
+            if len(name_or_uuid) == 36 and name_or_uuid.count("-") == 4:
+                return conn.lookupByUUIDString(name_or_uuid)
+            return conn.lookupByName(name_or_uuid)
+        except libvirt.libvirtError:
+            raise SiteError(f"no VM '{name_or_uuid}' at {self.name}") from None
+
+    def find_domain(self, name_or_uuid: str) -> libvirt.virDomain | None:
+        try:
+            return self.domain(name_or_uuid)
+        except SiteError:
+            return None
+
+    def wan_tx_bytes(self) -> int | None:
+        """Bytes sent on the site's WAN interface so far (None if unknown)."""
+        iface = self.config.wan_iface
+        if not iface:
+            return None
+        out = self.host.run(["cat", f"/sys/class/net/{iface}/statistics/tx_bytes"], timeout=10)
+        return int(out.stdout.strip()) if out.status == 0 and out.stdout.strip() else None
+
+    def libvirt_version(self) -> str:
+        v = self.conn().getLibVersion()
+        return f"{v // 1000000}.{v // 1000 % 1000}.{v % 1000}"
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                with contextlib.suppress(libvirt.libvirtError):
+                    self._conn.close()
+                self._conn = None
+        self.host.close()
