@@ -16,7 +16,7 @@ from typing import Any
 import asyncssh
 
 from console.errors import PcteleportError
-from console.records import Composition, CompositionSource
+from console.records import Composition
 from console.sites.remote import SiteHost
 
 CALL_TIMEOUT = 20.0
@@ -89,24 +89,7 @@ class GuestAgent:
         self.call("ping")
 
     def composition(self) -> Composition:
-        r = self.call("composition")
-        restorable = r.get("restorable")
-        source = CompositionSource.MODULE if r.get("source") == "module" else (
-            CompositionSource.FALLBACK)
-        return Composition(
-            total=int(r.get("total", 0)),
-            free=int(r.get("free", 0)),
-            anon=int(r.get("anon", 0)) + int(r.get("shmem", 0)),
-            kernel=int(r.get("kernel_other", 0)),
-            cache_clean=int(r.get("clean", 0)),
-            cache_dirty=int(r.get("dirty", 0)),
-            cache_writeback=int(r.get("writeback", 0)),
-            restorable=int(restorable) if restorable is not None else 0,
-            source=source,
-            error=None if restorable is not None or source is CompositionSource.MODULE else
-            "restorable share unknown until a map is taken (no kernel module)",
-            taken_at=float(r.get("t", 0.0)),
-        )
+        return Composition.from_agent(self.call("composition"))
 
     def restorable_map(self, disk: str) -> tuple[str, dict[str, str]]:
         """(extent text, header) of the restorable map of `disk` (serial, name or MAJ:MIN)."""
