@@ -84,23 +84,19 @@ class Encoder:
 
     def run(self, reader: Reader) -> CodecCounters:
         """Encode a whole QEMU stream from `reader`, then send END."""
-        source = ByteSource(reader, on_wait=self.flush)
+        source = ByteSource(reader, on_wait=self.flush, on_data=self._hash.update)
         self.parser = parser = StreamParser(source)
         counters = self.counters
         lits = self._lits
-        update = self._hash.update
         for chunk in parser.chunks():
             kind = chunk.kind
             if kind == PAGE:
-                update(chunk.raw)
-                update(chunk.page)
                 if not self._teleport(chunk.block, chunk.offset, chunk.raw, chunk.page):
                     lits.append(chunk.raw)
                     lits.append(chunk.page)
                     self._litlen += len(chunk.raw) + 4096
                     counters.pages_sent += 1
             else:
-                update(chunk.raw)
                 lits.append(chunk.raw)
                 self._litlen += len(chunk.raw)
                 if kind == ZERO:

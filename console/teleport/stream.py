@@ -165,12 +165,18 @@ class ByteSource:
 
     CHUNK = 1 << 20
 
-    def __init__(self, reader: Reader, on_wait: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        reader: Reader,
+        on_wait: Callable[[], None] | None = None,
+        on_data: Callable[[bytes], object] | None = None,
+    ) -> None:
         self._reader = reader
         self._buf = b""
         self._pos = 0
         self._consumed_before = 0  # bytes of earlier buffers
         self.on_wait = on_wait
+        self.on_data = on_data  # sees every byte read, once, in order (hashing the stream)
 
     @property
     def offset(self) -> int:
@@ -185,6 +191,8 @@ class ByteSource:
             more = self._reader.read_some(max(self.CHUNK, need))
             if not more:
                 return False
+            if self.on_data is not None:
+                self.on_data(more)
             rest = self._buf[self._pos :]
             self._consumed_before += self._pos
             self._buf = rest + more if rest else more
@@ -209,6 +217,10 @@ class ByteSource:
         return _BE32.unpack(self.read(4))[0]
 
     def be64(self) -> int:
+        pos = self._pos
+        if len(self._buf) - pos >= 8:  # the common case, without a bytes copy
+            self._pos = pos + 8
+            return _BE64.unpack_from(self._buf, pos)[0]
         return _BE64.unpack(self.read(8))[0]
 
     def at_eof(self) -> bool:
