@@ -97,6 +97,8 @@ def load(path: str | Path) -> SitesConfig:
     sites = []
     for i, t in enumerate(data.get("site", []), 1):
         where = f"{path}: site #{i}"
+        name = str(_need(t, "name", where))
+        uri = str(_need(t, "libvirt_uri", where))
         ssh_t = _need(t, "ssh", where)
         ssh = SshLogin(
             host=str(_need(ssh_t, "host", where + " ssh")),
@@ -107,8 +109,8 @@ def load(path: str | Path) -> SitesConfig:
         )
         relay = t.get("relay_command", "pcteleport")
         sites.append(SiteConfig(
-            name=str(_need(t, "name", where)),
-            libvirt_uri=str(_need(t, "libvirt_uri", where)),
+            name=name,
+            libvirt_uri=uri,
             ssh=ssh,
             replica_dir=str(t.get("replica_dir", "/srv/replicas")),
             agent_socket_dir=str(t.get("agent_socket_dir", "/srv/agents")),

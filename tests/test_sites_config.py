@@ -1,0 +1,87 @@
+"""Sites config parsing and domain XML reading: the parts of the migration service that need
+no site (the service itself is tested against the lab in test_migrations.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from console.errors import PcteleportError
+from console.sites import config
+from console.sites.site_runtime import domain_disks
+
+GOOD = """
+[lab]
+wan_profile = "default"
+
+[[site]]
+name = "tokyo"
+libvirt_uri = "qemu+ssh://root@10.0.0.1/system"
+wan_addr = "10.77.0.1"
+wan_iface = "wan0"
+relay_command = "/opt/venv/bin/pcteleport --quiet"
+ssh = { host = "10.0.0.1", port = 2222, key = "/k" }
+
+[[site]]
+name = "osaka"
+libvirt_uri = "qemu:///system"
+relay_command = ["/usr/bin/python3", "-m", "console.cli"]
+ssh = { host = "10.0.0.2" }
+
+[[vm]]
+name = "web"
+data_disk = "/srv/replicas/web-data.raw"
+"""
+
+
+def test_sites_config_reads_sites_and_vms(tmp_path):
+    p = tmp_path / "sites.toml"
+    p.write_text(GOOD)
+    cfg = config.load(p)
+    assert [s.name for s in cfg.sites] == ["tokyo", "osaka"]
+    tokyo = cfg.site("tokyo")
+    assert tokyo.ssh.port == 2222 and tokyo.ssh.user == "root" and tokyo.ssh.key == "/k"
+    assert tokyo.relay_command == ("/opt/venv/bin/pcteleport", "--quiet")
+    assert cfg.site("osaka").relay_command == ("/usr/bin/python3", "-m", "console.cli")
+    assert cfg.site("osaka").replica_dir == "/srv/replicas"
+    assert cfg.vm("web").data_disk == "/srv/replicas/web-data.raw"
+    assert cfg.vm("nope") is None
+    assert cfg.wan_profile == "default"
+    with pytest.raises(PcteleportError, match=r"no site named 'kyoto'.*tokyo, osaka"):
+        cfg.site("kyoto")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[[site]]\nname = 'a'\n", "'libvirt_uri' is missing"),
+        ("[[site]]\nname = 'a'\nlibvirt_uri = 'x'\n", "'ssh' is missing"),
+        ("nothing = 1\n", "names no"),
+        ("[[site\n", "not valid TOML"),
+        (GOOD + "\n[[site]]\nname='tokyo'\nlibvirt_uri='x'\nssh={host='h'}\n", "twice"),
+    ],
+)
+def test_bad_sites_config_says_what_is_wrong(tmp_path, text, message):
+    p = tmp_path / "sites.toml"
+    p.write_text(text)
+    with pytest.raises(PcteleportError, match=message):
+        config.load(p)
+
+
+def test_missing_sites_config_is_one_line(tmp_path):
+    with pytest.raises(PcteleportError, match="cannot read sites config"):
+        config.load(tmp_path / "absent.toml")
+
+
+def test_domain_disks_reads_paths_serials_and_readonly():
+    xml = """<domain><devices>
+      <disk type='file' device='disk'><source file='/srv/vms/web-root.qcow2'/>
+        <target dev='vda'/><serial>pctroot</serial></disk>
+      <disk type='file' device='disk'><source file='/srv/replicas/web-data.raw'/>
+        <target dev='vdb'/><serial>data</serial><readonly/></disk>
+      <disk type='file' device='cdrom'><source file='/x.iso'/><target dev='hdc'/></disk>
+    </devices></domain>"""
+    disks = domain_disks(xml)
+    assert [(d.target, d.path, d.serial, d.readonly) for d in disks] == [
+        ("vda", "/srv/vms/web-root.qcow2", "pctroot", False),
+        ("vdb", "/srv/replicas/web-data.raw", "data", True),
+    ]
