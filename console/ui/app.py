@@ -27,8 +27,8 @@ class PcteleportApp(App[None]):
         Binding("q", "quit", "Quit"),
     ]
 
-    refresh_s: reactive[float] = reactive(2.0)
-    paused: reactive[bool] = reactive(False)
+    refresh_s: reactive[float] = reactive(2.0, init=False)
+    paused: reactive[bool] = reactive(False, init=False)
 
     def __init__(self, backend: Backend, *, refresh_s: float = 2.0,
                  export_dir: Path | None = None, autoplay: bool = True) -> None:

@@ -12,7 +12,6 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
-from textual_plotext import PlotextPlot
 
 from console.compare import METRICS, Metric, filter_runs, to_csv, to_markdown
 from console.records import MigrationRecord, Mode
@@ -38,6 +37,29 @@ def metric_text(metric: Metric, r: MigrationRecord) -> str:
         return units.millis(v)
     assert r.throughput_after is not None
     return f"{v:g} {r.throughput_after.unit}"
+
+
+def bar_chart(runs: list[MigrationRecord], metric: Metric, width: int) -> Text:
+    """One bar per run, scaled to the largest value; runs without the metric say so."""
+    values = [metric.value(r) for r in runs]
+    top = max((v for v in values if v is not None), default=0.0)
+    labels = [f"{r.vm} {r.mode}" for r in runs]
+    label_w = max((len(x) for x in labels), default=0)
+    value_w = 14
+    bar_w = max(5, width - label_w - value_w - 3)
+    out = Text(f"{metric.title}\n", style="bold")
+    for r, label, v in zip(runs, labels, values, strict=True):
+        out.append(f"{label:>{label_w}} ")
+        if v is None:
+            out.append("not measured\n", style="dim")
+            continue
+        n = round(bar_w * v / top) if top > 0 else 0
+        colour = "rgb({},{},{})".format(*MODE_COLOUR[r.mode])
+        out.append("█" * max(n, 1 if v > 0 else 0), style=colour)
+        out.append(f" {metric_text(metric, r)}\n")
+    if not runs:
+        out.append("no runs match the filters", style="dim")
+    return out
 
 
 class CompareScreen(Screen[None]):
@@ -78,7 +100,7 @@ class CompareScreen(Screen[None]):
         for m in METRICS:
             table.add_column(m.title, key=m.key)
         yield table
-        yield PlotextPlot(id="cmp-chart")
+        yield Static(id="cmp-chart")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -123,24 +145,8 @@ class CompareScreen(Screen[None]):
         self.chart(runs)
 
     def chart(self, runs: list[MigrationRecord]) -> None:
-        widget = self.query_one("#cmp-chart", PlotextPlot)
-        plt = widget.plt
-        plt.clear_data()
-        plt.clear_figure()
-        m = self.metric
-        scale, unit = {"total_s": (1.0, "s"), "wan_bytes": (2**20, "MiB"),
-                       "downtime_ms": (1.0, "ms")}.get(m.key, (1.0, ""))
-        if m.key == "throughput_after":
-            unit = next((r.throughput_after.unit for r in runs if r.throughput_after), "")
-        plotted = [(r, m.value(r)) for r in runs]
-        plotted = [(r, v) for r, v in plotted if v is not None]
-        plt.title(f"{m.title} ({unit})" if unit else m.title)
-        if plotted:
-            labels = [f"{r.vm} {r.mode} {i + 1}" for i, (r, _) in enumerate(plotted)]
-            values = [v / scale for _, v in plotted]
-            colours = [MODE_COLOUR[r.mode] for r, _ in plotted]
-            plt.bar(labels, values, color=colours, orientation="horizontal", width=0.6)
-        widget.refresh()
+        widget = self.query_one("#cmp-chart", Static)
+        widget.update(bar_chart(runs, self.metric, max(20, self.size.width - 4)))
 
     # --- actions ---------------------------------------------------------------------------
 

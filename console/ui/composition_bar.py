@@ -10,8 +10,8 @@ from console.records import Composition
 # also differs by glyph, so the bar still reads without colour.
 SEGMENTS: tuple[tuple[str, str, str], ...] = (
     ("restorable", "█", "#2ea043"),
-    ("clean cache", "█", "#3b82c4"),
-    ("dirty cache", "█", "#d29922"),
+    ("clean", "█", "#3b82c4"),
+    ("dirty", "█", "#d29922"),
     ("anon", "█", "#a855c7"),
     ("kernel", "▓", "#8b8b8b"),
     ("free", "░", "#8b8b8b"),

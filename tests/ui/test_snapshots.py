@@ -1,0 +1,112 @@
+"""SVG snapshots of every screen at 80×24 and at 160×48 (`make snapshots` updates them).
+
+They catch layout regressions a pilot test would not notice; review a changed SVG in
+snapshot_report.html before accepting it."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from textual.pilot import Pilot
+
+from console.records import Mode
+from console.sites.service import MigrationRequest
+from console.ui.app import create_app
+from console.ui.compare_screen import CompareScreen
+from console.ui.main_screen import SitePane
+from console.ui.migration_view import MigrationView
+from tests.record_factory import MIB, constructed_run
+from tests.ui.conftest import wait_for
+from tests.ui.fake_backend import FakeBackend, populated_backend
+
+SIZES = [pytest.param((80, 24), id="80x24"), pytest.param((160, 48), id="160x48")]
+
+
+@pytest.fixture(autouse=True)
+def _utc(monkeypatch: pytest.MonkeyPatch) -> Any:
+    # The compare screen shows local times: pin the zone so snapshots match on any machine.
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+def backend() -> FakeBackend:
+    b = populated_backend()
+    b.stored = [
+        constructed_run(Mode.STOCK, run_id="s1", seconds=10, wan_bytes=910 * MIB),
+        constructed_run(Mode.ZSTD, run_id="z1", seconds=6, wan_bytes=420 * MIB),
+        constructed_run(Mode.DROP_CACHE, run_id="d1", seconds=4, wan_bytes=270 * MIB,
+                        throughput=1100.0),
+        constructed_run(Mode.TELEPORT, run_id="t1", seconds=3, wan_bytes=300 * MIB),
+    ]
+    return b
+
+
+async def loaded(pilot: Pilot) -> None:
+    app = pilot.app
+    await wait_for(pilot, lambda: sum(p.table.row_count for p in app.screen.query(SitePane)) == 4)
+    await pilot.pause(0.1)
+
+
+def then(*keys: str, until: Callable[[Pilot], bool] | None = None) -> Callable[[Pilot], Any]:
+    async def run(pilot: Pilot) -> None:
+        await loaded(pilot)
+        await pilot.press(*keys)
+        if until is not None:
+            await wait_for(pilot, lambda: until(pilot))
+        await pilot.pause(0.2)
+
+    return run
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_main_screen(snap_compare: Any, size: tuple[int, int]) -> None:
+    assert snap_compare(create_app(backend(), refresh_s=600), terminal_size=size,
+                        run_before=then())
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_vm_detail(snap_compare: Any, size: tuple[int, int]) -> None:
+    assert snap_compare(create_app(backend(), refresh_s=600), terminal_size=size,
+                        run_before=then("down", "down", "enter"))
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_migrate_dialog(snap_compare: Any, size: tuple[int, int]) -> None:
+    assert snap_compare(create_app(backend(), refresh_s=600), terminal_size=size,
+                        run_before=then("down", "down", "m"))
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_migration_view_finished(snap_compare: Any, size: tuple[int, int]) -> None:
+    app = create_app(backend(), refresh_s=600)
+
+    async def run(pilot: Pilot) -> None:
+        await loaded(pilot)
+        view = MigrationView(MigrationRequest("u-web", "osaka", Mode.TELEPORT))
+        await app.push_screen(view)
+        await wait_for(pilot, lambda: view.final is not None)
+        await pilot.pause(0.2)
+
+    assert snap_compare(app, terminal_size=size, run_before=run)
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_compare_screen(snap_compare: Any, size: tuple[int, int]) -> None:
+    def ready(pilot: Pilot) -> bool:
+        return isinstance(pilot.app.screen, CompareScreen) and bool(pilot.app.screen.records)
+
+    assert snap_compare(create_app(backend(), refresh_s=600), terminal_size=size,
+                        run_before=then("c", until=ready))
+
+
+def test_help_overlay(snap_compare: Any) -> None:
+    assert snap_compare(create_app(backend(), refresh_s=600), terminal_size=(80, 24),
+                        run_before=then("question_mark"))
+
+
