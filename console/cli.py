@@ -28,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_replay(sub)
     _add_lab(sub)
     _add_sites(sub)
+    _add_bench(sub)
     return parser
 
 
@@ -238,6 +239,39 @@ def _abort(args: argparse.Namespace) -> int:
     from console.sites import commands
 
     return commands.abort(args.vm)
+
+
+# --- bench -------------------------------------------------------------------------------
+
+
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    bench = sub.add_parser("bench", help="measure: migrations side by side, or the codec")
+    bsub = bench.add_subparsers(dest="bench_command", metavar="WHAT")
+    codec = bsub.add_parser("codec", help="codec speed and WAN bytes on a captured stream")
+    codec.add_argument("--stream", help="a QEMU migration stream (captured with --vm if absent)")
+    codec.add_argument("--disk", help="the disk image the map refers to")
+    codec.add_argument("--map", help="the restorable map taken with the stream")
+    codec.add_argument("--vm", default="web-small",
+                       help="capture stream and map from this lab VM (default web-small)")
+    codec.add_argument("--repeat", type=int, default=3, help="best of N runs (default 3)")
+    codec.add_argument("--json", action="store_true", help="print JSON")
+    codec.set_defaults(handler=_bench_codec)
+
+
+def _bench_codec(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from console.bench import codec
+
+    if not (args.stream and args.disk and args.map):
+        from console.bench import capture
+
+        if args.stream or args.disk or args.map:
+            raise PcteleportError("give all of --stream, --disk and --map, or none (capture)")
+        args.stream, args.disk, args.map = capture.capture_from_lab(args.vm)
+    result = codec.run(Path(args.stream), Path(args.disk), Path(args.map), args.repeat)
+    print(codec.report(result, args.json))
+    return 0
 
 
 # --- entry point -------------------------------------------------------------------------

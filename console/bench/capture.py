@@ -1,0 +1,73 @@
+"""Capture a real migration stream and its restorable map from a running lab VM.
+
+The map comes from the guest agent; the stream from the VM's own QEMU, migrated to a file
+with QMP through libvirt (`migrate exec:cat > FILE`), after which the VM is resumed where it
+was. The files land in the site's directory and are read through the lab's view of it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import libvirt
+import libvirt_qemu
+
+from console.errors import PcteleportError
+from console.sites.commands import open_backend
+from console.sites.migration import plan_for
+
+
+def _qmp(dom: libvirt.virDomain, command: str, **arguments: object) -> dict:
+    msg = {"execute": command, **({"arguments": arguments} if arguments else {})}
+    reply = json.loads(libvirt_qemu.qemuMonitorCommand(dom, json.dumps(msg), 0))
+    if "error" in reply:
+        raise PcteleportError(f"QEMU refused {command}: {reply['error'].get('desc')}")
+    return reply.get("return", {})
+
+
+def capture_from_lab(vm: str) -> tuple[Path, Path, Path]:
+    backend = open_backend()
+    try:
+        site = next((rt for rt in backend.sites_rt.values()
+                     if (d := rt.find_domain(vm)) is not None and d.isActive()), None)
+        if site is None:
+            raise PcteleportError(f"no running VM {vm} at any site: `pcteleport lab up` first")
+        host_dir = site.config.lab.get("host_dir")
+        if not host_dir:
+            raise PcteleportError(f"site {site.name} is not a lab site: give --stream, --disk "
+                                  "and --map captured there")
+        plan = plan_for(vm, site, site, mode=None, bandwidth_cap=None)  # type: ignore[arg-type]
+        if not plan.data_disk:
+            raise PcteleportError(f"VM {vm} has no data disk to teleport from")
+        site_srv = Path("/srv")
+
+        def on_host(path: str) -> Path:
+            p = Path(path)
+            if site_srv not in p.parents:
+                raise PcteleportError(f"{path} is outside the site's /srv")
+            return Path(host_dir) / p.relative_to(site_srv)
+
+        capture_dir = f"/srv/vms/{vm}"
+        stream_site = f"{capture_dir}/capture-stream.bin"
+        text, _header = backend.agent(site, vm).restorable_map(plan.data_serial)
+        map_host = on_host(f"{capture_dir}/capture-map.txt")
+        map_host.write_text(text)
+        dom = site.domain(vm)
+        _qmp(dom, "migrate", uri=f"exec:cat > {stream_site}")
+        deadline = time.monotonic() + 600
+        try:
+            while True:
+                status = _qmp(dom, "query-migrate").get("status")
+                if status == "completed":
+                    break
+                if status in ("failed", "cancelled") or time.monotonic() > deadline:
+                    raise PcteleportError(f"capturing the stream of {vm} ended '{status}'")
+                time.sleep(0.2)
+        finally:
+            if dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED:
+                _qmp(dom, "cont")
+        return on_host(stream_site), on_host(plan.data_disk), map_host
+    finally:
+        backend.close()
