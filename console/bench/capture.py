@@ -16,7 +16,7 @@ import libvirt_qemu
 
 from console.errors import PcteleportError
 from console.sites.commands import open_backend
-from console.sites.migration import plan_for
+from console.sites.migration import data_disk_of
 
 
 def _qmp(dom: libvirt.virDomain, command: str, **arguments: object) -> dict:
@@ -38,8 +38,8 @@ def capture_from_lab(vm: str) -> tuple[Path, Path, Path]:
         if not host_dir:
             raise PcteleportError(f"site {site.name} is not a lab site: give --stream, --disk "
                                   "and --map captured there")
-        plan = plan_for(vm, site, site, mode=None, bandwidth_cap=None)  # type: ignore[arg-type]
-        if not plan.data_disk:
+        disk = data_disk_of(site.domain(vm))
+        if disk is None:
             raise PcteleportError(f"VM {vm} has no data disk to teleport from")
         site_srv = Path("/srv")
 
@@ -51,7 +51,7 @@ def capture_from_lab(vm: str) -> tuple[Path, Path, Path]:
 
         capture_dir = f"/srv/vms/{vm}"
         stream_site = f"{capture_dir}/capture-stream.bin"
-        text, _header = backend.agent(site, vm).restorable_map(plan.data_serial)
+        text, _header = backend.agent(site, vm).restorable_map(disk.serial)
         map_host = on_host(f"{capture_dir}/capture-map.txt")
         map_host.write_text(text)
         dom = site.domain(vm)
@@ -68,6 +68,6 @@ def capture_from_lab(vm: str) -> tuple[Path, Path, Path]:
         finally:
             if dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED:
                 _qmp(dom, "cont")
-        return on_host(stream_site), on_host(plan.data_disk), map_host
+        return on_host(stream_site), on_host(disk.path), map_host
     finally:
         backend.close()

@@ -42,7 +42,7 @@ from console.records import (
 )
 from console.sites.guest_agent import GuestAgent
 from console.sites.relays import RelayFailure, RelayPair
-from console.sites.site_runtime import SiteRuntime, domain_disks
+from console.sites.site_runtime import DomainDisk, SiteRuntime, domain_disks
 
 BASE_FLAGS = (libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PERSIST_DEST
               | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE)
@@ -411,17 +411,20 @@ class MigrationRun:
         self.log(f"migration {result}: {message}; VM {p.vm} is {state} at {p.src.name}")
 
 
+def data_disk_of(dom: libvirt.virDomain, configured: str = "") -> DomainDisk | None:
+    """The disk whose replica the other sites hold: the configured one, else the first
+    read-only non-root disk, else the first non-root disk."""
+    disks = domain_disks(dom.XMLDesc(0))
+    return (next((d for d in disks if configured and d.path == configured), None)
+            or next((d for d in disks if d.serial != ROOT_SERIAL and d.readonly), None)
+            or next((d for d in disks if d.serial != ROOT_SERIAL), None))
+
+
 def plan_for(vm: str, src: SiteRuntime, dst: SiteRuntime, mode: Mode,
              bandwidth_cap: float | None, data_disk: str = "",
              wan: WanLink | None = None) -> Plan:
-    """Work out the plan: the VM's data disk (configured, else its first non-root disk)."""
     dom = src.domain(vm)
-    disks = domain_disks(dom.XMLDesc(0))
-    chosen = next((d for d in disks if data_disk and d.path == data_disk), None)
-    if chosen is None:
-        chosen = next((d for d in disks if d.serial != ROOT_SERIAL and d.readonly), None)
-    if chosen is None:
-        chosen = next((d for d in disks if d.serial != ROOT_SERIAL), None)
+    chosen = data_disk_of(dom, data_disk)
     return Plan(
         vm=dom.name(), vm_uuid=dom.UUIDString(), src=src, dst=dst, mode=mode,
         bandwidth_cap=bandwidth_cap, data_disk=chosen.path if chosen else "",
