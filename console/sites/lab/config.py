@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -43,6 +44,11 @@ def libvirt_uri(paths: LabPaths, s: Site) -> str:
     """libvirt over SSH into the site, host key checked against the lab's known_hosts."""
     return (f"qemu+ssh://root@{s.mgmt_addr}/system?keyfile={paths.key}"
             f"&command={paths.ssh_wrapper}&no_tty=1")
+
+
+def relay_command() -> list[str]:
+    """Site hosts are namespaces of this host: they run this very installation's pcteleport."""
+    return [sys.executable, "-m", "console.cli"]
 
 
 def _str(v: str) -> str:
@@ -68,6 +74,7 @@ def render(paths: LabPaths, profile: str, specs: Iterable[VmSpec]) -> str:
                 f"replica_dir = {_str(str(SITE_REPLICA_DIR))}",
                 f"agent_socket_dir = {_str(str(SITE_AGENT_DIR))}",
                 f"wan_addr = {_str(s.wan_addr)}", f"wan_iface = {_str(WAN_IFACE)}",
+                f"relay_command = {json.dumps(relay_command())}",
                 f"ssh = {_inline(ssh)}", f"lab = {_inline(lab)}", ""]
     for spec in specs:
         out += ["[[vm]]", f"name = {_str(spec.name)}", f"scenario = {_str(str(spec.source))}",
