@@ -14,7 +14,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from console.errors import PcteleportError
-from console.sites.lab import config, guestboot, keys, network, scenarios, shell, site, vms, wan
+from console.sites.lab import (
+    config,
+    disks,
+    guestboot,
+    keys,
+    network,
+    scenarios,
+    shell,
+    site,
+    vms,
+    wan,
+)
 from console.sites.lab.paths import SITE_AGENT_DIR, SITE_VM_DIR, LabPaths
 from console.sites.lab.topology import SITES, Site
 
@@ -78,14 +89,18 @@ def up(vm_names: Sequence[str] | None = None, profile: str | None = None,
         names = list(scenarios.DEFAULT_VMS)
     specs = [scenarios.load(n) for n in names]
     boot = guestboot.lab_boot()
+    for spec in specs:  # data images first: the slow part, done before any guest competes
+        disks.ensure_replicas(paths, spec)
+    started_at: dict[str, tuple[str, float]] = {}
     for spec in specs:
         where, started = vms.ensure_vm(paths, spec, boot)
         report.vms[spec.name] = where
         if started:
             report.started.append(spec.name)
-    for name in report.started:
-        report.boot_s[name] = vms.wait_booted(paths, report.vms[name], name, boot_timeout)
-        progress(f"VM {name}: booted at {report.vms[name]} in {report.boot_s[name]:.1f} s")
+            started_at[spec.name] = (where, time.monotonic())
+    report.boot_s = vms.wait_all_booted(paths, started_at, boot_timeout)
+    for name, secs in report.boot_s.items():
+        progress(f"VM {name}: booted at {report.vms[name]} in {secs:.1f} s")
     if names != selected_vms(paths):
         _vm_list_file(paths).write_text(json.dumps(names) + "\n")
     report.config = str(config.write(paths, st.profile, specs))

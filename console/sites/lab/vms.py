@@ -149,3 +149,29 @@ def wait_booted(paths: LabPaths, site: str, vm: str, timeout: float = 60) -> flo
 
     shell.wait_for(ready, timeout, f"guest {vm} to boot at {site} (see {log})", interval=0.1)
     return time.monotonic() - start
+
+
+
+def wait_all_booted(paths: LabPaths, started: dict[str, tuple[str, float]],
+                    timeout: float = 60) -> dict[str, float]:
+    """Boot time of each VM: from its start (name -> (site, time.monotonic() at start)) until
+    its ready marker showed up on the serial console; all polled together."""
+    booted: dict[str, float] = {}
+    deadline = time.monotonic() + timeout
+    while len(booted) < len(started):
+        for name, (where, t0) in started.items():
+            if name in booted:
+                continue
+            log = console_log(paths, where, name)
+            text = log.read_text(errors="replace") if log.exists() else ""
+            if "PCTELEPORT-FAILED" in text:
+                line = next(ln for ln in text.splitlines() if "PCTELEPORT-FAILED" in ln)
+                raise PcteleportError(f"guest {name} failed to boot: {line.strip()} (see {log})")
+            if guestboot.READY_MARKER in text:
+                booted[name] = time.monotonic() - t0
+        if time.monotonic() > deadline:
+            late = ", ".join(sorted(set(started) - set(booted)))
+            raise PcteleportError(f"guests {late} did not boot within {timeout:.0f} s: see their "
+                                  f"console.log under {paths.root}/<site>/srv/vms/")
+        time.sleep(0.1)
+    return booted
