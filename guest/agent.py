@@ -194,25 +194,31 @@ class Composition:
 
     def __init__(self, restorable_every=5.0):
         self.restorable_every = restorable_every
-        self.restorable = None  # (bytes, time.monotonic() when measured)
+        self.restorable = None  # (bytes, time.monotonic() when measured, source)
 
     def note_fallback_map(self, pages):
-        self.restorable = (pages * PAGE, time.monotonic())
+        """Without the module, the last fallback map's size is the best figure there is."""
+        if not module_loaded():
+            self.restorable = (pages * PAGE, time.monotonic(), "fallback")
 
-    def _refresh_from_module(self, now):
-        if self.restorable is not None and now - self.restorable[1] < self.restorable_every:
+    def _refresh(self, now, loaded):
+        r = self.restorable
+        if not loaded:
+            if r is not None and r[2] == "module":
+                self.restorable = None  # the module went away: wait for a fallback map
+            return
+        if r is not None and r[2] == "module" and now - r[1] < self.restorable_every:
             return
         _set_module_fstypes()
         counters, _ = _module_counters(_read(PROC_DIR + "/stats"))
         if "restorable_estimate" in counters:
-            self.restorable = (counters["restorable_estimate"] * PAGE, now)
+            self.restorable = (counters["restorable_estimate"] * PAGE, now, "module")
 
     def snapshot(self):
         now = time.monotonic()
         m = meminfo()
         loaded = module_loaded()
-        if loaded:
-            self._refresh_from_module(now)
+        self._refresh(now, loaded)
         total, free = m.get("MemTotal", 0), m.get("MemFree", 0)
         shmem = m.get("Shmem", 0)
         page_cache = max(0, m.get("Cached", 0) + m.get("Buffers", 0) - shmem)
@@ -274,6 +280,34 @@ _FIEMAP_UNUSABLE = (0x2 | 0x4 | 0x8 | 0x80 | 0x100 | 0x200 | 0x400 | 0x800)
 _KPF_UPTODATE, _KPF_DIRTY, _KPF_WRITEBACK = 1 << 3, 1 << 4, 1 << 8
 _PM_PRESENT, _PM_PFN_MASK = 1 << 63, (1 << 55) - 1
 MADV_POPULATE_READ = 22
+
+
+FIBMAP, FIGETBSZ = 1, 2
+
+
+def _block_map(fd, size, fstype):
+    """[(logical, physical, length)] of the file's usable extents: FIEMAP, or FIBMAP block by
+    block where FIEMAP is missing (vfat). Never FIBMAP on ext4: its bmap writes back a file
+    with dirty delalloc pages."""
+    try:
+        return _fiemap(fd, size)
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.ENOTTY) or fstype.startswith("ext"):
+            raise
+    import fcntl
+
+    bsize = struct.unpack("i", fcntl.ioctl(fd, FIGETBSZ, struct.pack("i", 0)))[0]
+    extents = []
+    for block in range((size + bsize - 1) // bsize):
+        physical = struct.unpack("i", fcntl.ioctl(fd, FIBMAP, struct.pack("i", block)))[0]
+        if physical <= 0:
+            continue
+        if extents and extents[-1][0] + extents[-1][2] == block * bsize and \
+                extents[-1][1] + extents[-1][2] == physical * bsize:
+            extents[-1] = (extents[-1][0], extents[-1][1], extents[-1][2] + bsize)
+        else:
+            extents.append((block * bsize, physical * bsize, bsize))
+    return extents
 
 
 def _fiemap(fd, size):
@@ -376,7 +410,7 @@ def _fallback_map(disk, mounts=None):
     notes, covered = [], []
     for mnt, fstype, start, dev in on_disk:
         if fstype in FALLBACK_FSTYPES:
-            covered.append((mnt, start, dev))
+            covered.append((mnt, fstype, start, dev))
         else:
             notes.append("%s (%s) is not covered: the map supports %s" %
                          (mnt, fstype, ", ".join(FALLBACK_FSTYPES)))
@@ -391,21 +425,21 @@ def _fallback_map(disk, mounts=None):
     kpf_fd = os.open("/proc/kpageflags", os.O_RDONLY)
     seen = set()
     try:
-        for mnt, start, dev in covered:
+        for mnt, fstype, start, dev in covered:
             for dirpath, dirnames, filenames in os.walk(mnt):
                 # Stay on this filesystem (os.walk does not stop at mount points).
                 dirnames[:] = [d for d in dirnames
                                if _dev_of(os.lstat(os.path.join(dirpath, d)).st_dev) == dev]
                 for name in filenames:
-                    _fallback_file(os.path.join(dirpath, name), dev, start, libc, pagemap_fd,
-                                   kpf_fd, counters, extents, seen)
+                    _fallback_file(os.path.join(dirpath, name), fstype, dev, start, libc,
+                                   pagemap_fd, kpf_fd, counters, extents, seen)
     finally:
         os.close(pagemap_fd)
         os.close(kpf_fd)
     return extents, counters, notes
 
 
-def _fallback_file(path, dev, start, libc, pagemap_fd, kpf_fd, counters, extents, seen):
+def _fallback_file(path, fstype, dev, start, libc, pagemap_fd, kpf_fd, counters, extents, seen):
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
@@ -420,7 +454,7 @@ def _fallback_file(path, dev, start, libc, pagemap_fd, kpf_fd, counters, extents
         pages = _file_pages(libc, fd, st.st_size, pagemap_fd, kpf_fd, counters)
         if not pages:
             return
-        for logical, physical, length in _fiemap(fd, st.st_size):
+        for logical, physical, length in _block_map(fd, st.st_size, fstype):
             if logical % PAGE or physical % PAGE:
                 continue
             for i in range(logical // PAGE, (logical + length + PAGE - 1) // PAGE):
@@ -551,7 +585,7 @@ class Server:
                                 "fallback (composition from /proc/meminfo)")
             if os.geteuid() != 0:
                 warnings.append("agent is not root: maps are unavailable")
-            return {"agent": "pcteleport", "protocol": PROTOCOL_VERSION,
+            return {"agent": "pcteleport", "protocol": PROTOCOL_VERSION, "pid": os.getpid(),
                     "source": "module" if module_loaded() else "fallback",
                     "python": sys.version.split()[0], "warnings": warnings}
         if method == "composition":

@@ -44,7 +44,7 @@ STAGE1_MODULES = (
     "ext4",
 )
 # Extra filesystems a guest may mount (the second filesystem type of the tests, vfat media).
-EXTRA_FS_MODULES = ("xfs", "vfat")
+EXTRA_FS_MODULES = ("xfs", "vfat", "nls_cp437", "nls_ascii", "nls_utf8")
 
 # Roots of the Debian package closure for the guest root filesystem.
 ROOTFS_PACKAGES = (

@@ -88,8 +88,9 @@ pct_shell_serve() {  # run the host's scripts from port $1 (see guestinit.py); n
 			id=${line%% *}
 			echo "${line#* }" | base64 -d >/tmp/.pct-cmd 2>/dev/null
 			sh /tmp/.pct-cmd </dev/null >&3 2>&1
+			rc=$?
 			echo "" >&3
-			echo "__PCT_DONE__ $id $?" >&3
+			echo "__PCT_DONE__ $id $rc" >&3
 		else
 			sleep 0.2  # host not connected: reads return EOF at once
 		fi
@@ -163,6 +164,7 @@ mount -t tmpfs -o mode=755 tmpfs /run
 mount -t tmpfs -o mode=1777 tmpfs /tmp
 mount -t tmpfs -o mode=755 tmpfs /var/log
 mount -t tmpfs -o mode=1777 tmpfs /var/tmp
+mount -t tmpfs -o mode=755 tmpfs /mnt  # mount points for scenarios (the root is read-only)
 . /lib/pcteleport/functions.sh
 hostname "$(pct_arg pct.hostname guest)"
 ip link set lo up 2>/dev/null
