@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from console.errors import PcteleportError
 from console.record_store import LoadResult
-from console.records import VM, Composition, MigrationEvent, MigrationRecord, Mode, Site
+from console.records import VM, Composition, Disk, MigrationEvent, MigrationRecord, Mode, Site
 
 EventSink = Callable[[MigrationEvent], None]
 
@@ -60,6 +60,12 @@ class Backend(ABC):
         """The VM's memory composition from its guest agent. When the agent cannot walk the page
         cache it still answers, with source FALLBACK and `error` set; ServiceError only when the
         agent cannot be reached at all."""
+
+    def replicas(self, vm_uuid: str) -> list[Disk]:
+        """The VM's disks with the state of their replica at each site. May be slow (it asks
+        every site), so the console calls it once per detail view, not every poll. The default
+        knows no replicas; ServiceError if the VM cannot be found."""
+        return []
 
     @abstractmethod
     def migrate(self, request: MigrationRequest, on_event: EventSink) -> MigrationRecord:

@@ -49,9 +49,6 @@ class PcteleportApp(App[None]):
 
             self.push_screen(MigrationView(request))
 
-    def on_unmount(self) -> None:
-        self.backend.close()
-
     # --- app-wide actions ------------------------------------------------------------------
 
     def action_help(self) -> None:

@@ -11,7 +11,10 @@ from console.sites.service import Backend
 def run_console(backend: Backend, refresh_s: float = 2.0) -> int:
     from console.ui.app import create_app
 
-    create_app(backend, refresh_s=refresh_s).run()
+    try:
+        create_app(backend, refresh_s=refresh_s).run()
+    finally:
+        backend.close()  # after the event loop: closing connections may block
     return 0
 
 

@@ -219,7 +219,8 @@ class SitePane(Vertical):
         if keep in order:
             table.move_cursor(row=order.index(keep), animate=False)
         self.border_subtitle = self.error or ""
-        self.set_class(bool(self.error), "-error")
+        self.set_class(bool(self.error) or self.site.connection is ConnectionState.ERROR,
+                       "-error")
 
 
 class MainScreen(Screen[None]):
@@ -265,7 +266,8 @@ class MainScreen(Screen[None]):
 
     def on_resize(self) -> None:
         # Side by side where there is room, stacked on an 80-column terminal.
-        self.query_one("#sites").set_class(self.size.width < 120, "-stacked")
+        self.query_one("#sites").set_class(self.size.width < 120 or len(self.sites) == 1,
+                                          "-stacked")
 
     # --- sites poll ------------------------------------------------------------------------
 
@@ -314,6 +316,7 @@ class MainScreen(Screen[None]):
                 self.call_after_refresh(self._focus_first_table)
         if not message.sites:
             container.mount(Static("no sites configured", id="sites-message"))
+        self.on_resize()
         self.update_status()
         self._schedule_next()
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from textual.message import Message
 
 from console.record_store import LoadResult
-from console.records import VM, Composition, MigrationEvent, MigrationRecord, Site
+from console.records import VM, Composition, Disk, MigrationEvent, MigrationRecord, Site
 
 
 class SitesLoaded(Message):
@@ -47,6 +47,14 @@ class CompositionLoaded(Message):
         super().__init__()
         self.vm_uuid = vm_uuid
         self.composition = composition
+        self.error = error
+
+
+class ReplicasLoaded(Message):
+    def __init__(self, vm_uuid: str, disks: list[Disk] | None, error: str | None) -> None:
+        super().__init__()
+        self.vm_uuid = vm_uuid
+        self.disks = disks
         self.error = error
 
 

@@ -16,11 +16,11 @@ from textual.timer import Timer
 from textual.widgets import DataTable, Footer, Header, Static
 from textual_plotext import PlotextPlot
 
-from console.records import VM, Composition, ReplicaState, Site
+from console.records import VM, Composition, Disk, ReplicaState, Site
 from console.sites.service import ServiceError
 from console.ui import units
 from console.ui.composition_bar import SEGMENTS, composition_bar, segment_sizes
-from console.ui.messages import CompositionLoaded
+from console.ui.messages import CompositionLoaded, ReplicasLoaded
 
 if TYPE_CHECKING:
     from console.ui.app import PcteleportApp
@@ -51,6 +51,7 @@ class VMDetailScreen(Screen[None]):
     BINDINGS = [
         Binding("escape", "app.pop_screen", "Back"),
         Binding("m", "migrate", "Migrate"),
+        Binding("r", "check_replicas", "Check replicas"),
     ]
 
     def __init__(self, vm: VM, sites: list[Site], composition: Composition | None) -> None:
@@ -83,6 +84,7 @@ class VMDetailScreen(Screen[None]):
         for site in self.sites:
             disks.add_column(f"replica at {site.name}", key=site.name)
         yield disks
+        yield Static(id="vm-disks-note")
         yield Static(id="vm-agent")
         yield Footer()
 
@@ -91,25 +93,53 @@ class VMDetailScreen(Screen[None]):
         self.query_one("#vm-title", Static).update(Text.assemble(
             (vm.name, "bold"), f"  {vm.uuid}  at {vm.site}  ", (str(vm.state), "bold"),
             f"  {vm.vcpus} vCPU  {units.size(vm.memory_bytes)}"))
+        self.show_disks(vm.disks, None)
+        self.show()
+        self.poll()
+        self.action_check_replicas()
+
+    def show_disks(self, disks: list[Disk], note: str | None) -> None:
         table = self.query_one("#vm-disks", DataTable)
-        for disk in vm.disks:
+        table.clear()
+        for disk in disks:
             cells: list[Text | str] = [Text(f"{disk.target}  {disk.path}"),
-                                       units.size(disk.size_bytes)]
+                                       units.size(disk.size_bytes) if disk.size_bytes else "–"]
             by_site = {r.site: r for r in disk.replicas}
             for site in self.sites:
                 r = by_site.get(site.name)
-                if site.name == vm.site:
+                if site.name == self.vm.site:
                     cells.append(Text("source (live)", style="dim"))
                 elif r is None:
-                    cells.append(Text("–", style="dim"))
+                    cells.append(Text("not checked", style="dim"))
                 else:
                     label = str(r.state) + (f": {r.detail}" if r.detail else "")
                     cells.append(Text(label, style=REPLICA_STYLE[r.state]))
             table.add_row(*cells, key=disk.target)
-        if not vm.disks:
+        if not disks:
             table.add_row("no disks reported", "", *["" for _ in self.sites])
-        self.show()
-        self.poll()
+        self.query_one("#vm-disks-note", Static).update(Text(note or "", style="dim"))
+
+    def action_check_replicas(self) -> None:
+        self.query_one("#vm-disks-note", Static).update(Text("checking replicas…", style="dim"))
+        self.check_replicas()
+
+    @work(thread=True, exclusive=True, group="replicas")
+    def check_replicas(self) -> None:
+        try:
+            disks = self.papp.backend.replicas(self.vm.uuid)
+        except ServiceError as exc:
+            self.post_message(ReplicasLoaded(self.vm.uuid, None, str(exc)))
+            return
+        self.post_message(ReplicasLoaded(self.vm.uuid, disks, None))
+
+    @on(ReplicasLoaded)
+    def _replicas(self, message: ReplicasLoaded) -> None:
+        if message.error:
+            self.show_disks(self.vm.disks, f"replicas: {message.error}")
+        elif message.disks:
+            self.show_disks(message.disks, None)
+        else:
+            self.show_disks(self.vm.disks, "this backend does not check replicas")
 
     # --- polling ---------------------------------------------------------------------------
 

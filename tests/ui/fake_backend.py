@@ -118,6 +118,14 @@ class FakeBackend(Backend):
             raise ServiceError("guest agent does not answer: is the VM booted?")
         return self.compositions[vm_uuid]
 
+    def replicas(self, vm_uuid: str) -> list[Disk]:
+        self.calls.append(f"replicas:{vm_uuid}")
+        for vms in self.vms_by_site.values():
+            for vm in vms:
+                if vm.uuid == vm_uuid:
+                    return vm.disks
+        raise ServiceError(f"no VM {vm_uuid}")
+
     def release(self, n: int = 1) -> None:
         for _ in range(n):
             self._step.release()

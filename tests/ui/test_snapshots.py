@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from textual.pilot import Pilot
 
-from console.records import Mode
+from console.records import ConnectionState, Mode, Site
 from console.sites.service import MigrationRequest
 from console.ui.app import create_app
 from console.ui.compare_screen import CompareScreen
@@ -72,8 +72,11 @@ def test_main_screen(snap_compare: Any, size: tuple[int, int]) -> None:
 
 @pytest.mark.parametrize("size", SIZES)
 def test_vm_detail(snap_compare: Any, size: tuple[int, int]) -> None:
+    def replicas_checked(pilot: Pilot) -> bool:
+        return any(c.startswith("replicas:") for c in pilot.app.backend.calls)
+
     assert snap_compare(create_app(backend(), refresh_s=600), terminal_size=size,
-                        run_before=then("down", "down", "enter"))
+                        run_before=then("down", "down", "enter", until=replicas_checked))
 
 
 @pytest.mark.parametrize("size", SIZES)
@@ -110,3 +113,22 @@ def test_help_overlay(snap_compare: Any) -> None:
                         run_before=then("question_mark"))
 
 
+
+
+def test_main_screen_light_theme(snap_compare: Any) -> None:
+    app = create_app(backend(), refresh_s=600)
+
+    async def run(pilot: Pilot) -> None:
+        app.theme = "textual-light"
+        await loaded(pilot)
+
+    assert snap_compare(app, terminal_size=(120, 30), run_before=run)
+
+
+def test_three_sites_wrap_into_rows(snap_compare: Any) -> None:
+    b = backend()
+    b.sites_list.append(Site("paris", "10.77.0.3", "9.0.0", ConnectionState.ERROR,
+                             error="paris: SSH refused the lab key: run `pcteleport lab up`"))
+    b.vms_by_site["paris"] = []
+    assert snap_compare(create_app(b, refresh_s=600), terminal_size=(160, 48),
+                        run_before=then())

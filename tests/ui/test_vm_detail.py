@@ -41,10 +41,18 @@ async def test_detail_shows_composition_disks_and_replicas() -> None:
         assert "restorable" in str(screen.query_one("#vm-bar", Static).render())
         assert numbers is not None
         disks = screen.query_one("#vm-disks", DataTable)
+        await wait_for(pilot, lambda: "replicas:u-web" in backend.calls, what="replica check")
+        await pilot.pause(0.1)
         row = [str(c) for c in disks.get_row("vdb")]
         assert row[1] == "4.0 GiB" and row[2] == "source (live)"
         assert row[3].startswith("differs: block 1234")
         assert "no errors" in str(screen.query_one("#vm-agent", Static).render())
+        # The replica check reports its own failure without hiding the disks.
+        backend.vms_by_site["tokyo"].remove(web)
+        await pilot.press("r")
+        await wait_for(pilot, lambda: "no VM u-web" in str(
+            screen.query_one("#vm-disks-note", Static).render()), what="replica error")
+        assert disks.row_count == 1
         await pilot.press("escape")
         assert isinstance(app.screen, MainScreen)
 
