@@ -125,6 +125,7 @@ def is_up(paths: LabPaths | None = None) -> bool:
 def down(progress: Progress = lambda _m: None) -> None:
     require_root()
     paths = LabPaths.default()
+    wan.stop_delay_line(paths)  # first: its tun devices go with the namespaces
     present = shell.netns_names()
     for s in SITES:
         pids: set[int] = set()
@@ -139,7 +140,6 @@ def down(progress: Progress = lambda _m: None) -> None:
             shell.run(["ip", "netns", "del", s.netns])
         network.remove_mgmt(s)
         progress(f"site {s.name}: stopped {len(pids)} processes, removed its namespaces")
-    wan.stop_delay_line(paths)
     _forget_runtime(paths)
     site.remove_mountpoints(paths)
     progress("lab is down")
