@@ -44,6 +44,7 @@ PAGE = 4096
 PROC_DIR = "/proc/pcteleport"
 MAP_MAGIC = b"PCTMAP1\n"
 PROTOCOL_VERSION = 1
+SEND_TIMEOUT_S = 5.0
 # Filesystems whose files FIEMAP maps to blocks of their own device (the fallback's reach).
 FALLBACK_FSTYPES = ("ext4", "ext3", "ext2", "xfs", "vfat", "msdos")
 # ...and those the kernel module can walk (its fstypes parameter).
@@ -547,12 +548,22 @@ class Server:
         self.buf = b""
 
     def send(self, obj):
+        """Write one line; on a virtio port give up after SEND_TIMEOUT_S (writes block while
+        no host is connected) and drop the watch: its reader is gone."""
         data = (json.dumps(obj, separators=(",", ":")) + "\n").encode()
+        deadline = time.monotonic() + SEND_TIMEOUT_S
         try:
             while data:
-                data = data[os.write(self.write_fd, data):]
+                try:
+                    data = data[os.write(self.write_fd, data):]
+                except BlockingIOError:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        self.watch_interval = None
+                        return
+                    select.select([], [self.write_fd], [], min(remaining, 0.5))
         except OSError as exc:
-            if exc.errno not in (errno.EPIPE, errno.EIO, errno.ENXIO):
+            if exc.errno not in (errno.EPIPE, errno.EIO, errno.ENXIO, errno.ENODEV):
                 raise
             self.watch_interval = None  # host went away
 
@@ -626,18 +637,16 @@ class Server:
             if ready:
                 try:
                     chunk = os.read(self.read_fd, 65536)
-                except OSError as exc:
-                    if exc.errno != errno.EAGAIN:
-                        raise
-                    chunk = None
-                if not chunk:
+                except BlockingIOError:
+                    chunk = None  # spurious wake-up: nothing to read yet
+                if chunk == b"":
                     if not self.reconnecting:
                         return
                     self.watch_interval = None
                     self.buf = b""
-                    time.sleep(0.2)  # the host is not connected to the port
+                    time.sleep(0.1)  # the host is not connected to the port
                     continue
-                self.buf += chunk
+                self.buf += chunk or b""
                 while b"\n" in self.buf:
                     line, self.buf = self.buf.split(b"\n", 1)
                     if line.strip():
@@ -702,7 +711,7 @@ def main(argv=None):
             if args.stdio:
                 Server(sys.stdin.fileno(), sys.stdout.fileno(), reconnecting=False).serve_forever()
             else:
-                fd = os.open(args.port, os.O_RDWR)
+                fd = os.open(args.port, os.O_RDWR | os.O_NONBLOCK)
                 Server(fd, fd, reconnecting=True).serve_forever()
             return 0
     except AgentError as exc:

@@ -277,6 +277,22 @@ def test_composition_over_virtio_serial(guest: Guest) -> None:
     assert all(0.1 < b - a < 1.0 for a, b in itertools.pairwise(stamps)), stamps
 
 
+def test_agent_survives_host_reconnects(guest: Guest) -> None:
+    """A virtio-serial port has one host client at a time; clients come and go."""
+    sock = guest.qemu.agent_socket
+    guest.agent.request("watch", interval=0.2)
+    guest.agent._sock.sendall(b'{"id": 424242, "method": "disks"}\n')  # abandoned request
+    guest.agent.close()
+    time.sleep(0.5)
+    for _ in range(3):
+        with AgentClient.connect_unix(sock, timeout=30) as client:
+            assert client.request("ping") == {}
+            assert client.hello()["agent"] == "pcteleport"
+    guest.agent = AgentClient.connect_unix(sock, timeout=120)
+    guest.agent.request("unwatch")
+    assert guest.agent.composition()["source"] == "module"
+
+
 def test_agent_over_stdio(guest: Guest) -> None:
     out = guest.qemu.run(
         "printf '%s\\n' '{\"id\":7,\"method\":\"ping\"}' '{\"id\":8,\"method\":\"disks\"}' "

@@ -19,6 +19,7 @@ import base64
 import contextlib
 import itertools
 import json
+import secrets
 import socket
 import time
 from collections import deque
@@ -74,7 +75,9 @@ class AgentClient:
     def __init__(self, sock: socket.socket, timeout: float = 30.0) -> None:
         self._sock = sock
         self._buf = b""
-        self._ids = itertools.count(1)
+        # Ids unique across connections: a reply to an abandoned request of an earlier client
+        # can still come out of the port after a reconnect.
+        self._ids = itertools.count(secrets.randbelow(1 << 40) + 1)
         self.timeout = timeout
         self.events: deque[dict] = deque()
 
@@ -161,7 +164,7 @@ class AsyncAgentClient:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                  timeout: float = 30.0) -> None:
         self._reader, self._writer = reader, writer
-        self._ids = itertools.count(1)
+        self._ids = itertools.count(secrets.randbelow(1 << 40) + 1)
         self._lock = asyncio.Lock()
         self.timeout = timeout
         self.events: asyncio.Queue[dict] = asyncio.Queue()
