@@ -58,7 +58,8 @@ class GuestAgent:
             ) from None
         rid = next(_ids)
         try:
-            writer.write(json.dumps({"id": rid, "method": method, "params": params}) + "\n")
+            request = {"id": rid, "method": method, "params": params}
+            writer.write((json.dumps(request) + "\n").encode())  # the channel is binary
             while True:
                 line = await asyncio.wait_for(reader.readline(), timeout)
                 if not line:
