@@ -279,6 +279,7 @@ _FIEMAP_EXTENT = struct.Struct("=QQQQQIIII")
 # Extents whose bytes on disk are not the file's bytes (or not yet on disk at all).
 _FIEMAP_UNUSABLE = (0x2 | 0x4 | 0x8 | 0x80 | 0x100 | 0x200 | 0x400 | 0x800)
 _KPF_UPTODATE, _KPF_DIRTY, _KPF_WRITEBACK = 1 << 3, 1 << 4, 1 << 8
+_KPF_HEAD, _KPF_TAIL = 1 << 15, 1 << 16
 _PM_PRESENT, _PM_PFN_MASK = 1 << 63, (1 << 55) - 1
 MADV_POPULATE_READ = 22
 
@@ -361,6 +362,25 @@ def _runs(flags):
     return runs
 
 
+def _kpageflags(kpf_fd, pfn):
+    return struct.unpack("=Q", os.pread(kpf_fd, 8, pfn * 8))[0]
+
+
+def _folio_flags(kpf_fd, pfn, prev):
+    """Flags of the folio holding ``pfn``: a large folio (xfs has them) keeps dirty, uptodate
+    and writeback on its head page only. ``prev`` is (pfn, folio flags) of the page before."""
+    flags = _kpageflags(kpf_fd, pfn)
+    if not flags & _KPF_TAIL:
+        return flags
+    if prev is not None and prev[0] == pfn - 1:
+        return prev[1]  # same folio as the page just before it
+    for back in range(1, 1 << 10):
+        head = _kpageflags(kpf_fd, pfn - back)
+        if head & _KPF_HEAD:
+            return head
+    return 0  # no head found: treat as not up to date
+
+
 def _file_pages(libc, fd, size, pagemap_fd, kpf_fd, counters):
     """{file page index: pfn} of the file's resident pages that are clean and up to date."""
     npages = (size + PAGE - 1) // PAGE
@@ -379,7 +399,7 @@ def _file_pages(libc, fd, size, pagemap_fd, kpf_fd, counters):
                     ctypes.string_at(addr + i * PAGE, 1)
         raw = os.pread(pagemap_fd, 8 * npages, (addr // PAGE) * 8)
         entries = struct.unpack("=%dQ" % (len(raw) // 8), raw)
-        pages = {}
+        pages, prev = {}, None
         for i, entry in enumerate(entries):
             if not resident[i] or not entry & _PM_PRESENT:
                 continue
@@ -388,7 +408,8 @@ def _file_pages(libc, fd, size, pagemap_fd, kpf_fd, counters):
                 raise AgentError("not-root", "/proc/self/pagemap hides page frame numbers: "
                                  "the fallback map needs root (CAP_SYS_ADMIN)")
             counters["cached"] += 1
-            flags = struct.unpack("=Q", os.pread(kpf_fd, 8, pfn * 8))[0]
+            flags = _folio_flags(kpf_fd, pfn, prev)
+            prev = (pfn, flags)
             if flags & _KPF_DIRTY:
                 counters["dirty"] += 1
             elif flags & _KPF_WRITEBACK:

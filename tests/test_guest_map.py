@@ -3,8 +3,9 @@ against the host's view of the disk images (debugfs), against content (every lis
 page, read with QMP pmemsave, equals the disk bytes it names), and for dirty pages (never
 listed, and listing them never writes them back). The same for the userspace fallback.
 
-One guest serves the whole module: four disks (ext4 whole disk, a partitioned disk with ext4
-at 1 MiB, vfat, and an ext4 scratch disk mounted read-write for the dirty-page checks).
+One guest serves the whole module: ext4 on a whole disk, a partitioned disk with ext4 at
+1 MiB, vfat, xfs (large folios), and an ext4 scratch disk mounted read-write for the
+dirty-page checks.
 """
 
 from __future__ import annotations
@@ -114,7 +115,7 @@ def guest(tmp_path_factory: pytest.TempPathFactory):
 
     require(shutil.which("qemu-system-x86_64") is not None, "qemu-system-x86_64 is not installed")
     require(os.geteuid() == 0, "needs root (chroot to build the guest root filesystem)")
-    for tool in ("debugfs", "sfdisk", "mkfs.vfat"):
+    for tool in ("debugfs", "sfdisk", "mkfs.vfat", "mkfs.xfs"):
         require(shutil.which(tool) is not None, f"{tool} is not installed (scripts/setup.sh)")
     try:
         boot = guestimage.debian_boot()
@@ -132,6 +133,10 @@ def guest(tmp_path_factory: pytest.TempPathFactory):
         f.truncate(32 << 20)
     subprocess.run(["mkfs.vfat", "-S", "4096", "-s", "1", str(fat)], check=True,
                    capture_output=True)
+    xfs = tmp / "xfs.raw"
+    with open(xfs, "wb") as f:
+        f.truncate(320 << 20)  # sparse; mkfs.xfs wants >= 300 MiB
+    subprocess.run(["mkfs.xfs", "-q", str(xfs)], check=True)
     scratch_files = {"keep.bin": random.Random(3).randbytes(1 << 20),
                      "rewrite.bin": random.Random(4).randbytes(1 << 20)}
     scratch = make_ext4(tmp / "scratch.raw", scratch_files, size_mib=16)
@@ -140,7 +145,8 @@ def guest(tmp_path_factory: pytest.TempPathFactory):
         f.truncate(4 << 20)
 
     disks = [Disk(data, "data", readonly=True), Disk(part, "part", readonly=True),
-             Disk(fat, "fat"), Disk(scratch, "scratch"), Disk(blank, "blank")]
+             Disk(fat, "fat"), Disk(xfs, "xfs"), Disk(scratch, "scratch"),
+             Disk(blank, "blank")]
     qemu = QemuGuest(boot, tmp / "vm", memory_mib=MEM_MIB, disks=disks, agent=True,
                      timeout_s=1200)
     with qemu:
@@ -149,22 +155,24 @@ def guest(tmp_path_factory: pytest.TempPathFactory):
         # Keep written pages dirty for the whole module: no periodic writeback.
         qemu.run("set -e; echo 0 > /proc/sys/vm/dirty_writeback_centisecs;"
                  "echo 360000 > /proc/sys/vm/dirty_expire_centisecs;"
-                 "mkdir -p /mnt/data /mnt/part /mnt/fat /mnt/scratch;"
+                 "mkdir -p /mnt/data /mnt/part /mnt/fat /mnt/xfs /mnt/scratch;"
                  "mount -t ext4 -o ro /dev/disk/by-id/virtio-data /mnt/data;"
                  "mount -t ext4 -o ro /dev/disk/by-id/virtio-part-part1 /mnt/part;"
                  "mount -t vfat /dev/disk/by-id/virtio-fat /mnt/fat;"
+                 "mount -t xfs /dev/disk/by-id/virtio-xfs /mnt/xfs;"
                  "mount -t ext4 /dev/disk/by-id/virtio-scratch /mnt/scratch")
-        # vfat files are written by the guest, synced, dropped and read back: clean pages.
-        qemu.run("set -e; mkdir /mnt/fat/files; for i in 1 2 3 4; do "
-                 "dd if=/dev/urandom of=/mnt/fat/files/r$i.bin bs=4096 count=$((i * 97)) "
-                 "2>/dev/null; done; sync; echo 3 > /proc/sys/vm/drop_caches; cd /mnt;"
-                 "cat data/files/* part/files/* fat/files/* scratch/*.bin > /dev/null")
+        # vfat and xfs files are written by the guest, synced, dropped and read back.
+        qemu.run("set -e; cd /mnt; mkdir fat/files xfs/files; for i in 1 2 3 4; do "
+                 "dd if=/dev/urandom of=fat/files/r$i.bin bs=4096 count=$((i * 97)) "
+                 "2>/dev/null; cp fat/files/r$i.bin xfs/files/; done; sync;"
+                 "echo 3 > /proc/sys/vm/drop_caches;"
+                 "cat data/files/* part/files/* fat/files/* xfs/files/* scratch/*.bin >/dev/null")
         expected = {
             "data": _debugfs_offsets(data, sorted(data_files), 0),
             "part": _debugfs_offsets(part_fs, sorted(part_files), PART_START),
             "scratch": _debugfs_offsets(scratch, ["keep.bin"], 0),
         }
-        images = {"data": data, "part": part, "fat": fat, "scratch": scratch}
+        images = {"data": data, "part": part, "fat": fat, "xfs": xfs, "scratch": scratch}
         agent = AgentClient.connect_unix(qemu.agent_socket, timeout=120)
         try:
             assert agent.hello()["source"] == "module"
@@ -195,17 +203,17 @@ def test_partition_offsets_include_partition_start(guest: Guest) -> None:
 
 def test_module_map_content_equals_disk_blocks(guest: Guest) -> None:
     maps = {d: _pages(guest.agent.map(d, source="module").text)
-            for d in ("data", "part", "fat", "scratch")}
+            for d in ("data", "part", "fat", "xfs", "scratch")}
     memory = guest.memory_dump()
     for disk, pages in maps.items():
         assert pages, f"no restorable pages on {disk}"
         guest.assert_content(pages, disk, memory)
-    # vfat is walked too (second filesystem type): all 4 files, 970 pages, are restorable.
-    assert len(maps["fat"]) == 97 * (1 + 2 + 3 + 4)
+    # vfat and xfs are walked too: all 4 files, 970 pages, are restorable on each.
+    assert len(maps["fat"]) == len(maps["xfs"]) == 97 * (1 + 2 + 3 + 4)
 
 
 def test_fallback_map_equals_module_map(guest: Guest) -> None:
-    for disk in ("data", "part", "fat"):
+    for disk in ("data", "part", "fat", "xfs"):
         module = _pages(guest.agent.map(disk, source="module").text)
         fallback_map = guest.agent.map(disk, source="fallback")
         assert fallback_map.header["source"] == "fallback"
@@ -213,7 +221,8 @@ def test_fallback_map_equals_module_map(guest: Guest) -> None:
 
 
 def test_fallback_map_content_equals_disk_blocks(guest: Guest) -> None:
-    maps = {d: _pages(guest.agent.map(d, source="fallback").text) for d in ("data", "fat")}
+    maps = {d: _pages(guest.agent.map(d, source="fallback").text)
+            for d in ("data", "fat", "xfs")}
     memory = guest.memory_dump()
     for disk, pages in maps.items():
         guest.assert_content(pages, disk, memory)
@@ -301,7 +310,7 @@ def test_agent_over_stdio(guest: Guest) -> None:
     replies = [json.loads(line) for line in out.splitlines() if line.strip()]
     assert replies[0] == {"id": 7, "result": {}}
     serials = {d["serial"] for d in replies[1]["result"]["disks"]}
-    assert {"data", "part", "fat", "scratch", "pctroot"} <= serials
+    assert {"data", "part", "fat", "xfs", "scratch", "pctroot"} <= serials
     assert replies[2]["error"]["code"] == "bad-request"
 
 
