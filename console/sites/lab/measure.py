@@ -3,16 +3,18 @@ sites' WAN addresses (tokyo -> osaka), plus the delay line's CPU use."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import socket
+import struct
 import threading
 import time
 from dataclasses import asdict, dataclass
 
 from console.errors import PcteleportError
 from console.sites.lab import shell
-from console.sites.lab.topology import SITES, Site
+from console.sites.lab.topology import SITES, WAN_IFACE, Site
 
 _RTT = re.compile(r"= ([\d.]+)/([\d.]+)/([\d.]+)/([\d.]+) ms")
 
@@ -64,9 +66,11 @@ def tcp_rate(src: Site, dst: Site, seconds: float = 2.0, warmup: float = 0.5) ->
         with conn:
             buf = bytearray(1 << 20)
             total = 0
-            while n := conn.recv_into(buf):
-                total += n
-                marks.append((time.monotonic(), total))
+            # The sender resets the connection when its time is up.
+            with contextlib.suppress(ConnectionResetError):
+                while n := conn.recv_into(buf):
+                    total += n
+                    marks.append((time.monotonic(), total))
 
     rx = threading.Thread(target=receive, daemon=True)
     rx.start()
@@ -77,9 +81,13 @@ def tcp_rate(src: Site, dst: Site, seconds: float = 2.0, warmup: float = 0.5) ->
         while time.monotonic() < end:
             client.sendall(chunk)
     finally:
+        # Reset rather than close: a graceful close would keep draining megabytes of send
+        # buffer through the shaped link, and the next ping would measure that queue.
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         client.close()
         rx.join(timeout=seconds + 10)
         server.close()
+        _wait_queue_empty(src)
     if not marks:
         raise PcteleportError(f"no TCP data reached {dst.name}: run `pcteleport lab up`")
     t0 = marks[0][0] + warmup
@@ -88,6 +96,18 @@ def tcp_rate(src: Site, dst: Site, seconds: float = 2.0, warmup: float = 0.5) ->
         raise PcteleportError("the WAN transfer was too short to measure: retry `lab status`")
     (ta, ba), (tb, bb) = window[0], window[-1]
     return (bb - ba) * 8 / (tb - ta) / 1e6
+
+
+def _wait_queue_empty(s: Site, timeout: float = 2.0) -> None:
+    """Wait until the shaper at `s` has sent what it queued (the next probe must see an idle
+    link)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = shell.run(shell.in_netns(s.netns, ["tc", "-s", "qdisc", "show", "dev", WAN_IFACE]),
+                        check=False).stdout
+        if "backlog 0b" in out or "backlog" not in out:
+            return
+        time.sleep(0.02)
 
 
 def measure_wan(seconds: float = 2.0) -> WanMeasurement:
