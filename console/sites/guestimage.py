@@ -18,6 +18,7 @@ scripts/setup.sh (busybox-static, e2fsprogs, kmod, apt).
 from __future__ import annotations
 
 import hashlib
+import json
 import lzma
 import os
 import shutil
@@ -442,7 +443,23 @@ def _precompile_python(root: Path) -> None:
 
 
 def _package_closure(roots: Iterable[str]) -> dict[str, str]:
-    """Package -> candidate version: ``roots`` and their (Pre-)Depends, minus installers."""
+    """Package -> candidate version: ``roots`` and their (Pre-)Depends, minus installers.
+
+    Remembered per state of apt's package lists: asking apt takes ~1.5 s, and every guest
+    build (and so every test that boots a Debian guest) starts by asking."""
+    roots = sorted(roots)
+    lists = Path("/var/lib/apt/lists")
+    files = [p for p in lists.glob("*") if p.is_file()] if lists.is_dir() else []
+    state = sorted(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files)
+    memo = cache_dir() / "rootfs" / f"closure-{_key('closure-v1', *roots, *state)}.json"
+    if memo.exists():
+        return json.loads(memo.read_text())
+    versions = _ask_apt_closure(roots)
+    _write_atomic(memo, json.dumps(versions, indent=1).encode())
+    return versions
+
+
+def _ask_apt_closure(roots: list[str]) -> dict[str, str]:
     out = _run(
         ["apt-cache", "depends", "--recurse", "--no-recommends", "--no-suggests",
          "--no-conflicts", "--no-breaks", "--no-replaces", "--no-enhances", *roots],
