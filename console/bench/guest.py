@@ -1,0 +1,84 @@
+"""The benchmark's hands inside a lab guest: its command shell on the `pcteleport.shell`
+virtio-serial port (console/sites/guestinit.py), reached through the port's unix socket on the
+site host. The lab's sites are namespaces of this host, so the socket is a local path (the site's
+/srv under `lab.host_dir` in the sites config); the benchmark therefore needs the lab."""
+
+from __future__ import annotations
+
+import base64
+import json
+import shlex
+import time
+from pathlib import Path
+from typing import Any
+
+from console.bench.scenario import GUEST_PROGRAMS
+from console.errors import PcteleportError
+from console.sites.config import SitesConfig
+from console.sites.lab import guestshell
+from console.sites.lab.paths import SITE_SRV
+
+GUEST_DIR = "/tmp/pct-bench"  # tmpfs in the guest: the root and data disks are read-only
+
+
+class LabGuest:
+    def __init__(self, cfg: SitesConfig, vm: str) -> None:
+        self.cfg = cfg
+        self.vm = vm
+
+    def socket(self, site: str) -> Path:
+        sc = self.cfg.site(site)
+        host_dir = sc.lab.get("host_dir")
+        if not host_dir:
+            raise PcteleportError(f"site {site} in {self.cfg.path} is not a lab site: "
+                                  "`pcteleport bench` runs on the lab (`pcteleport lab up`)")
+        rel = Path(sc.agent_socket_dir).relative_to(SITE_SRV)
+        return Path(host_dir) / rel / f"{self.vm}.shell.sock"
+
+    def run(self, site: str, script: str, timeout: float = 60) -> str:
+        status, out = guestshell.run(self.socket(site), script, timeout)
+        if status != 0:
+            raise PcteleportError(f"in guest {self.vm} at {site}: `{script[:80]}` exited "
+                                  f"{status}: {out[-400:]}")
+        return out
+
+    def install_programs(self, site: str) -> None:
+        """Copy scenarios/guest/*.py into the guest (tmpfs), one file per shell call."""
+        self.run(site, f"mkdir -p {GUEST_DIR}")
+        for program in sorted(GUEST_PROGRAMS.glob("*.py")):
+            data = base64.b64encode(program.read_bytes()).decode()
+            self.run(site, f"echo {data} | base64 -d > {GUEST_DIR}/{program.name}")
+
+    def start(self, site: str, name: str, argv: list[str]) -> int:
+        """Start `python3 argv...` in the background writing JSON lines to GUEST_DIR/name.jsonl;
+        returns its pid."""
+        out = f"{GUEST_DIR}/{name}.jsonl"
+        cmd = " ".join(shlex.quote(a) for a in argv)
+        text = self.run(site, f"cd {GUEST_DIR} && rm -f {out} && "
+                              f"python3 {cmd} --out {out} > {GUEST_DIR}/{name}.err 2>&1 &\n"
+                              "echo $!")
+        return int(text.split()[-1])
+
+    def stop(self, site: str, pids: list[int]) -> None:
+        if pids:
+            self.run(site, f"kill {' '.join(map(str, pids))} 2>/dev/null; sleep 0.5; true")
+
+    def rows(self, site: str, name: str) -> list[dict[str, Any]]:
+        text = self.run(site, f"cat {GUEST_DIR}/{name}.jsonl 2>/dev/null; true", timeout=120)
+        out = []
+        for line in text.splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue  # a line cut by the kill
+        return out
+
+    def errors(self, site: str, name: str) -> str:
+        return self.run(site, f"cat {GUEST_DIR}/{name}.err 2>/dev/null; true")
+
+    def clock_offset(self, site: str) -> float:
+        """Host time minus guest time, in seconds. The guest prints its clock last thing before
+        the shell's done line, so the host's receipt time is later by only the port's latency."""
+        out = self.run(site, "python3 -c 'import time; print(repr(time.time()))'")
+        received = time.time()
+        return received - float(out.split()[-1])

@@ -1,0 +1,214 @@
+"""What `pcteleport bench` writes to `results/<date>/`: the JSON of the run (MigrationRecords and
+workload timelines), a Markdown table, and SVG figures (bars per mode; the per-second
+read-throughput timeline around the migration per mode, the paper's figure)."""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from console.bench import svg
+from console.bench.runner import BenchOptions, ModeRun, describe
+from console.records import Mode
+
+
+@dataclass
+class ModeRow:
+    mode: str
+    runs: int
+    ok: int
+    total_s: float | None
+    wan_bytes: float | None
+    downtime_ms: float | None
+    teleported_pages: float | None
+    read_during: float | None
+    read_dip: float | None
+    read_recovered_s: float | None
+    read_never_recovered: int
+    work_during: float | None
+    work_recovered_s: float | None
+
+
+def _mean(values: list[float | None]) -> float | None:
+    vals = [v for v in values if v is not None]
+    return statistics.fmean(vals) if vals else None
+
+
+def rows(runs: list[ModeRun]) -> list[ModeRow]:
+    out = []
+    for mode in dict.fromkeys(str(r.mode) for r in runs):
+        rs = [r for r in runs if str(r.mode) == mode]
+
+        def m(get: Callable[[ModeRun], float | None], rs: list[ModeRun] = rs) -> float | None:
+            return _mean([get(r) for r in rs])
+
+        out.append(ModeRow(
+            mode=mode, runs=len(rs), ok=sum(r.ok for r in rs),
+            total_s=m(lambda r: r.record.total_s),
+            wan_bytes=m(lambda r: float(r.record.wan_bytes) if r.record.wan_bytes else None),
+            downtime_ms=m(lambda r: r.record.downtime_ms),
+            teleported_pages=m(lambda r: float(r.record.pages.teleported)),
+            read_during=m(lambda r: r.read_summary.during if r.read_summary else None),
+            read_dip=m(lambda r: r.read_summary.dip if r.read_summary else None),
+            read_recovered_s=m(lambda r: r.read_summary.recovered_s if r.read_summary else None),
+            read_never_recovered=sum(1 for r in rs if r.read_summary and r.read_summary.baseline
+                                     and r.read_summary.recovered_s is None),
+            work_during=m(lambda r: r.workload_summary.during if r.workload_summary else None),
+            work_recovered_s=m(lambda r: r.workload_summary.recovered_s
+                               if r.workload_summary else None),
+        ))
+    return out
+
+
+def ratio(value: float | None, stock: float | None) -> str:
+    if value is None or not stock:
+        return "–"
+    return f"{value / stock:.2f}×"
+
+
+def _num(value: float | None, fmt: str = "{:.1f}") -> str:
+    return "–" if value is None else fmt.format(value)
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.0f} %"
+
+
+def markdown(options: BenchOptions, runs: list[ModeRun], command: str, started: str) -> str:
+    table = rows(runs)
+    stock = next((r for r in table if r.mode == str(Mode.STOCK)), None)
+    s = options.scenario
+    lines = [
+        f"# pcteleport bench: {s.name}, WAN {options.wan_profile}",
+        "",
+        f"Started {started}; `{command}`; {options.repeat} round(s), modes interleaved; "
+        f"{options.before_s:g} s measured before and {options.after_s:g} s after each migration.",
+        "",
+        "| mode | ok/runs | total time (s) | vs stock | WAN (MB) | vs stock | downtime (ms) "
+        "| vs stock | pages teleported | reads during | read dip after | reads recovered (s) "
+        f"| {s.unit or 'workload'} during | workload recovered (s) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in table:
+        st = stock or r
+        never = f" ({r.read_never_recovered} never)" if r.read_never_recovered else ""
+        lines.append(
+            f"| {r.mode} | {r.ok}/{r.runs} | {_num(r.total_s)} | {ratio(r.total_s, st.total_s)} "
+            f"| {_num(r.wan_bytes and r.wan_bytes / 1e6)} | {ratio(r.wan_bytes, st.wan_bytes)} "
+            f"| {_num(r.downtime_ms, '{:.0f}')} | {ratio(r.downtime_ms, st.downtime_ms)} "
+            f"| {_num(r.teleported_pages, '{:,.0f}')} | {_pct(r.read_during)} "
+            f"| {_pct(r.read_dip)} | {_num(r.read_recovered_s)}{never} "
+            f"| {_pct(r.work_during) if s.has_workload else '–'} "
+            f"| {_num(r.work_recovered_s) if s.has_workload else '–'} |")
+    lines += [
+        "",
+        "Means over the rounds. *reads*: file-read throughput in 4 KiB blocks/s inside the guest "
+        "(scenarios/guest/reader.py); *during*: mean while migrating, *dip*: lowest second within "
+        "10 s after the VM resumed, both as a share of the median before the migration; "
+        "*recovered*: seconds from the resume until 3 consecutive seconds at ≥ 80 % of that "
+        "median. WAN bytes are counted on the WAN link itself.",
+        "",
+        "## Every run",
+        "",
+        "| round | mode | result | total time (s) | WAN (MB) | downtime (ms) | reads before "
+        "(blocks/s) | reads recovered (s) | error |",
+        "|---:|---|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in runs:
+        rec = r.record
+        rs = r.read_summary
+        lines.append(
+            f"| {r.round} | {r.mode} | {rec.result} | {_num(rec.total_s)} "
+            f"| {rec.wan_bytes / 1e6:.1f} | {_num(rec.downtime_ms, '{:.0f}')} "
+            f"| {_num(rs.baseline if rs else None, '{:,.0f}')} "
+            f"| {_num(rs.recovered_s if rs else None)} | {(rec.error or '').replace('|', '/')} |")
+    return "\n".join(lines) + "\n"
+
+
+def bars_svg(options: BenchOptions, runs: list[ModeRun]) -> str:
+    table = rows(runs)
+    stock = next((r for r in table if r.mode == str(Mode.STOCK)), None)
+
+    def panel(name: str, get: Callable[[ModeRow], float | None]) -> tuple[str, list[svg.Bar]]:
+        base = get(stock) if stock else None
+        return name, [svg.Bar(r.mode, get(r), ratio(get(r), base) + " stock" if base else "")
+                      for r in table]
+
+    return svg.bar_panels(
+        f"{options.scenario.name}, WAN {options.wan_profile}: means of {options.repeat} round(s)",
+        [panel("total time (s)", lambda r: r.total_s),
+         panel("WAN (MB)", lambda r: r.wan_bytes / 1e6 if r.wan_bytes else None),
+         panel("downtime (ms)", lambda r: r.downtime_ms)])
+
+
+def timeline_svg(title: str, unit: str, runs: list[ModeRun], workload: bool) -> str:
+    series = []
+    for r in runs:
+        summary = r.workload_summary if workload else r.read_summary
+        pts = r.workload if workload else r.reads
+        note = ""
+        if summary and summary.baseline:
+            rec = summary.recovered_s
+            note = (f"round {r.round}: dip {100 * (summary.dip or 0):.0f} %, "
+                    + (f"recovered after {rec:.1f} s" if rec is not None else "not recovered"))
+        series.append(svg.Series(str(r.mode), [(p.t, p.value) for p in pts], r.resume_t,
+                                 summary.baseline if summary else None, note))
+    return svg.stacked_timelines(title, unit, series)
+
+
+def machine() -> dict[str, Any]:
+    def version(cmd: list[str]) -> str:
+        try:
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=10).stdout
+            return out.splitlines()[0].strip() if out else ""
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    import libvirt
+
+    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text()
+                .splitlines() if ln.startswith("model name")), "")
+    mem = Path("/proc/meminfo").read_text().split()[1]
+    return {"host": platform.node(), "kernel": platform.release(), "cpu": cpu,
+            "cores": len([ln for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                          if ln.startswith("processor")]),
+            "memory_gib": round(int(mem) / 2**20, 1),
+            "python": platform.python_version(), "libvirt": libvirt.getVersion(),
+            "qemu": version(["qemu-system-x86_64", "--version"])}
+
+
+def write(out_root: Path, options: BenchOptions, runs: list[ModeRun], command: str,
+          returns: list[Any] | None = None) -> Path:
+    """results/<date>/<scenario>-<wan>-<time>.{json,md} and -bars/-reads/-workload .svg."""
+    now = time.gmtime()
+    started = time.strftime("%Y-%m-%d %H:%M:%S UTC", now)
+    folder = out_root / time.strftime("%Y-%m-%d", now)
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = folder / f"{options.scenario.name}-{options.wan_profile}-{time.strftime('%H%M%S', now)}"
+    s = options.scenario
+    from console.records import to_dict
+
+    data = {"scenario": s.name, "wan": options.wan_profile, "command": command,
+            "written": started, "repeat": options.repeat,
+            "before_s": options.before_s, "after_s": options.after_s,
+            "modes": [str(m) for m in options.modes], "machine": machine(),
+            "table": [r.__dict__ for r in rows(runs)], "runs": describe(runs),
+            "returns": [to_dict(r) for r in returns or []]}
+    Path(f"{stem}.json").write_text(json.dumps(data, indent=1, allow_nan=False) + "\n")
+    Path(f"{stem}.md").write_text(markdown(options, runs, command, started))
+    Path(f"{stem}-bars.svg").write_text(bars_svg(options, runs))
+    Path(f"{stem}-reads.svg").write_text(timeline_svg(
+        f"{s.name}: file-read throughput around the migration (WAN {options.wan_profile})",
+        "4 KiB blocks/s", runs, workload=False))
+    if s.has_workload:
+        Path(f"{stem}-workload.svg").write_text(timeline_svg(
+            f"{s.name}: {s.unit} around the migration (WAN {options.wan_profile})", s.unit,
+            runs, workload=True))
+    return Path(f"{stem}.md")

@@ -1,0 +1,223 @@
+"""`pcteleport bench`: every mode on the same VM and WAN in one run, interleaved.
+
+For each round (--repeat) and each mode in INTERLEAVE order: bring the VM home (a stock migration
+back over the return WAN profile, not measured), re-warm its page cache, start the scenario's
+workload and the file reader in the guest, wait, migrate to the other site with the mode, wait,
+stop the programs and collect their per-second timelines."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from console.bench import guest as guest_mod
+from console.bench.scenario import BenchScenario
+from console.bench.timeline import Point, Summary, summarise, to_points
+from console.errors import PcteleportError
+from console.records import LogLine, MigrationRecord, Mode, Result, Throughput
+from console.sites.commands import open_backend
+from console.sites.lab import wan
+from console.sites.lab.paths import LabPaths
+from console.sites.libvirt_service import LibvirtBackend
+from console.sites.service import MigrationRequest
+
+INTERLEAVE = (Mode.STOCK, Mode.TELEPORT, Mode.ZSTD, Mode.DROP_CACHE)
+HOME, AWAY = "tokyo", "osaka"
+Say = Callable[[str], None]
+
+
+@dataclass
+class BenchOptions:
+    scenario: BenchScenario
+    modes: list[Mode]
+    wan_profile: str = "default"
+    return_wan: str = "fast"
+    repeat: int = 1
+    before_s: float = 10.0
+    after_s: float = 40.0
+    warm_timeout_s: float = 900.0
+
+
+@dataclass
+class ModeRun:
+    mode: Mode
+    round: int
+    record: MigrationRecord
+    reads: list[Point] = field(default_factory=list)
+    workload: list[Point] = field(default_factory=list)
+    read_summary: Summary | None = None
+    workload_summary: Summary | None = None
+    latency_p95_ms: list[Point] = field(default_factory=list)
+    guest_errors: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.record.result is Result.OK
+
+    @property
+    def resume_t(self) -> float:
+        return self.record.total_s or 0.0
+
+
+def ordered_modes(requested: list[Mode]) -> list[Mode]:
+    unknown = [m for m in requested if m not in INTERLEAVE]
+    if unknown:
+        raise PcteleportError(f"unknown mode(s) {unknown}")
+    return [m for m in INTERLEAVE if m in requested]
+
+
+class Bench:
+    def __init__(self, options: BenchOptions, say: Say | None = None,
+                 backend: LibvirtBackend | None = None) -> None:
+        self.o = options
+        self.say = say or (lambda m: print(f"bench: {m}", file=sys.stderr, flush=True))
+        self.backend = backend or open_backend()
+        self.guest = guest_mod.LabGuest(self.backend.cfg, options.scenario.name)
+        self.paths = LabPaths.default()
+        self.returns: list[MigrationRecord] = []
+
+    # -- lab plumbing -------------------------------------------------------------------------
+
+    def where(self) -> str:
+        for site in (HOME, AWAY):
+            for vm in self.backend.vms(site):
+                if vm.name == self.o.scenario.name and str(vm.state) == "running":
+                    return site
+        raise PcteleportError(f"VM {self.o.scenario.name} runs at no site: "
+                              f"`pcteleport lab up --vms {self.o.scenario.name}`")
+
+    def set_wan(self, profile: str) -> None:
+        st = wan.load_state(self.paths)
+        if st is None or st.profile != profile:
+            wan.switch(self.paths, profile)
+
+    def migrate(self, mode: Mode, to: str) -> MigrationRecord:
+        def on_event(event: object) -> None:
+            if isinstance(event, LogLine):
+                self.say(f"  {event.text}")
+
+        return self.backend.migrate(MigrationRequest(self.o.scenario.name, to, mode), on_event)
+
+    def bring_home(self) -> None:
+        if self.where() == HOME:
+            return
+        self.say(f"bringing {self.o.scenario.name} back to {HOME} (stock, {self.o.return_wan} WAN)")
+        self.set_wan(self.o.return_wan)
+        try:
+            rec = self.migrate(Mode.STOCK, HOME)
+            self.returns.append(rec)
+        finally:
+            self.set_wan(self.o.wan_profile)
+        if self.where() != HOME:
+            raise PcteleportError(f"could not bring {self.o.scenario.name} back to {HOME}: "
+                                  f"{rec.error}")
+
+    # -- one measured migration ---------------------------------------------------------------
+
+    def start_programs(self, site: str) -> list[int]:
+        s = self.o.scenario
+        pids = [self.guest.start(site, "reads", ["reader.py", *s.read_paths])]
+        if s.has_workload:
+            pids.append(self.guest.start(site, "workload", list(s.workload)))
+        return pids
+
+    def measure(self, mode: Mode, round_no: int) -> ModeRun:
+        s = self.o.scenario
+        self.bring_home()
+        self.guest.install_programs(HOME)
+        if s.warm_command:
+            t = time.monotonic()
+            self.guest.run(HOME, s.warm_command, timeout=self.o.warm_timeout_s)
+            self.say(f"page cache warmed in {time.monotonic() - t:.1f} s")
+        pids = self.start_programs(HOME)
+        time.sleep(self.o.before_s)
+        offset_before = self.guest.clock_offset(HOME)
+        t0 = time.time()
+        self.say(f"round {round_no}: {mode} migration {HOME} -> {AWAY}")
+        record = self.migrate(mode, AWAY)
+        t_end = time.time()
+        site = self.where()
+        offset_after = self.guest.clock_offset(site)
+        time.sleep(max(0.0, self.o.after_s - (time.time() - t_end)))
+        self.guest.stop(site, pids)
+        resume_host = t0 + (record.total_s or (t_end - t0))
+        run = ModeRun(mode, round_no, record)
+
+        def points(name: str, key: str) -> list[Point]:
+            rows = self.guest.rows(site, name)
+            return to_points(rows, key, t0, offset_before, offset_after, resume_host)
+
+        run.reads = points("reads", "blocks")
+        run.read_summary = summarise(run.reads, run.resume_t)
+        if s.has_workload:
+            run.workload = points("workload", s.metric)
+            run.workload_summary = summarise(run.workload, run.resume_t)
+            run.latency_p95_ms = points("workload", "latency_ms_p95")
+        run.guest_errors = "\n".join(
+            e for e in (self.guest.errors(site, n) for n in ("reads", "workload")) if e)
+        rs = run.read_summary
+        if rs.baseline:
+            after = rs.baseline * (rs.after or 0.0)
+            record.throughput_after = Throughput(after, "blocks/s", rs.recovered_s)
+        self.say(f"{mode}: {record.result} in {record.total_s} s, WAN {record.wan_bytes} B, "
+                 f"downtime {record.downtime_ms} ms; reads recovered after {rs.recovered_s} s")
+        return run
+
+    def run(self) -> list[ModeRun]:
+        modes = ordered_modes(self.o.modes)
+        self.set_wan(self.o.wan_profile)
+        runs = []
+        try:
+            for r in range(1, self.o.repeat + 1):
+                for mode in modes:
+                    runs.append(self.measure(mode, r))
+            self.bring_home()
+        finally:
+            self.backend.close()
+        return runs
+
+
+def describe(runs: list[ModeRun]) -> list[dict[str, Any]]:
+    from console.records import to_dict
+
+    return [{"mode": str(r.mode), "round": r.round, "record": to_dict(r.record),
+             "reads": [[p.t, p.value] for p in r.reads],
+             "workload": [[p.t, p.value] for p in r.workload],
+             "latency_p95_ms": [[p.t, p.value] for p in r.latency_p95_ms],
+             "read_summary": r.read_summary.as_dict() if r.read_summary else None,
+             "workload_summary": r.workload_summary.as_dict() if r.workload_summary else None,
+             "guest_errors": r.guest_errors} for r in runs]
+
+
+def main(scenario: str, modes: str, wan_profile: str, repeat: int, as_json: bool,
+         out: str, before_s: float, after_s: float, return_wan: str, command: str) -> int:
+    """`pcteleport bench`: run, write results/<date>/, print the table (or JSON paths)."""
+    import json
+    from pathlib import Path
+
+    from console.bench import report
+    from console.bench.scenario import load
+
+    try:
+        mode_list = [Mode(m.strip()) for m in modes.split(",") if m.strip()]
+    except ValueError:
+        raise PcteleportError(f"--modes {modes!r}: use stock, drop-cache, zstd, teleport"
+                              ) from None
+    if repeat < 1:
+        raise PcteleportError("--repeat must be at least 1")
+    options = BenchOptions(load(scenario), mode_list, wan_profile, return_wan, repeat,
+                           before_s, after_s)
+    bench = Bench(options)
+    runs = bench.run()
+    md = report.write(Path(out), options, runs, command, bench.returns)
+    if as_json:
+        stem = str(md)[:-3]
+        print(json.dumps({"markdown": str(md), "json": stem + ".json",
+                          "table": [r.__dict__ for r in report.rows(runs)]}))
+    else:
+        print(md.read_text())
+        print(f"written: {md} (and .json, -bars.svg, -reads.svg next to it)")
+    return 0 if all(r.ok for r in runs) else 1

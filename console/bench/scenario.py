@@ -1,0 +1,54 @@
+"""What `pcteleport bench` needs of a scenario: the lab's VM definition (console/sites/lab/
+scenarios.py) plus the `[warm]` command and the `[measure]` table of `scenarios/<name>.toml`."""
+
+from __future__ import annotations
+
+import shlex
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from console.errors import PcteleportError
+from console.sites.lab import scenarios as lab_scenarios
+
+GUEST_PROGRAMS = Path(__file__).resolve().parents[2] / "scenarios" / "guest"
+
+
+@dataclass(frozen=True)
+class BenchScenario:
+    name: str  # the scenario, and the lab VM of that name
+    memory_mib: int
+    warm_command: str
+    read_paths: tuple[str, ...]  # the paper's measure: file-read blocks/s over these
+    workload: tuple[str, ...]  # program in scenarios/guest/ and its arguments; () for none
+    metric: str  # the workload's per-second counter
+    unit: str
+
+    @property
+    def has_workload(self) -> bool:
+        return bool(self.workload)
+
+
+def load(name: str) -> BenchScenario:
+    spec = lab_scenarios.load(name)
+    try:
+        measure = tomllib.loads(spec.source.read_text()).get("measure", {})
+        read_paths = tuple(str(p) for p in measure.get("read_paths", ()))
+        workload = tuple(shlex.split(str(measure.get("workload", ""))))
+        metric = str(measure.get("metric", ""))
+        unit = str(measure.get("unit", ""))
+    except (tomllib.TOMLDecodeError, TypeError, ValueError) as exc:
+        raise PcteleportError(f"{spec.source}: [measure] is invalid ({exc}): fix it") from exc
+    if not read_paths:
+        raise PcteleportError(f"{spec.source}: [measure] read_paths is missing: name the "
+                              "directories whose read throughput the benchmark measures")
+    if workload:
+        program = GUEST_PROGRAMS / workload[0]
+        if not program.is_file():
+            raise PcteleportError(f"{spec.source}: workload program {workload[0]} is not in "
+                                  f"{GUEST_PROGRAMS}")
+        if not metric:
+            raise PcteleportError(f"{spec.source}: [measure] metric is missing: name the "
+                                  f"per-second counter of {workload[0]}")
+    return BenchScenario(spec.name, spec.memory_mib, spec.warm_command, read_paths, workload,
+                         metric, unit)
