@@ -246,6 +246,22 @@ def _abort(args: argparse.Namespace) -> int:
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:
     bench = sub.add_parser("bench", help="measure: migrations side by side, or the codec")
+    # Without WHAT: every mode migrates the scenario's VM, interleaved (console/bench/runner.py).
+    bench.add_argument("--scenario", default="web", help="scenario / lab VM (default web)")
+    bench.add_argument("--modes", default="stock,drop-cache,zstd,teleport", metavar="A,B")
+    bench.add_argument("--wan", default="default", metavar="PROFILE",
+                       help="WAN profile of the measured migrations (default, fast, slow)")
+    bench.add_argument("--return-wan", default="fast", metavar="PROFILE",
+                       help="WAN profile for bringing the VM home between runs (default fast)")
+    bench.add_argument("--repeat", type=int, default=1, metavar="N", help="rounds (default 1)")
+    bench.add_argument("--before", type=float, default=10.0, metavar="S",
+                       help="seconds measured before each migration (default 10)")
+    bench.add_argument("--after", type=float, default=40.0, metavar="S",
+                       help="seconds measured after each migration (default 40)")
+    bench.add_argument("--out", default="results", metavar="DIR",
+                       help="results root; files go to DIR/<date>/ (default results)")
+    bench.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    bench.set_defaults(handler=_bench_migrations)
     bsub = bench.add_subparsers(dest="bench_command", metavar="WHAT")
     codec = bsub.add_parser("codec", help="codec speed and WAN bytes on a captured stream")
     codec.add_argument("--stream", help="a QEMU migration stream (captured with --vm if absent)")
@@ -256,6 +272,14 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     codec.add_argument("--repeat", type=int, default=3, help="best of N runs (default 3)")
     codec.add_argument("--json", action="store_true", help="print JSON")
     codec.set_defaults(handler=_bench_codec)
+
+
+def _bench_migrations(args: argparse.Namespace) -> int:
+    from console.bench import runner
+
+    command = "pcteleport " + " ".join(sys.argv[1:])
+    return runner.main(args.scenario, args.modes, args.wan, args.repeat, args.json, args.out,
+                       args.before, args.after, args.return_wan, command)
 
 
 def _bench_codec(args: argparse.Namespace) -> int:
