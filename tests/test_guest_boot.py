@@ -67,3 +67,45 @@ def test_boot_read_migrate_to_file_and_resume(tmp_path: Path) -> None:
         cached_after = int(dst.run("awk '/^Cached:/ {print $2}' /proc/meminfo"))
         assert cached_after * 1024 >= 56 << 20  # the page cache came along with the memory
         assert "PCTELEPORT-READY" not in dst.console()  # resumed, not rebooted
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_debian_guest_with_agent_migrates_over_tcp(tmp_path: Path) -> None:
+    """The Debian guest (agent + kernel module) migrates over TCP; at the destination its
+    agent answers and its restorable map is the same pages: the page cache came along."""
+    from console.sites import guestimage
+    from console.sites.agent_client import AgentClient
+
+    kernel = _guest_kernel()
+    rng = random.Random(99)
+    files = {f"files/g{i}.bin": rng.randbytes(1 << 20) for i in range(8)}
+    data = make_ext4(tmp_path / "data.raw", files, size_mib=24)
+    boot = guestimage.debian_boot(kernel=kernel)
+    disks = [Disk(data, serial="data", readonly=True)]
+    with QemuGuest(boot, tmp_path / "src", memory_mib=384, disks=disks, agent=True) as src:
+        src.wait_for("PCTELEPORT-READY", timeout=90)
+        src.run("mkdir /mnt/data && mount -o ro /dev/disk/by-id/virtio-data /mnt/data && "
+                "cat /mnt/data/files/* > /dev/null")
+        with AgentClient.connect_unix(src.agent_socket) as agent:
+            before = agent.map("data")
+        assert int(before.header["pages"]) == 8 * 256
+        port = _free_port()
+        with QemuGuest(boot, tmp_path / "dst", memory_mib=384, disks=disks, agent=True,
+                       incoming=f"tcp:127.0.0.1:{port}") as dst:
+            info = src.migrate(f"tcp:127.0.0.1:{port}")
+            assert info["status"] == "completed"
+            dst.wait_running()
+            with AgentClient.connect_unix(dst.agent_socket) as agent:
+                after = agent.map("data")
+                assert agent.hello()["source"] == "module"
+            strip = [line for line in before.text.splitlines() if not line.startswith("#")]
+            assert [line for line in after.text.splitlines() if not line.startswith("#")] == strip
+            sums = dst.run("cat /mnt/data/files/* | sha256sum").split()[0]
+            assert sums == hashlib.sha256(b"".join(files[k] for k in sorted(files))).hexdigest()
