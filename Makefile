@@ -11,5 +11,7 @@ snapshots:
 screenshots:
 	$(PY) scripts/screenshots.py
 
+# The console's fast tests (no lab): pilot tests, snapshots, records, prediction, replay.
 test-ui:
-	$(PY) -m pytest -q tests/ui tests/test_records.py tests/test_predict.py tests/test_replay.py tests/test_compare.py
+	$(PY) -m pytest -q -m "not lab" tests/ui tests/test_records.py tests/test_predict.py \
+		tests/test_replay.py tests/test_compare.py tests/test_screenshots_script.py

@@ -14,8 +14,10 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
 from console.compare import METRICS, Metric, filter_runs, to_csv, to_markdown
+from console.record_store import LoadResult
 from console.records import MigrationRecord, Mode
 from console.ui import units
+from console.ui.failures import describe
 from console.ui.messages import Exported, RecordsLoaded
 
 if TYPE_CHECKING:
@@ -109,7 +111,11 @@ class CompareScreen(Screen[None]):
 
     @work(thread=True, exclusive=True, group="records")
     def load(self) -> None:
-        self.post_message(RecordsLoaded(self.papp.backend.records()))
+        try:
+            result = self.papp.backend.records()
+        except Exception as exc:  # any failure is shown; the console stays up
+            result = LoadResult(problems=[describe(exc)])
+        self.post_message(RecordsLoaded(result))
 
     @on(RecordsLoaded)
     def _loaded(self, message: RecordsLoaded) -> None:

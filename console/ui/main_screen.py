@@ -14,9 +14,9 @@ from textual.timer import Timer
 from textual.widgets import DataTable, Footer, Header, Input, Static
 
 from console.records import VM, Composition, ConnectionState, Site, VMState
-from console.sites.service import ServiceError
 from console.ui import units
 from console.ui.composition_bar import composition_bar, legend
+from console.ui.failures import describe
 from console.ui.messages import InventoryFailed, InventoryLoaded, SitesFailed, SitesLoaded
 
 if TYPE_CHECKING:
@@ -93,6 +93,9 @@ class SitePane(Vertical):
         yield table
 
     def on_mount(self) -> None:
+        # The first site's table takes the keys (focus() is deferred: ask who is first).
+        if self.screen.focused is None and self.screen.query(SitePane).first() is self:
+            self.table.focus()
         self.poll()
 
     def set_site(self, site: Site, peers: list[str]) -> None:
@@ -106,8 +109,8 @@ class SitePane(Vertical):
         backend = self.papp.backend
         try:
             vms = backend.vms(self.site.name)
-        except ServiceError as exc:
-            self.post_message(InventoryFailed(self.site.name, str(exc)))
+        except Exception as exc:  # any failure is shown; the console stays up
+            self.post_message(InventoryFailed(self.site.name, describe(exc)))
             return
         compositions: dict[str, Composition] = {}
         problems: dict[str, str] = {}
@@ -116,8 +119,8 @@ class SitePane(Vertical):
                 continue
             try:
                 compositions[vm.uuid] = backend.composition(vm.uuid)
-            except ServiceError as exc:
-                problems[vm.uuid] = str(exc)
+            except Exception as exc:  # any failure is shown; the console stays up
+                problems[vm.uuid] = describe(exc)
         self.post_message(InventoryLoaded(self.site.name, vms, compositions, problems))
 
     def _schedule_next(self) -> None:
@@ -275,8 +278,8 @@ class MainScreen(Screen[None]):
     def poll_sites(self) -> None:
         try:
             sites = self.papp.backend.sites()
-        except ServiceError as exc:
-            self.post_message(SitesFailed(str(exc)))
+        except Exception as exc:  # any failure is shown; the console stays up
+            self.post_message(SitesFailed(describe(exc)))
             return
         self.post_message(SitesLoaded(sites))
 
@@ -313,7 +316,6 @@ class MainScreen(Screen[None]):
                 pane = SitePane(site)
                 pane.peers = peers
                 container.mount(pane)
-                self.call_after_refresh(self._focus_first_table)
         if not message.sites:
             container.mount(Static("no sites configured", id="sites-message"))
         self.on_resize()
@@ -324,12 +326,6 @@ class MainScreen(Screen[None]):
     def _sites_failed(self, message: SitesFailed) -> None:
         self.notify(message.error, severity="error", timeout=6)
         self._schedule_next()
-
-    def _focus_first_table(self) -> None:
-        if self.focused is None:
-            for pane in self.query(SitePane):
-                pane.table.focus()
-                return
 
     def update_status(self) -> None:
         t = Text()

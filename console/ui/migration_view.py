@@ -28,8 +28,9 @@ from console.records import (
     Result,
     WanLink,
 )
-from console.sites.service import MigrationRequest, ServiceError
+from console.sites.service import MigrationRequest
 from console.ui import units
+from console.ui.failures import describe
 from console.ui.messages import MigrationCouldNotStart, MigrationFinished, MigrationProgress
 
 if TYPE_CHECKING:
@@ -141,8 +142,8 @@ class MigrationView(Screen[None]):
             self.post_message(MigrationTarget(vm, link))
             record = backend.migrate(self.request,
                                      lambda event: self.post_message(MigrationProgress(event)))
-        except ServiceError as exc:
-            self.post_message(MigrationCouldNotStart(str(exc)))
+        except Exception as exc:  # any failure is shown; the console stays up
+            self.post_message(MigrationCouldNotStart(describe(exc)))
             return
         self.post_message(MigrationFinished(record))
 
@@ -152,7 +153,7 @@ class MigrationView(Screen[None]):
         for site in sites:
             try:
                 vms = backend.vms(site.name)
-            except ServiceError:
+            except Exception:  # one site failing must not stop the search
                 continue
             for vm in vms:
                 if vm.uuid == self.request.vm_uuid:
@@ -325,7 +326,15 @@ class MigrationView(Screen[None]):
 
     @work(thread=True, group="abort")
     def send_abort(self) -> None:
-        self.papp.backend.abort(self.request.vm_uuid)
+        try:
+            self.papp.backend.abort(self.request.vm_uuid)
+        except Exception as exc:  # any failure is shown; the console stays up
+            self.post_message(MigrationProgress(LogLine(self._last_t(),
+                                                        f"abort failed: {describe(exc)}")))
+
+    def _last_t(self) -> float:
+        r = self.builder.record
+        return max([0.0, *(m.t for m in r.phases), *(s.t for s in r.samples)])
 
     def action_leave(self) -> None:
         if self.running:

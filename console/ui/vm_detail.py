@@ -17,9 +17,9 @@ from textual.widgets import DataTable, Footer, Header, Static
 from textual_plotext import PlotextPlot
 
 from console.records import VM, Composition, Disk, ReplicaState, Site
-from console.sites.service import ServiceError
 from console.ui import units
 from console.ui.composition_bar import SEGMENTS, composition_bar, segment_sizes
+from console.ui.failures import describe
 from console.ui.messages import CompositionLoaded, ReplicasLoaded
 
 if TYPE_CHECKING:
@@ -127,8 +127,8 @@ class VMDetailScreen(Screen[None]):
     def check_replicas(self) -> None:
         try:
             disks = self.papp.backend.replicas(self.vm.uuid)
-        except ServiceError as exc:
-            self.post_message(ReplicasLoaded(self.vm.uuid, None, str(exc)))
+        except Exception as exc:  # any failure is shown; the console stays up
+            self.post_message(ReplicasLoaded(self.vm.uuid, None, describe(exc)))
             return
         self.post_message(ReplicasLoaded(self.vm.uuid, disks, None))
 
@@ -147,8 +147,8 @@ class VMDetailScreen(Screen[None]):
     def poll(self) -> None:
         try:
             comp = self.papp.backend.composition(self.vm.uuid)
-        except ServiceError as exc:
-            self.post_message(CompositionLoaded(self.vm.uuid, None, str(exc)))
+        except Exception as exc:  # any failure is shown; the console stays up
+            self.post_message(CompositionLoaded(self.vm.uuid, None, describe(exc)))
             return
         self.post_message(CompositionLoaded(self.vm.uuid, comp, None))
 

@@ -179,3 +179,22 @@ async def test_migrate_refuses_a_stopped_vm() -> None:
         await pilot.press("m")
         assert isinstance(app.screen, MainScreen)
         assert backend.vms_by_site["tokyo"][2].state is VMState.SHUTOFF
+
+
+class BuggyBackend(FakeBackend):
+    """A backend that lets a library exception escape (a bug in it, not in the console)."""
+
+    def composition(self, vm_uuid: str) -> Composition:
+        raise OSError("Cannot write data: Broken pipe")
+
+
+async def test_a_backend_bug_is_shown_and_the_console_stays_up() -> None:
+    backend = BuggyBackend()
+    backend.vms_by_site = {"tokyo": [make_vm("web", "u-web")]}
+    app = create_app(backend, refresh_s=60)
+    async with app.run_test(size=(160, 40)) as pilot:
+        await wait_for(pilot, lambda: "tokyo" in panes(app)
+                       and panes(app)["tokyo"].table.row_count == 1)
+        problem = panes(app)["tokyo"].problems["u-web"]
+        assert problem.startswith("backend bug, please report it: OSError: Cannot write data")
+        assert str(panes(app)["tokyo"].table.get_row("u-web")[6]) == "no agent"
