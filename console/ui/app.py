@@ -63,6 +63,24 @@ class PcteleportApp(App[None]):
         if not isinstance(self.screen, CompareScreen):
             self.push_screen(CompareScreen())
 
+    async def action_quit(self) -> None:
+        from console.ui.confirm import ConfirmScreen
+        from console.ui.migration_view import MigrationView
+
+        running = [s for s in self.screen_stack if isinstance(s, MigrationView) and s.running]
+        if not running:
+            self.exit()
+            return
+
+        def answer(yes: bool | None) -> None:
+            if yes:
+                self.exit()
+
+        self.push_screen(ConfirmScreen(
+            "A migration is running. Quit the console anyway?",
+            "It goes on without the console; to stop it, answer n and abort it with a."),
+            callback=answer)
+
     def action_faster(self) -> None:
         slower = [s for s in REFRESH_STEPS if s < self.refresh_s]
         self.refresh_s = slower[-1] if slower else REFRESH_STEPS[0]

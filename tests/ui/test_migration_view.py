@@ -112,3 +112,20 @@ def test_eta_uses_the_net_rate_of_recent_samples() -> None:
     net = s[-1].guest_rate_bytes_per_s - s[-1].dirty_rate_bytes_per_s
     assert eta_seconds(s) == s[-1].remaining_bytes / net
     assert eta_seconds([]) is None
+
+
+async def test_quitting_during_a_migration_asks_first() -> None:
+    backend = populated_backend(step_by_step=True)
+    app = create_app(backend, refresh_s=60)
+    async with app.run_test(size=(100, 32)) as pilot:
+        view = await start(pilot, app)
+        backend.release(2)
+        await wait_for(pilot, lambda: view.builder.record.phases)
+        await pilot.press("q")
+        assert isinstance(app.screen, ConfirmScreen)
+        await pilot.press("n")
+        assert app.screen is view and app.is_running
+        backend.release(100)
+        await wait_for(pilot, lambda: view.final is not None)
+        await pilot.press("q")
+        await wait_for(pilot, lambda: not app.is_running, what="quit after the run")
