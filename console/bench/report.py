@@ -117,15 +117,15 @@ def markdown(options: BenchOptions, runs: list[ModeRun], command: str, started: 
         "",
         "## Every run",
         "",
-        "| round | mode | result | total time (s) | WAN (MB) | downtime (ms) | reads before "
-        "(blocks/s) | reads recovered (s) | error |",
-        "|---:|---|---|---:|---:|---:|---:|---:|---|",
+        "| round | mode | result | VM then at | total time (s) | WAN (MB) | downtime (ms) "
+        "| reads before (blocks/s) | reads recovered (s) | error |",
+        "|---:|---|---|---|---:|---:|---:|---:|---:|---|",
     ]
     for r in runs:
         rec = r.record
         rs = r.read_summary
         lines.append(
-            f"| {r.round} | {r.mode} | {rec.result} | {_num(rec.total_s)} "
+            f"| {r.round} | {r.mode} | {rec.result} | {r.site_after} | {_num(rec.total_s)} "
             f"| {rec.wan_bytes / 1e6:.1f} | {_num(rec.downtime_ms, '{:.0f}')} "
             f"| {_num(rs.baseline if rs else None, '{:,.0f}')} "
             f"| {_num(rs.recovered_s if rs else None)} | {(rec.error or '').replace('|', '/')} |")

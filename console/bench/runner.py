@@ -52,6 +52,7 @@ class ModeRun:
     workload_summary: Summary | None = None
     latency_p95_ms: list[Point] = field(default_factory=list)
     guest_errors: str = ""
+    site_after: str = ""  # where the VM ran once the migration call returned
 
     @property
     def ok(self) -> bool:
@@ -144,7 +145,7 @@ class Bench:
         time.sleep(max(0.0, self.o.after_s - (time.time() - t_end)))
         self.guest.stop(site, pids)
         resume_host = t0 + (record.total_s or (t_end - t0))
-        run = ModeRun(mode, round_no, record)
+        run = ModeRun(mode, round_no, record, site_after=site)
 
         def points(name: str, key: str) -> list[Point]:
             rows = self.guest.rows(site, name)
@@ -189,7 +190,7 @@ def describe(runs: list[ModeRun]) -> list[dict[str, Any]]:
              "latency_p95_ms": [[p.t, p.value] for p in r.latency_p95_ms],
              "read_summary": r.read_summary.as_dict() if r.read_summary else None,
              "workload_summary": r.workload_summary.as_dict() if r.workload_summary else None,
-             "guest_errors": r.guest_errors} for r in runs]
+             "guest_errors": r.guest_errors, "site_after": r.site_after} for r in runs]
 
 
 def main(scenario: str, modes: str, wan_profile: str, repeat: int, as_json: bool,
