@@ -344,20 +344,23 @@ def build_kmodule(kernel: GuestKernel, source: Path = REPO_ROOT / "kmodule") -> 
             "run scripts/setup.sh"
         )
     key = _key("kmodule-v1", kernel.version, *(p.name.encode() + p.read_bytes() for p in sources))
-    build = cache_dir() / "kmodule" / f"{kernel.version}-{key}"
-    ko = build / "pcteleport.ko"
+    ko = cache_dir() / "kmodule" / f"pcteleport-{kernel.version}-{key}.ko"
     if ko.exists():
         return ko
-    shutil.rmtree(build, ignore_errors=True)
-    build.mkdir(parents=True)
-    for p in sources:
-        shutil.copy2(p, build / p.name)
-    _run(
-        ["make", "-s", "-C", str(kernel.headers_dir), f"M={build}", "modules"],
-        what=f"build kmodule/ for guest kernel {kernel.version}",
-    )
-    if not ko.exists():
-        raise PcteleportError(f"building kmodule/ made no {ko.name} in {build}")
+    ko.parent.mkdir(parents=True, exist_ok=True)
+    # A private build directory: the lab and tests may build at the same time.
+    with tempfile.TemporaryDirectory(dir=ko.parent, prefix=".build-") as tmp:
+        build = Path(tmp)
+        for p in sources:
+            shutil.copy2(p, build / p.name)
+        _run(
+            ["make", "-s", "-C", str(kernel.headers_dir), f"M={build}", "modules"],
+            what=f"build kmodule/ for guest kernel {kernel.version}",
+        )
+        built = build / "pcteleport.ko"
+        if not built.exists():
+            raise PcteleportError(f"building kmodule/ made no pcteleport.ko in {build}")
+        os.replace(built, ko)
     return ko
 
 
