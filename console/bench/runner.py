@@ -145,11 +145,14 @@ class Bench:
         time.sleep(max(0.0, self.o.after_s - (time.time() - t_end)))
         self.guest.stop(site, pids)
         resume_host = t0 + (record.total_s or (t_end - t0))
+        # The guest clock stood still while the VM was paused: rows from before the pause keep
+        # the source's offset. The pause began about (lag it gained) before the resume.
+        pause_host = resume_host - max(0.0, offset_after - offset_before)
         run = ModeRun(mode, round_no, record, site_after=site)
 
         def points(name: str, key: str) -> list[Point]:
             rows = self.guest.rows(site, name)
-            return to_points(rows, key, t0, offset_before, offset_after, resume_host)
+            return to_points(rows, key, t0, offset_before, offset_after, pause_host)
 
         run.reads = points("reads", "blocks")
         run.read_summary = summarise(run.reads, run.resume_t)

@@ -24,8 +24,8 @@ class Point:
 def to_points(rows: list[dict[str, Any]], key: str, t0_host: float, offset_before: float,
               offset_after: float, switch_host: float) -> list[Point]:
     """Rows of one guest counter as points on the host clock. Rows whose host time (with the
-    source's offset) falls before `switch_host` (the end of the migration) use `offset_before`,
-    later ones `offset_after` (the guest clock stood still while the VM was paused). The first
+    source's offset) falls before `switch_host` (when the VM paused for the stop-and-copy) use
+    `offset_before`, later ones `offset_after` (the guest clock stood still while paused). The first
     and the last row cover part of a second only, so they are left out."""
     out = []
     for row in rows[1:-1]:

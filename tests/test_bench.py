@@ -1,0 +1,270 @@
+"""`pcteleport bench` (issue 7): the timeline analysis, the figures and the table on made-up
+runs; the guest workload programs on this host against real data; then a quick variant of each
+scenario (small VM, fast WAN) on the real lab through the same command as a full run, checking
+that the table and the plots come out with sane values (teleport's WAN bytes below stock's).
+
+The lab part runs as root; it reuses a lab that is up (adding its small VMs) or brings one up
+and takes it down again at the end."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from xml.etree import ElementTree as ET
+
+import pytest
+
+from console.bench import report, svg
+from console.bench.runner import BenchOptions, ModeRun, ordered_modes
+from console.bench.scenario import GUEST_PROGRAMS, load
+from console.bench.timeline import Point, summarise, to_points
+from console.records import MigrationRecord, Mode, PageCounts, Result
+from console.sites.lab import datafill, scenarios
+from tests.conftest import require
+
+# --- analysis and output, on made-up timelines ---------------------------------------------
+
+
+def _points(values: list[float], start: float = -5) -> list[Point]:
+    return [Point(start + i, v) for i, v in enumerate(values)]
+
+
+def test_recovery_counts_from_the_resume_until_three_seconds_at_80_percent():
+    # 5 s at 100 before, migration 0..4 at 50, resume at 4: 20, 30, 85, 90, 100, 100 ...
+    pts = _points([100] * 5 + [50] * 4 + [20, 30, 85, 90, 100, 100, 100, 100])
+    s = summarise(pts, resume_t=4.0)
+    assert s.baseline == 100
+    assert s.during == pytest.approx(0.5)
+    assert s.dip == pytest.approx(0.2)
+    assert s.recovered_s == pytest.approx(2.0)
+
+
+def test_no_dip_recovers_at_once_and_a_lost_level_never_recovers():
+    flat = summarise(_points([100] * 20), resume_t=3.0)
+    assert flat.recovered_s == pytest.approx(0.0) and flat.dip == pytest.approx(1.0)
+    lost = summarise(_points([100] * 5 + [10] * 15), resume_t=2.0)
+    assert lost.recovered_s is None and lost.after == pytest.approx(0.1)
+    assert summarise(_points([0] * 10), resume_t=2.0).baseline is None
+
+
+def test_guest_rows_move_onto_the_host_clock_with_the_offset_of_their_site():
+    rows = [{"t": g, "blocks": 1} for g in range(1000, 1016)]
+    # The guest clock is 0.5 s behind the host until the VM pauses at host 1010.5 (guest 1010);
+    # it stands still for the 3 s pause, so afterwards it is 3.5 s behind.
+    pts = to_points(rows, "blocks", t0_host=1005.5, offset_before=0.5, offset_after=3.5,
+                    switch_host=1010.5)
+    assert len(pts) == 14  # first and last rows are partial seconds
+    by_guest = {g: p.t for g, p in zip(range(1001, 1015), pts, strict=True)}
+    assert by_guest[1009] == pytest.approx(1009.5 - 1005.5)
+    assert by_guest[1010] == pytest.approx(1013.5 - 1005.5)
+    assert by_guest[1014] == pytest.approx(1017.5 - 1005.5)
+
+
+def test_modes_run_in_the_interleaved_order_whatever_order_they_are_given():
+    assert ordered_modes([Mode.DROP_CACHE, Mode.TELEPORT, Mode.STOCK]) == [
+        Mode.STOCK, Mode.TELEPORT, Mode.DROP_CACHE]
+
+
+def _run(mode: Mode, total_s: float, wan: int, downtime: float, dip_after: float) -> ModeRun:
+    rec = MigrationRecord(run_id=f"r-{mode}", vm="web-small", from_site="tokyo",
+                          to_site="osaka", mode=mode, result=Result.OK, total_s=total_s,
+                          downtime_ms=downtime, wan_bytes=wan,
+                          pages=PageCounts(teleported=5000 if mode is Mode.TELEPORT else 0))
+    reads = _points([1000] * 5 + [700] * int(total_s) + [dip_after] * 3 + [1000] * 10)
+    work = _points([50] * 5 + [40] * int(total_s) + [50] * 13)
+    r = ModeRun(mode, 1, rec, reads, work, site_after="osaka")
+    r.read_summary = summarise(reads, total_s)
+    r.workload_summary = summarise(work, total_s)
+    return r
+
+
+def _runs() -> list[ModeRun]:
+    return [_run(Mode.STOCK, 20, 400_000_000, 300, 1000),
+            _run(Mode.TELEPORT, 6, 100_000_000, 280, 1000),
+            _run(Mode.DROP_CACHE, 8, 120_000_000, 310, 100)]
+
+
+def test_table_gives_ratios_to_stock_and_the_recovery(tmp_path):
+    opts = BenchOptions(load("web-small"), [Mode.STOCK, Mode.TELEPORT, Mode.DROP_CACHE],
+                        "fast", before_s=5, after_s=13)
+    md = report.markdown(opts, _runs(), "pcteleport bench --scenario web-small", "now")
+    row = {line.split("|")[1].strip(): line for line in md.splitlines()
+           if line.startswith("| ") and "/1 |" in line}
+    assert set(row) == {"stock", "teleport", "drop-cache"}
+    assert "| 0.30× |" in row["teleport"]  # 6 s against 20 s
+    assert "| 0.25× |" in row["teleport"]  # 100 MB against 400 MB
+    assert "| 10 % |" in row["drop-cache"]  # its read dip after the resume
+    tel = next(r for r in report.rows(_runs()) if r.mode == "teleport")
+    drop = next(r for r in report.rows(_runs()) if r.mode == "drop-cache")
+    assert tel.read_recovered_s == pytest.approx(0) and drop.read_recovered_s == pytest.approx(3)
+
+
+def test_written_results_hold_json_markdown_and_svgs(tmp_path):
+    opts = BenchOptions(load("web-small"), [Mode.STOCK, Mode.TELEPORT], "fast")
+    md = report.write(tmp_path, opts, _runs()[:2], "pcteleport bench")
+    stem = str(md)[:-3]
+    data = json.loads(Path(stem + ".json").read_text())
+    assert [r["mode"] for r in data["runs"]] == ["stock", "teleport"]
+    assert data["runs"][1]["record"]["wan_bytes"] == 100_000_000
+    assert data["machine"]["cores"] >= 1
+    bars = ET.fromstring(Path(stem + "-bars.svg").read_text())
+    rects = [e for e in bars.iter() if e.tag.endswith("rect")]
+    assert len(rects) == 1 + 3 * 2  # background, 3 panels x 2 modes
+    for name in ("-reads.svg", "-workload.svg"):
+        tree = ET.fromstring(Path(stem + name).read_text())
+        assert len([e for e in tree.iter() if e.tag.endswith("polyline")]) == 2
+
+
+def test_bar_heights_follow_the_values():
+    doc = ET.fromstring(svg.bar_panels("t", [("x", [svg.Bar("stock", 10.0),
+                                                    svg.Bar("teleport", 2.5)])]))
+    heights = [float(e.get("height")) for e in doc.iter() if e.tag.endswith("rect")][1:]
+    assert heights[0] == pytest.approx(4 * heights[1])
+
+
+# --- the scenarios and their guest programs ------------------------------------------------
+
+
+def test_every_scenario_declares_its_vm_warm_and_measure():
+    for name in scenarios.available():
+        s = load(name)
+        assert s.memory_mib >= 128 and s.read_paths
+        if s.has_workload:
+            assert (GUEST_PROGRAMS / s.workload[0]).is_file() and s.metric and s.unit
+    assert load("web").memory_mib == 1024 and "http.server" in load("web").warm_command
+    assert load("tpcc").workload[0] == "tpcc.py" and load("tpcc").unit == "transactions/s"
+    assert not load("idle").has_workload
+
+
+def _guest_program(*args: str, timeout: float = 60) -> list[dict]:
+    out = subprocess.run([sys.executable, *args], capture_output=True, text=True,
+                         timeout=timeout, cwd=GUEST_PROGRAMS)
+    assert out.returncode == 0, out.stderr
+    return [json.loads(line) for line in out.stdout.splitlines()]
+
+
+def test_reader_counts_blocks_every_second(tmp_path):
+    datafill.fill_html(tmp_path, 2)
+    rows = _guest_program("reader.py", str(tmp_path / "www"), "--duration", "2.5")
+    assert len(rows) >= 2
+    assert all(r["t"] == rows[0]["t"] + i for i, r in enumerate(rows))
+    assert max(r.get("blocks", 0) for r in rows) > 100
+
+
+def test_web_client_measures_a_real_http_server(tmp_path):
+    datafill.fill_html(tmp_path, 2)
+    port = 18000 + os.getpid() % 1000
+    server = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind",
+                               "127.0.0.1", "--directory", str(tmp_path / "www")],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(0.5)
+        rows = _guest_program("web_client.py", "--root", str(tmp_path / "www"), "--port",
+                              str(port), "--duration", "2.5")
+    finally:
+        server.terminate()
+        server.wait(5)
+    done = [r for r in rows if r.get("requests")]
+    assert done and not any(r.get("errors") for r in rows)
+    assert all(r["bytes"] / r["requests"] > 8000 for r in done)  # pages are 8-96 KiB
+    assert all(0 < r["latency_ms_mean"] <= r["latency_ms_max"] for r in done)
+
+
+def test_tpcc_runs_the_mix_and_leaves_the_base_database_unchanged(tmp_path):
+    datafill.fill_sqlite(tmp_path, 12)
+    db = tmp_path / "db" / "tpcc.sqlite"
+    before = db.stat().st_mtime_ns, db.stat().st_size
+    side = tmp_path / "side.sqlite"
+    rows = _guest_program("tpcc.py", "--db", str(db), "--side", str(side), "--duration", "2.5")
+    assert sum(r.get("tx", 0) for r in rows) > 50
+    mix = {k for r in rows for k in r} & {"new_order", "payment", "order_status", "delivery",
+                                           "stock_level"}
+    assert mix == {"new_order", "payment", "order_status", "delivery", "stock_level"}
+    assert (db.stat().st_mtime_ns, db.stat().st_size) == before
+    with sqlite3.connect(side) as con:
+        assert con.execute("SELECT count(*) FROM order_line").fetchone()[0] > 0
+
+
+# --- on the lab: a quick variant of each scenario through `pcteleport bench` ----------------
+
+LAB_VMS = ("web-small", "idle-small", "tpcc-small")
+CLI = [sys.executable, "-m", "console.cli"]
+
+
+def _cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL)
+
+
+@pytest.fixture(scope="module")
+def lab() -> object:
+    require(os.geteuid() == 0, "the lab needs root")
+    for tool in ("libvirtd", "qemu-system-x86_64", "tc"):
+        require(shutil.which(tool) is not None or Path("/usr/sbin", tool).exists(),
+                f"{tool} is not installed (scripts/setup.sh)")
+    was_up = _cli("lab", "status", "--json", "--no-measure").returncode == 0
+    up = _cli("lab", "up", "--vms", ",".join(LAB_VMS))
+    assert up.returncode == 0, up.stderr or up.stdout
+    yield
+    if not was_up:
+        _cli("lab", "down")
+
+
+def _bench(tmp_path: Path, scenario: str, modes: str) -> dict:
+    proc = _cli("bench", "--scenario", scenario, "--modes", modes, "--wan", "fast",
+                "--before", "4", "--after", "8", "--out", str(tmp_path), "--json")
+    assert proc.stdout.strip(), proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    data = json.loads(Path(out["json"]).read_text())
+    stem = out["json"][:-5]
+    md = Path(out["markdown"]).read_text()
+    for name in ("-bars.svg", "-reads.svg"):
+        ET.fromstring(Path(stem + name).read_text())  # well-formed
+    for run in data["runs"]:
+        rec = run["record"]
+        where = f"{scenario} {run['mode']}: {rec.get('error')}"
+        assert run["site_after"] == "osaka", where  # it did migrate
+        assert f"| {run['mode']} |" in md
+        assert rec["total_s"] > 0 and rec["wan_bytes"] > 0, where
+        assert rec["downtime_ms"] is not None and rec["downtime_ms"] > 0, where
+        ts = [t for t, _v in run["reads"]]
+        assert min(ts) < 0 < rec["total_s"] < max(ts), "the reads span the migration"
+        assert run["read_summary"]["baseline"] > 0
+    return {r["mode"]: r for r in data["runs"]} | {"_md": md, "_stem": stem}
+
+
+@pytest.mark.root
+@pytest.mark.lab
+@pytest.mark.slow
+def test_web_small_all_modes(lab, tmp_path):
+    runs = _bench(tmp_path, "web-small", "stock,drop-cache,zstd,teleport")
+    assert {"stock", "teleport", "zstd", "drop-cache"} <= set(runs)
+    tel, stock = runs["teleport"]["record"], runs["stock"]["record"]
+    assert tel["pages"]["teleported"] > 0
+    assert tel["wan_bytes"] < stock["wan_bytes"]
+    assert Path(runs["_stem"] + "-workload.svg").exists()
+    assert max(v for _t, v in runs["stock"]["workload"]) > 0  # the web client got answers
+
+
+@pytest.mark.root
+@pytest.mark.lab
+@pytest.mark.slow
+def test_tpcc_small_stock_and_teleport(lab, tmp_path):
+    runs = _bench(tmp_path, "tpcc-small", "stock,teleport")
+    assert runs["teleport"]["record"]["wan_bytes"] < runs["stock"]["record"]["wan_bytes"]
+    assert max(v for _t, v in runs["stock"]["workload"]) > 0  # transactions ran
+
+
+@pytest.mark.root
+@pytest.mark.lab
+@pytest.mark.slow
+def test_idle_small_stock_and_teleport(lab, tmp_path):
+    runs = _bench(tmp_path, "idle-small", "stock,teleport")
+    assert not Path(runs["_stem"] + "-workload.svg").exists()  # idle has no workload
+    assert runs["teleport"]["record"]["wan_bytes"] > 0
