@@ -93,6 +93,7 @@ class CompareScreen(Screen[None]):
         yield Header()
         yield Static(id="cmp-filters")
         table: DataTable[Text | str] = DataTable(id="cmp-table", cursor_type="row",
+                                                 cursor_foreground_priority="renderable",
                                                  zebra_stripes=True)
         table.add_column("when", key="when")
         table.add_column("VM", key="vm")

@@ -49,12 +49,12 @@ KEYS: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
 
 def help_table() -> Table:
     table = Table.grid(padding=(0, 2))
-    table.add_column(justify="right", style="bold")
+    table.add_column(style="bold")
     table.add_column()
     for section, keys in KEYS:
-        table.add_row(Text(section, style="bold underline"), "")
+        table.add_row(Text(section.upper(), style="bold underline"), "")
         for key, what in keys:
-            table.add_row(key, what)
+            table.add_row(f"  {key}", what)
     return table
 
 

@@ -82,7 +82,9 @@ class SitePane(Vertical):
 
     def compose(self) -> ComposeResult:
         yield Static(site_header(self.site, self.peers), classes="site-header")
-        table: DataTable[Text | str] = DataTable(cursor_type="row", zebra_stripes=True)
+        # The cursor row keeps each cell's own colours, so the composition bar stays readable.
+        table: DataTable[Text | str] = DataTable(cursor_type="row", zebra_stripes=True,
+                                                 cursor_foreground_priority="renderable")
         table.add_column("VM", key="name")
         table.add_column("state", key="state")
         table.add_column("vCPU", key="vcpus")

@@ -63,7 +63,11 @@ class MigrateDialog(ModalScreen[MigrationRequest | None]):
 
     def on_mount(self) -> None:
         self.update_predictions()
-        self.query_one(RadioSet).focus()
+        modes = self.query_one(RadioSet)
+        # The set highlights its first mode when mounted: move the highlight to the chosen one.
+        for _ in range(max(0, modes.pressed_index)):
+            modes.action_next_button()
+        modes.focus()
 
     # --- state -----------------------------------------------------------------------------
 

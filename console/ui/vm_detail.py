@@ -81,8 +81,8 @@ class VMDetailScreen(Screen[None]):
         disks: DataTable[Text | str] = DataTable(id="vm-disks", cursor_type="none")
         disks.add_column("disk", key="disk")
         disks.add_column("size", key="size")
-        for site in self.sites:
-            disks.add_column(f"replica at {site.name}", key=site.name)
+        for site in self.sites:  # one column per site: its replica of the disk
+            disks.add_column(site.name, key=site.name)
         yield disks
         yield Static(id="vm-disks-note")
         yield Static(id="vm-agent")

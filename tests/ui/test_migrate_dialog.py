@@ -85,3 +85,11 @@ async def test_without_a_composition_there_is_no_prediction() -> None:
     async with app.run_test(size=(100, 30)) as pilot:
         dialog = await open_dialog(pilot, app)
         assert "no prediction" in prediction_rows(dialog)[0][0]
+
+
+async def test_arrow_keys_start_from_the_chosen_mode() -> None:
+    app = create_app(populated_backend(), refresh_s=60)
+    async with app.run_test(size=(100, 30)) as pilot:
+        dialog = await open_dialog(pilot, app)
+        await pilot.press("left", "enter")  # one step left of teleport
+        assert dialog.mode() is Mode.ZSTD
