@@ -15,6 +15,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from xml.etree import ElementTree as ET
 
@@ -202,8 +203,25 @@ def _cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
                           stdin=subprocess.DEVNULL)
 
 
+# A lab instance of its own (console/sites/lab/topology.py), so the test never moves or tears
+# down VMs of the default lab an operator or a benchmark may be using.
+INSTANCE = "b"
+
+
 @pytest.fixture(scope="module")
-def lab() -> object:
+def lab() -> Iterator[None]:
+    old = os.environ.get("PCTELEPORT_LAB_INSTANCE")
+    os.environ["PCTELEPORT_LAB_INSTANCE"] = INSTANCE  # the CLI subprocesses inherit it
+    try:
+        yield from _lab()
+    finally:
+        if old is None:
+            os.environ.pop("PCTELEPORT_LAB_INSTANCE", None)
+        else:
+            os.environ["PCTELEPORT_LAB_INSTANCE"] = old
+
+
+def _lab() -> Iterator[None]:
     require(os.geteuid() == 0, "the lab needs root")
     for tool in ("libvirtd", "qemu-system-x86_64", "tc"):
         require(shutil.which(tool) is not None or Path("/usr/sbin", tool).exists(),
