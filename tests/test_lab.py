@@ -33,8 +33,24 @@ def status(measure: bool = False) -> dict:
     return json.loads(lab("status", "--json", *(() if measure else ("--no-measure",))).stdout)
 
 
+# A lab instance of its own: the tests never touch the default lab an operator may be using.
+INSTANCE = "t"
+
+
 @pytest.fixture(scope="module")
 def lab_up():
+    old = os.environ.get("PCTELEPORT_LAB_INSTANCE")
+    os.environ["PCTELEPORT_LAB_INSTANCE"] = INSTANCE
+    try:
+        yield from _lab_up()
+    finally:
+        if old is None:
+            os.environ.pop("PCTELEPORT_LAB_INSTANCE", None)
+        else:
+            os.environ["PCTELEPORT_LAB_INSTANCE"] = old
+
+
+def _lab_up():
     require(os.geteuid() == 0, "the lab needs root")
     for tool in ("libvirtd", "sshd", "qemu-system-x86_64", "tc", "nsenter"):
         require(shutil.which(tool) is not None or Path("/usr/sbin", tool).exists(),
@@ -115,7 +131,7 @@ def test_second_up_changes_nothing(lab_up):
 
 def _snapshot() -> dict:
     from console.sites.lab import shell, vms
-    from console.sites.lab.topology import SITES
+    from console.sites.lab.topology import sites
 
     paths = _paths()
     st = status()
@@ -126,13 +142,13 @@ def _snapshot() -> dict:
                 and "run-libvirt" not in p.parts:  # libvirtd's own runtime state
             files[str(p)] = p.stat().st_mtime_ns
     doms = {}
-    for s in SITES:
+    for s in sites():
         conn = vms.connect(paths, s)
         doms[s.name] = sorted((d.name(), d.ID(), d.state()[0]) for d in conn.listAllDomains())
         conn.close()
     qdiscs = [shell.run(["ip", "netns", "exec", s.netns, "tc", "qdisc", "show", "dev", "wan0"]
-                        ).stdout for s in SITES]
-    netns = {s.netns: os.stat(f"/run/netns/{s.netns}").st_ino for s in SITES}
+                        ).stdout for s in sites()]
+    netns = {s.netns: os.stat(f"/run/netns/{s.netns}").st_ino for s in sites()}
     return {"daemons": [s["daemons"] for s in st["sites"]], "files": files, "domains": doms,
             "qdiscs": qdiscs, "netns": netns, "delay": shell.read_pid(paths.delay_pid)}
 
@@ -199,20 +215,20 @@ def test_wan_profile_switches_live(lab_up):
 
 def test_down_leaves_nothing_behind(lab_up):
     from console.sites.lab import shell
-    from console.sites.lab.topology import SITES
+    from console.sites.lab.topology import sites
 
     paths = _paths()
     st = status()
     pids = [p for s in st["sites"] for p in s["daemons"].values() if p]
-    for s in SITES:
+    for s in sites():
         pids += [int(p) for p in shell.run(["ip", "netns", "pids", s.netns]).stdout.split()]
     pids.append(shell.read_pid(paths.delay_pid))
     assert all(pids)
     lab("down")
-    assert not [n for n in shell.netns_names() if n.startswith("pcteleport-")]
+    assert not ({s.netns for s in sites()} & shell.netns_names())
     assert not [p for p in pids if shell.pid_alive(p)]
     links = shell.run(["ip", "-br", "link"]).stdout
-    assert "pcl-" not in links
+    assert not [s.mgmt_host_iface for s in sites() if s.mgmt_host_iface in links]
     mounts = Path("/proc/self/mountinfo").read_text()
     assert str(paths.root) not in mounts
     for d, existed in lab_up["libvirt_dirs_before"].items():

@@ -13,7 +13,7 @@ from console.errors import PcteleportError
 from console.sites.guestimage import GuestBoot
 from console.sites.lab import config, datafill, domainxml, scenarios, wan
 from console.sites.lab.paths import LabPaths
-from console.sites.lab.topology import SITES
+from console.sites.lab.topology import sites
 from console.sites.lab.wanprofiles import PROFILES, profile
 
 BOOT = GuestBoot(Path("/k/vmlinux"), Path("/k/initrd.cpio"), "console=ttyS0",
@@ -66,8 +66,8 @@ def test_sites_config_is_valid_toml_with_what_the_console_needs(tmp_path):
     paths = LabPaths(tmp_path)
     text = config.render(paths, "default", [scenarios.load("web-small")])
     cfg = tomllib.loads(text)
-    assert [s["name"] for s in cfg["site"]] == [s.name for s in SITES]
-    for s, site in zip(cfg["site"], SITES, strict=True):
+    assert [s["name"] for s in cfg["site"]] == [s.name for s in sites()]
+    for s, site in zip(cfg["site"], sites(), strict=True):
         assert s["libvirt_uri"].startswith(f"qemu+ssh://root@{site.mgmt_addr}/system?keyfile=")
         assert f"command={paths.ssh_wrapper}" in s["libvirt_uri"]
         assert s["ssh"] == {"host": site.mgmt_addr, "port": 22, "user": "root",

@@ -37,7 +37,7 @@ from pathlib import Path
 from console.sites.lab import disks, vms
 from console.sites.lab.paths import SITE_AGENT_DIR, SITE_REPLICA_DIR, SITE_SRV, LabPaths
 from console.sites.lab.scenarios import VmSpec
-from console.sites.lab.topology import SITES, WAN_IFACE, Site
+from console.sites.lab.topology import WAN_IFACE, Site, sites
 
 
 def libvirt_uri(paths: LabPaths, s: Site) -> str:
@@ -64,7 +64,7 @@ def render(paths: LabPaths, profile: str, specs: Iterable[VmSpec]) -> str:
     out = ["# Written by `pcteleport lab up`; the console reads it. Do not edit: the next",
            "# `lab up` rewrites it.",
            "[lab]", f"state_dir = {_str(str(paths.root))}", f"wan_profile = {_str(profile)}", ""]
-    for s in SITES:
+    for s in sites():
         ssh = {"host": s.mgmt_addr, "port": 22, "user": "root", "key": str(paths.key),
                "known_hosts": str(paths.known_hosts)}
         lab = {"netns": s.netns, "local_libvirt_uri": vms.local_uri(paths, s),

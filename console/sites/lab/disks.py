@@ -16,7 +16,7 @@ from pathlib import Path
 from console.sites.lab import datafill, shell
 from console.sites.lab.paths import GUEST_CACHE, SITE_REPLICA_DIR, LabPaths
 from console.sites.lab.scenarios import VmSpec
-from console.sites.lab.topology import SITES
+from console.sites.lab.topology import sites
 
 DATA_SERIAL = "pctdata"
 FILL_VERSION = "v1"
@@ -65,7 +65,7 @@ def ensure_replicas(paths: LabPaths, spec: VmSpec) -> Path:
     """An identical copy of the data image in every site's replica dir; returns the image."""
     image = build_data_image(spec)
     stamp_text = image.name + "\n"
-    for s in SITES:
+    for s in sites():
         sp = paths.site(s.name)
         dest = sp.host_path(replica_path(spec.name))
         stamp = dest.with_suffix(".source")

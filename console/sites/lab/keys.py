@@ -8,7 +8,7 @@ from pathlib import Path
 
 from console.sites.lab import shell
 from console.sites.lab.paths import LabPaths
-from console.sites.lab.topology import SITES
+from console.sites.lab.topology import sites
 
 
 def _keygen(path: Path, comment: str) -> None:
@@ -23,7 +23,7 @@ def ensure(paths: LabPaths) -> None:
     paths.root.chmod(0o700)
     _keygen(paths.key, "pcteleport-lab-operator")
     lines = []
-    for s in SITES:
+    for s in sites():
         sp = paths.site(s.name)
         sp.root.mkdir(parents=True, exist_ok=True)
         _keygen(sp.host_key, f"pcteleport-lab-{s.name}")

@@ -27,7 +27,7 @@ from console.sites.lab import (
     wan,
 )
 from console.sites.lab.paths import SITE_AGENT_DIR, SITE_VM_DIR, LabPaths
-from console.sites.lab.topology import SITES, Site
+from console.sites.lab.topology import Site, sites
 
 Progress = Callable[[str], None]
 
@@ -66,18 +66,25 @@ def selected_vms(paths: LabPaths) -> list[str]:
 def up(vm_names: Sequence[str] | None = None, profile: str | None = None,
        progress: Progress = lambda _m: None, boot_timeout: float = 60) -> UpReport:
     require_root()
-    t0 = time.monotonic()
     paths = LabPaths.default()
+    paths.root.mkdir(parents=True, exist_ok=True)
+    with shell.locked(paths.lock, "`lab up`"):
+        return _up(paths, vm_names, profile, progress, boot_timeout)
+
+
+def _up(paths: LabPaths, vm_names: Sequence[str] | None, profile: str | None,
+        progress: Progress, boot_timeout: float) -> UpReport:
+    t0 = time.monotonic()
     report = UpReport()
     keys.ensure(paths)
     site.ensure_mountpoints(paths)
-    for s in SITES:
+    for s in sites():
         network.ensure_netns(s)
         network.ensure_mgmt(s)
     st = wan.ensure(paths, profile)
     report.wan_mode, report.wan_profile = st.mode, st.profile
     progress(f"WAN: {st.profile} ({st.mode} delay)")
-    for s in SITES:
+    for s in sites():
         site.prepare_files(paths, s)
         holder = site.ensure_holder(paths, s)
         site.ensure_libvirtd(paths, s, holder)
@@ -119,15 +126,21 @@ def _check_ssh(paths: LabPaths, s: Site) -> None:
 
 def is_up(paths: LabPaths | None = None) -> bool:
     paths = paths or LabPaths.default()
-    return all(site.holder_pid(paths, s) is not None for s in SITES)
+    return all(site.holder_pid(paths, s) is not None for s in sites())
 
 
 def down(progress: Progress = lambda _m: None) -> None:
     require_root()
     paths = LabPaths.default()
+    paths.root.mkdir(parents=True, exist_ok=True)
+    with shell.locked(paths.lock, "`lab down`"):
+        _down(paths, progress)
+
+
+def _down(paths: LabPaths, progress: Progress) -> None:
     wan.stop_delay_line(paths)  # first: its tun devices go with the namespaces
     present = shell.netns_names()
-    for s in SITES:
+    for s in sites():
         pids: set[int] = set()
         if s.netns in present:
             out = shell.run(["ip", "netns", "pids", s.netns], check=False).stdout
@@ -163,7 +176,7 @@ def _forget_runtime(paths: LabPaths) -> None:
     """Remove what must not survive a `down`: libvirt's domains and runtime state, sockets,
     per-VM logs, the WAN state and the sites config. Keys, replicas and libvirt's capability
     cache stay (they only make the next `up` faster)."""
-    for s in SITES:
+    for s in sites():
         sp = paths.site(s.name)
         for d in (sp.etc_libvirt, sp.run_libvirt, sp.lib_libvirt, sp.host_path(SITE_VM_DIR),
                   sp.host_path(SITE_AGENT_DIR)):

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 
 from console.errors import PcteleportError
 from console.sites.lab import shell
-from console.sites.lab.topology import SITES, WAN_IFACE, Site
+from console.sites.lab.topology import WAN_IFACE, Site, sites
 
 _RTT = re.compile(r"= ([\d.]+)/([\d.]+)/([\d.]+)/([\d.]+) ms")
 
@@ -111,7 +111,7 @@ def _wait_queue_empty(s: Site, timeout: float = 2.0) -> None:
 
 
 def measure_wan(seconds: float = 2.0) -> WanMeasurement:
-    a, b = SITES
+    a, b = sites()
     rtt = ping(a, b)
     start = time.monotonic()
     rate = tcp_rate(a, b, seconds)

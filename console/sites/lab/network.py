@@ -6,8 +6,10 @@ each site (with /32 routes to the peer) shaped by tbf and joined by the userspac
 
 from __future__ import annotations
 
+import os
+
 from console.sites.lab import shell
-from console.sites.lab.topology import MGMT_IFACE, SITES, WAN_IFACE, WAN_MTU, Site, peer
+from console.sites.lab.topology import MGMT_IFACE, WAN_IFACE, WAN_MTU, Site, peer, sites
 
 
 def ensure_netns(s: Site) -> None:
@@ -45,7 +47,7 @@ def remove_mgmt(s: Site) -> None:
 
 def kernel_has_netem() -> bool:
     """Try netem on a throwaway dummy link in a scratch namespace (the kernel loads no modules)."""
-    ns = "pcteleport-probe"
+    ns = f"pcteleport-probe{os.getpid()}"
     shell.run(["ip", "netns", "add", ns], check=False)
     try:
         shell.run(["ip", "-n", ns, "link", "add", "probe0", "type", "dummy"], check=False)
@@ -58,7 +60,7 @@ def kernel_has_netem() -> bool:
 
 def wan_kind_present() -> str | None:
     """'tun' or 'veth' if the WAN device already exists at the first site."""
-    out = shell.run(["ip", "-n", SITES[0].netns, "-d", "link", "show", "dev", WAN_IFACE],
+    out = shell.run(["ip", "-n", sites()[0].netns, "-d", "link", "show", "dev", WAN_IFACE],
                     check=False)
     if out.returncode != 0:
         return None
@@ -69,18 +71,18 @@ def ensure_wan(kind: str) -> None:
     """Create `wan0` in both sites ('tun' for the userspace delay, 'veth' for netem)."""
     present = wan_kind_present()
     if present not in (None, kind):
-        for s in SITES:
+        for s in sites():
             shell.run(["ip", "-n", s.netns, "link", "del", WAN_IFACE], check=False)
         present = None
     if present is None:
         if kind == "veth":
-            a, b = SITES
+            a, b = sites()
             shell.run(["ip", "-n", a.netns, "link", "add", WAN_IFACE, "type", "veth",
                        "peer", "name", WAN_IFACE, "netns", b.netns])
         else:
-            for s in SITES:
+            for s in sites():
                 shell.run(["ip", "-n", s.netns, "tuntap", "add", "dev", WAN_IFACE, "mode", "tun"])
-    for s in SITES:
+    for s in sites():
         other = peer(s)
         mtu = str(WAN_MTU if kind == "tun" else 1500)
         shell.run(["ip", "-n", s.netns, "link", "set", WAN_IFACE, "mtu", mtu, "up"])

@@ -1,6 +1,7 @@
 """Where the lab keeps its state: keys, known_hosts, per-site directories, pid files, config.
 
-Default `/var/lib/pcteleport/lab`, overridden by `PCTELEPORT_LAB_DIR`. Not under /run: each site
+Default `/var/lib/pcteleport/lab` (`lab-<instance>` for a `PCTELEPORT_LAB_INSTANCE`), overridden
+by `PCTELEPORT_LAB_DIR`. Not under /run: each site
 mounts a private tmpfs on /run, which would hide the state dir from the site's own daemons."""
 
 from __future__ import annotations
@@ -22,7 +23,11 @@ SITE_AGENT_DIR = SITE_SRV / "agents"
 
 
 def state_dir() -> Path:
-    path = Path(os.environ.get("PCTELEPORT_LAB_DIR", str(DEFAULT_STATE_DIR))).resolve()
+    from console.sites.lab.topology import instance
+
+    inst = instance()
+    default = DEFAULT_STATE_DIR.with_name(f"lab-{inst}") if inst else DEFAULT_STATE_DIR
+    path = Path(os.environ.get("PCTELEPORT_LAB_DIR", str(default))).resolve()
     if path == Path("/run") or Path("/run") in path.parents:
         raise PcteleportError(
             f"lab state dir {path} is under /run, which each site hides: set PCTELEPORT_LAB_DIR "
@@ -67,6 +72,11 @@ class LabPaths:
     @property
     def delay_log(self) -> Path:
         return self.root / "wan-delay.log"
+
+    @property
+    def lock(self) -> Path:
+        """Held while `up`, `down` or `wan` change the lab (two test runs may race)."""
+        return self.root / "lock"
 
     @property
     def created_dirs(self) -> Path:

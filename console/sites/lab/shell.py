@@ -134,3 +134,27 @@ def spawn_detached(cmd: Sequence[str], log: Path) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
             list(cmd), stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True
         )
+
+
+@contextlib.contextmanager
+def locked(path: Path, what: str, timeout: float = 600) -> Iterator[None]:
+    """An exclusive lock on `path` (flock), waiting at most `timeout` seconds."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise PcteleportError(f"another `pcteleport lab` command holds {path} for "
+                                          f"more than {timeout:.0f} s: wait for it to finish, "
+                                          f"then retry {what}") from None
+                time.sleep(0.1)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

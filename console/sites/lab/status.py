@@ -12,15 +12,15 @@ import libvirt
 from console.errors import PcteleportError
 from console.sites.lab import config, measure, shell, site, vms, wan
 from console.sites.lab.paths import LabPaths
-from console.sites.lab.topology import SITES
+from console.sites.lab.topology import sites
 from console.sites.lab.wanprofiles import profile
 
 
 def collect(paths: LabPaths | None = None, measure_wan: bool = True) -> dict[str, Any]:
     paths = paths or LabPaths.default()
     present = shell.netns_names()
-    sites: list[dict[str, Any]] = []
-    for s in SITES:
+    site_rows: list[dict[str, Any]] = []
+    for s in sites():
         pids = site.site_pids(paths, s)
         entry: dict[str, Any] = {
             "name": s.name, "netns": s.netns, "up": s.netns in present and all(pids.values()),
@@ -34,8 +34,8 @@ def collect(paths: LabPaths | None = None, measure_wan: bool = True) -> dict[str
                 v = conn.getLibVersion()
                 conn.close()
                 entry["libvirt_version"] = f"{v // 1000000}.{v // 1000 % 1000}.{v % 1000}"
-        sites.append(entry)
-    all_up = all(e["up"] for e in sites)
+        site_rows.append(entry)
+    all_up = all(e["up"] for e in site_rows)
     vm_list = [v.as_dict() for v in vms.list_vms(paths)] if all_up else []
     st = wan.load_state(paths)
     wan_info: dict[str, Any] = {"up": all_up and st is not None}
@@ -46,7 +46,7 @@ def collect(paths: LabPaths | None = None, measure_wan: bool = True) -> dict[str
         if measure_wan and wan_info["up"]:
             wan_info["measured"] = measure.measure_wan().as_dict()
     return {"up": all_up, "state_dir": str(paths.root), "config": str(paths.sites_toml),
-            "sites": sites, "vms": vm_list, "wan": wan_info}
+            "sites": site_rows, "vms": vm_list, "wan": wan_info}
 
 
 def render(st: dict[str, Any]) -> str:

@@ -1,60 +1,85 @@
 """Names and addresses of the lab: which network namespace, interface and address each site gets.
 
-Every address lives inside a namespace the lab creates (10.77.0.0/16); the operator's side of each
-management link is the only one in the root namespace."""
+Every address lives inside a namespace the lab creates (10.<N>.0.0/16, N = 77 for the default
+lab); the operator's side of each management link is the only one in the root namespace.
+
+`PCTELEPORT_LAB_INSTANCE` (a short lowercase name) runs a second, separate lab beside the
+default one — its own namespaces, links, addresses and state dir — so that a test run does not
+tear down the lab an operator is using."""
 
 from __future__ import annotations
 
+import os
+import re
+import zlib
 from dataclasses import dataclass
 
+from console.errors import PcteleportError
+
 SITE_NAMES: tuple[str, ...] = ("tokyo", "osaka")
-NETNS_PREFIX = "pcteleport-"
 WAN_IFACE = "wan0"
 MGMT_IFACE = "mgmt0"
 WAN_MTU = 64000  # large frames keep the userspace delay line at a few hundred packets a second
+DEFAULT_OCTET = 77
+
+
+def instance() -> str:
+    name = os.environ.get("PCTELEPORT_LAB_INSTANCE", "")
+    if name and not re.fullmatch(r"[a-z0-9]{1,4}", name):
+        raise PcteleportError(f"PCTELEPORT_LAB_INSTANCE={name!r}: use 1-4 lowercase letters or "
+                              "digits, or leave it unset for the default lab")
+    return name
+
+
+def _octet(inst: str) -> int:
+    return DEFAULT_OCTET if not inst else 100 + zlib.crc32(inst.encode()) % 100
 
 
 @dataclass(frozen=True)
 class Site:
     name: str
     index: int  # 1-based; picks addresses
+    inst: str = ""
 
     @property
     def netns(self) -> str:
-        return f"{NETNS_PREFIX}{self.name}"
+        return f"pcteleport-{self.inst + '-' if self.inst else ''}{self.name}"
 
     @property
     def mgmt_host_iface(self) -> str:
         # The operator's (root namespace) end of the management veth; <= 15 characters.
-        return f"pcl-m-{self.name}"[:15]
+        return f"pcl{self.inst}-m-{self.name}"[:15]
+
+    @property
+    def _net(self) -> str:
+        return f"10.{_octet(self.inst)}"
 
     @property
     def mgmt_host_addr(self) -> str:
-        return f"10.77.{self.index}.1"
+        return f"{self._net}.{self.index}.1"
 
     @property
     def mgmt_addr(self) -> str:
         """The site host's address as the operator reaches it (SSH, libvirt over SSH)."""
-        return f"10.77.{self.index}.2"
+        return f"{self._net}.{self.index}.2"
 
     @property
     def wan_addr(self) -> str:
         """The site's address on the emulated WAN (migration streams, relays)."""
-        return f"10.77.0.{self.index}"
+        return f"{self._net}.0.{self.index}"
 
 
-SITES: tuple[Site, ...] = tuple(Site(n, i + 1) for i, n in enumerate(SITE_NAMES))
+def sites() -> tuple[Site, ...]:
+    inst = instance()
+    return tuple(Site(n, i + 1, inst) for i, n in enumerate(SITE_NAMES))
 
 
 def site(name: str) -> Site:
-    for s in SITES:
+    for s in sites():
         if s.name == name:
             return s
-    known = ", ".join(SITE_NAMES)
-    from console.errors import PcteleportError
-
-    raise PcteleportError(f"no lab site named {name!r}: use one of {known}")
+    raise PcteleportError(f"no lab site named {name!r}: use one of {', '.join(SITE_NAMES)}")
 
 
 def peer(s: Site) -> Site:
-    return next(o for o in SITES if o.name != s.name)
+    return next(o for o in sites() if o.name != s.name)

@@ -15,7 +15,7 @@ from console.sites.guestimage import GuestBoot
 from console.sites.lab import disks, domainxml, guestboot, shell
 from console.sites.lab.paths import SITE_AGENT_DIR, SITE_VM_DIR, LabPaths
 from console.sites.lab.scenarios import VmSpec
-from console.sites.lab.topology import SITES, Site, site
+from console.sites.lab.topology import Site, site, sites
 
 HOME_SITE = "tokyo"
 STATE_NAMES = {
@@ -62,7 +62,7 @@ class VmState:
 
 def list_vms(paths: LabPaths) -> list[VmState]:
     out = []
-    for s in SITES:
+    for s in sites():
         conn = connect(paths, s)
         try:
             for dom in conn.listAllDomains():
@@ -81,7 +81,7 @@ def where(paths: LabPaths, vm: str) -> list[VmState]:
 
 def prepare_site_dirs(paths: LabPaths, spec: VmSpec) -> None:
     """Per-VM directories at every site (a migration's destination QEMU writes there too)."""
-    for s in SITES:
+    for s in sites():
         sp = paths.site(s.name)
         sp.host_path(SITE_VM_DIR / spec.name).mkdir(parents=True, exist_ok=True)
         sp.host_path(SITE_AGENT_DIR).mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,7 @@ from pathlib import Path
 from console.errors import PcteleportError
 from console.sites.lab import network, shell
 from console.sites.lab.paths import LabPaths
-from console.sites.lab.topology import SITES, WAN_IFACE, WAN_MTU
+from console.sites.lab.topology import WAN_IFACE, WAN_MTU, sites
 from console.sites.lab.wanprofiles import WanProfile, profile
 
 MODES = ("userspace", "netem")
@@ -70,7 +70,7 @@ def apply(paths: LabPaths, mode: str, name: str) -> WanState:
     """Shape both directions to profile `name` (live; queued packets keep their due times)."""
     p = profile(name)
     qdisc = tbf_args(p) if mode == "userspace" else netem_args(p)
-    for s in SITES:
+    for s in sites():
         shell.run(["ip", "netns", "exec", s.netns, "tc", "qdisc", "replace", "dev", WAN_IFACE,
                    "root", *qdisc])
     st = WanState(mode, p.name, p.one_way_ms)
@@ -87,7 +87,7 @@ def ensure_delay_line(paths: LabPaths) -> int:
     pid = shell.read_pid(paths.delay_pid)
     if pid is not None:
         return pid
-    a, b = SITES
+    a, b = sites()
     cmd = [sys.executable, "-m", "console.sites.lab.delayline",
            "--a", f"{a.netns}:{WAN_IFACE}", "--b", f"{b.netns}:{WAN_IFACE}",
            "--state", str(paths.wan_state), "--pid-file", str(paths.delay_pid)]
@@ -127,7 +127,7 @@ def ensure(paths: LabPaths, profile_name: str | None = None) -> WanState:
 def _qdisc_matches(mode: str, name: str) -> bool:
     p = profile(name)
     want = "tbf" if mode == "userspace" else "netem"
-    for s in SITES:
+    for s in sites():
         out = shell.run(["ip", "netns", "exec", s.netns, "tc", "qdisc", "show", "dev", WAN_IFACE],
                         check=False).stdout
         if f"qdisc {want}" not in out or _rate_token(p) not in out:
@@ -143,6 +143,7 @@ def _rate_token(p: WanProfile) -> str:
 
 def switch(paths: LabPaths, name: str) -> WanState:
     st = load_state(paths)
-    if st is None or not Path(f"/run/netns/{SITES[0].netns}").exists():
+    if st is None or not Path(f"/run/netns/{sites()[0].netns}").exists():
         raise PcteleportError("the lab is not up: run `pcteleport lab up` first")
-    return apply(paths, st.mode, name)
+    with shell.locked(paths.lock, "`lab wan`"):
+        return apply(paths, st.mode, name)
