@@ -8,8 +8,6 @@ each call opens its own connection through the site's SSH login, one call per VM
 from __future__ import annotations
 
 import asyncio
-import itertools
-import json
 import threading
 from typing import Any
 
@@ -17,6 +15,7 @@ import asyncssh
 
 from console.errors import PcteleportError
 from console.records import Composition
+from console.sites.agent_client import AgentRequestError, AsyncAgentClient
 from console.sites.remote import SiteHost
 
 CALL_TIMEOUT = 20.0
@@ -33,7 +32,6 @@ class AgentRefused(PcteleportError):
 
 _locks: dict[str, threading.Lock] = {}
 _locks_guard = threading.Lock()
-_ids = itertools.count(1)
 
 
 def _lock_for(key: str) -> threading.Lock:
@@ -56,30 +54,15 @@ class GuestAgent:
                 f"guest agent of {self.vm} unreachable at {self.host.site.name} "
                 f"({self.socket}): {exc or 'timed out'}"
             ) from None
-        rid = next(_ids)
+        client = AsyncAgentClient(reader, writer, timeout=timeout)  # type: ignore[arg-type]
         try:
-            request = {"id": rid, "method": method, "params": params}
-            writer.write((json.dumps(request) + "\n").encode())  # the channel is binary
-            while True:
-                line = await asyncio.wait_for(reader.readline(), timeout)
-                if not line:
-                    raise AgentUnavailable(f"guest agent of {self.vm} closed the connection")
-                try:
-                    msg = json.loads(line)
-                except ValueError:
-                    continue  # noise on the port (a half line from an earlier client)
-                if msg.get("id") != rid:
-                    continue  # events, or the answer to somebody's abandoned request
-                if "error" in msg:
-                    err = msg["error"] or {}
-                    raise AgentRefused(f"guest agent of {self.vm}: {err.get('message', err)}")
-                return msg.get("result")
-        except TimeoutError:
-            raise AgentUnavailable(
-                f"guest agent of {self.vm} did not answer '{method}' within {timeout:.0f} s"
-            ) from None
+            return await client.request(method, **params)
+        except AgentRequestError as exc:
+            raise AgentRefused(f"guest agent of {self.vm}: {exc}") from None
+        except (PcteleportError, ValueError, OSError, asyncssh.Error) as exc:
+            raise AgentUnavailable(f"guest agent of {self.vm}: {exc}") from None
         finally:
-            writer.close()
+            await client.close()
 
     def call(self, method: str, params: dict[str, Any] | None = None,
              timeout: float = CALL_TIMEOUT) -> Any:
