@@ -102,6 +102,7 @@ class MigrationRun:
         self._phase = Phase.PREPARE
         self._relays: RelayPair | None = None
         self._domain: libvirt.virDomain | None = None
+        self._migrated = False  # QEMU's migration completed: the VM now runs at the destination
 
     # -- events ---------------------------------------------------------------------------
 
@@ -234,6 +235,7 @@ class MigrationRun:
         worker.start()
         self._watch(dom, worker)
         worker.join()
+        self._migrated = "domain" in outcome
         if "error" in outcome:
             err = outcome["error"]
             assert isinstance(err, libvirt.libvirtError)
@@ -382,7 +384,8 @@ class MigrationRun:
         bad = result.get("mismatches") or []
         if bad:
             raise MigrationFailed(
-                f"VM {p.vm} at {p.dst.name}: {len(bad)} cached page(s) differ from the disk "
+                f"verification: VM {p.vm} at {p.dst.name}: {len(bad)} cached page(s) differ "
+                "from the disk "
                 f"(first: {bad[0]}): do not trust this VM's page cache; drop it in the guest"
             )
         self.log(f"verified at {p.dst.name}: guest agent answers, "
@@ -400,15 +403,32 @@ class MigrationRun:
                 rec.wan_bytes = after - wan_before
         except PcteleportError:
             pass
-        # The source must keep running: libvirt resumes it on failure; make sure.
+        if self._migrated:
+            # QEMU finished: the VM runs at the destination; only a later check failed.
+            self.log(f"migration {result}: {message}; VM {p.vm} runs at {p.dst.name}")
+            return
+        self.log(f"migration {result}: {message}; {self._restore_source()}")
+
+    def _restore_source(self) -> str:
+        """After a failed run: the source VM running, the destination's copy discarded."""
+        p = self.plan
+        notes = []
+        try:
+            ddom = p.dst.find_domain(p.vm_uuid or p.vm)
+            if ddom is not None and ddom.isActive() and \
+                    ddom.state()[0] != libvirt.VIR_DOMAIN_RUNNING:
+                ddom.destroy()  # an incoming VM libvirt did not clean up
+                notes.append(f"discarded the incoming VM at {p.dst.name}")
+        except (libvirt.libvirtError, PcteleportError):
+            notes.append(f"could not check {p.dst.name} for a leftover incoming VM")
         try:
             dom = p.src.find_domain(p.vm_uuid or p.vm)
             if dom is not None and dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED:
-                dom.resume()
+                dom.resume()  # libvirt resumes it on failure; make sure
             state = "running" if dom is not None and dom.isActive() else "NOT running"
         except (libvirt.libvirtError, PcteleportError):
             state = "in an unknown state"
-        self.log(f"migration {result}: {message}; VM {p.vm} is {state} at {p.src.name}")
+        return "; ".join([f"VM {p.vm} is {state} at {p.src.name}", *notes])
 
 
 def data_disk_of(dom: libvirt.virDomain, configured: str = "") -> DomainDisk | None:
