@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
+import time
 import types
 import typing
 from dataclasses import dataclass, field
@@ -198,8 +199,17 @@ class PhaseMark:
 
 @dataclass
 class LogLine:
+    """One line of the migration log as the operator reads it, in the style of Proxmox's
+    migration log with its own wall-clock stamp ("2026-11-25 10:00:10 migration active, …").
+    Every reader (console, CLI, replay) shows `text` verbatim; `t` places it in the run."""
+
     t: float
     text: str
+
+
+def log_stamp(at: float | None = None) -> str:
+    """The stamp a log line starts with: local wall-clock time, to the second."""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
 
 
 @dataclass

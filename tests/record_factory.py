@@ -15,6 +15,7 @@ from console.records import (
     Result,
     Throughput,
     WanLink,
+    log_stamp,
 )
 
 MIB = 2**20
@@ -44,11 +45,12 @@ def constructed_run(mode: Mode = Mode.TELEPORT, vm: str = "web", run_id: str = "
             wan_rate_bytes_per_s=11.5e6, remaining_bytes=remaining, total_bytes=total,
             iteration=1, dirty_rate_bytes_per_s=2 * MIB, pages=pages,
             expected_downtime_ms=downtime_ms + 20))
-        r.log.append(LogLine(float(i), f"migration active, remaining {remaining // MIB} MiB"))
+        r.log.append(LogLine(float(i), f"{log_stamp(started_at + i)} migration active, "
+                                       f"remaining {remaining // MIB} MiB"))
     end = float(seconds) + 0.5
     r.phases += [PhaseMark(Phase.STOP_AND_COPY, end - 0.4), PhaseMark(Phase.RESUME, end - 0.1),
                  PhaseMark(Phase.DONE, end)]
-    r.log.append(LogLine(end, "migration finished successfully"))
+    r.log.append(LogLine(end, f"{log_stamp(started_at + end)} migration finished successfully"))
     r.result, r.total_s, r.downtime_ms = result, end, downtime_ms
     r.wan_bytes, r.guest_bytes = wan_bytes, total
     r.pages = r.samples[-1].pages if r.samples else PageCounts()

@@ -24,6 +24,7 @@ from console.records import (
     Site,
     VMState,
     WanLink,
+    log_stamp,
 )
 from console.sites.service import Backend, EventSink, MigrationRequest, ServiceError
 
@@ -129,7 +130,7 @@ class ReplayBackend(Backend):
         try:
             for t, event in RecordBuilder(source).events():
                 if stop.wait(max(0.0, t - now) / self.speed):
-                    line = LogLine(now, "replay stopped by the operator")
+                    line = LogLine(now, f"{log_stamp()} replay stopped by the operator")
                     builder.add(line)
                     on_event(line)
                     return dataclasses.replace(

@@ -27,6 +27,7 @@ from console.records import (
     RecordBuilder,
     Result,
     WanLink,
+    log_stamp,
 )
 from console.sites.service import MigrationRequest
 from console.ui import units
@@ -173,8 +174,7 @@ class MigrationView(Screen[None]):
         event = message.event
         self.builder.add(event)
         if isinstance(event, LogLine):
-            minutes, secs = divmod(int(event.t), 60)
-            self.query_one(RichLog).write(Text(f"{minutes:02d}:{secs:02d} {event.text}"))
+            self.query_one(RichLog).write(Text(event.text))
             return
         if isinstance(event, MigrationSample):
             self._track_progress(event)
@@ -320,7 +320,7 @@ class MigrationView(Screen[None]):
 
     def _confirmed_abort(self, yes: bool | None) -> None:
         if yes and self.running:
-            self.query_one(RichLog).write(Text("abort requested by the operator",
+            self.query_one(RichLog).write(Text(f"{log_stamp()} abort requested by the operator",
                                                style="bold #d29922"))
             self.send_abort()
 
@@ -329,8 +329,8 @@ class MigrationView(Screen[None]):
         try:
             self.papp.backend.abort(self.request.vm_uuid)
         except Exception as exc:  # any failure is shown; the console stays up
-            self.post_message(MigrationProgress(LogLine(self._last_t(),
-                                                        f"abort failed: {describe(exc)}")))
+            self.post_message(MigrationProgress(LogLine(
+                self._last_t(), f"{log_stamp()} abort failed: {describe(exc)}")))
 
     def _last_t(self) -> float:
         r = self.builder.record

@@ -32,6 +32,7 @@ from console.sites.service import Backend, EventSink, MigrationRequest, ServiceE
 
 GIB = 2**30
 MIB = 2**20
+STAMP = "2025-11-24 16:00:"  # log lines carry their own wall-clock stamp, Proxmox style
 
 
 def make_sites() -> list[Site]:
@@ -65,8 +66,9 @@ def make_composition(total: int = GIB, restorable: int = 300 * MIB) -> Compositi
 def scripted_events(total: int = GIB) -> list[MigrationEvent]:
     """Prepare, map, three precopy iterations in which the remainder grows once, stop-and-copy,
     resume, done — with samples and log lines, as a live run would report them."""
-    evs: list[MigrationEvent] = [PhaseMark(Phase.PREPARE, 0.0), LogLine(0.0, "starting migration"),
-                                 PhaseMark(Phase.MAP, 0.5), PhaseMark(Phase.ITERATIVE, 1.0, 1)]
+    evs: list[MigrationEvent] = [
+        PhaseMark(Phase.PREPARE, 0.0), LogLine(0.0, f"{STAMP}00 starting migration"),
+        PhaseMark(Phase.MAP, 0.5), PhaseMark(Phase.ITERATIVE, 1.0, 1)]
     remaining = [700 * MIB, 400 * MIB, 450 * MIB, 60 * MIB]
     for i, rem in enumerate(remaining, start=1):
         t = float(i + 1)
@@ -76,9 +78,9 @@ def scripted_events(total: int = GIB) -> list[MigrationEvent]:
             iteration=1 if i < 3 else i - 1, dirty_rate_bytes_per_s=20 * MIB,
             pages=PageCounts(teleported=i * 10_000, zero=i * 20_000, sent=i * 3_000),
             expected_downtime_ms=300.0 - i * 10))
-        evs.append(LogLine(t, f"migration active, transferred {i * 100} MiB"))
+        evs.append(LogLine(t, f"{STAMP}{int(t):02d} migration active, transferred {i * 100} MiB"))
     evs += [PhaseMark(Phase.STOP_AND_COPY, 6.0), PhaseMark(Phase.RESUME, 6.3),
-            PhaseMark(Phase.DONE, 6.5), LogLine(6.5, "migration finished successfully")]
+            PhaseMark(Phase.DONE, 6.5), LogLine(6.5, f"{STAMP}06 migration finished successfully")]
     return evs
 
 

@@ -60,8 +60,8 @@ async def test_progress_phases_counters_and_final_downtime() -> None:
         assert "total 6.5 s" in text(view, "#mig-eta") and "OK" in text(view, "#mig-title")
         assert "✓ done" in text(view, "#mig-phases")
         log_lines = [str(line.text) for line in view.query_one(RichLog).lines]
-        assert log_lines[0].startswith("00:00 starting migration")
-        assert any("00:06 migration finished" in line for line in log_lines)
+        assert log_lines[0] == "2025-11-24 16:00:00 starting migration"  # verbatim
+        assert log_lines[-1] == "2025-11-24 16:00:06 migration finished successfully"
 
 
 async def test_abort_asks_first_and_no_means_no() -> None:
