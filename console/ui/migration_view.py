@@ -126,7 +126,7 @@ class MigrationView(Screen[None]):
                     yield Digits("–", id="mig-downtime")
                     yield Label("ms", id="mig-downtime-unit")
             yield PlotextPlot(id="mig-rates")
-        yield RichLog(id="mig-log", wrap=False, markup=False, max_lines=2000)
+        yield RichLog(id="mig-log", wrap=True, markup=False, max_lines=2000)
         yield Footer()
 
     def on_mount(self) -> None:
