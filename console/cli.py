@@ -258,6 +258,8 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
                        help="seconds measured before each migration (default 10)")
     bench.add_argument("--after", type=float, default=40.0, metavar="S",
                        help="seconds measured after each migration (default 40)")
+    bench.add_argument("--max-downtime", type=int, default=1000, metavar="MS",
+                       help="QEMU downtime limit for every mode (default 1000; 0: QEMU's own)")
     bench.add_argument("--out", default="results", metavar="DIR",
                        help="results root; files go to DIR/<date>/ (default results)")
     bench.add_argument("--json", action="store_true", help="print JSON instead of the table")
@@ -279,7 +281,7 @@ def _bench_migrations(args: argparse.Namespace) -> int:
 
     command = "pcteleport " + " ".join(sys.argv[1:])
     return runner.main(args.scenario, args.modes, args.wan, args.repeat, args.json, args.out,
-                       args.before, args.after, args.return_wan, command)
+                       args.before, args.after, args.return_wan, command, args.max_downtime)
 
 
 def _bench_codec(args: argparse.Namespace) -> int:

@@ -89,7 +89,8 @@ def markdown(options: BenchOptions, runs: list[ModeRun], command: str, started: 
         f"# pcteleport bench: {s.name}, WAN {options.wan_profile}",
         "",
         f"Started {started}; `{command}`; {options.repeat} round(s), modes interleaved; "
-        f"{options.before_s:g} s measured before and {options.after_s:g} s after each migration.",
+        f"{options.before_s:g} s measured before and {options.after_s:g} s after each migration; "
+        f"downtime limit {options.max_downtime_ms or 'QEMU default'} ms.",
         "",
         "| mode | ok/runs | total time (s) | vs stock | WAN (MB) | vs stock | downtime (ms) "
         "| vs stock | pages teleported | reads during | read dip after | reads recovered (s) "
@@ -198,6 +199,7 @@ def write(out_root: Path, options: BenchOptions, runs: list[ModeRun], command: s
     data = {"scenario": s.name, "wan": options.wan_profile, "command": command,
             "written": started, "repeat": options.repeat,
             "before_s": options.before_s, "after_s": options.after_s,
+            "max_downtime_ms": options.max_downtime_ms,
             "modes": [str(m) for m in options.modes], "machine": machine(),
             "table": [r.__dict__ for r in rows(runs)], "runs": describe(runs),
             "returns": [to_dict(r) for r in returns or []]}
