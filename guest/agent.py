@@ -30,11 +30,13 @@ watch {interval}, unwatch. Binary maps travel base64-encoded in result["binary_b
 
 import argparse
 import base64
+import bisect
 import ctypes
 import errno
 import json
 import mmap
 import os
+import re
 import select
 import stat
 import struct
@@ -150,14 +152,16 @@ def _disk_mounts(disk):
 # --- composition ------------------------------------------------------------------------
 
 
+# Only the fields composition uses: parsing all ~55 lines is most of a snapshot's cost.
+_MEMINFO_FIELDS = re.compile(
+    rb"^(MemTotal|MemFree|Buffers|Cached|Dirty|Writeback|AnonPages|Shmem):\s+(\d+) kB$", re.M)
+
+
 def meminfo():
-    info = {}
-    for line in _read("/proc/meminfo").splitlines():
-        key, _, rest = line.partition(":")
-        words = rest.split()
-        if words:
-            info[key] = int(words[0]) * (1024 if len(words) > 1 else 1)
-    return info
+    """Bytes of the /proc/meminfo fields composition uses."""
+    with open("/proc/meminfo", "rb") as f:
+        data = f.read()
+    return {k.decode(): int(v) * 1024 for k, v in _MEMINFO_FIELDS.findall(data)}
 
 
 def module_loaded():
@@ -525,8 +529,7 @@ def verify_cache(disk_spec, limit=20):
         raise AgentError("not-mounted", "no mounted filesystem on %s to verify" % disk["name"])
     libc = _Libc()
     dev_fd = os.open("/dev/" + disk["name"], os.O_RDONLY | getattr(os, "O_DIRECT", 0))
-    run_max = 256  # pages per O_DIRECT read
-    buf = mmap.mmap(-1, run_max * PAGE)  # page aligned, as O_DIRECT wants
+    buf = mmap.mmap(-1, 256 * PAGE)  # page aligned, as O_DIRECT wants; one read's most
     totals = {"files": 0, "pages_checked": 0}
     mismatches, t0 = [], time.monotonic()
     try:
@@ -536,7 +539,7 @@ def verify_cache(disk_spec, limit=20):
                                if _dev_of(os.lstat(os.path.join(dirpath, d)).st_dev) == dev]
                 for name in filenames:
                     _verify_file(os.path.join(dirpath, name), fstype, start, libc, dev_fd, buf,
-                                 run_max, totals, mismatches, limit)
+                                 totals, mismatches, limit)
     finally:
         os.close(dev_fd)
         buf.close()
@@ -545,7 +548,7 @@ def verify_cache(disk_spec, limit=20):
             "elapsed_ms": round((time.monotonic() - t0) * 1000, 1)}
 
 
-def _verify_file(path, fstype, start, libc, dev_fd, buf, run_max, totals, mismatches, limit):
+def _verify_file(path, fstype, start, libc, dev_fd, buf, totals, mismatches, limit):
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
@@ -558,40 +561,54 @@ def _verify_file(path, fstype, start, libc, dev_fd, buf, run_max, totals, mismat
         if not resident:
             return
         totals["files"] += 1
-        for index, physical, count in _verify_runs(resident, _block_map(fd, st.st_size, fstype),
-                                                   run_max):
-            got = os.pread(fd, count * PAGE, index * PAGE)
-            n = os.preadv(dev_fd, [memoryview(buf)[:count * PAGE]], start + physical)
+        totals["pages_checked"] += len(resident)
+        extents = _block_map(fd, st.st_size, fstype)
+        for file_off, physical, length in _verify_segments(resident, extents, st.st_size,
+                                                           len(buf)):
+            got = os.pread(fd, length, file_off)
+            aligned = (len(got) + 511) // 512 * 512  # O_DIRECT reads whole sectors
+            n = os.preadv(dev_fd, [memoryview(buf)[:aligned]], start + physical)
             on_disk = buf[:min(n, len(got))]
-            totals["pages_checked"] += count
             if got == on_disk:
                 continue
-            for k in range(count):
-                page = got[k * PAGE:(k + 1) * PAGE]
-                if page != on_disk[k * PAGE:k * PAGE + len(page)] and len(mismatches) < limit:
+            k = 0
+            while k < len(got):  # page by page, to name the pages that differ
+                nxt = min(len(got), k + PAGE - (file_off + k) % PAGE)
+                if got[k:nxt] != on_disk[k:nxt] and len(mismatches) < limit:
                     mismatches.append("%s page %d (disk byte %d)" % (
-                        path, index + k, start + physical + k * PAGE))
+                        path, (file_off + k) // PAGE, start + physical + k))
+                k = nxt
     finally:
         os.close(fd)
 
 
-def _verify_runs(resident, extents, run_max):
-    """(first page index, physical byte offset, pages) runs of resident pages that are
-    contiguous both in the file and on the disk."""
-    runs = []
+def _verify_segments(resident, extents, size, max_bytes):
+    """(file offset, physical byte offset, length) pieces covering the resident pages' bytes
+    (up to the end of the file), each contiguous in the file and on the disk. A page may span
+    two extents (1 KiB-block filesystems), so pages are cut at extent edges."""
+    segments = []
+    starts = [e[0] for e in extents]
     for i in resident:
-        off = i * PAGE
-        for logical, physical, length in extents:
-            if logical <= off < logical + length:
-                phys = physical + off - logical
-                last = runs[-1] if runs else None
-                if last and last[0] + last[2] == i and last[1] + last[2] * PAGE == phys \
-                        and last[2] < run_max:
-                    runs[-1] = (last[0], last[1], last[2] + 1)
-                else:
-                    runs.append((i, phys, 1))
-                break
-    return runs
+        off, end = i * PAGE, min((i + 1) * PAGE, size)
+        k = max(0, bisect.bisect_right(starts, off) - 1)
+        while off < end and k < len(extents):
+            logical, physical, length = extents[k]
+            if off < logical:  # a hole: nothing on the disk to compare
+                off = min(end, logical)
+                continue
+            if off >= logical + length:
+                k += 1
+                continue
+            piece = min(end, logical + length) - off
+            phys = physical + off - logical
+            last = segments[-1] if segments else None
+            if last and last[0] + last[2] == off and last[1] + last[2] == phys \
+                    and last[2] + piece <= max_bytes:
+                segments[-1] = (last[0], last[1], last[2] + piece)
+            else:
+                segments.append((off, phys, piece))
+            off += piece
+    return segments
 
 
 def drop_caches():

@@ -8,16 +8,45 @@ from __future__ import annotations
 import os
 import random
 import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 from conftest import require
-from qemu_guest import Disk, QemuGuest, make_ext4
+from qemu_guest import Disk, QemuGuest
 
 from console.sites.agent_client import AgentClient
+from guest import agent
 
 pytestmark = [pytest.mark.qemu, pytest.mark.slow]
 
 PAGE = 4096
+
+
+def _ext4_1k(tmp: Path, files: dict[str, bytes], size_mib: int) -> Path:
+    src = tmp / "src"
+    for rel, body in files.items():
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_bytes(body)
+    image = tmp / "data.raw"
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-b", "1024", "-m", "0", "-d", str(src),
+                    str(image), f"{size_mib}M"], check=True)
+    return image
+
+
+def test_segments_cut_pages_at_extent_edges() -> None:
+    # 1 KiB-block file: logical 0-6 KiB at disk 100 KiB, then 6-12 KiB at disk 500 KiB.
+    k = 1024
+    extents = [(0, 100 * k, 6 * k), (6 * k, 500 * k, 6 * k)]
+    assert agent._verify_segments([0, 1, 2], extents, 10 * k, 1 << 20) == [
+        (0, 100 * k, 6 * k), (6 * k, 500 * k, 4 * k)]  # page 1 is cut; page 2 ends at EOF
+    assert agent._verify_segments([1], extents, 12 * k, 1 << 20) == [
+        (4 * k, 104 * k, 2 * k), (6 * k, 500 * k, 2 * k)]
+    # A hole (no extent) has nothing to compare; max_bytes bounds a segment.
+    assert agent._verify_segments([0, 1], [(4 * k, 0, 4 * k)], 8 * k, 1 << 20) == [
+        (4 * k, 0, 4 * k)]
+    assert agent._verify_segments([0, 1], [(0, 0, 8 * k)], 8 * k, 4 * k) == [
+        (0, 0, 4 * k), (4 * k, 4 * k, 4 * k)]
 
 
 def test_verify_finds_a_cached_page_that_differs_from_disk(tmp_path) -> None:
@@ -31,8 +60,9 @@ def test_verify_finds_a_cached_page_that_differs_from_disk(tmp_path) -> None:
     except PcteleportError as exc:
         require(False, str(exc))
     rng = random.Random(11)
-    files = {f"files/v{i}.bin": rng.randbytes((1 << 20) + 1000 * i) for i in range(6)}
-    data = make_ext4(tmp_path / "data.raw", files, size_mib=24)
+    files = {f"files/v{i}.bin": rng.randbytes((1 << 20) + 1000 * i) for i in range(12)}
+    # 1 KiB blocks: block groups of 8 MiB, so some file pages straddle two extents.
+    data = _ext4_1k(tmp_path, files, size_mib=24)
     with QemuGuest(boot, tmp_path / "vm", memory_mib=384, disks=[Disk(data, "data")],
                    agent=True, timeout_s=600) as g:
         g.wait_for("PCTELEPORT-READY", timeout=120)
@@ -46,20 +76,23 @@ def test_verify_finds_a_cached_page_that_differs_from_disk(tmp_path) -> None:
             assert ok["files"] == len(files)
             assert ok["pages_checked"] >= want
 
-            # Rewrite one block of v3.bin on the device, past the page cache: the cached
-            # page is now stale, which is what a wrongly restored page looks like.
-            offset = int(g.run(
+            # Rewrite the first block of v3.bin's page 5 on the device, past the page cache:
+            # the cached page is now stale, which is what a wrongly restored page looks like.
+            where = g.run(
                 "python3 -c \"import os,fcntl,struct;"
                 "fd=os.open('/mnt/data/files/v3.bin',os.O_RDONLY);"
-                "print(struct.unpack('i',fcntl.ioctl(fd,1,struct.pack('i',5)))[0]*4096)\""
-            ).strip())
+                "bs=struct.unpack('i',fcntl.ioctl(fd,2,struct.pack('i',0)))[0];"
+                "print(struct.unpack('i',fcntl.ioctl(fd,1,struct.pack('i',5*4096//bs)))[0]*bs,"
+                "bs)\"").split()
+            offset, block = int(where[0]), int(where[1])
+            assert block == 1024
             g.run("python3 -c \"import os,mmap;"
                   "fd=os.open('/dev/disk/by-id/virtio-data',os.O_WRONLY|os.O_DIRECT);"
-                  "b=mmap.mmap(-1,4096);b.write(os.urandom(4096));"
+                  f"b=mmap.mmap(-1,{block});b.write(os.urandom({block}));"
                   f"os.pwrite(fd,b,{offset})\"")
             bad = agent.request("verify", disk="data")
             assert len(bad["mismatches"]) == 1, bad
-            assert "v3.bin page 5" in bad["mismatches"][0]
+            assert "v3.bin page 5 " in bad["mismatches"][0]
 
             dropped = agent.request("drop_caches")
             assert dropped["cached_after"] < dropped["cached_before"] - (4 << 20)
