@@ -23,6 +23,7 @@ KEYS: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
         ("↑ ↓  tab", "move in a table, next site"),
         ("enter", "VM details"),
         ("m", "migrate the selected VM"),
+        ("a", "abort the selected VM's migration (asks first)"),
         ("/", "filter VMs by name (esc clears)"),
         ("s", "cycle sort: name, state, memory, restorable"),
         ("r", "refresh now"),

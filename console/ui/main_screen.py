@@ -232,6 +232,7 @@ class MainScreen(Screen[None]):
     BINDINGS = [
         Binding("enter", "details", "Details"),
         Binding("m", "migrate", "Migrate"),
+        Binding("a", "abort", "Abort", show=False),
         Binding("slash", "filter", "Filter"),
         Binding("s", "sort", "Sort"),
         Binding("r", "refresh", "Refresh", show=False),
@@ -397,6 +398,31 @@ class MainScreen(Screen[None]):
 
         if isinstance(request, MigrationRequest):
             self.app.push_screen(MigrationView(request))
+
+    def action_abort(self) -> None:
+        """Abort a migration of the selected VM, even one started elsewhere (CLI, another
+        console): the backend knows which runs are in flight."""
+        from console.ui.confirm import ConfirmScreen
+
+        picked = self.selected()
+        if picked is None or picked[1].state is not VMState.MIGRATING:
+            self.notify("no migrating VM selected", severity="warning")
+            return
+        vm = picked[1]
+
+        def answer(yes: bool | None) -> None:
+            if yes:
+                self.send_abort(vm.uuid)
+
+        self.app.push_screen(ConfirmScreen(f"Abort the migration of {vm.name}?",
+                                           "The source keeps running."), callback=answer)
+
+    @work(thread=True, group="abort")
+    def send_abort(self, vm_uuid: str) -> None:
+        try:
+            self.papp.backend.abort(vm_uuid)
+        except Exception as exc:  # any failure is shown; the console stays up
+            self.app.call_from_thread(self.notify, describe(exc), severity="error")
 
     def action_filter(self) -> None:
         box = self.query_one("#filter", Input)

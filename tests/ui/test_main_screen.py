@@ -198,3 +198,20 @@ async def test_a_backend_bug_is_shown_and_the_console_stays_up() -> None:
         problem = panes(app)["tokyo"].problems["u-web"]
         assert problem.startswith("backend bug, please report it: OSError: Cannot write data")
         assert str(panes(app)["tokyo"].table.get_row("u-web")[6]) == "no agent"
+
+
+async def test_abort_from_the_main_screen_only_for_a_migrating_vm() -> None:
+    from console.ui.confirm import ConfirmScreen
+
+    backend = populated_backend()
+    web = next(v for v in backend.vms_by_site["tokyo"] if v.name == "web")
+    web.state = VMState.MIGRATING
+    app = create_app(backend, refresh_s=60)
+    async with app.run_test(size=(160, 40)) as pilot:
+        await wait_for(pilot, lambda: loaded(app))
+        await pilot.press("a")  # idle is selected: not migrating
+        assert isinstance(app.screen, MainScreen) and backend.aborted == []
+        await pilot.press("down", "down", "a")
+        assert isinstance(app.screen, ConfirmScreen)
+        await pilot.press("y")
+        await wait_for(pilot, lambda: backend.aborted == ["u-web"], what="abort sent")
