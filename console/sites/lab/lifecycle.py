@@ -154,7 +154,7 @@ def _down(paths: LabPaths, progress: Progress) -> None:
         network.remove_mgmt(s)
         progress(f"site {s.name}: stopped {len(pids)} processes, removed its namespaces")
     _forget_runtime(paths)
-    site.remove_mountpoints(paths)
+    site.remove_mountpoints()
     progress("lab is down")
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 
+from console.errors import PcteleportError
 from console.sites.lab import shell
 from console.sites.lab.topology import MGMT_IFACE, WAN_IFACE, WAN_MTU, Site, peer, sites
 
@@ -41,8 +42,12 @@ def ensure_mgmt(s: Site) -> None:
 
 
 def remove_mgmt(s: Site) -> None:
+    # Deleting the site's namespace removes the pair asynchronously: it may vanish meanwhile.
     if _link_exists(s.mgmt_host_iface):
-        shell.run(["ip", "link", "del", s.mgmt_host_iface])
+        out = shell.run(["ip", "link", "del", s.mgmt_host_iface], check=False)
+        if out.returncode != 0 and _link_exists(s.mgmt_host_iface):
+            raise PcteleportError(f"cannot remove link {s.mgmt_host_iface}: {out.stderr.strip()}"
+                                  " (remove it with `ip link del`)")
 
 
 def kernel_has_netem() -> bool:

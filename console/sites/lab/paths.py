@@ -20,6 +20,8 @@ SITE_SRV = Path("/srv")
 SITE_REPLICA_DIR = SITE_SRV / "replicas"
 SITE_VM_DIR = SITE_SRV / "vms"
 SITE_AGENT_DIR = SITE_SRV / "agents"
+# Host directories a lab had to create as mount points (shared by every lab instance).
+CREATED_DIRS = DEFAULT_STATE_DIR.parent / "lab-created-dirs"
 
 
 def state_dir() -> Path:
@@ -77,11 +79,6 @@ class LabPaths:
     def lock(self) -> Path:
         """Held while `up`, `down` or `wan` change the lab (two test runs may race)."""
         return self.root / "lock"
-
-    @property
-    def created_dirs(self) -> Path:
-        """Host directories the lab had to create as mount points; `down` removes them."""
-        return self.root / "created-dirs"
 
     def site(self, name: str) -> SitePaths:
         return SitePaths(self.root / name)

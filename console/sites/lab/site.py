@@ -13,7 +13,13 @@ from pathlib import Path
 
 from console.errors import PcteleportError
 from console.sites.lab import shell
-from console.sites.lab.paths import SITE_AGENT_DIR, SITE_REPLICA_DIR, SITE_VM_DIR, LabPaths
+from console.sites.lab.paths import (
+    CREATED_DIRS,
+    SITE_AGENT_DIR,
+    SITE_REPLICA_DIR,
+    SITE_VM_DIR,
+    LabPaths,
+)
 from console.sites.lab.topology import Site
 
 LIBVIRT_DIRS = {  # host path -> SitePaths attribute holding the site's private copy
@@ -41,25 +47,50 @@ def require_holder(paths: LabPaths, s: Site) -> int:
 
 
 def ensure_mountpoints(paths: LabPaths) -> None:
-    """The libvirt directories must exist on the host to be mount points; remember the ones the
-    lab creates so `down` removes them again."""
-    created = set(_read_lines(paths.created_dirs))
+    """The libvirt directories must exist on the host to be mount points; remember the ones a
+    lab creates (in one file shared by every lab instance) so the last `down` removes them."""
+    created = set(_read_lines(CREATED_DIRS))
     for d in LIBVIRT_DIRS:
         if not os.path.isdir(d):
             os.makedirs(d)
             created.add(d)
-    _write(paths.created_dirs, "".join(f"{d}\n" for d in sorted(created)))
+    CREATED_DIRS.parent.mkdir(parents=True, exist_ok=True)
+    _write(CREATED_DIRS, "".join(f"{d}\n" for d in sorted(created)))
 
 
-def remove_mountpoints(paths: LabPaths) -> None:
-    for d in sorted(_read_lines(paths.created_dirs), key=len, reverse=True):
+def remove_mountpoints() -> None:
+    """Remove the directories a lab created, unless a lab still mounts over them somewhere:
+    removing a mount point in another mount namespace would silently detach that lab's mount."""
+    kept = []
+    in_use = _mount_points_in_use()
+    for d in sorted(_read_lines(CREATED_DIRS), key=len, reverse=True):
+        if d in in_use:
+            kept.append(d)
+            continue
         try:
             os.rmdir(d)
         except FileNotFoundError:
             pass
         except OSError:
             continue  # not empty: something else now uses it, so it is not ours to remove
-    paths.created_dirs.unlink(missing_ok=True)
+    if kept:
+        _write(CREATED_DIRS, "".join(f"{d}\n" for d in sorted(kept)))
+    else:
+        CREATED_DIRS.unlink(missing_ok=True)
+
+
+def _mount_points_in_use() -> set[str]:
+    """Mount points of every mount namespace on the host (through each process's mountinfo)."""
+    points: set[str] = set()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            text = (proc / "mountinfo").read_text()
+        except OSError:
+            continue
+        points.update(line.split()[4] for line in text.splitlines() if line.count(" ") >= 4)
+    return points
 
 
 def _read_lines(path: Path) -> list[str]:
