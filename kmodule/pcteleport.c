@@ -19,9 +19,12 @@
  * sleeping calls: inodes are pinned with __iget() like fs/drop_caches.c, folios through
  * filemap_get_folios(), and it calls cond_resched() per inode and per folio batch.
  *
- * bmap() is the only way to reach a file's block map from a module, and ext4's bmap writes
- * back a file with dirty delalloc pages. So bmap() is never called for a dirty folio, nor for
- * any folio of a file whose mapping is tagged dirty (those pages count as in_dirty_file).
+ * Block lookup: through the filesystem's ->fiemap (ext4, xfs), into a small buffer mapped in
+ * the reading process for the duration of the walk, without FIEMAP_FLAG_SYNC, so it never
+ * writes anything back; extents that are delalloc, unwritten, inline, encoded or encrypted are
+ * not restorable. Filesystems without ->fiemap (vfat, msdos) fall back to bmap(). bmap() is
+ * never called for a dirty folio, nor for any folio of a file whose mapping is tagged dirty
+ * (counted as in_dirty_file): ext4's bmap writes back a file with dirty delalloc pages.
  *
  * Works with: ext4 (and ext2/ext3 through the ext4 driver), xfs (non-reflinked files), vfat
  * and msdos, i.e. filesystems whose address_space_operations have ->bmap. Not btrfs (no
@@ -39,8 +42,16 @@
 #include <linux/mm.h>
 #include <linux/sched.h>
 #include <linux/ktime.h>
+#include <linux/fiemap.h>
+#include <linux/mman.h>
 
 #define PCT_MAX_SBS 64
+#define PCT_FIEMAP_EXTENTS 128
+/* Extents whose bytes on disk are not (yet) the file's bytes. */
+#define PCT_FIEMAP_UNUSABLE (FIEMAP_EXTENT_UNKNOWN | FIEMAP_EXTENT_DELALLOC | \
+			     FIEMAP_EXTENT_ENCODED | FIEMAP_EXTENT_DATA_ENCRYPTED | \
+			     FIEMAP_EXTENT_NOT_ALIGNED | FIEMAP_EXTENT_DATA_INLINE | \
+			     FIEMAP_EXTENT_DATA_TAIL | FIEMAP_EXTENT_UNWRITTEN)
 
 static char *fstypes = "ext4,ext3,ext2";
 module_param(fstypes, charp, 0644);
@@ -62,7 +73,7 @@ struct pct_counters {
 	u64 superblocks, inodes;
 	u64 cached, dirty, writeback, not_uptodate, clean;
 	u64 in_dirty_file, unmappable, restorable_estimate;
-	u64 restorable, unmapped, unaligned, tail;
+	u64 restorable, unmapped, unaligned, tail, via_fiemap, via_bmap;
 };
 
 struct pct_sb_info {
@@ -84,6 +95,15 @@ struct pct_snapshot {
 	unsigned int nsbs;
 	u64 walk_ns;
 	const char *cur_fstype;
+	/* FIEMAP results: user memory of the reading process, and a kernel copy */
+	struct fiemap_extent __user *ubuf;
+	struct fiemap_extent *kbuf;
+};
+
+/* Where a walk stands in one file's extent list: kbuf[i..n) cover file bytes < covered. */
+struct pct_fiemap_cursor {
+	unsigned int n, i;
+	u64 covered;
 };
 
 static int pct_add_extent(struct pct_snapshot *s, u64 pfn, u64 off, dev_t dev)
@@ -139,11 +159,82 @@ static s64 pct_disk_offset(struct inode *inode, pgoff_t index)
 	       ((s64)inode->i_sb->s_bdev->bd_start_sect << SECTOR_SHIFT);
 }
 
+static u64 pct_fe_end(const struct fiemap_extent *e)
+{
+	return e->fe_logical + e->fe_length;
+}
+
+/* The next extents of @inode from file byte @pos on, into s->kbuf. */
+static int pct_fiemap_fill(struct pct_snapshot *s, struct inode *inode,
+			   struct pct_fiemap_cursor *fc, u64 pos)
+{
+	struct fiemap_extent_info fi = {
+		.fi_flags = 0,	/* never FIEMAP_FLAG_SYNC: no writeback */
+		.fi_extents_max = PCT_FIEMAP_EXTENTS,
+		.fi_extents_start = s->ubuf,
+	};
+	u64 end = round_up(i_size_read(inode), PAGE_SIZE);
+	int ret;
+
+	fc->n = fc->i = 0;
+	if (pos >= end) {
+		fc->covered = U64_MAX;
+		return 0;
+	}
+	ret = inode->i_op->fiemap(inode, &fi, pos, end - pos);
+	if (ret)
+		return ret;
+	if (fi.fi_extents_mapped > PCT_FIEMAP_EXTENTS)
+		return -EIO;
+	if (copy_from_user(s->kbuf, s->ubuf, fi.fi_extents_mapped * sizeof(*s->kbuf)))
+		return -EFAULT;
+	fc->n = fi.fi_extents_mapped;
+	if (fc->n < PCT_FIEMAP_EXTENTS || (s->kbuf[fc->n - 1].fe_flags & FIEMAP_EXTENT_LAST))
+		fc->covered = U64_MAX;
+	else
+		fc->covered = max(pct_fe_end(&s->kbuf[fc->n - 1]), pos + PAGE_SIZE);
+	return 0;
+}
+
+/*
+ * Byte offset on the filesystem's device of the file page at byte @pos, from ->fiemap.
+ * Pages come in increasing @pos order, so the cursor only moves forward.
+ */
+static int pct_fiemap_lookup(struct pct_snapshot *s, struct inode *inode,
+			     struct pct_fiemap_cursor *fc, u64 pos, u64 *phys)
+{
+	const struct fiemap_extent *e;
+	int ret;
+
+	for (;;) {
+		while (fc->i < fc->n && pos >= pct_fe_end(&s->kbuf[fc->i]))
+			fc->i++;
+		if (fc->i < fc->n)
+			break;
+		if (pos < fc->covered && fc->n)
+			return -ENOENT;	/* in a hole after the last extent listed */
+		ret = pct_fiemap_fill(s, inode, fc, pos);
+		if (ret)
+			return ret;
+		if (!fc->n)
+			return -ENOENT;
+	}
+	e = &s->kbuf[fc->i];
+	if (pos < e->fe_logical || pos + PAGE_SIZE > pct_fe_end(e) ||
+	    (e->fe_flags & PCT_FIEMAP_UNUSABLE))
+		return -ENOENT;
+	*phys = e->fe_physical + (pos - e->fe_logical);
+	return 0;
+}
+
 static void pct_walk_folio(struct pct_snapshot *s, struct inode *inode, struct folio *folio,
-			   bool mappable, pgoff_t eof_index)
+			   struct pct_fiemap_cursor *fc, bool mappable, pgoff_t eof_index)
 {
 	struct address_space *mapping = inode->i_mapping;
+	/* (the stats walk looks nothing up: it counts what the map would consider) */
+	bool use_fiemap = inode->i_op->fiemap && (s->ubuf || !s->want_map);
 	long nr = folio_nr_pages(folio);
+	u64 start = (u64)inode->i_sb->s_bdev->bd_start_sect << SECTOR_SHIFT;
 	long i;
 
 	s->c.cached += nr;
@@ -165,7 +256,7 @@ static void pct_walk_folio(struct pct_snapshot *s, struct inode *inode, struct f
 		s->c.unmappable += nr;
 		return;
 	}
-	if (mapping_tagged(mapping, PAGECACHE_TAG_DIRTY)) {
+	if (!use_fiemap && mapping_tagged(mapping, PAGECACHE_TAG_DIRTY)) {
 		s->c.in_dirty_file += nr;
 		return;
 	}
@@ -175,18 +266,25 @@ static void pct_walk_folio(struct pct_snapshot *s, struct inode *inode, struct f
 
 	for (i = 0; i < nr; i++) {
 		pgoff_t index = folio->index + i;
+		u64 phys;
 		s64 off;
 
 		if (index >= eof_index) {	/* truncated meanwhile */
 			s->c.unmapped++;
 			continue;
 		}
-		/* Re-check right before bmap(): the file may have been written meanwhile. */
-		if (folio_test_dirty(folio) || mapping_tagged(mapping, PAGECACHE_TAG_DIRTY)) {
-			s->c.in_dirty_file += nr - i;
-			return;
+		if (use_fiemap) {
+			off = pct_fiemap_lookup(s, inode, fc, (u64)index << PAGE_SHIFT, &phys) ?
+			      -1 : (s64)(phys + start);
+		} else {
+			/* Re-check right before bmap(): the file may have been written to. */
+			if (folio_test_dirty(folio) ||
+			    mapping_tagged(mapping, PAGECACHE_TAG_DIRTY)) {
+				s->c.in_dirty_file += nr - i;
+				return;
+			}
+			off = pct_disk_offset(inode, index);
 		}
-		off = pct_disk_offset(inode, index);
 		if (off < 0) {
 			s->c.unmapped++;
 			continue;
@@ -202,6 +300,10 @@ static void pct_walk_folio(struct pct_snapshot *s, struct inode *inode, struct f
 		if (s->err)
 			return;
 		s->c.restorable++;
+		if (use_fiemap)
+			s->c.via_fiemap++;
+		else
+			s->c.via_bmap++;
 	}
 }
 
@@ -210,7 +312,9 @@ static void pct_walk_inode(struct pct_snapshot *s, struct inode *inode)
 	struct address_space *mapping = inode->i_mapping;
 	loff_t isize = i_size_read(inode);
 	pgoff_t eof_index = (isize + PAGE_SIZE - 1) >> PAGE_SHIFT;
-	bool mappable = mapping->a_ops->bmap && !IS_ENCRYPTED(inode) && !IS_DAX(inode);
+	bool mappable = (mapping->a_ops->bmap || inode->i_op->fiemap) &&
+			!IS_ENCRYPTED(inode) && !IS_DAX(inode);
+	struct pct_fiemap_cursor fc = { 0, 0, 0 };
 	struct folio_batch fbatch;
 	pgoff_t index = 0;
 	unsigned int i;
@@ -219,7 +323,7 @@ static void pct_walk_inode(struct pct_snapshot *s, struct inode *inode)
 	folio_batch_init(&fbatch);
 	while (filemap_get_folios(mapping, &index, ULONG_MAX, &fbatch)) {
 		for (i = 0; i < folio_batch_count(&fbatch); i++)
-			pct_walk_folio(s, inode, fbatch.folios[i], mappable, eof_index);
+			pct_walk_folio(s, inode, fbatch.folios[i], &fc, mappable, eof_index);
 		folio_batch_release(&fbatch);
 		cond_resched();
 	}
@@ -308,12 +412,31 @@ static void pct_walk(struct pct_snapshot *s)
 
 static struct pct_snapshot *pct_snapshot_take(bool want_map)
 {
+	size_t fm_size = PCT_FIEMAP_EXTENTS * sizeof(struct fiemap_extent);
 	struct pct_snapshot *s = kzalloc(sizeof(*s), GFP_KERNEL);
+	unsigned long addr;
 
 	if (!s)
 		return NULL;
 	s->want_map = want_map;
+	/*
+	 * ->fiemap copies extents to user memory: lend it a page of the reading process for the
+	 * walk. Without one (no mm), the walk uses bmap() with its dirty-file restriction.
+	 */
+	if (want_map && current->mm)
+		s->kbuf = kmalloc(fm_size, GFP_KERNEL);
+	if (s->kbuf) {
+		addr = vm_mmap(NULL, 0, fm_size, PROT_READ | PROT_WRITE,
+			       MAP_PRIVATE | MAP_ANONYMOUS, 0);
+		if (!IS_ERR_VALUE(addr))
+			s->ubuf = (struct fiemap_extent __user *)addr;
+	}
 	pct_walk(s);
+	if (s->ubuf)
+		vm_munmap((unsigned long)s->ubuf, fm_size);
+	s->ubuf = NULL;
+	kfree(s->kbuf);
+	s->kbuf = NULL;
 	return s;
 }
 
@@ -339,8 +462,9 @@ static void pct_show_counters(struct seq_file *m, const struct pct_snapshot *s,
 		   prefix, c->restorable_estimate);
 	if (s->want_map)
 		seq_printf(m, "%srestorable %llu\n%sunmapped %llu\n%sunaligned %llu\n%stail %llu\n"
-			   "%sextents %zu\n", prefix, c->restorable, prefix, c->unmapped, prefix,
-			   c->unaligned, prefix, c->tail, prefix, s->n);
+			   "%svia_fiemap %llu\n%svia_bmap %llu\n%sextents %zu\n", prefix,
+			   c->restorable, prefix, c->unmapped, prefix, c->unaligned, prefix, c->tail,
+			   prefix, c->via_fiemap, prefix, c->via_bmap, prefix, s->n);
 	seq_printf(m, "%swalk_ns %llu\n%spage_size %lu\n", prefix, s->walk_ns, prefix,
 		   PAGE_SIZE);
 	if (s->err)
