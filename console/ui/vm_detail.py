@@ -197,6 +197,9 @@ class VMDetailScreen(Screen[None]):
             share = Text.assemble(("restorable ", "bold"), (units.percent(c.restorable_share),
                                   "bold #2ea043"), f" of {units.size(c.total)}  ·  agent: ",
                                   (str(c.source), "bold"))
+            if c.restorable_age_s is not None:
+                share.append(f"  ·  restorable counted {c.restorable_age_s:.0f} s before",
+                             style="dim")
             bar.update(Text("\n").join([composition_bar(c, width), composition_bar(c, width),
                                         share]))
             self.query_one("#vm-numbers", Static).update(composition_table(c))
