@@ -5,6 +5,8 @@ test can pin it. It is a first-order model of QEMU precopy over a link:
 
 * every guest page crosses the WAN once as a page record (4 KiB + an 8-byte header), except
   zero pages (a 9-byte record) — we take free memory as zero-filled, scaled by `free_zero_fraction`;
+* RAM the guest kernel does not count in MemTotal (firmware, reserved, the kernel image) is sent
+  as data when the VM's RAM size is given;
 * pages dirtied while a round is sent are sent again: rounds shrink by dirty/link each time;
 * `drop-cache` first turns the clean page cache into free memory;
 * `zstd` sends non-zero pages compressed by `zstd_ratio`, no faster than zstd's CPU rate;
@@ -52,6 +54,7 @@ def predict(
     rtt_ms: float = 0.0,
     cap_bytes_per_s: float | None = None,
     model: PredictionModel = PredictionModel(),  # frozen, so sharing the default is safe
+    ram_bytes: int | None = None,  # the VM's RAM as libvirt sees it (>= the guest's MemTotal)
 ) -> Prediction:
     c = composition
     free = c.free
@@ -64,7 +67,7 @@ def predict(
 
     zero_pages = int((max(0, free) // PAGE_SIZE) * model.free_zero_fraction)
     teleported_pages = (max(0, restorable) // PAGE_SIZE)
-    total_pages = (max(0, c.total) // PAGE_SIZE)
+    total_pages = max(c.total, ram_bytes or 0) // PAGE_SIZE
     data_pages = max(0, total_pages - zero_pages - teleported_pages)
 
     data_bytes = data_pages * PAGE_RECORD_BYTES
@@ -97,7 +100,7 @@ def predict(
         return Prediction(mode, wan_bytes, None, converges)
     seconds = wan_bytes / rate
     if mode is Mode.ZSTD:
-        seconds = max(seconds, c.total / model.zstd_bytes_per_s)
+        seconds = max(seconds, total_pages * PAGE_SIZE / model.zstd_bytes_per_s)
     if mode is Mode.TELEPORT and restorable:
         seconds = max(seconds, restorable / model.replica_read_bytes_per_s)
     seconds += model.setup_s + model.setup_rtts * rtt_ms / 1000.0
@@ -110,8 +113,9 @@ def predict_all(
     rtt_ms: float = 0.0,
     cap_bytes_per_s: float | None = None,
     model: PredictionModel = PredictionModel(),
+    ram_bytes: int | None = None,
 ) -> list[Prediction]:
     return [
-        predict(composition, mode, link_bytes_per_s, rtt_ms, cap_bytes_per_s, model)
+        predict(composition, mode, link_bytes_per_s, rtt_ms, cap_bytes_per_s, model, ram_bytes)
         for mode in Mode
     ]

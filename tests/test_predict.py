@@ -89,3 +89,12 @@ def test_teleport_never_costs_more_than_stock(free: int, anon: int, clean: int,
     tele = predict(c, Mode.TELEPORT, rate)
     assert tele.wan_bytes <= stock.wan_bytes
     assert tele.wan_bytes >= 0
+
+
+def test_ram_outside_memtotal_is_sent_as_data() -> None:
+    c = comp()
+    with_ram = predict(c, Mode.STOCK, None, ram_bytes=c.total + 64 * MIB)
+    assert with_ram.wan_bytes - predict(c, Mode.STOCK, None).wan_bytes == \
+        (64 * MIB // PAGE_SIZE) * PAGE_RECORD_BYTES
+    assert predict(c, Mode.STOCK, None, ram_bytes=c.total // 2).wan_bytes == \
+        predict(c, Mode.STOCK, None).wan_bytes  # never below what the guest itself counts

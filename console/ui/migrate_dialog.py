@@ -94,7 +94,8 @@ class MigrateDialog(ModalScreen[MigrationRequest | None]):
         rate = link.rate_bytes_per_s if link else None
         rtt = (link.rtt_ms or 0.0) if link else 0.0
         chosen = self.mode()
-        preds = predict_all(self.composition, rate, rtt, self.cap)
+        preds = predict_all(self.composition, rate, rtt, self.cap,
+                            ram_bytes=self.vm.memory_bytes or None)
         stock = preds[0]
         for p in preds:
             style = "bold reverse" if p.mode is chosen else ""

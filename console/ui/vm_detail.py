@@ -198,7 +198,7 @@ class VMDetailScreen(Screen[None]):
                                   "bold #2ea043"), f" of {units.size(c.total)}  ·  agent: ",
                                   (str(c.source), "bold"))
             if c.restorable_age_s is not None:
-                share.append(f"  ·  restorable counted {c.restorable_age_s:.0f} s before",
+                share.append(f"  ·  restorable count {c.restorable_age_s:.0f} s old",
                              style="dim")
             bar.update(Text("\n").join([composition_bar(c, width), composition_bar(c, width),
                                         share]))
