@@ -78,6 +78,18 @@ def test_a_migration_that_was_not_recorded_is_refused_clearly() -> None:
         b.migrate(MigrationRequest("uuid-web", "osaka", Mode.STOCK), lambda e: None)
 
 
+def test_a_second_recording_of_the_same_vm_plays_after_the_first_moved_it() -> None:
+    stock = constructed_run(Mode.STOCK, run_id="s", seconds=1)
+    tele = constructed_run(Mode.TELEPORT, run_id="t", seconds=1)
+    b = ReplayBackend([stock, tele], speed=1000)
+    assert b.migrate(MigrationRequest("uuid-web", "osaka", Mode.STOCK),
+                     lambda e: None).run_id == "s"
+    assert [v.name for v in b.vms("osaka")] == ["web"]
+    # From osaka the dialog offers tokyo; the recorded teleport run still plays.
+    assert b.migrate(MigrationRequest("uuid-web", "tokyo", Mode.TELEPORT),
+                     lambda e: None).run_id == "t"
+
+
 def test_from_files_and_bad_speed(tmp_path: Path) -> None:
     path = RecordStore(tmp_path).save(constructed_run())
     b = ReplayBackend.from_files([path], speed=2)
