@@ -53,7 +53,35 @@ def read_delay(state: Path) -> float:
     return float(json.loads(state.read_text())["one_way_ms"]) / 1000.0
 
 
-def relay(fd_a: int, fd_b: int, delay: list[float]) -> None:
+class Stats:
+    """Packets, bytes and how late packets left (release time - due time), written as JSON to
+    a file at most once a second while traffic flows: `lab status` shows it."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self.packets = 0
+        self.bytes = 0
+        self.late_max = 0.0
+        self.late_sum = 0.0
+        self.window = 0
+        self.next_write = 0.0
+
+    def flush(self, now: float) -> None:
+        if self.path is None:
+            return
+        doc = {"t": time.time(), "packets": self.packets, "bytes": self.bytes,
+               "late_max_us": round(self.late_max * 1e6, 1),
+               "late_avg_us": round(self.late_sum / max(self.window, 1) * 1e6, 1),
+               "window_packets": self.window}
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(doc) + "\n")
+        os.replace(tmp, self.path)
+        self.late_max = self.late_sum = 0.0
+        self.window = 0
+        self.next_write = now + 1.0
+
+
+def relay(fd_a: int, fd_b: int, delay: list[float], stats: Stats) -> None:
     """Forward a→b and b→a, each packet held `delay[0]` seconds. Never returns."""
     queues: dict[int, deque[tuple[float, bytes]]] = {fd_a: deque(), fd_b: deque()}
     out_of = {fd_a: fd_b, fd_b: fd_a}
@@ -65,12 +93,22 @@ def relay(fd_a: int, fd_b: int, delay: list[float]) -> None:
         for src, q in queues.items():
             dst = out_of[src]
             while q and q[0][0] <= now:
+                due, pkt = q.popleft()
                 try:  # noqa: SIM105 (hot loop: a bare try is cheaper than suppress())
-                    write(dst, q.popleft()[1])
+                    write(dst, pkt)
                 except OSError:
                     pass  # the peer tun refused one packet (down, or a full queue): a WAN drops it
+                late = now - due
+                stats.late_sum += late
+                if late > stats.late_max:
+                    stats.late_max = late
+                stats.window += 1
+                stats.packets += 1
+                stats.bytes += len(pkt)
             if q and (next_due is None or q[0][0] < next_due):
                 next_due = q[0][0]
+        if stats.window and now >= stats.next_write:
+            stats.flush(now)
         timeout = None if next_due is None else max(0.0, next_due - now)
         ready, _, _ = select.select(readers, (), (), timeout)
         if not ready:
@@ -91,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--b", required=True, metavar="NETNS:IFACE")
     ap.add_argument("--state", required=True, type=Path, help="JSON with one_way_ms")
     ap.add_argument("--pid-file", type=Path)
+    ap.add_argument("--stats", type=Path, help="JSON file for packet counts and lateness")
     args = ap.parse_args(argv)
 
     ctypes.CDLL(None).prctl(PR_SET_TIMERSLACK, 1, 0, 0, 0)
@@ -114,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     if args.pid_file:
         args.pid_file.write_text(f"{os.getpid()}\n")
-    relay(fds[0], fds[1], delay)
+    relay(fds[0], fds[1], delay, Stats(args.stats))
     return 0
 
 

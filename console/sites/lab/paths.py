@@ -72,6 +72,10 @@ class LabPaths:
         return self.root / "wan-delay.pid"
 
     @property
+    def delay_stats(self) -> Path:
+        return self.root / "wan-delay.json"
+
+    @property
     def delay_log(self) -> Path:
         return self.root / "wan-delay.log"
 

@@ -5,6 +5,7 @@ and every VM with the site it runs at — as text for people or JSON for program
 from __future__ import annotations
 
 import contextlib
+import time
 from typing import Any
 
 import libvirt
@@ -44,7 +45,13 @@ def collect(paths: LabPaths | None = None, measure_wan: bool = True) -> dict[str
         wan_info.update(mode=st.mode, profile=p.name, rate_mbit=p.rate_mbit, rtt_ms=p.rtt_ms,
                         delay_pid=shell.read_pid(paths.delay_pid))
         if measure_wan and wan_info["up"]:
+            pid = wan_info["delay_pid"]
+            cpu0, t0 = (measure.cpu_seconds(pid), time.monotonic()) if pid else (0.0, 0.0)
             wan_info["measured"] = measure.measure_wan().as_dict()
+            if pid:
+                cpu = (measure.cpu_seconds(pid) - cpu0) / (time.monotonic() - t0)
+                wan_info["measured"]["delay_cpu_pct"] = round(cpu * 100, 1)
+                wan_info["delay_line"] = wan.delay_stats(paths)
     return {"up": all_up, "state_dir": str(paths.root), "config": str(paths.sites_toml),
             "sites": site_rows, "vms": vm_list, "wan": wan_info}
 
@@ -65,6 +72,11 @@ def render(st: dict[str, Any]) -> str:
             m = w["measured"]
             line += (f"   measured {m['rate_mbit']:.1f} Mbit/s, RTT {m['rtt_ms']:.1f} ms "
                      f"± {m['jitter_ms']:.2f} ms")
+            if "delay_cpu_pct" in m:
+                line += f", delay line {m['delay_cpu_pct']:.1f}% CPU"
+            dl = w.get("delay_line")
+            if dl:
+                line += f", late ≤ {dl['late_max_us']:.0f} µs"
         lines.append(line)
     else:
         lines.append("wan  down")

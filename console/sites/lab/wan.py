@@ -90,7 +90,8 @@ def ensure_delay_line(paths: LabPaths) -> int:
     a, b = sites()
     cmd = [sys.executable, "-m", "console.sites.lab.delayline",
            "--a", f"{a.netns}:{WAN_IFACE}", "--b", f"{b.netns}:{WAN_IFACE}",
-           "--state", str(paths.wan_state), "--pid-file", str(paths.delay_pid)]
+           "--state", str(paths.wan_state), "--pid-file", str(paths.delay_pid),
+           "--stats", str(paths.delay_stats)]
     paths.delay_pid.unlink(missing_ok=True)
     proc = shell.spawn_detached(cmd, paths.delay_log)
     shell.wait_for(lambda: shell.read_pid(paths.delay_pid) == proc.pid or proc.poll() is not None,
@@ -106,6 +107,7 @@ def stop_delay_line(paths: LabPaths) -> None:
     if pid is not None:
         shell.stop_pid(pid)
     paths.delay_pid.unlink(missing_ok=True)
+    paths.delay_stats.unlink(missing_ok=True)
 
 
 def ensure(paths: LabPaths, profile_name: str | None = None) -> WanState:
@@ -147,3 +149,11 @@ def switch(paths: LabPaths, name: str) -> WanState:
         raise PcteleportError("the lab is not up: run `pcteleport lab up` first")
     with shell.locked(paths.lock, "`lab wan`"):
         return apply(paths, st.mode, name)
+
+
+def delay_stats(paths: LabPaths) -> dict[str, float] | None:
+    """The delay line's last stats (packets, bytes, lateness over its last second of traffic)."""
+    try:
+        return json.loads(paths.delay_stats.read_text())
+    except (OSError, ValueError):
+        return None
