@@ -17,13 +17,16 @@ own cleanup), and the record says why.
 from __future__ import annotations
 
 import contextlib
+import json
 import threading
 import time
 import uuid
+import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import libvirt
+import libvirt_qemu
 
 from console.errors import PcteleportError
 from console.records import (
@@ -44,6 +47,8 @@ from console.sites.guest_agent import GuestAgent
 from console.sites.relays import RelayFailure, RelayPair
 from console.sites.site_runtime import DomainDisk, SiteRuntime, domain_disks
 
+LIBVIRT_MULTIFD_ZSTD = 9_004_000  # libvirt 9.4 passes compression=zstd to multifd itself
+QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
 BASE_FLAGS = (libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PERSIST_DEST
               | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE)
 ROOT_SERIAL = "pctroot"
@@ -187,7 +192,12 @@ class MigrationRun:
                      f" -> {_fmt_bytes(after.cache_clean)}")
         if p.mode == Mode.ZSTD:
             flags |= libvirt.VIR_MIGRATE_PARALLEL
-            params[libvirt.VIR_MIGRATE_PARAM_COMPRESSION] = "zstd"
+            if p.src.conn().getLibVersion() >= LIBVIRT_MULTIFD_ZSTD:
+                params[libvirt.VIR_MIGRATE_PARAM_COMPRESSION] = "zstd"
+            else:
+                multifd_zstd_by_hand(dom, params)
+                self.log("this libvirt cannot ask for multifd zstd: set on both QEMUs directly "
+                         "(source by QMP, destination by -global)")
         if p.mode == Mode.TELEPORT:
             self._start_teleport()
             params[libvirt.VIR_MIGRATE_PARAM_URI] = f"tcp://127.0.0.1:{self._relays.qemu_port}"
@@ -429,6 +439,25 @@ class MigrationRun:
         except (libvirt.libvirtError, PcteleportError):
             state = "in an unknown state"
         return "; ".join([f"VM {p.vm} is {state} at {p.src.name}", *notes])
+
+
+def multifd_zstd_by_hand(dom: libvirt.virDomain, params: dict[str, object]) -> None:
+    """Multifd zstd for a libvirt that does not know it (Debian 12's 9.0): QEMU's own
+    parameter, set on the running source by QMP and given to the destination QEMU, which
+    libvirt starts, as `-global migration.multifd-compression=zstd` in its XML."""
+    cmd = {"execute": "migrate-set-parameters",
+           "arguments": {"multifd-compression": "zstd"}}
+    reply = json.loads(libvirt_qemu.qemuMonitorCommand(dom, json.dumps(cmd), 0))
+    if "error" in reply:
+        raise MigrationFailed(f"QEMU refused multifd zstd: {reply['error'].get('desc')}")
+    ET.register_namespace("qemu", QEMU_NS)
+    root = ET.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_MIGRATABLE))
+    cmdline = root.find(f"{{{QEMU_NS}}}commandline")
+    if cmdline is None:
+        cmdline = ET.SubElement(root, f"{{{QEMU_NS}}}commandline")
+    for value in ("-global", "migration.multifd-compression=zstd"):
+        ET.SubElement(cmdline, f"{{{QEMU_NS}}}arg", {"value": value})
+    params[libvirt.VIR_MIGRATE_PARAM_DEST_XML] = ET.tostring(root, encoding="unicode")
 
 
 def data_disk_of(dom: libvirt.virDomain, configured: str = "") -> DomainDisk | None:
