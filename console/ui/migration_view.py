@@ -269,8 +269,13 @@ class MigrationView(Screen[None]):
         if last is not None:
             t.append(f"{'guest':>10} {units.rate(last.guest_rate_bytes_per_s)}\n")
             t.append(f"{'WAN':>10} {units.link_rate(last.wan_rate_bytes_per_s)}")
-        if self.final is not None and self.final.result is not None:
-            t.append(f"\n{'WAN total':>10} {units.size(self.final.wan_bytes)}", style="bold")
+        final = self.final
+        if final is not None and final.result is not None:
+            t.append(f"\n{'WAN total':>10} {units.size(final.wan_bytes)}", style="bold")
+            if final.guest_bytes:
+                share = final.wan_bytes / final.guest_bytes
+                t.append(f" = {units.percent(share)} of {units.size(final.guest_bytes)}",
+                         style="bold")
         self.query_one("#mig-counters", Static).update(t)
 
     def render_downtime(self, last: MigrationSample | None) -> None:

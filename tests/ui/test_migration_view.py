@@ -58,6 +58,7 @@ async def test_progress_phases_counters_and_final_downtime() -> None:
         assert bar.progress == 100
         assert str(view.query_one("#mig-downtime", Digits).value) == "287"
         assert "total 6.5 s" in text(view, "#mig-eta") and "OK" in text(view, "#mig-title")
+        assert "WAN total 140.0 MiB = 14% of 1.0 GiB" in text(view, "#mig-counters")
         assert "✓ done" in text(view, "#mig-phases")
         log_lines = [str(line.text) for line in view.query_one(RichLog).lines]
         assert log_lines[0] == "2025-11-24 16:00:00 starting migration"  # verbatim
