@@ -10,7 +10,7 @@ APT_PACKAGES=(
   python3 python3-venv python3-dev python3-pip gcc make pkg-config
   qemu-system-x86 qemu-utils
   libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev dnsmasq-base
-  busybox-static cpio kmod e2fsprogs dosfstools fdisk xfsprogs
+  busybox-static cpio kmod e2fsprogs dosfstools fdisk xfsprogs btrfs-progs
   openssh-server openssh-client iproute2 nftables iputils-ping
   tmux
 )
