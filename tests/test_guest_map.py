@@ -117,7 +117,7 @@ def guest(tmp_path_factory: pytest.TempPathFactory):
 
     require(shutil.which("qemu-system-x86_64") is not None, "qemu-system-x86_64 is not installed")
     require(os.geteuid() == 0, "needs root (chroot to build the guest root filesystem)")
-    for tool in ("debugfs", "sfdisk", "mkfs.vfat", "mkfs.xfs"):
+    for tool in ("debugfs", "sfdisk", "mkfs.vfat", "mkfs.xfs", "mkfs.btrfs"):
         require(shutil.which(tool) is not None, f"{tool} is not installed (scripts/setup.sh)")
     try:
         boot = guestimage.debian_boot()
@@ -139,6 +139,10 @@ def guest(tmp_path_factory: pytest.TempPathFactory):
     with open(xfs, "wb") as f:
         f.truncate(320 << 20)  # sparse; mkfs.xfs wants >= 300 MiB
     subprocess.run(["mkfs.xfs", "-q", str(xfs)], check=True)
+    btrfs = tmp / "btrfs.raw"  # a filesystem the map cannot cover
+    with open(btrfs, "wb") as f:
+        f.truncate(128 << 20)
+    subprocess.run(["mkfs.btrfs", "-q", str(btrfs)], check=True, capture_output=True)
     scratch_files = {"keep.bin": random.Random(3).randbytes(1 << 20),
                      "rewrite.bin": random.Random(4).randbytes(1 << 20)}
     scratch = make_ext4(tmp / "scratch.raw", scratch_files, size_mib=16)
@@ -148,7 +152,7 @@ def guest(tmp_path_factory: pytest.TempPathFactory):
 
     disks = [Disk(data, "data", readonly=True), Disk(part, "part", readonly=True),
              Disk(fat, "fat"), Disk(xfs, "xfs"), Disk(scratch, "scratch"),
-             Disk(blank, "blank")]
+             Disk(btrfs, "btrfs"), Disk(blank, "blank")]
     qemu = QemuGuest(boot, tmp / "vm", memory_mib=MEM_MIB, disks=disks, agent=True,
                      timeout_s=1200)
     with qemu:
@@ -162,6 +166,8 @@ def guest(tmp_path_factory: pytest.TempPathFactory):
                  "mount -t ext4 -o ro /dev/disk/by-id/virtio-part-part1 /mnt/part;"
                  "mount -t vfat /dev/disk/by-id/virtio-fat /mnt/fat;"
                  "mount -t xfs /dev/disk/by-id/virtio-xfs /mnt/xfs;"
+                 "mkdir /mnt/btrfs; mount -t btrfs /dev/disk/by-id/virtio-btrfs /mnt/btrfs;"
+                 "echo hello > /mnt/btrfs/hello.txt;"
                  "mount -t ext4 /dev/disk/by-id/virtio-scratch /mnt/scratch")
         # vfat and xfs files are written by the guest, synced, dropped and read back.
         qemu.run("set -e; cd /mnt; mkdir fat/files xfs/files; for i in 1 2 3 4; do "
@@ -333,6 +339,13 @@ def test_clear_errors(guest: Guest) -> None:
     with pytest.raises(AgentRequestError) as unmounted:
         guest.agent.map("blank", source="fallback")
     assert unmounted.value.code == "not-mounted"
+    with pytest.raises(AgentRequestError) as unsupported:
+        guest.agent.map("btrfs", source="fallback")
+    assert unsupported.value.code == "unsupported-filesystem"
+    assert "/mnt/btrfs (btrfs) is not covered" in str(unsupported.value)
+    module = guest.agent.map("btrfs", source="module")  # says so, serves an empty map
+    assert module.header["pages"] == "0"
+    assert "btrfs" in module.header["note-1"]
     # Not root: one clear line, exit status 2.
     res = guest.qemu.run(
         "python3 -c 'import os, runpy, sys; os.setgid(65534); os.setuid(65534); "

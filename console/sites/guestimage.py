@@ -45,7 +45,8 @@ STAGE1_MODULES = (
     "ext4",
 )
 # Extra filesystems a guest may mount (the second filesystem type of the tests, vfat media).
-EXTRA_FS_MODULES = ("xfs", "vfat", "nls_cp437", "nls_ascii", "nls_utf8")
+# btrfs is there so a guest can mount it, and the agent can say the map does not cover it.
+EXTRA_FS_MODULES = ("xfs", "vfat", "nls_cp437", "nls_ascii", "nls_utf8", "btrfs")
 
 # Roots of the Debian package closure for the guest root filesystem.
 ROOTFS_PACKAGES = (
@@ -275,7 +276,7 @@ def build_rootfs(kernel: GuestKernel, spec: RootfsSpec | None = None) -> Path:
     agent_src = agent.read_bytes() if spec.with_agent and agent.exists() else None
     extra_kos = kernel.module_closure(spec.extra_modules) if spec.extra_modules else []
     key = _key(
-        "rootfs-v2-b4096",
+        "rootfs-v3",
         kernel.version,
         *(f"{p}={v}".encode() for p, v in sorted(versions.items())),
         ko.read_bytes() if ko else b"-",
@@ -402,13 +403,16 @@ def _populate_root(
     (moddir / "extra").mkdir(parents=True, exist_ok=True)
     if ko is not None:
         shutil.copy2(ko, moddir / "extra" / "pcteleport.ko")
-    order = []
+    # Extra filesystems are loaded on demand (mount -t xfs -> kernel -> /sbin/modprobe), not
+    # at boot: btrfs alone is 4.5 MB to insmod under TCG.
     for p in extra_kos:
         rel = p.relative_to(kernel.modules_dir.resolve()).with_suffix(".ko")
         (moddir / rel).parent.mkdir(parents=True, exist_ok=True)
         (moddir / rel).write_bytes(_read_module(p))
-        order.append(f"{rel}\n")
-    (root / "lib/modules/pcteleport-extra.order").write_text("".join(order))
+    for meta in ("modules.order", "modules.builtin", "modules.builtin.modinfo"):
+        if (kernel.modules_dir / meta).exists():
+            shutil.copy2(kernel.modules_dir / meta, moddir / meta)
+    _run(["depmod", "-b", str(root), kernel.version], what="index the guest's kernel modules")
     if agent_src is not None:
         (root / "usr/lib/pcteleport/agent.py").write_bytes(agent_src)
     for path, data in files.items():

@@ -169,9 +169,6 @@ mount -t tmpfs -o mode=755 tmpfs /mnt  # mount points for scenarios (the root is
 hostname "$(pct_arg pct.hostname guest)"
 ip link set lo up 2>/dev/null
 ko=/lib/modules/$(uname -r)/extra/pcteleport.ko
-while read -r m; do
-	insmod "/lib/modules/$(uname -r)/$m" 2>/dev/null
-done </lib/modules/pcteleport-extra.order
 pct_dev_links
 
 if [ ! -e "$ko" ]; then
