@@ -99,6 +99,11 @@ def _add_relay(sub: argparse._SubParsersAction) -> None:
     )
     recv.add_argument("--to", required=True, metavar="H:P", help="the destination QEMU's -incoming")
     recv.add_argument("--disk", help="the destination's replica of the disk image")
+    recv.add_argument(
+        "--on-mismatch", choices=["fail", "fetch"], default="fail",
+        help="a replica block that differs from the source: fail the migration (default), "
+             "or fetch the page from the source over the back channel",
+    )
     recv.add_argument("--secret-file", help="file holding this migration's shared secret")
     recv.add_argument("--stats-interval", type=float, default=1.0, metavar="S")
     recv.set_defaults(handler=_relay_recv)

@@ -136,13 +136,14 @@ def material(tmp_path):
     return {"disk": disk, "stream": stream, "map": rmap, "secret": secret, "tmp": tmp_path}
 
 
-def start_pair(m, replica: Path | None = None, secret_recv: Path | None = None):
+def start_pair(m, replica: Path | None = None, secret_recv: Path | None = None,
+               *recv_args: str):
     qemu_port, wan_port, src_port = free_port(), free_port(), free_port()
     dest = FakeDestQemu(qemu_port)
     dest.start()
     recv = Relay("recv", "--listen", f"127.0.0.1:{wan_port}", "--to", f"127.0.0.1:{qemu_port}",
                  "--disk", str(replica or m["disk"]),
-                 "--secret-file", str(secret_recv or m["secret"]))
+                 "--secret-file", str(secret_recv or m["secret"]), *recv_args)
     recv.wait_event("listening")
     send = Relay("send", "--listen", f"127.0.0.1:{src_port}", "--to", f"127.0.0.1:{wan_port}",
                  "--map", str(m["map"]), "--disk", str(m["disk"]),
@@ -177,7 +178,7 @@ def test_diverged_replica_pages_come_over_the_back_channel(material):
     data = bytearray(m["disk"].read_bytes())
     data[12 * PAGE + 100] ^= 0x55  # the block behind guest page 2
     replica.write_bytes(bytes(data))
-    send, recv, dest, port = start_pair(m, replica=replica)
+    send, recv, dest, port = start_pair(m, replica, None, "--on-mismatch", "fetch")
     try:
         source_qemu(port, m["stream"])
         assert send.finish() == 0, send.stderr()
@@ -185,6 +186,29 @@ def test_diverged_replica_pages_come_over_the_back_channel(material):
         dest.join(10)
         assert bytes(dest.received) == m["stream"]
         assert recv.wait_event("summary")["pages_fetched"] == 1
+    finally:
+        send.kill()
+        recv.kill()
+
+
+def test_diverged_replica_fails_the_migration_by_default(material):
+    m = material
+    replica = m["tmp"] / "replica.raw"
+    data = bytearray(m["disk"].read_bytes())
+    data[12 * PAGE + 100] ^= 0x55
+    replica.write_bytes(bytes(data))
+    send, recv, dest, port = start_pair(m, replica=replica)
+    try:
+        source_qemu(port, m["stream"])
+        assert recv.finish() != 0
+        assert send.finish() != 0
+        message = recv.wait_event("error")["message"]
+        assert f"differs from the source at byte {12 * PAGE}" in message
+        assert "re-sync it or migrate without teleport" in message
+        assert "re-sync" in send.wait_event("error")["message"]
+        dest.join(10)
+        # QEMU never saw the page, nor anything after it.
+        assert len(dest.received) < m["stream"].index(m["disk"].read_bytes()[12 * PAGE:13 * PAGE])
     finally:
         send.kill()
         recv.kill()

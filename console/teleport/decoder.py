@@ -85,7 +85,7 @@ class Decoder:
             raise DecodeError(f"data frame announces {n} references but is too short")
         lits = memoryview(plain)[lit_start:]
         pieces: list[bytes] = []
-        missing: list[tuple[int, int, bytes]] = []  # (index in pieces, ref id, hash)
+        missing: list[tuple[int, int, bytes, int]] = []  # (piece index, ref id, hash, offset)
         prev = 0
         disk = self.disk
         first_ref = self._next_ref
@@ -105,7 +105,7 @@ class Decoder:
             if hmac.compare_digest(page_hash(block), digest):
                 pieces.append(block)
             else:
-                missing.append((len(pieces), first_ref + i, digest))
+                missing.append((len(pieces), first_ref + i, digest, disk_off))
                 pieces.append(b"")
         pieces.append(lits[prev:])
         self._next_ref = first_ref + n
@@ -117,21 +117,22 @@ class Decoder:
             self.counters.guest_bytes += len(piece)
         return pieces
 
-    def _resolve(self, pieces: list, missing: list[tuple[int, int, bytes]]) -> None:
-        first = missing[0][1]
+    def _resolve(self, pieces: list, missing: list[tuple[int, int, bytes, int]]) -> None:
         if self.fetch is None:
+            off = missing[0][3]
+            where = self.disk.path if self.disk is not None else "the replica"
             raise ReplicaMismatch(
-                f"replica block for teleported page {first} differs from the source "
-                f"({len(missing)} page(s) in this frame): re-sync the replica or migrate "
-                "without teleport"
+                f"replica {where} differs from the source at byte {off} (block {off // 4096}"
+                f"{f', and {len(missing) - 1} more' if len(missing) > 1 else ''}): "
+                "re-sync it or migrate without teleport"
             )
-        got = self.fetch([ref for _, ref, _ in missing])
-        for index, ref, digest in missing:
+        got = self.fetch([ref for _, ref, _, _ in missing])
+        for index, ref, digest, off in missing:
             page = got.get(ref)
             if page is None or not hmac.compare_digest(page_hash(page), digest):
                 raise ReplicaMismatch(
-                    f"replica block for teleported page {ref} differs from the source and "
-                    "the source could not supply it: re-sync the replica"
+                    f"replica block at byte {off} differs from the source and the source "
+                    "could not supply the page: re-sync the replica"
                 )
             pieces[index] = page
         self.counters.pages_fetched += len(missing)

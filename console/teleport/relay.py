@@ -281,9 +281,11 @@ class RecvRelay:
         secret: bytes | None,
         emit: Emitter,
         stats_interval: float = 1.0,
+        fetch_on_mismatch: bool = False,
     ) -> None:
         self.listen_addr, self.to = listen, to
         self.disk, self.secret = disk, secret
+        self.fetch_on_mismatch = fetch_on_mismatch
         self.emit = emit
         self.stats_interval = stats_interval
         self.server = _listen(listen)
@@ -316,7 +318,11 @@ class RecvRelay:
         qemu: socket.socket | None = None
         writer = wan.FrameWriter(wan_sock.sendall, self.secret)
         source = FrameSource(reader)
-        decoder = Decoder(self.disk, fetch=lambda ids: self._fetch(ids, writer, source))
+        # A diverged replica fails the migration by default: the VM must not go on running
+        # on a disk that differs from its own. Fetching the page only repairs the cache.
+        fetch = (lambda ids: self._fetch(ids, writer, source)) if self.fetch_on_mismatch \
+            else None
+        decoder = Decoder(self.disk, fetch=fetch)
         try:
             decoder.on_hello(hello)
             qemu = _connect(self.to)
@@ -435,6 +441,7 @@ def main_recv(args: argparse.Namespace) -> int:
     relay = RecvRelay(
         parse_hostport(args.listen), parse_hostport(args.to), disk,
         read_secret(args.secret_file), emit, args.stats_interval,
+        fetch_on_mismatch=args.on_mismatch == "fetch",
     )
     try:
         relay.run()
