@@ -149,8 +149,12 @@ class MigrationView(Screen[None]):
         self.post_message(MigrationFinished(record))
 
     def _find_target(self) -> tuple[VM | None, WanLink | None]:
+        """Name and route for the title; not knowing them must not stop the migration."""
         backend = self.papp.backend
-        sites = backend.sites()
+        try:
+            sites = backend.sites()
+        except Exception:  # the title then shows the UUID
+            return None, None
         for site in sites:
             try:
                 vms = backend.vms(site.name)
