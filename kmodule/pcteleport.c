@@ -26,10 +26,11 @@
  * never called for a dirty folio, nor for any folio of a file whose mapping is tagged dirty
  * (counted as in_dirty_file): ext4's bmap writes back a file with dirty delalloc pages.
  *
- * Works with: ext4 (and ext2/ext3 through the ext4 driver), xfs (non-reflinked files), vfat
- * and msdos, i.e. filesystems whose address_space_operations have ->bmap. Not btrfs (no
- * ->bmap; data may be compressed or checksummed), not encrypted files, not DAX.
- * Block devices stacked on other devices (dm, md) are reported with their own major:minor.
+ * Works with: ext4 (and ext2/ext3 through the ext4 driver) and xfs (->fiemap), vfat and
+ * msdos (->bmap); only these are walked, whatever fstypes names. Not btrfs: its FIEMAP
+ * addresses are not device offsets and its data may be compressed. Not encrypted files, not
+ * DAX. Block devices stacked on others (dm, md) are reported with their own major:minor.
+ * Pages of block device inodes (metadata in the buffer cache, raw reads) are not listed.
  */
 #include <linux/module.h>
 #include <linux/fs.h>
@@ -53,10 +54,14 @@
 			     FIEMAP_EXTENT_NOT_ALIGNED | FIEMAP_EXTENT_DATA_INLINE | \
 			     FIEMAP_EXTENT_DATA_TAIL | FIEMAP_EXTENT_UNWRITTEN)
 
+/* Filesystems whose FIEMAP/bmap block numbers are offsets on their own block device. */
+static const char * const pct_supported[] = { "ext4", "ext3", "ext2", "xfs", "vfat", "msdos" };
+
 static char *fstypes = "ext4,ext3,ext2";
 module_param(fstypes, charp, 0644);
 MODULE_PARM_DESC(fstypes,
-		 "comma-separated filesystem types to walk (only registered ones are used)");
+		 "comma-separated filesystem types to walk, among ext4,ext3,ext2,xfs,vfat,msdos "
+		 "(naming one that is not registered makes the kernel try to load it)");
 
 static unsigned long max_extents = 1UL << 24;
 module_param(max_extents, ulong, 0644);
@@ -397,7 +402,7 @@ static void pct_walk(struct pct_snapshot *s)
 		struct file_system_type *type;
 
 		name = strim(name);
-		if (!*name)
+		if (match_string(pct_supported, ARRAY_SIZE(pct_supported), name) < 0)
 			continue;
 		type = get_fs_type(name);
 		if (!type)
