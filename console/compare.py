@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from console.predict import predict
 from console.records import MigrationRecord, Mode
 
 
@@ -38,6 +39,17 @@ METRICS: tuple[Metric, ...] = (
     Metric("downtime_ms", "downtime", "ms"),
     Metric("throughput_after", "throughput after", ""),
 )
+
+
+def predicted_wan_bytes(r: MigrationRecord) -> int | None:
+    """What the prediction said this run would send, from the composition it started with:
+    next to the measured WAN bytes, it shows how far the model is from the lab."""
+    if r.composition is None:
+        return None
+    ram = r.samples[0].total_bytes if r.samples else None
+    link = r.wan.rate_bytes_per_s if r.wan else None
+    return predict(r.composition, r.mode, link, cap_bytes_per_s=r.bandwidth_cap_bytes_per_s,
+                   ram_bytes=ram).wan_bytes
 
 
 def filter_runs(records: Iterable[MigrationRecord], vm: str | None = None,

@@ -37,3 +37,18 @@ def test_markdown_gives_ratios_to_the_same_vms_stock_run() -> None:
     assert "| 0.33 |" in teleport_row  # 3.5 s / 10.5 s
     assert "| 300.0 | 0.33 |" in teleport_row  # WAN MiB and its ratio
     assert "| – |" in md[4]  # tpcc has no stock run to compare with
+
+
+def test_predicted_wan_bytes_come_from_the_runs_own_composition() -> None:
+    from console.compare import predicted_wan_bytes
+    from console.predict import predict
+
+    r = RUNS[1]
+    assert r.composition is not None and r.wan is not None
+    expected = predict(r.composition, r.mode, r.wan.rate_bytes_per_s,
+                       ram_bytes=r.samples[0].total_bytes).wan_bytes
+    assert predicted_wan_bytes(r) == expected
+    assert predicted_wan_bytes(constructed_run()) is not None
+    bare = constructed_run()
+    bare.composition = None
+    assert predicted_wan_bytes(bare) is None

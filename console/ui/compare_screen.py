@@ -13,7 +13,14 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
-from console.compare import METRICS, Metric, filter_runs, to_csv, to_markdown
+from console.compare import (
+    METRICS,
+    Metric,
+    filter_runs,
+    predicted_wan_bytes,
+    to_csv,
+    to_markdown,
+)
 from console.record_store import LoadResult
 from console.records import MigrationRecord, Mode
 from console.ui import units
@@ -102,6 +109,7 @@ class CompareScreen(Screen[None]):
         table.add_column("result", key="result")
         for m in METRICS:
             table.add_column(m.title, key=m.key)
+        table.add_column("WAN predicted", key="predicted")
         yield table
         yield Static(id="cmp-chart")
         yield Footer()
@@ -148,7 +156,8 @@ class CompareScreen(Screen[None]):
             result = "running" if r.result is None else str(r.result)
             table.add_row(when, Text(r.vm, style="bold"), f"{r.from_site}→{r.to_site}",
                           Text(str(r.mode), style="rgb({},{},{})".format(*MODE_COLOUR[r.mode])),
-                          result, *[metric_text(m, r) for m in METRICS], key=r.run_id)
+                          result, *[metric_text(m, r) for m in METRICS],
+                          units.size(predicted_wan_bytes(r)), key=r.run_id)
         self.chart(runs)
 
     def chart(self, runs: list[MigrationRecord]) -> None:
