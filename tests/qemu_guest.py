@@ -25,7 +25,8 @@ API (test support; product boot material comes from console/sites/guestimage.py)
 - ``agent=True`` adds the ``pcteleport.agent`` port; ``g.agent_socket`` is its unix socket.
 - Disks are raw virtio-blk with ``serial=``; the guest sees /dev/disk/by-id/virtio-SERIAL.
   A root image (debian_boot) is attached with snapshot=on, so the cached image never changes.
-- ``incoming`` is passed to ``-incoming`` (``defer``, ``tcp:127.0.0.1:PORT``, ``exec:...``).
+- ``incoming`` is passed to ``-incoming`` (``tcp:127.0.0.1:PORT``, ``exec:cat FILE``, or
+  ``defer`` and then ``g.qmp("migrate-incoming", uri=...)``); ``wait_running()`` after.
 - Every guest has a hard timeout (``timeout_s``) after which qemu is killed; ``close()`` (the
   context manager's exit) always kills qemu. A guest panic exits 0 with ``-no-reboot``, so
   tests wait for markers, never for the exit code.
@@ -178,8 +179,12 @@ class QemuGuest:
         self._watchdog = threading.Timer(self.timeout_s, self._kill)
         self._watchdog.daemon = True
         self._watchdog.start()
-        self._await(lambda: self.qmp_socket.exists(), 30, "QMP socket")
-        self._qmp = _Qmp(str(self.qmp_socket))
+        try:
+            self._await(lambda: self.qmp_socket.exists(), 30, "QMP socket")
+            self._qmp = _Qmp(str(self.qmp_socket))
+        except BaseException:
+            self.close()  # __exit__ does not run when __enter__ fails
+            raise
         return self
 
     def close(self) -> None:

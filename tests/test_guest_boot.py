@@ -109,3 +109,27 @@ def test_debian_guest_with_agent_migrates_over_tcp(tmp_path: Path) -> None:
             assert [line for line in after.text.splitlines() if not line.startswith("#")] == strip
             sums = dst.run("cat /mnt/data/files/* | sha256sum").split()[0]
             assert sums == hashlib.sha256(b"".join(files[k] for k in sorted(files))).hexdigest()
+
+
+def test_harness_reports_failures_and_cleans_up(tmp_path: Path) -> None:
+    from qemu_guest import CommandResult, GuestError
+
+    from console.sites import guestimage
+
+    kernel = _guest_kernel()
+    boot = guestimage.stage1_boot(None, kernel=kernel)
+    bad = QemuGuest(boot, tmp_path / "bad", extra_args=("-bogus-option",))
+    with pytest.raises(GuestError, match="bogus-option"), bad:
+        pass
+    assert bad.proc is not None and bad.proc.poll() is not None  # no qemu left behind
+
+    with QemuGuest(boot, tmp_path / "ok") as g:
+        g.wait_for("PCTELEPORT-READY", timeout=60)
+        assert g.run("echo out; echo err >&2; exit 3", check=False) == CommandResult(
+            3, "out\nerr\n")
+        with pytest.raises(GuestError, match="exited 3"):
+            g.run("exit 3")
+        with pytest.raises(GuestError, match="timed out"):
+            g.wait_for("NEVER-PRINTED", timeout=1)
+        proc = g.proc
+    assert proc is not None and proc.poll() is not None
