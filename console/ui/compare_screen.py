@@ -128,7 +128,10 @@ class CompareScreen(Screen[None]):
 
     @on(RecordsLoaded)
     def _loaded(self, message: RecordsLoaded) -> None:
-        self.records = message.result.records
+        # The same run can reach us twice (a copied record file): show it once.
+        seen: set[str] = set()
+        self.records = [r for r in message.result.records
+                        if not (r.run_id in seen or seen.add(r.run_id))]
         self.problems = message.result.problems
         for problem in self.problems[:3]:
             self.notify(problem, severity="warning", timeout=6)

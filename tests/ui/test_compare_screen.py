@@ -74,3 +74,12 @@ async def test_no_runs_says_so() -> None:
         await wait_for(pilot, lambda: isinstance(app.screen, CompareScreen))
         await pilot.pause(0.1)
         assert "no recorded runs yet" in str(app.screen.query_one("#cmp-filters", Static).render())
+
+
+async def test_the_same_run_twice_is_listed_once() -> None:
+    b = backend_with_runs()
+    b.stored.append(b.stored[0])
+    app = create_app(b, refresh_s=60)
+    async with app.run_test(size=(120, 36)) as pilot:
+        screen = await open_compare(pilot, app)
+        assert table_ids(screen) == ["s1", "t1", "z1"]
