@@ -1,0 +1,109 @@
+"""The guest agent run on the host itself (it is stdlib Python): CLI, the JSON-lines protocol
+over stdio, both host-side clients, the map's text and binary forms. The in-guest behaviour
+(module, fallback, virtio-serial) is tested in test_guest_map.py."""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from console.sites.agent_client import AgentRequestError, AsyncAgentClient
+from console.teleport import mapfile
+from guest import agent
+
+ROOT = Path(__file__).resolve().parent.parent
+AGENT = ROOT / "guest" / "agent.py"
+
+
+def _agent(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(AGENT), *args], input=stdin, capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_agent_is_one_stdlib_file_for_python_3_9() -> None:
+    tree = ast.parse(AGENT.read_text(), feature_version=(3, 9))
+    imported = {alias.name.split(".")[0] for node in ast.walk(tree)
+                if isinstance(node, ast.Import) for alias in node.names}
+    imported |= {node.module.split(".")[0] for node in ast.walk(tree)
+                 if isinstance(node, ast.ImportFrom) and node.module}
+    assert imported <= set(sys.stdlib_module_names), imported - set(sys.stdlib_module_names)
+
+
+def test_composition_lines_add_up() -> None:
+    out = _agent("composition", "--count", "2", "--interval", "0.1")
+    assert out.returncode == 0, out.stderr
+    snaps = [json.loads(line) for line in out.stdout.splitlines()]
+    assert len(snaps) == 2
+    for s in snaps:
+        assert s["free"] + s["anon"] + s["shmem"] + s["page_cache"] + s["kernel_other"] == \
+            s["total"]
+        assert s["clean"] + s["dirty"] + s["writeback"] == s["page_cache"]
+        assert s["source"] in ("module", "fallback")
+
+
+def test_unknown_disk_is_one_clear_line() -> None:
+    out = _agent("map", "--disk", "serial:no-such-disk")
+    assert out.returncode == 2
+    assert out.stderr.startswith("pcteleport-agent: unknown-disk: unknown disk")
+    assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_serve_stdio_answers_and_keeps_serving_after_errors() -> None:
+    requests = [
+        {"id": 1, "method": "ping"},
+        "this is not json",
+        {"id": 2, "method": "no-such-method"},
+        {"id": 3, "method": "map", "params": {}},
+        {"id": 4, "method": "map", "params": {"disk": "serial:no-such-disk"}},
+        {"id": 5, "method": "hello"},
+        {"id": 6, "method": "disks"},
+    ]
+    text = "".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in requests)
+    out = _agent("serve", "--stdio", stdin=text)
+    assert out.returncode == 0, out.stderr
+    replies = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [r.get("id") for r in replies] == [1, None, 2, 3, 4, 5, 6]
+    assert replies[0]["result"] == {}
+    codes = [r["error"]["code"] for r in replies[1:5]]
+    assert codes == ["bad-request", "unknown-method", "bad-request", "unknown-disk"]
+    assert replies[5]["result"]["agent"] == "pcteleport"
+    assert isinstance(replies[6]["result"]["disks"], list)
+
+
+async def test_async_client_over_a_subprocess() -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(AGENT), "serve", "--stdio",
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+    assert proc.stdin is not None and proc.stdout is not None
+    client = AsyncAgentClient(proc.stdout, proc.stdin, timeout=30)  # type: ignore[arg-type]
+    try:
+        comp = await client.composition()
+        assert comp["total"] > 0
+        await client.request("watch", interval=0.1)
+        events = [await client.next_event() for _ in range(3)]
+        assert all(e["event"] == "composition" for e in events)
+        await client.request("unwatch")
+        with pytest.raises(AgentRequestError) as err:
+            await client.map("serial:no-such-disk")
+        assert err.value.code == "unknown-disk"
+    finally:
+        proc.stdin.close()
+        await proc.wait()
+
+
+def test_map_forms_parse_with_the_codec() -> None:
+    extents = [(0x5000, 0x20000, 4096), (0x1000, 0x10000, 8192), (0x3000, 0x12000, 4096),
+               (0x6000, 0x21000, 4096)]
+    merged = agent.coalesce(extents)
+    assert merged == [(0x1000, 0x10000, 12288), (0x5000, 0x20000, 8192)]
+    header = {"disk-serial": "data", "disk-dev": "254:16", "source": "module"}
+    parsed = mapfile.parse_text(agent.map_text(header, merged))
+    assert parsed.meta["disk-serial"] == "data" and parsed.meta["source"] == "module"
+    assert parsed.extents == merged
+    assert mapfile.parse_binary(agent.map_binary(merged)).extents == merged
