@@ -301,7 +301,7 @@ def test_composition_over_virtio_serial(guest: Guest) -> None:
         stamps = [guest.agent.next_event(timeout=10)["data"]["t"] for _ in range(4)]
     finally:
         guest.agent.request("unwatch")
-    assert all(0.1 < b - a < 1.0 for a, b in itertools.pairwise(stamps)), stamps
+    assert all(0.1 < b - a < 2.0 for a, b in itertools.pairwise(stamps)), stamps  # ~0.25 s
 
 
 def test_agent_survives_host_reconnects(guest: Guest) -> None:
