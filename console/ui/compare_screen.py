@@ -22,7 +22,7 @@ from console.compare import (
     to_markdown,
 )
 from console.record_store import LoadResult
-from console.records import MigrationRecord, Mode
+from console.records import MigrationRecord, Mode, Result
 from console.ui import units
 from console.ui.failures import describe
 from console.ui.messages import Exported, RecordsLoaded
@@ -64,8 +64,11 @@ def bar_chart(runs: list[MigrationRecord], metric: Metric, width: int) -> Text:
             continue
         n = round(bar_w * v / top) if top > 0 else 0
         colour = "rgb({},{},{})".format(*MODE_COLOUR[r.mode])
-        out.append("█" * max(n, 1 if v > 0 else 0), style=colour)
-        out.append(f" {metric_text(metric, r)}\n")
+        ok = r.result is Result.OK
+        # A run that did not finish is drawn hatched and says so: its numbers are not a result.
+        out.append(("█" if ok else "▒") * max(n, 1 if v > 0 else 0), style=colour)
+        out.append(f" {metric_text(metric, r)}")
+        out.append("\n" if ok else f" ({r.result or 'running'})\n", style="" if ok else "dim")
     if not runs:
         out.append("no runs match the filters", style="dim")
     return out

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from console.ui.app import PcteleportApp
 
 BAR_WIDTH = 14
+SIDE_BY_SIDE_WIDTH = 150  # two VM tables (~75 columns each) fit without scrolling
 SORTS = ("name", "state", "memory", "restorable")
 STATE_STYLE = {
     VMState.RUNNING: "bold #2ea043",
@@ -272,8 +273,8 @@ class MainScreen(Screen[None]):
 
     def on_resize(self) -> None:
         # Side by side where there is room, stacked on an 80-column terminal.
-        self.query_one("#sites").set_class(self.size.width < 120 or len(self.sites) == 1,
-                                          "-stacked")
+        self.query_one("#sites").set_class(
+            self.size.width < SIDE_BY_SIDE_WIDTH or len(self.sites) == 1, "-stacked")
 
     # --- sites poll ------------------------------------------------------------------------
 

@@ -83,3 +83,17 @@ async def test_the_same_run_twice_is_listed_once() -> None:
     async with app.run_test(size=(120, 36)) as pilot:
         screen = await open_compare(pilot, app)
         assert table_ids(screen) == ["s1", "t1", "z1"]
+
+
+def test_bar_chart_marks_runs_that_did_not_finish() -> None:
+    from console.compare import METRICS
+    from console.records import Result
+    from console.ui.compare_screen import bar_chart
+
+    ok = constructed_run(Mode.STOCK, run_id="a", seconds=10)
+    failed = constructed_run(Mode.TELEPORT, run_id="b", seconds=4, result=Result.FAILED)
+    lines = bar_chart([ok, failed], METRICS[0], 60).plain.splitlines()
+    assert lines[0] == "total time"
+    assert "█" in lines[1] and "(failed)" not in lines[1] and lines[1].endswith("10.5 s")
+    assert "▒" in lines[2] and lines[2].endswith("4.5 s (failed)")
+    assert lines[1].count("█") > lines[2].count("▒")  # scaled to the longest run
