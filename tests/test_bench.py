@@ -96,7 +96,7 @@ def test_table_gives_ratios_to_stock_and_the_recovery(tmp_path):
                         "fast", before_s=5, after_s=13)
     md = report.markdown(opts, _runs(), "pcteleport bench --scenario web-small", "now")
     row = {line.split("|")[1].strip(): line for line in md.splitlines()
-           if line.startswith("| ") and "/1 |" in line}
+           if line.startswith("| ") and "/1 (1) |" in line}
     assert set(row) == {"stock", "teleport", "drop-cache"}
     assert "| 0.30× |" in row["teleport"]  # 6 s against 20 s
     assert "| 0.25× |" in row["teleport"]  # 100 MB against 400 MB

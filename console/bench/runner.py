@@ -67,6 +67,12 @@ class ModeRun:
         return self.record.result is Result.OK
 
     @property
+    def migrated(self) -> bool:
+        """The VM ran at the destination afterwards: its times and bytes mean something (a run
+        can end "failed" after that, e.g. at the service's verification step)."""
+        return bool(self.site_after) and self.site_after == self.record.to_site
+
+    @property
     def resume_t(self) -> float:
         return self.record.total_s or 0.0
 
