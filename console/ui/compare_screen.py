@@ -30,6 +30,8 @@ from console.ui.messages import Exported, RecordsLoaded
 if TYPE_CHECKING:
     from console.ui.app import PcteleportApp
 
+RESULT_STYLE = {Result.OK: "#2ea043", Result.FAILED: "bold #e5534b",
+                Result.ABORTED: "#d29922"}
 MODE_COLOUR = {Mode.STOCK: (139, 139, 139), Mode.DROP_CACHE: (210, 153, 34),
                Mode.ZSTD: (168, 85, 199), Mode.TELEPORT: (46, 160, 67)}
 
@@ -159,7 +161,8 @@ class CompareScreen(Screen[None]):
         table.clear()
         for r in runs:
             when = time.strftime("%m-%d %H:%M", time.localtime(r.started_at))
-            result = "running" if r.result is None else str(r.result)
+            result = Text("running" if r.result is None else str(r.result),
+                          style=RESULT_STYLE.get(r.result, "") if r.result else "dim")
             table.add_row(when, Text(r.vm, style="bold"), f"{r.from_site}→{r.to_site}",
                           Text(str(r.mode), style="rgb({},{},{})".format(*MODE_COLOUR[r.mode])),
                           result, *[metric_text(m, r) for m in METRICS],
