@@ -48,3 +48,19 @@ def test_replay_of_a_file_that_is_not_a_record(tmp_path: Path,
     bad.write_text('{"vm": "web"}')
     assert main(["replay", str(bad)]) == 2
     assert "missing field 'run_id'" in capsys.readouterr().err
+
+
+def test_replay_paths_expand_folders(tmp_path: Path) -> None:
+    from console.ui.launch import replay_paths
+
+    store = RecordStore(tmp_path / "runs")
+    a = store.save(constructed_run(run_id="a", started_at=1_700_000_000.0))
+    b = store.save(constructed_run(run_id="b", started_at=1_800_000_000.0))
+    single = tmp_path / "x.json"
+    assert replay_paths([str(tmp_path / "runs"), str(single)]) == [a, b, single]
+
+
+def test_replay_of_an_empty_folder_says_so(tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["replay", str(tmp_path)]) == 2
+    assert "nothing to replay" in capsys.readouterr().err

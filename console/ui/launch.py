@@ -24,7 +24,16 @@ def run_configured(refresh_s: float = 2.0) -> int:
     return run_console(open_configured_backend(), refresh_s)
 
 
+def replay_paths(args: Sequence[str]) -> list[Path]:
+    """Files as given; a directory stands for the records in it, oldest first."""
+    out: list[Path] = []
+    for arg in args:
+        path = Path(arg)
+        out.extend(sorted(path.glob("*.json")) if path.is_dir() else [path])
+    return out
+
+
 def run_replay(files: Sequence[str], speed: float) -> int:
     from console.sites.replay import ReplayBackend
 
-    return run_console(ReplayBackend.from_files([Path(f) for f in files], speed))
+    return run_console(ReplayBackend.from_files(replay_paths(files), speed))
