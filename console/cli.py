@@ -126,7 +126,8 @@ def _relay_recv(args: argparse.Namespace) -> int:
 
 def _add_replay(sub: argparse._SubParsersAction) -> None:
     replay = sub.add_parser("replay", help="play recorded migrations back in the console")
-    replay.add_argument("files", nargs="+", metavar="FILE", help="migration record (JSON)")
+    replay.add_argument("files", nargs="+", metavar="FILE",
+                        help="migration record (JSON), or a folder of them")
     replay.add_argument("--speed", type=float, default=1.0, metavar="N",
                         help="play N times faster than recorded (default 1)")
     replay.set_defaults(handler=_replay)
