@@ -8,12 +8,14 @@ API (test support; product boot material comes from console/sites/guestimage.py)
     make_ext4(tmp / "data.raw", {"a.bin": b"..."}, size_mib=96)      # host-side ext4 image
     boot = guestimage.stage1_boot(script)     # busybox only, ~2.5 s; or guestimage.debian_boot()
     with QemuGuest(boot, tmp / "a", memory_mib=256,
-                   disks=[Disk(tmp / "data.raw", serial="data")]) as g:
+                   disks=[Disk(tmp / "data.raw", serial="data")],
+                   machine="pc", smp=1) as g:        # q35 works too
         g.wait_for("PCTELEPORT-READY")            # -> the console line holding the marker
         out = g.run("sha256sum /mnt/*")           # -> str (stdout+stderr); raises if status != 0
         res = g.run("false", check=False)         # -> CommandResult(status, output)
         g.qmp("query-status")                     # -> the "return" value; QmpError on "error"
         g.migrate("exec:cat > /tmp/stream")       # -> final query-migrate (status "completed")
+        g.memory_dump(tmp / "mem")                # guest RAM bytes (pmemsave, VM paused)
         g.console()                               # everything the serial console printed
     with QemuGuest(boot, tmp / "b", disks=..., incoming="exec:cat /tmp/stream") as b:
         b.wait_running()                          # the incoming migration finished, VM runs
@@ -108,6 +110,8 @@ class QemuGuest:
         kernel_args: tuple[str, ...] = (),
         extra_args: tuple[str, ...] = (),
         timeout_s: float = 300,
+        machine: str = "pc",
+        smp: int = 1,
     ) -> None:
         self.boot = boot
         self.workdir = Path(workdir)
@@ -124,6 +128,8 @@ class QemuGuest:
         self.kernel_args = kernel_args
         self.extra_args = extra_args
         self.timeout_s = timeout_s
+        self.machine = machine
+        self.smp = smp
         self.proc: subprocess.Popen[bytes] | None = None
         self._qmp: _Qmp | None = None
         self._shell: socket.socket | None = None
@@ -137,7 +143,8 @@ class QemuGuest:
     def command_line(self) -> list[str]:
         boot = self.boot.with_args(*self.kernel_args) if self.kernel_args else self.boot
         args = [
-            QEMU, "-accel", "tcg", "-cpu", "max", "-m", str(self.memory_mib),
+            QEMU, "-machine", self.machine, "-accel", "tcg", "-cpu", "max",
+            "-m", str(self.memory_mib), "-smp", str(self.smp),
             "-nodefaults", "-nographic", "-no-reboot",
             *boot.qemu_args(),
             "-chardev", f"file,id=con,path={self.console_path}",
@@ -265,6 +272,20 @@ class QemuGuest:
             return status == "running"
 
         self._await(running, timeout, "VM status 'running'")
+
+    def memory_dump(self, path: Path) -> bytes:
+        """Guest RAM from physical address 0, read with QMP pmemsave while the VM is paused
+        (so nothing moves meanwhile). Guest physical = offset only below the PCI hole: keep
+        memory_mib under 2 GiB (q35) or 3 GiB (pc)."""
+        was_running = self.qmp("query-status")["status"] == "running"  # type: ignore[index]
+        if was_running:
+            self.qmp("stop")
+        try:
+            self.qmp("pmemsave", val=0, size=self.memory_mib << 20, filename=str(path))
+        finally:
+            if was_running:
+                self.qmp("cont")
+        return Path(path).read_bytes()
 
     def migrate(self, uri: str, timeout: float = 120, **params: object) -> dict:
         """Start an outgoing migration and wait for it; returns the final query-migrate."""

@@ -123,8 +123,9 @@ def test_harness_reports_failures_and_cleans_up(tmp_path: Path) -> None:
         pass
     assert bad.proc is not None and bad.proc.poll() is not None  # no qemu left behind
 
-    with QemuGuest(boot, tmp_path / "ok") as g:
+    with QemuGuest(boot, tmp_path / "ok", machine="q35", smp=2) as g:
         g.wait_for("PCTELEPORT-READY", timeout=60)
+        assert g.run("grep -c ^processor /proc/cpuinfo").strip() == "2"
         assert g.run("echo out; echo err >&2; exit 3", check=False) == CommandResult(
             3, "out\nerr\n")
         with pytest.raises(GuestError, match="exited 3"):

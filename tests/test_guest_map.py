@@ -94,14 +94,7 @@ class Guest:
         self.workdir = workdir
 
     def memory_dump(self) -> bytes:
-        """Guest RAM as the guest sees it, with the VM paused so nothing moves meanwhile."""
-        dump = self.workdir / "mem.dump"
-        self.qemu.qmp("stop")
-        try:
-            self.qemu.qmp("pmemsave", val=0, size=MEM_MIB << 20, filename=str(dump))
-        finally:
-            self.qemu.qmp("cont")
-        return dump.read_bytes()
+        return self.qemu.memory_dump(self.workdir / "mem.dump")
 
     def assert_content(self, pages: dict[int, int], disk: str, memory: bytes) -> None:
         image = self.images[disk].read_bytes()
