@@ -105,8 +105,23 @@ def test_console_reaches_sites_like_real_ones(lab_up):
                                     client_keys=[ssh["key"]], known_hosts=known_hosts) as c:
             return (await c.run(f"ls {site['replica_dir']}", check=True)).stdout
 
+    async def agent_ping_over_ssh(site: dict) -> dict:
+        """The guest agent's unix socket on the site host, reached through SSH."""
+        ssh = site["ssh"]
+        async with asyncssh.connect(ssh["host"], port=ssh["port"], username=ssh["user"],
+                                    client_keys=[ssh["key"]], known_hosts=ssh["known_hosts"]) as c:
+            sock = f"{site['agent_socket_dir']}/{VM}.agent.sock"
+            reader, writer = await c.open_unix_connection(sock, encoding=None)
+            writer.write(json.dumps({"id": 42, "method": "ping"}).encode() + b"\n")
+            while True:
+                msg = json.loads(await asyncio.wait_for(reader.readline(), 20))
+                if msg.get("id") == 42:
+                    writer.close()
+                    return msg
+
     tokyo = cfg["site"][0]
     assert f"{VM}-data.raw" in asyncio.run(run_on(tokyo, tokyo["ssh"]["known_hosts"]))
+    assert "result" in asyncio.run(agent_ping_over_ssh(tokyo))
     empty = Path(tokyo["ssh"]["known_hosts"]).with_name("empty_known_hosts")
     empty.write_text("")
     with pytest.raises(asyncssh.HostKeyNotVerifiable):
@@ -137,7 +152,8 @@ def _snapshot() -> dict:
     st = status()
     files = {}
     for p in sorted(paths.root.rglob("*")):
-        if p.is_file() and not p.name.endswith(".log") and "log-libvirt" not in p.parts \
+        if p.is_file() and not p.name.endswith(".log") and p.name != "wan-delay.json" \
+                and "log-libvirt" not in p.parts \
                 and "cache-libvirt" not in p.parts and "lib-libvirt" not in p.parts \
                 and "run-libvirt" not in p.parts:  # libvirtd's own runtime state
             files[str(p)] = p.stat().st_mtime_ns

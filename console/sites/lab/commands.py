@@ -51,7 +51,9 @@ def ssh(site_name: str, command: Sequence[str]) -> int:
 
 
 def set_wan(profile: str) -> int:
-    st = wan.switch(LabPaths.default(), profile)
+    paths = LabPaths.default()
+    st = wan.switch(paths, profile)
+    lifecycle.write_config(paths, st.profile)
     m = measure.measure_wan()
     _say(f"WAN profile {st.profile} ({st.mode} delay): measured {m.rate_mbit:.1f} Mbit/s, "
          f"RTT {m.rtt_ms:.1f} ms ± {m.jitter_ms:.2f} ms")

@@ -115,6 +115,13 @@ def _up(paths: LabPaths, vm_names: Sequence[str] | None, profile: str | None,
     return report
 
 
+def write_config(paths: LabPaths, profile: str) -> None:
+    """Rewrite the sites config (after a live WAN profile switch)."""
+    if paths.sites_toml.exists():
+        specs = [scenarios.load(n) for n in selected_vms(paths)]
+        config.write(paths, profile, specs)
+
+
 def _check_ssh(paths: LabPaths, s: Site) -> None:
     out = shell.run([str(paths.ssh_wrapper), f"root@{s.mgmt_addr}", "true"], check=False,
                     timeout=30)

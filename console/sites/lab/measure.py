@@ -7,6 +7,7 @@ import contextlib
 import os
 import re
 import socket
+import statistics
 import struct
 import threading
 import time
@@ -21,16 +22,18 @@ _RTT = re.compile(r"= ([\d.]+)/([\d.]+)/([\d.]+)/([\d.]+) ms")
 
 @dataclass(frozen=True)
 class Rtt:
-    min_ms: float
+    median_ms: float
     avg_ms: float
-    max_ms: float
-    mdev_ms: float  # ping's jitter figure
+    mdev_ms: float  # ping's own figure: a standard deviation, blown up by one hiccup
+    jitter_ms: float  # 95th percentile of |RTT - median|: the emulator's steadiness
+    samples: int
 
 
 @dataclass(frozen=True)
 class WanMeasurement:
-    rtt_ms: float
-    jitter_ms: float
+    rtt_ms: float  # median
+    jitter_ms: float  # p95 of |RTT - median|
+    mdev_ms: float
     rate_mbit: float
     transfer_s: float
 
@@ -38,20 +41,38 @@ class WanMeasurement:
         return {k: round(v, 3) for k, v in asdict(self).items()}
 
 
-def ping(src: Site, dst: Site, count: int = 10, interval: float = 0.05) -> Rtt:
+_TIME = re.compile(r"time=([\d.]+) ms")
+
+
+def ping(src: Site, dst: Site, count: int = 20, interval: float = 0.02) -> Rtt:
     out = shell.run(shell.in_netns(src.netns, [
-        "ping", "-n", "-q", "-c", str(count), "-i", str(interval), "-W", "2", dst.wan_addr,
+        "ping", "-n", "-c", str(count), "-i", str(interval), "-W", "2", dst.wan_addr,
     ]), check=False, timeout=30 + count * interval)
+    rtts = sorted(float(t) for t in _TIME.findall(out.stdout))
     m = _RTT.search(out.stdout)
-    if not m:
+    if not rtts or not m:
         raise PcteleportError(
             f"no ping reply from {dst.name} over the WAN: run `pcteleport lab up`"
         )
-    return Rtt(*(float(g) for g in m.groups()))
+    median = statistics.median(rtts)
+    dev = sorted(abs(r - median) for r in rtts)
+    p95 = dev[min(len(dev) - 1, int(len(dev) * 0.95))]
+    return Rtt(median, float(m.group(2)), float(m.group(4)), p95, len(rtts))
+
+
+def _bytes_received(conn: socket.socket) -> int:
+    """tcpi_bytes_received from TCP_INFO: what the kernel received, however late the reader."""
+    info = conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 256)
+    return struct.unpack_from("Q", info, _TCPI_BYTES_RECEIVED)[0]
+
+
+_TCPI_BYTES_RECEIVED = 128  # 8 bytes of u8 fields, 24 u32, then pacing, max_pacing, bytes_acked
 
 
 def tcp_rate(src: Site, dst: Site, seconds: float = 2.0, warmup: float = 0.5) -> float:
-    """Goodput in Mbit/s of one TCP stream src -> dst, counted at the receiver after `warmup`."""
+    """Goodput in Mbit/s of one TCP stream src -> dst after `warmup`, from the receiving
+    kernel's byte counter sampled at both ends of the window (a reader or sender that the
+    scheduler delays cannot skew it)."""
     with shell.netns(dst.netns):
         server = socket.create_server((dst.wan_addr, 0))
     port = server.getsockname()[1]
@@ -59,42 +80,51 @@ def tcp_rate(src: Site, dst: Site, seconds: float = 2.0, warmup: float = 0.5) ->
         client = socket.socket()
     client.settimeout(10)
     server.settimeout(10)
-    marks: list[tuple[float, int]] = []
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
 
     def receive() -> None:
         conn, _ = server.accept()
-        with conn:
-            buf = bytearray(1 << 20)
-            total = 0
-            # The sender resets the connection when its time is up.
-            with contextlib.suppress(ConnectionResetError):
-                while n := conn.recv_into(buf):
-                    total += n
-                    marks.append((time.monotonic(), total))
+        accepted.append(conn)
+        buf = bytearray(1 << 20)
+        # The sender resets the connection when its time is up.
+        with contextlib.suppress(OSError):
+            while conn.recv_into(buf):
+                pass
+
+    def send() -> None:
+        chunk = os.urandom(1 << 20)
+        with contextlib.suppress(OSError):
+            while not stop.is_set():
+                client.sendall(chunk)
 
     rx = threading.Thread(target=receive, daemon=True)
     rx.start()
+    client.connect((dst.wan_addr, port))
+    tx = threading.Thread(target=send, daemon=True)
+    tx.start()
     try:
-        client.connect((dst.wan_addr, port))
-        chunk = os.urandom(1 << 20)
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            client.sendall(chunk)
+        deadline = time.monotonic() + 10
+        while not accepted and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if not accepted:
+            raise PcteleportError(f"no TCP connection reached {dst.name}: run `pcteleport lab up`")
+        time.sleep(warmup)
+        ta, ba = time.monotonic(), _bytes_received(accepted[0])
+        time.sleep(max(0.5, seconds - warmup))
+        tb, bb = time.monotonic(), _bytes_received(accepted[0])
     finally:
+        stop.set()
         # Reset rather than close: a graceful close would keep draining megabytes of send
         # buffer through the shaped link, and the next ping would measure that queue.
         client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         client.close()
-        rx.join(timeout=seconds + 10)
+        tx.join(timeout=10)
+        rx.join(timeout=10)
+        for conn in accepted:
+            conn.close()
         server.close()
         _wait_queue_empty(src)
-    if not marks:
-        raise PcteleportError(f"no TCP data reached {dst.name}: run `pcteleport lab up`")
-    t0 = marks[0][0] + warmup
-    window = [(t, b) for t, b in marks if t >= t0]
-    if len(window) < 2:
-        raise PcteleportError("the WAN transfer was too short to measure: retry `lab status`")
-    (ta, ba), (tb, bb) = window[0], window[-1]
     return (bb - ba) * 8 / (tb - ta) / 1e6
 
 
@@ -115,7 +145,8 @@ def measure_wan(seconds: float = 2.0) -> WanMeasurement:
     rtt = ping(a, b)
     start = time.monotonic()
     rate = tcp_rate(a, b, seconds)
-    return WanMeasurement(rtt.avg_ms, rtt.mdev_ms, rate, time.monotonic() - start)
+    return WanMeasurement(rtt.median_ms, rtt.jitter_ms, rtt.mdev_ms, rate,
+                          time.monotonic() - start)
 
 
 def cpu_seconds(pid: int) -> float:

@@ -71,7 +71,7 @@ def render(st: dict[str, Any]) -> str:
         if "measured" in w:
             m = w["measured"]
             line += (f"   measured {m['rate_mbit']:.1f} Mbit/s, RTT {m['rtt_ms']:.1f} ms "
-                     f"± {m['jitter_ms']:.2f} ms")
+                     f"± {m['jitter_ms']:.2f} ms (p95)")
             if "delay_cpu_pct" in m:
                 line += f", delay line {m['delay_cpu_pct']:.1f}% CPU"
             dl = w.get("delay_line")
