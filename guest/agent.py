@@ -434,6 +434,16 @@ def _file_pages(libc, fd, size, pagemap_fd, kpf_fd, counters):
         libc.c.munmap(addr, npages * PAGE)
 
 
+def _files_on(mnt, dev):
+    """Paths of the files under mount point ``mnt`` that live on its filesystem (os.walk does
+    not stop at mount points below it)."""
+    for dirpath, dirnames, filenames in os.walk(mnt):
+        dirnames[:] = [d for d in dirnames
+                       if _dev_of(os.lstat(os.path.join(dirpath, d)).st_dev) == dev]
+        for name in filenames:
+            yield os.path.join(dirpath, name)
+
+
 def _fallback_map(disk, mounts=None):
     if os.geteuid() != 0:
         raise AgentError("not-root", "the fallback map reads /proc/kpageflags and page frame "
@@ -461,13 +471,9 @@ def _fallback_map(disk, mounts=None):
     seen = set()
     try:
         for mnt, fstype, start, dev in covered:
-            for dirpath, dirnames, filenames in os.walk(mnt):
-                # Stay on this filesystem (os.walk does not stop at mount points).
-                dirnames[:] = [d for d in dirnames
-                               if _dev_of(os.lstat(os.path.join(dirpath, d)).st_dev) == dev]
-                for name in filenames:
-                    _fallback_file(os.path.join(dirpath, name), fstype, dev, start, libc,
-                                   pagemap_fd, kpf_fd, counters, extents, seen)
+            for path in _files_on(mnt, dev):
+                _fallback_file(path, fstype, dev, start, libc, pagemap_fd, kpf_fd, counters,
+                               extents, seen)
     finally:
         os.close(pagemap_fd)
         os.close(kpf_fd)
@@ -542,12 +548,8 @@ def verify_cache(disk_spec, limit=20):
     mismatches, t0 = [], time.monotonic()
     try:
         for mnt, fstype, start, dev in covered:
-            for dirpath, dirnames, filenames in os.walk(mnt):
-                dirnames[:] = [d for d in dirnames
-                               if _dev_of(os.lstat(os.path.join(dirpath, d)).st_dev) == dev]
-                for name in filenames:
-                    _verify_file(os.path.join(dirpath, name), fstype, start, libc, dev_fd, buf,
-                                 totals, mismatches, limit)
+            for path in _files_on(mnt, dev):
+                _verify_file(path, fstype, start, libc, dev_fd, buf, totals, mismatches, limit)
     finally:
         os.close(dev_fd)
         buf.close()
