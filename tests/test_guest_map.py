@@ -401,3 +401,33 @@ def test_same_checksums_as_host(guest: Guest) -> None:
     """The guest really read the files the host made (guards the whole comparison)."""
     out = guest.qemu.run("sha256sum /mnt/data/files/f00.bin")
     assert out.split()[0] == hashlib.sha256(_files(1, 10)["files/f00.bin"]).hexdigest()
+
+
+def test_walks_race_with_writes_truncates_deletes_and_eviction(guest: Guest) -> None:
+    """Map and stats walks while files are written, truncated, deleted, synced and evicted:
+    the guest kernel must not complain and the module must keep answering."""
+    out = guest.qemu.run(
+        "cd /mnt/scratch && mkdir -p stress\n"
+        "( i=0; while [ $i -lt 150 ]; do\n"
+        "    dd if=/dev/urandom of=stress/f$((i % 7)) bs=4096 count=$((i % 13 + 1)) 2>/dev/null\n"
+        "    truncate -s $((i % 5 * 3000)) stress/f$(((i + 2) % 7)) 2>/dev/null\n"
+        "    rm -f stress/f$(((i + 3) % 7))\n"
+        "    [ $((i % 10)) = 0 ] && sync\n"
+        "    i=$((i + 1)); done ) &\n"
+        "writer=$!\n"
+        "( while kill -0 $writer 2>/dev/null; do echo 3 > /proc/sys/vm/drop_caches;"
+        " cat /mnt/data/files/f0* > /dev/null; done ) &\n"
+        "n=0\n"
+        "while kill -0 $writer 2>/dev/null; do\n"
+        "    cat /proc/pcteleport/map > /dev/null && cat /proc/pcteleport/stats > /dev/null\n"
+        "    n=$((n + 1)); done\n"
+        "wait\n"
+        "echo walks=$n\n"
+        "echo kernel-complaints:\n"
+        "dmesg | grep -E 'BUG|Oops|WARNING|general protection|refcount|list_del' || true\n",
+        timeout=300)
+    walks = int(re.search(r"walks=(\d+)", out)[1])
+    print(f"\n{walks} map+stats walks during the churn")
+    assert walks >= 3, out
+    assert out.split("kernel-complaints:")[1].strip() == "", out
+    assert guest.agent.map("data", source="module").header["source"] == "module"
