@@ -252,3 +252,20 @@ def test_down_leaves_nothing_behind(lab_up):
         assert Path(d).exists() == existed or d in in_use, d
     assert not status()["up"]
     lab("down")  # a second down is fine too
+
+
+def test_bad_arguments_fail_in_one_line_and_touch_nothing():
+    require(os.geteuid() == 0, "the lab needs root")
+    env = {**os.environ, "PCTELEPORT_LAB_INSTANCE": "x"}
+    for args, hint in ((["up", "--vms", "no-such-vm"], "no scenario"),
+                       (["up", "--wan", "dialup"], "no WAN profile"),
+                       (["wan", "slow"], "not up"),
+                       (["ssh", "kyoto"], "no lab site")):
+        proc = subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=60, env=env,
+                              stdin=subprocess.DEVNULL)
+        assert proc.returncode == 2, (args, proc.stderr)
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and hint in lines[0], (args, proc.stderr)
+    from console.sites.lab import shell
+
+    assert not [n for n in shell.netns_names() if n.startswith("pcteleport-x-")]

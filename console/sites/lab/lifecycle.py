@@ -25,6 +25,7 @@ from console.sites.lab import (
     site,
     vms,
     wan,
+    wanprofiles,
 )
 from console.sites.lab.paths import SITE_AGENT_DIR, SITE_VM_DIR, LabPaths
 from console.sites.lab.topology import Site, sites
@@ -76,6 +77,13 @@ def _up(paths: LabPaths, vm_names: Sequence[str] | None, profile: str | None,
         progress: Progress, boot_timeout: float) -> UpReport:
     t0 = time.monotonic()
     report = UpReport()
+    # Arguments first: a typo must not leave a half-built lab behind.
+    if profile is not None:
+        wanprofiles.profile(profile)
+    names = list(dict.fromkeys([*selected_vms(paths), *(vm_names or ())]))
+    if not names:
+        names = list(scenarios.DEFAULT_VMS)
+    specs = [scenarios.load(n) for n in names]
     keys.ensure(paths)
     site.ensure_mountpoints(paths)
     for s in sites():
@@ -91,10 +99,6 @@ def _up(paths: LabPaths, vm_names: Sequence[str] | None, profile: str | None,
         site.ensure_sshd(paths, s, holder)
         _check_ssh(paths, s)
         progress(f"site {s.name}: libvirtd and sshd at {s.mgmt_addr}")
-    names = list(dict.fromkeys([*selected_vms(paths), *(vm_names or ())]))
-    if not names:
-        names = list(scenarios.DEFAULT_VMS)
-    specs = [scenarios.load(n) for n in names]
     boot = guestboot.lab_boot()
     for spec in specs:  # data images first: the slow part, done before any guest competes
         disks.ensure_replicas(paths, spec)
