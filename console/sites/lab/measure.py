@@ -44,7 +44,7 @@ class WanMeasurement:
 _TIME = re.compile(r"time=([\d.]+) ms")
 
 
-def ping(src: Site, dst: Site, count: int = 20, interval: float = 0.02) -> Rtt:
+def ping(src: Site, dst: Site, count: int = 50, interval: float = 0.01) -> Rtt:
     out = shell.run(shell.in_netns(src.netns, [
         "ping", "-n", "-c", str(count), "-i", str(interval), "-W", "2", dst.wan_addr,
     ]), check=False, timeout=30 + count * interval)
