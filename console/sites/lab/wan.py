@@ -71,8 +71,14 @@ def apply(paths: LabPaths, mode: str, name: str) -> WanState:
     p = profile(name)
     qdisc = tbf_args(p) if mode == "userspace" else netem_args(p)
     for s in sites():
-        shell.run(["ip", "netns", "exec", s.netns, "tc", "qdisc", "replace", "dev", WAN_IFACE,
-                   "root", *qdisc])
+        try:
+            shell.run(["ip", "netns", "exec", s.netns, "tc", "qdisc", "replace", "dev",
+                       WAN_IFACE, "root", *qdisc])
+        except PcteleportError as exc:
+            if mode == "netem" and "unknown" in str(exc):
+                raise PcteleportError("this kernel has no netem: unset PCTELEPORT_LAB_WAN (the "
+                                      "lab then uses its userspace delay line)") from exc
+            raise
     st = WanState(mode, p.name, p.one_way_ms)
     _save_state(paths, st)
     if mode == "userspace":
