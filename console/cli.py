@@ -154,7 +154,8 @@ def _add_lab(sub: argparse._SubParsersAction) -> None:
 
     up = lsub.add_parser("up", help="bring the lab up (idempotent)")
     up.add_argument("--vms", type=lambda s: [v for v in s.split(",") if v], metavar="A,B",
-                    help="scenarios to define and start at tokyo (default: web,tpcc,idle)")
+                    help="scenarios to add at tokyo (a fresh lab gets web,tpcc,idle; an up "
+                    "lab keeps the VMs it has)")
     up.add_argument("--wan", metavar="PROFILE", help="WAN profile (default, fast, slow)")
     up.set_defaults(handler=_lab_up)
 
