@@ -261,7 +261,14 @@ class QemuGuest:
     def qmp(self, command: str, **arguments: object) -> object:
         if self._qmp is None:
             raise GuestError("QMP is not connected (guest not started)")
-        return self._qmp.execute(command, arguments)
+        try:
+            return self._qmp.execute(command, arguments)
+        except (OSError, QmpError) as exc:
+            if self.alive() and isinstance(exc, QmpError) and "closed" not in str(exc):
+                raise
+            raise GuestError(f"QMP {command}: {exc}; qemu "
+                             f"{'runs' if self.alive() else 'exited'}\n{self._diagnosis()}"
+                             ) from exc
 
     def wait_running(self, timeout: float = 120) -> None:
         """Until the VM runs (an incoming migration finished); fails if it ends up elsewhere."""
