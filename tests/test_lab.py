@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -81,6 +82,8 @@ def test_lab_up_gives_two_sites_a_wan_and_the_vm_at_tokyo(lab_up):
     assert st["wan"]["profile"] == "default"
     out = lab("ssh", "osaka", "hostname").stdout.strip()
     assert out == "osaka"
+    boot = re.search(rf"VM {VM}: booted at tokyo in ([\d.]+) s", lab_up["up_output"])
+    assert boot and float(boot.group(1)) < 30, lab_up["up_output"]
 
 
 def test_console_reaches_sites_like_real_ones(lab_up):
@@ -130,12 +133,13 @@ def test_console_reaches_sites_like_real_ones(lab_up):
 
 
 def test_wan_is_shaped_to_the_profile_within_10_percent(lab_up):
-    from console.sites.lab import measure
-
-    m = measure.measure_wan()
-    assert abs(m.rate_mbit - 100) <= 10, m
-    assert abs(m.rtt_ms - 50) <= 5, m
-    assert m.jitter_ms < 1.0, m
+    w = status(measure=True)["wan"]
+    m = w["measured"]
+    assert abs(m["rate_mbit"] - 100) <= 10, m
+    assert abs(m["rtt_ms"] - 50) <= 5, m
+    assert m["jitter_ms"] < 1.0, m
+    if w["mode"] == "userspace":  # the delay line holds the rate at a fraction of a core
+        assert m["delay_cpu_pct"] < 30, m
 
 
 def test_second_up_changes_nothing(lab_up):
