@@ -17,7 +17,7 @@ API (test support; product boot material comes from console/sites/guestimage.py)
         g.migrate("exec:cat > /tmp/stream")       # -> final query-migrate (status "completed")
         g.memory_dump(tmp / "mem")                # guest RAM bytes (pmemsave, VM paused)
         g.console()                               # everything the serial console printed
-    with QemuGuest(boot, tmp / "b", disks=..., incoming="exec:cat /tmp/stream") as b:
+    with g.destination(tmp / "b", "exec:cat /tmp/stream") as b:   # same devices as g
         b.wait_running()                          # the incoming migration finished, VM runs
         b.run("sha256sum /mnt/*")                 # the same guest, continued
 
@@ -137,6 +137,20 @@ class QemuGuest:
         self._ids = itertools.count(1)
         self._watchdog: threading.Timer | None = None
         self.started_at = 0.0
+
+    def destination(self, workdir: Path, incoming: str, **changes: object) -> QemuGuest:
+        """A not-yet-started twin with ``-incoming``: a migration needs the same devices
+        (disks, virtio-serial ports, memory, machine) at both ends."""
+        disks = [d for d in self.disks if self.boot.root_image is None or d.path !=
+                 self.boot.root_image]
+        settings: dict = {
+            "memory_mib": self.memory_mib, "disks": disks, "agent": self.agent_socket is not None,
+            "shell": self.shell_socket is not None, "kernel_args": self.kernel_args,
+            "extra_args": self.extra_args, "timeout_s": self.timeout_s,
+            "machine": self.machine, "smp": self.smp,
+        }
+        settings.update(changes)
+        return QemuGuest(self.boot, workdir, incoming=incoming, **settings)
 
     # --- life cycle ---------------------------------------------------------------------------
 

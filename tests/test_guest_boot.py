@@ -97,8 +97,7 @@ def test_debian_guest_with_agent_migrates_over_tcp(tmp_path: Path) -> None:
             before = agent.map("data")
         assert int(before.header["pages"]) == 8 * 256
         port = _free_port()
-        with QemuGuest(boot, tmp_path / "dst", memory_mib=384, disks=disks, agent=True,
-                       incoming=f"tcp:127.0.0.1:{port}") as dst:
+        with src.destination(tmp_path / "dst", f"tcp:127.0.0.1:{port}") as dst:
             info = src.migrate(f"tcp:127.0.0.1:{port}")
             assert info["status"] == "completed"
             dst.wait_running()

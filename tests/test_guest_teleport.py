@@ -51,7 +51,8 @@ def test_module_map_teleports_the_page_cache(tmp_path: Path) -> None:
     stream, wan, decoded = tmp_path / "qemu.bin", tmp_path / "wan.bin", tmp_path / "dec.bin"
     map_path = tmp_path / "data.map"
 
-    with QemuGuest(boot, tmp_path / "src", memory_mib=384, disks=disks, agent=True) as src:
+    src = QemuGuest(boot, tmp_path / "src", memory_mib=384, disks=disks, agent=True)
+    with src:
         src.wait_for("PCTELEPORT-READY", timeout=90)
         src.run("mkdir /mnt/data && mount -o ro /dev/disk/by-id/virtio-data /mnt/data && "
                 "cat /mnt/data/files/* > /dev/null")
@@ -71,8 +72,7 @@ def test_module_map_teleports_the_page_cache(tmp_path: Path) -> None:
     _codec("decode", "--disk", str(data), str(wan), str(decoded))
     assert decoded.read_bytes() == stream.read_bytes()
 
-    with QemuGuest(boot, tmp_path / "dst", memory_mib=384, disks=disks, agent=True,
-                   incoming=f"exec:cat {decoded}") as dst:
+    with src.destination(tmp_path / "dst", f"exec:cat {decoded}") as dst:
         dst.wait_running()
         assert dst.run("cat /mnt/data/files/* | sha256sum").split()[0] == expected
     print(f"\nFIGURES teleport: {map_pages} pages mapped and teleported; QEMU stream "
