@@ -3,8 +3,8 @@
 
     scripts/screenshots.py [--out DIR] [--size WxH] [--speed N] FILE...   (default: recordings/)
 
-The console runs on a ReplayBackend, exactly as `pcteleport replay` does; the first recording
-is the run the migration screens show. Recordings must come from real lab runs (the migration
+The console runs on a ReplayBackend, exactly as `pcteleport replay` does; the migration
+screens show the first teleport recording (else the first recording). Recordings must come from real lab runs (the migration
 service writes one per run into the record store): this script never makes data up.
 """
 
@@ -43,6 +43,8 @@ async def shoot(files: list[Path], out: Path, size: tuple[int, int], speed: floa
     from console.ui.vm_detail import VMDetailScreen
 
     records = [read_record(f) for f in files]
+    # The migration screens show a teleport run when there is one (it is what pcteleport adds).
+    records.sort(key=lambda r: r.mode is not Mode.TELEPORT)
     run = records[0]
     backend = ReplayBackend(records, speed=speed, title="replay")
     app = create_app(backend, refresh_s=600, autoplay=False)
