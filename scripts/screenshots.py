@@ -4,8 +4,9 @@
     scripts/screenshots.py [--out DIR] [--size WxH] [--speed N] FILE...   (default: recordings/)
 
 The console runs on a ReplayBackend, exactly as `pcteleport replay` does; the migration
-screens show the first teleport recording (else the first recording). Recordings must come from real lab runs (the migration
-service writes one per run into the record store): this script never makes data up.
+screens show the first teleport recording (else the first recording). Recordings must come
+from real lab runs (the migration service writes one per run into the record store): this
+script never makes data up.
 """
 
 from __future__ import annotations
