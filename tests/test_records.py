@@ -140,3 +140,14 @@ def test_composition_from_the_real_guest_agent_adds_up() -> None:
 def test_composition_from_a_malformed_agent_answer_says_what_to_check() -> None:
     with pytest.raises(RecordError, match="same version"):
         Composition.from_agent({"total": 1})
+
+
+def test_shipped_recordings_load_and_are_finished_runs() -> None:
+    from console.record_store import read_record
+
+    root = Path(__file__).resolve().parent.parent / "recordings"
+    paths = sorted(root.glob("*.json"))
+    for path in paths:
+        r = read_record(path)
+        assert r.result is not None and r.total_s is not None, path.name
+        assert r.composition is not None and r.log, path.name
