@@ -124,7 +124,11 @@ def test_every_mode_migrates_there_and_back(backend) -> None:
         assert there.result is Result.OK, there.error
         assert there.downtime_ms and there.downtime_ms > 0
         assert there.total_s and there.total_s > 0
-        assert there.samples or there.total_s < 3  # one sample a second while it ran
+        marks = {m.phase: m.t for m in there.phases}
+        phases = list(marks)
+        assert phases[0] == "prepare" and phases[-1] == "done"
+        if marks["resume"] - marks["iterative"] > 1.5:  # one sample a second while it ran
+            assert there.samples
         assert any(p.phase == "done" for p in there.phases)
         assert "verified at osaka" in there.log[-2].text
         assert_intact_at(backend, "osaka")

@@ -26,6 +26,7 @@ from console.records import (
     WanLink,
 )
 from console.sites import config as sites_config
+from console.sites.events import use_event_loop
 from console.sites.guest_agent import AgentUnavailable, GuestAgent
 from console.sites.migration import MigrationRun, plan_for
 from console.sites.remote import LoopThread
@@ -49,6 +50,7 @@ class LibvirtBackend(Backend):
         self.cfg = cfg
         self.title = f"sites from {cfg.path}"
         self.loop = LoopThread()
+        use_event_loop(self.loop)  # before any connection: lifecycle events need it
         self.sites_rt = {s.name: SiteRuntime(s, self.loop) for s in cfg.sites}
         self.store = store or RecordStore()
         self._running: dict[str, MigrationRun] = {}

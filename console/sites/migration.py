@@ -43,6 +43,7 @@ from console.records import (
     Result,
     WanLink,
 )
+from console.sites.events import LifecycleEvent
 from console.sites.guest_agent import GuestAgent
 from console.sites.relays import RelayFailure, RelayPair
 from console.sites.site_runtime import DomainDisk, SiteRuntime, domain_disks
@@ -104,10 +105,12 @@ class MigrationRun:
         self.builder = RecordBuilder(self.record)
         self._abort = threading.Event()
         self._abort_reason = ""
-        self._phase = Phase.PREPARE
+        self._phase: Phase | None = None
         self._relays: RelayPair | None = None
         self._domain: libvirt.virDomain | None = None
         self._migrated = False  # QEMU's migration completed: the VM now runs at the destination
+        self._emit_lock = threading.Lock()
+        self._iteration = 1
 
     # -- events ---------------------------------------------------------------------------
 
@@ -115,13 +118,29 @@ class MigrationRun:
         return round(time.monotonic() - self.t0, 3)
 
     def _emit(self, event: MigrationEvent) -> None:
-        self.builder.add(event)
+        with self._emit_lock:  # libvirt's event thread reports phases too
+            self.builder.add(event)
         with contextlib.suppress(Exception):
             self.on_event(event)
 
-    def phase(self, phase: Phase, iteration: int = 0) -> None:
+    def phase(self, phase: Phase, iteration: int = 0, at: float | None = None) -> None:
+        """Enter `phase` (now, or at monotonic time `at`); entering it again does nothing."""
+        if phase == self._phase and phase != Phase.ITERATIVE:
+            return
+        if any(m.phase == phase for m in self.record.phases) and phase != Phase.ITERATIVE:
+            return
         self._phase = phase
-        self._emit(PhaseMark(phase, self._t(), iteration))
+        t = round((at if at is not None else time.monotonic()) - self.t0, 3)
+        self._emit(PhaseMark(phase, t, iteration))
+
+    def _on_lifecycle(self, ev: LifecycleEvent) -> None:
+        p = self.plan
+        if ev.vm_uuid != p.vm_uuid:
+            return
+        if ev.site == p.src.name and ev.suspended_for_migration:
+            self.phase(Phase.STOP_AND_COPY, self._iteration, at=ev.at)
+        elif ev.site == p.dst.name and ev.resumed_after_migration:
+            self.phase(Phase.RESUME, self._iteration, at=ev.at)
 
     def log(self, text: str) -> None:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
@@ -242,9 +261,15 @@ class MigrationRun:
                 outcome["error"] = exc
 
         worker = threading.Thread(target=perform, daemon=True, name="migrate3")
-        worker.start()
-        self._watch(dom, worker)
-        worker.join()
+        for site in (p.src, p.dst):
+            site.events.add(self._on_lifecycle)
+        try:
+            worker.start()
+            self._watch(dom, worker)
+            worker.join()
+        finally:
+            for site in (p.src, p.dst):
+                site.events.remove(self._on_lifecycle)
         self._migrated = "domain" in outcome
         if "error" in outcome:
             err = outcome["error"]
@@ -252,6 +277,8 @@ class MigrationRun:
             relay_problem = self._relays.failure() if self._relays else None
             if self._abort.is_set():
                 raise Aborted(self._abort_reason)
+            if relay_problem:  # we aborted the job because a relay failed
+                raise MigrationFailed(relay_problem)
             if err.get_error_code() == libvirt.VIR_ERR_OPERATION_ABORTED:
                 raise Aborted("aborted through libvirt (pcteleport abort, or virsh domjobabort)")
             raise MigrationFailed(relay_problem or f"libvirt: {err.get_error_message()}")
@@ -279,11 +306,10 @@ class MigrationRun:
             last_wan, last_t = wan, now
             it = int(stats.get("memory_iteration", iteration) or iteration)
             if it > iteration and self._phase == Phase.ITERATIVE:
-                iteration = it
+                iteration = self._iteration = it
                 self.phase(Phase.ITERATIVE, iteration)
-            if (state[0] == libvirt.VIR_DOMAIN_PAUSED
-                    and self._phase not in (Phase.STOP_AND_COPY,)):
-                self.phase(Phase.STOP_AND_COPY, iteration)
+            if state[0] == libvirt.VIR_DOMAIN_PAUSED and self._phase == Phase.ITERATIVE:
+                self.phase(Phase.STOP_AND_COPY, iteration)  # in case the event was missed
             sample = self._sample(stats, wan_rate)
             self._emit(sample)
             self._progress_line(sample, remaining_min)

@@ -16,6 +16,7 @@ import libvirt
 
 from console.errors import PcteleportError
 from console.sites.config import SiteConfig
+from console.sites.events import LifecycleHub
 from console.sites.remote import LoopThread, SiteHost
 
 # libvirt prints every error to stderr by default; we turn them into one-line messages.
@@ -55,6 +56,7 @@ class SiteRuntime:
         self.config = config
         self.name = config.name
         self.host = SiteHost(config, loop)
+        self.events = LifecycleHub(config.name)
         self._conn: libvirt.virConnect | None = None
         self._lock = threading.Lock()
 
@@ -74,6 +76,8 @@ class SiteRuntime:
                     f"cannot reach libvirt at {self.name} ({exc.get_error_message()}): "
                     "check the site is up and its libvirt_uri in the sites config"
                 ) from None
+            self._conn.setKeepAlive(5, 3)  # notice a dead site within ~20 s
+            self.events.attach(self._conn)
             return self._conn
 
     def domain(self, name_or_uuid: str) -> libvirt.virDomain:
