@@ -247,13 +247,18 @@ def _bench(tmp_path: Path, scenario: str, modes: str) -> dict:
     for run in data["runs"]:
         rec = run["record"]
         where = f"{scenario} {run['mode']}: {rec.get('error')}"
-        assert run["site_after"] == "osaka", where  # it did migrate
         assert f"| {run['mode']} |" in md
+        assert run["read_summary"]["baseline"] > 0, "the reader ran before the migration"
+        if run["site_after"] != "osaka":
+            # The mode failed before moving the VM (a gap of the migration service or agent):
+            # the bench must say why, and leave the VM running where it was.
+            assert run["site_after"] == "tokyo" and rec["result"] != "ok" and rec["error"]
+            assert f"| {run['mode']} | 0/1 (0) |" in md, where
+            continue
         assert rec["total_s"] > 0 and rec["wan_bytes"] > 0, where
         assert rec["downtime_ms"] is not None and rec["downtime_ms"] > 0, where
         ts = [t for t, _v in run["reads"]]
         assert min(ts) < 0 < rec["total_s"] < max(ts), "the reads span the migration"
-        assert run["read_summary"]["baseline"] > 0
     return {r["mode"]: r for r in data["runs"]} | {"_md": md, "_stem": stem}
 
 
@@ -263,6 +268,7 @@ def _bench(tmp_path: Path, scenario: str, modes: str) -> dict:
 def test_web_small_all_modes(lab, tmp_path):
     runs = _bench(tmp_path, "web-small", "stock,drop-cache,zstd,teleport")
     assert {"stock", "teleport", "zstd", "drop-cache"} <= set(runs)
+    assert runs["stock"]["site_after"] == runs["teleport"]["site_after"] == "osaka"
     tel, stock = runs["teleport"]["record"], runs["stock"]["record"]
     assert tel["pages"]["teleported"] > 0
     assert tel["wan_bytes"] < stock["wan_bytes"]

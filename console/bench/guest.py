@@ -59,6 +59,21 @@ class LabGuest:
                               "echo $!")
         return int(text.split()[-1])
 
+    def wait_rows(self, site: str, names: list[str], rows: int = 2,
+                  timeout: float = 120) -> None:
+        """Until every program wrote `rows` lines (Python starts slowly in a TCG guest)."""
+        files = " ".join(f"{GUEST_DIR}/{n}.jsonl" for n in names)
+        deadline = time.monotonic() + timeout
+        while True:
+            counts = self.run(site, f"for f in {files}; do cat $f 2>/dev/null | wc -l; done")
+            if all(int(c) >= rows for c in counts.split()) and len(counts.split()) == len(names):
+                return
+            if time.monotonic() > deadline:
+                errs = " ".join(self.errors(site, n) for n in names)
+                raise PcteleportError(f"guest programs {', '.join(names)} of {self.vm} wrote "
+                                      f"nothing within {timeout:.0f} s: {errs[-400:]}")
+            time.sleep(1)
+
     def stop(self, site: str, pids: list[int]) -> None:
         if pids:
             self.run(site, f"kill {' '.join(map(str, pids))} 2>/dev/null; sleep 0.5; true")

@@ -166,6 +166,7 @@ class Bench:
             self.guest.run(HOME, s.warm_command, timeout=self.o.warm_timeout_s)
             self.say(f"page cache warmed in {time.monotonic() - t:.1f} s")
         pids = self.start_programs(HOME)
+        self.guest.wait_rows(HOME, ["reads", "workload"] if s.has_workload else ["reads"])
         time.sleep(self.o.before_s)
         offset_before = self.guest.clock_offset(HOME)
         t0 = time.time()
