@@ -163,7 +163,9 @@ def timeline_svg(title: str, unit: str, runs: list[ModeRun], workload: bool) -> 
         summary = r.workload_summary if workload else r.read_summary
         pts = r.workload if workload else r.reads
         note = ""
-        if summary and summary.baseline:
+        if not r.migrated:
+            note = f"round {r.round}: did not migrate ({r.record.error or 'failed'})"[:110]
+        elif summary and summary.baseline:
             rec = summary.recovered_s
             note = (f"round {r.round}: dip {100 * (summary.dip or 0):.0f} %, "
                     + (f"recovered after {rec:.1f} s" if rec is not None else "not recovered"))
