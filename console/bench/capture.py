@@ -1,13 +1,14 @@
 """Capture a real migration stream and its restorable map from a running lab VM.
 
-The map comes from the guest agent; the stream from the VM's own QEMU, migrated to a file
-with QMP through libvirt (`migrate exec:cat > FILE`), after which the VM is resumed where it
+The map comes from the guest agent; the stream from the VM's own QEMU, migrated with QMP
+through libvirt to a one-shot TCP sink at the site, after which the VM is resumed where it
 was. The files land in the site's directory and are read through the lab's view of it.
 """
 
 from __future__ import annotations
 
 import json
+import random
 import time
 from pathlib import Path
 
@@ -17,6 +18,13 @@ import libvirt_qemu
 from console.errors import PcteleportError
 from console.sites.commands import open_backend
 from console.sites.migration import data_disk_of
+
+# One connection in, its bytes to a file: argv = [port, path].
+SINK = ("import socket,sys\n"
+        "srv=socket.create_server(('127.0.0.1',int(sys.argv[1])))\n"
+        "conn,_=srv.accept()\n"
+        "with open(sys.argv[2],'wb') as f:\n"
+        "    while b:=conn.recv(1<<20): f.write(b)\n")
 
 
 def _qmp(dom: libvirt.virDomain, command: str, **arguments: object) -> dict:
@@ -55,7 +63,13 @@ def capture_from_lab(vm: str) -> tuple[Path, Path, Path]:
         map_host = on_host(f"{capture_dir}/capture-map.txt")
         map_host.write_text(text)
         dom = site.domain(vm)
-        _qmp(dom, "migrate", uri=f"exec:cat > {stream_site}")
+        # libvirt's seccomp sandbox forbids QEMU to spawn `exec:` helpers: migrate over TCP
+        # to a one-shot listener at the site that writes the stream to the file.
+        port = random.randint(49200, 60999)
+        sink = site.host.spawn([site.config.relay_command[0], "-c", SINK, str(port), stream_site],
+                               lambda _line: None)
+        time.sleep(1.0)
+        _qmp(dom, "migrate", uri=f"tcp:127.0.0.1:{port}")
         deadline = time.monotonic() + 600
         try:
             while True:
@@ -68,6 +82,9 @@ def capture_from_lab(vm: str) -> tuple[Path, Path, Path]:
         finally:
             if dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED:
                 _qmp(dom, "cont")
+        if sink.wait(60) != 0:
+            raise PcteleportError(f"the stream sink at {site.name} failed: "
+                                  f"{' '.join(sink.stderr_lines[-1:])}")
         return on_host(stream_site), on_host(disk.path), map_host
     finally:
         backend.close()
