@@ -202,13 +202,17 @@ def _set_module_fstypes():
 
 
 class Composition:
-    """Snapshots of memory use; the restorable figure is refreshed every ``restorable_every``
-    seconds from the module (a cheap walk without block lookups), or taken from the last
-    fallback map; ``restorable_age_s`` says how old it is."""
+    """Snapshots of memory use. The restorable figure comes from the module's stats walk (no
+    block lookups), repeated every ``restorable_every`` seconds or less often when the walk is
+    long (a big page cache), so that it costs at most WALK_CPU_SHARE of a CPU; without the
+    module, from the last fallback map. ``restorable_age_s`` says how old it is."""
+
+    WALK_CPU_SHARE = 0.002
 
     def __init__(self, restorable_every=5.0):
         self.restorable_every = restorable_every
         self.restorable = None  # (bytes, time.monotonic() when measured, source)
+        self._next_walk = 0.0
 
     def note_fallback_map(self, pages):
         """Without the module, the last fallback map's size is the best figure there is."""
@@ -221,12 +225,14 @@ class Composition:
             if r is not None and r[2] == "module":
                 self.restorable = None  # the module went away: wait for a fallback map
             return
-        if r is not None and r[2] == "module" and now - r[1] < self.restorable_every:
+        if r is not None and r[2] == "module" and now < self._next_walk:
             return
         _set_module_fstypes()
         counters, _ = _module_counters(_read(PROC_DIR + "/stats"))
         if "restorable_estimate" in counters:
             self.restorable = (counters["restorable_estimate"] * PAGE, now, "module")
+            walk_s = counters.get("walk_ns", 0) / 1e9
+            self._next_walk = now + max(self.restorable_every, walk_s / self.WALK_CPU_SHARE)
 
     def snapshot(self):
         now = time.monotonic()

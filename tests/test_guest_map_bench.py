@@ -64,9 +64,8 @@ def test_module_maps_700mb_of_cache_in_under_a_second(tmp_path: Path) -> None:
     assert pages * 4096 >= FILES * FILE_MIB * (1 << 20) * 0.95  # ~all of the files' pages
     assert fallback.header["pages"] == module.header["pages"]
     assert walk_ms < 1000
-    # Issue 3's target is 1% (measured 0.75% on an idle host); TCG guest time stretches
-    # when the host is busy, so the test allows twice that.
-    assert cpu_share < 0.02
+    # Issue 3's target: < 1% of a CPU (measured 0.70% with the host's load average at 4).
+    assert cpu_share < 0.01
 
 
 def _agent_cpu_share(g: QemuGuest, agent: AgentClient, seconds: int) -> float:
