@@ -166,7 +166,14 @@ class SitePane(Vertical):
     def table(self) -> DataTable[Text | str]:
         return self.query_one(DataTable)
 
+    @property
+    def ready(self) -> bool:
+        """Composed: a pane mounted this very moment has no table yet."""
+        return bool(self.query(DataTable))
+
     def selected_uuid(self) -> str | None:
+        if not self.ready:
+            return None
         table = self.table
         if table.row_count == 0:
             return None
@@ -206,6 +213,8 @@ class SitePane(Vertical):
 
     def render_rows(self) -> None:
         """Bring the table in line with self.vms, keeping the cursor on the same VM."""
+        if not self.ready:
+            return  # its first poll renders it
         screen = cast("MainScreen", self.screen)
         needle = screen.filter_text.lower()
         wanted = sorted((vm for vm in self.vms.values() if needle in vm.name.lower()),
@@ -347,7 +356,7 @@ class MainScreen(Screen[None]):
     def focused_pane(self) -> SitePane | None:
         focused = self.focused
         for pane in self.query(SitePane):
-            if focused is not None and (focused is pane.table):
+            if focused is not None and pane.ready and focused is pane.table:
                 return pane
         panes = list(self.query(SitePane))
         return panes[0] if panes else None
@@ -444,7 +453,7 @@ class MainScreen(Screen[None]):
         box.remove_class("-visible")
         box.disabled = True
         pane = self.focused_pane()
-        if pane is not None:
+        if pane is not None and pane.ready:
             pane.table.focus()
 
     def action_clear_filter(self) -> None:
@@ -453,7 +462,7 @@ class MainScreen(Screen[None]):
         box.remove_class("-visible")
         box.disabled = True
         pane = self.focused_pane()
-        if pane is not None:
+        if pane is not None and pane.ready:
             pane.table.focus()
 
     def action_sort(self) -> None:

@@ -21,7 +21,7 @@ def panes(app) -> dict[str, SitePane]:  # type: ignore[no-untyped-def]
 
 def loaded(app) -> bool:  # type: ignore[no-untyped-def]
     ps = panes(app)
-    return len(ps) == 2 and all(p.table.row_count > 0 for p in ps.values())
+    return len(ps) == 2 and all(p.ready and p.table.row_count > 0 for p in ps.values())
 
 
 def row_names(pane: SitePane) -> list[str]:

@@ -15,7 +15,7 @@ from tests.ui.fake_backend import FakeBackend, populated_backend
 
 
 async def open_dialog(pilot, app) -> MigrateDialog:  # type: ignore[no-untyped-def]
-    await wait_for(pilot, lambda: any(p.table.row_count == 3
+    await wait_for(pilot, lambda: any(p.ready and p.table.row_count == 3
                                       for p in app.screen.query(SitePane)))
     tokyo = next(p for p in app.screen.query(SitePane) if p.site.name == "tokyo")
     tokyo.table.focus()

@@ -49,7 +49,8 @@ def backend() -> FakeBackend:
 
 async def loaded(pilot: Pilot) -> None:
     app = pilot.app
-    await wait_for(pilot, lambda: sum(p.table.row_count for p in app.screen.query(SitePane)) == 4)
+    await wait_for(pilot, lambda: sum(p.table.row_count for p in app.screen.query(SitePane)
+                                      if p.ready) == 4)
     await pilot.pause(0.1)
 
 
