@@ -16,6 +16,7 @@ from qemu_guest import Disk, QemuGuest, make_ext4
 from test_relay import Relay, free_port
 from throttle import ThrottledLink
 
+from console.bench import codec as codec_bench
 from console.teleport import offline
 from console.teleport.disk import DiskImage
 from console.teleport.layout import RamLayout
@@ -170,3 +171,10 @@ def test_codec_stats_and_offline_round_trip_on_a_real_stream(tmp_path: Path) -> 
     assert wstats["complete"] and wstats["references"] >= 6 * 512 * 0.9
     with DiskImage(disk) as d:
         assert d.size == 32 << 20
+
+    # The codec benchmark on the same real stream: numbers, never timed assertions.
+    bench = codec_bench.run(stream, disk, map_file, repeat=1)
+    assert bench.teleported == wstats["references"]
+    assert bench.guest_memory_bytes >= 128 << 20  # all of RAM once, some pages again
+    assert bench.wan_bytes <= bench.ideal_bytes < bench.stream_bytes
+    assert "teleport WAN / ideal" in codec_bench.report(bench, as_json=False)
