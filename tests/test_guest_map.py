@@ -146,7 +146,7 @@ def guest(tmp_path_factory: pytest.TempPathFactory):
     disks = [Disk(data, "data", readonly=True), Disk(part, "part", readonly=True),
              Disk(fat, "fat"), Disk(xfs, "xfs"), Disk(scratch, "scratch"),
              Disk(btrfs, "btrfs"), Disk(blank, "blank")]
-    qemu = QemuGuest(boot, tmp / "vm", memory_mib=MEM_MIB, disks=disks, agent=True,
+    qemu = QemuGuest(boot, tmp / "vm", memory_mib=MEM_MIB, disks=disks, agent=True, smp=2,
                      timeout_s=1200)
     with qemu:
         qemu.wait_for("PCTELEPORT-READY", timeout=90)
