@@ -244,3 +244,31 @@ def test_diverged_replica_fails_before_the_destination_resumes(backend) -> None:
     assert "re-sync it or migrate without teleport" in (rec.error or "")
     assert f"VM {VM} is running at tokyo" in rec.log[-1].text
     assert_intact_at(backend, "tokyo")
+
+
+def test_abort_command_stops_a_migration_run_by_another_process(backend) -> None:
+    import json
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "console.cli", "migrate", VM, "--to", "osaka", "--mode", "stock",
+         "--bandwidth", "4", "--json"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdin=subprocess.DEVNULL)
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            if "migration active" in line:
+                break
+        out = _cli("abort", VM)
+        assert out.returncode == 0, out.stderr
+        assert "abort the migration of web-small" in out.stdout
+        stdout, _ = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 1
+    summary = json.loads(stdout.strip().splitlines()[-1])
+    assert summary["result"] == "aborted"
+    assert_intact_at(backend, "tokyo")
+    nothing = _cli("abort", VM)
+    assert nothing.returncode == 2
+    assert nothing.stderr.strip() == f"pcteleport: no migration of {VM} is running at any site"
