@@ -403,6 +403,28 @@ def test_same_checksums_as_host(guest: Guest) -> None:
     assert out.split()[0] == hashlib.sha256(_files(1, 10)["files/f00.bin"]).hexdigest()
 
 
+def test_map_reads_resume_across_many_small_reads(guest: Guest) -> None:
+    """seq_file position = index into the open's snapshot: after a seek back to 0, 37-byte
+    reads (hundreds of read calls, most ending mid-line) give exactly what big reads gave."""
+    out = guest.qemu.run(
+        "python3 -c '\n"
+        "f = open(\"/proc/pcteleport/map\", \"rb\", buffering=0)\n"
+        "def chunks(size):\n"
+        "    out = []\n"
+        "    while True:\n"
+        "        c = f.read(size)\n"
+        "        if not c:\n"
+        "            return out\n"
+        "        out.append(c)\n"
+        "big = chunks(1 << 20)\n"
+        "f.seek(0)\n"
+        "small = chunks(37)\n"
+        "print(b\"\".join(big) == b\"\".join(small), len(b\"\".join(big)), len(small))\n"
+        "'")
+    same, size, reads = out.split()
+    assert same == "True" and int(reads) > 100 and int(size) > 37 * 100, out
+
+
 def test_walks_race_with_writes_truncates_deletes_and_eviction(guest: Guest) -> None:
     """Map and stats walks while files are written, truncated, deleted, synced and evicted:
     the guest kernel must not complain and the module must keep answering."""
