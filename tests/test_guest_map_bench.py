@@ -55,6 +55,7 @@ def test_module_maps_700mb_of_cache_in_under_a_second(tmp_path: Path) -> None:
             stats_ms = int(g.run("grep ^walk_ns /proc/pcteleport/stats").split()[1]) / 1e6
             cpu_share = _agent_cpu_share(g, agent, seconds=12)
         cached = int(module.header["guest-cached"])
+    data.unlink()  # 760 MiB; pytest keeps the last three runs' temp dirs
     print(f"\nFIGURES 1 GiB guest: read {FILES * FILE_MIB} MiB in {read_s:.1f} s; module map: "
           f"{cached} cached pages, {pages} restorable, walk {walk_ms:.0f} ms guest time, "
           f"agent total {module.header['elapsed-ms']} ms, {module.header['extents']} extents; "
