@@ -170,7 +170,8 @@ def timeline_svg(title: str, unit: str, runs: list[ModeRun], workload: bool) -> 
             note = (f"round {r.round}: dip {100 * (summary.dip or 0):.0f} %, "
                     + (f"recovered after {rec:.1f} s" if rec is not None else "not recovered"))
         series.append(svg.Series(str(r.mode), [(p.t, p.value) for p in pts], r.resume_t,
-                                 summary.baseline if summary else None, note))
+                                 summary.baseline if summary else None, note,
+                                 r.returned_t if r.migrated else None))
     return svg.stacked_timelines(title, unit, series)
 
 

@@ -61,6 +61,7 @@ class ModeRun:
     latency_p95_ms: list[Point] = field(default_factory=list)
     guest_errors: str = ""
     site_after: str = ""  # where the VM ran once the migration call returned
+    returned_t: float = 0.0  # when the service returned (after its verification in the guest)
 
     @property
     def ok(self) -> bool:
@@ -181,7 +182,7 @@ class Bench:
         # The guest clock stood still while the VM was paused: rows from before the pause keep
         # the source's offset. The pause began about (lag it gained) before the resume.
         pause_host = resume_host - max(0.0, offset_after - offset_before)
-        run = ModeRun(mode, round_no, record, site_after=site)
+        run = ModeRun(mode, round_no, record, site_after=site, returned_t=t_end - t0)
 
         def points(name: str, key: str) -> list[Point]:
             rows = self.guest.rows(site, name)
@@ -226,7 +227,8 @@ def describe(runs: list[ModeRun]) -> list[dict[str, Any]]:
              "latency_p95_ms": [[p.t, p.value] for p in r.latency_p95_ms],
              "read_summary": r.read_summary.as_dict() if r.read_summary else None,
              "workload_summary": r.workload_summary.as_dict() if r.workload_summary else None,
-             "guest_errors": r.guest_errors, "site_after": r.site_after} for r in runs]
+             "guest_errors": r.guest_errors, "site_after": r.site_after,
+             "returned_t": r.returned_t} for r in runs]
 
 
 def main(scenario: str, modes: str, wan_profile: str, repeat: int, as_json: bool,

@@ -122,6 +122,7 @@ class Series:
     resume_t: float  # when the VM resumed at the destination
     baseline: float | None = None
     note: str = ""  # shown at the panel's right, e.g. "recovered after 2.0 s"
+    returned_t: float | None = None  # the service returned (verification done): dotted line
 
 
 def stacked_timelines(title: str, unit: str, series: list[Series]) -> str:
@@ -152,6 +153,8 @@ def stacked_timelines(title: str, unit: str, series: list[Series]) -> str:
                    fill="#6b7280")
         if s.baseline:
             c.line(left, y(s.baseline), left + pw, y(s.baseline), stroke="#9ca3af", dash="4 3")
+        if s.returned_t is not None and s.returned_t > s.resume_t + 0.5:
+            c.line(x(s.returned_t), y0, x(s.returned_t), y0 + ph, stroke="#374151", dash="2 3")
         c.polyline([(x(t + 0.5), y(v)) for t, v in s.points], colour(s.mode))
         c.line(left, y0 + ph, left + pw, y0 + ph, stroke="#374151")
         c.text(left + 4, y0 + 12, s.mode, size=12, weight="bold", fill=colour(s.mode))
@@ -165,7 +168,8 @@ def stacked_timelines(title: str, unit: str, series: list[Series]) -> str:
         c.text(x(t), yb + 12, f"{t:g}", size=10, anchor="middle", fill="#374151")
         t += step
     c.text(left + pw / 2, yb + 28, "seconds since the migration started (shaded: migrating, "
-           "until the VM resumed at the destination; dashed: level before)", size=11,
+           "until the VM resumed at the destination; dashed: level before; "
+           "dotted: the service's verification done)", size=11,
            anchor="middle")
     c.text(16, top + len(series) * (ph + gap) / 2, unit, size=11, anchor="middle", rotate=-90)
     return c.render()
