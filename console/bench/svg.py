@@ -167,9 +167,8 @@ def stacked_timelines(title: str, unit: str, series: list[Series]) -> str:
         c.line(x(t), yb - 4, x(t), yb, stroke="#374151")
         c.text(x(t), yb + 12, f"{t:g}", size=10, anchor="middle", fill="#374151")
         t += step
-    c.text(left + pw / 2, yb + 28, "seconds since the migration started (shaded: migrating, "
-           "until the VM resumed at the destination; dashed: level before; "
-           "dotted: the service's verification done)", size=11,
-           anchor="middle")
+    c.text(left + pw / 2, yb + 28, "seconds since the migration started · shaded: migrating "
+           "until the VM resumed · dashed: level before · dotted: service done (verified)",
+           size=10, anchor="middle")
     c.text(16, top + len(series) * (ph + gap) / 2, unit, size=11, anchor="middle", rotate=-90)
     return c.render()
