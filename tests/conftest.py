@@ -20,3 +20,19 @@ def require(condition: bool, reason: str) -> None:
     if IN_CI:
         pytest.fail(f"CI must provide this, but: {reason}")
     pytest.skip(reason)
+
+
+def require_guest_kernel():
+    """The Debian guest kernel for QEMU tests (needs QEMU and root too), or skip/fail."""
+    import shutil
+
+    from console.errors import PcteleportError
+    from console.sites import guestimage
+
+    require(shutil.which("qemu-system-x86_64") is not None, "qemu-system-x86_64 is not installed")
+    require(os.geteuid() == 0, "needs root")
+    try:
+        return guestimage.guest_kernel()
+    except PcteleportError as exc:
+        require(False, str(exc))
+        raise

@@ -4,13 +4,11 @@ a file with QMP, and a second QEMU started with -incoming continues the same gue
 from __future__ import annotations
 
 import hashlib
-import os
 import random
-import shutil
 from pathlib import Path
 
 import pytest
-from conftest import require
+from conftest import require_guest_kernel
 from qemu_guest import Disk, QemuGuest, make_ext4
 
 pytestmark = [pytest.mark.qemu, pytest.mark.slow]
@@ -23,22 +21,10 @@ echo "CHECKSUM $(cat /mnt/files/* | sha256sum | cut -d' ' -f1)"
 """
 
 
-def _guest_kernel():
-    from console.errors import PcteleportError
-    from console.sites import guestimage
-
-    require(shutil.which("qemu-system-x86_64") is not None, "qemu-system-x86_64 is not installed")
-    require(os.geteuid() == 0, "needs root")
-    try:
-        return guestimage.guest_kernel()
-    except PcteleportError as exc:
-        require(False, str(exc))
-
-
 def test_boot_read_migrate_to_file_and_resume(tmp_path: Path) -> None:
     from console.sites import guestimage
 
-    kernel = _guest_kernel()
+    kernel = require_guest_kernel()
     rng = random.Random(1234)
     files = {f"files/f{i:02d}.bin": rng.randbytes(4 << 20) for i in range(14)}  # 56 MiB
     expected = hashlib.sha256(b"".join(files[k] for k in sorted(files))).hexdigest()
@@ -83,7 +69,7 @@ def test_debian_guest_with_agent_migrates_over_tcp(tmp_path: Path) -> None:
     from console.sites import guestimage
     from console.sites.agent_client import AgentClient
 
-    kernel = _guest_kernel()
+    kernel = require_guest_kernel()
     rng = random.Random(99)
     files = {f"files/g{i}.bin": rng.randbytes(1 << 20) for i in range(8)}
     data = make_ext4(tmp_path / "data.raw", files, size_mib=24)
@@ -115,7 +101,7 @@ def test_harness_reports_failures_and_cleans_up(tmp_path: Path) -> None:
 
     from console.sites import guestimage
 
-    kernel = _guest_kernel()
+    kernel = require_guest_kernel()
     boot = guestimage.stage1_boot(None, kernel=kernel)
     bad = QemuGuest(boot, tmp_path / "bad", extra_args=("-bogus-option",))
     with pytest.raises(GuestError, match="bogus-option"), bad:

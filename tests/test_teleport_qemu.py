@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import require
+from conftest import require_guest_kernel
 from qemu_guest import Disk, QemuGuest, make_ext4
 from test_relay import Relay, free_port
 from throttle import ThrottledLink
@@ -35,18 +35,6 @@ dd if=/dev/urandom of=/anon/blob bs=1M count=6 2>/dev/null
 echo "CHECKSUM $(cat /mnt/files/* | sha256sum | cut -d' ' -f1)"
 echo "ANON $(sha256sum /anon/blob | cut -d' ' -f1)"
 """
-
-
-def _kernel():
-    from console.errors import PcteleportError
-    from console.sites import guestimage
-
-    require(shutil.which("qemu-system-x86_64") is not None, "qemu-system-x86_64 is not installed")
-    require(os.geteuid() == 0, "needs root")
-    try:
-        return guestimage.guest_kernel()
-    except PcteleportError as exc:
-        require(False, str(exc))
 
 
 def oracle_map(stream: Path, disk: Path) -> RestorableMap:
@@ -80,7 +68,7 @@ def oracle_map(stream: Path, disk: Path) -> RestorableMap:
 def test_teleport_migration_of_a_real_guest(tmp_path: Path) -> None:
     from console.sites import guestimage
 
-    kernel = _kernel()
+    kernel = require_guest_kernel()
     rng = random.Random(99)
     files = {f"files/f{i:02d}.bin": rng.randbytes(4 << 20) for i in range(12)}  # 48 MiB
     expected = hashlib.sha256(b"".join(files[k] for k in sorted(files))).hexdigest()
@@ -145,7 +133,7 @@ def test_codec_stats_and_offline_round_trip_on_a_real_stream(tmp_path: Path) -> 
     """The offline forms on a real captured stream: encode, decode, byte for byte."""
     from console.sites import guestimage
 
-    kernel = _kernel()
+    kernel = require_guest_kernel()
     rng = random.Random(7)
     files = {f"files/g{i}.bin": rng.randbytes(2 << 20) for i in range(6)}
     disk = make_ext4(tmp_path / "d.raw", files, size_mib=32)
