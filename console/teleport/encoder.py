@@ -137,10 +137,11 @@ class Encoder:
         self._refs.append(REF.pack(self._litlen, disk_off, page_hash(page)))
         ref_id = self._next_ref
         self._next_ref = ref_id + 1
-        with self._kept_lock:
-            self._kept[ref_id] = page
-            if len(self._kept) > self._keep_pages:
-                self._kept.popitem(last=False)
+        if self._keep_pages:
+            with self._kept_lock:
+                self._kept[ref_id] = page
+                if len(self._kept) > self._keep_pages:
+                    self._kept.popitem(last=False)
         self.counters.pages_teleported += 1
         return True
 
@@ -167,6 +168,12 @@ class Encoder:
         self.counters.wan_bytes = self.writer.bytes_out
 
     # -- the back channel ---------------------------------------------------------------
+
+    def stop_keeping(self) -> None:
+        """Keep no pages for FETCH (the decoder said it will not ask)."""
+        with self._kept_lock:
+            self._keep_pages = 0
+            self._kept.clear()
 
     def kept_page(self, ref_id: int) -> bytes | None:
         """The page behind reference `ref_id`, if still kept (for a FETCH)."""

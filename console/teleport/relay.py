@@ -227,6 +227,8 @@ class SendRelay:
             first = reader.next()
             if first is None or first.type != wan.HELLO or first.json().get("role") != "decoder":
                 raise RelayError("the destination relay did not say hello")
+            if not first.json().get("fetch"):
+                enc.stop_keeping()  # the peer fails on a mismatch: no page will be asked for
             while (frame := reader.next()) is not None:
                 if frame.type == wan.RETURN:
                     qemu.sendall(frame.payload)
@@ -327,7 +329,7 @@ class RecvRelay:
             decoder.on_hello(hello)
             qemu = _connect(self.to)
             emit("connected", side="qemu", peer=f"{self.to[0]}:{self.to[1]}")
-            writer.send_json(wan.HELLO, {"role": "decoder"})
+            writer.send_json(wan.HELLO, {"role": "decoder", "fetch": self.fetch_on_mismatch})
             back = threading.Thread(target=self._return_path, args=(qemu, writer), daemon=True)
             back.start()
 
