@@ -46,7 +46,7 @@ from console.records import (
 from console.sites.events import LifecycleEvent
 from console.sites.guest_agent import GuestAgent
 from console.sites.relays import RelayFailure, RelayPair
-from console.sites.site_runtime import DomainDisk, SiteRuntime, domain_disks
+from console.sites.site_runtime import DomainDisk, SiteRuntime, WanMeter, domain_disks
 
 LIBVIRT_MULTIFD_ZSTD = 9_004_000  # libvirt 9.4 passes compression=zstd to multifd itself
 QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
@@ -179,8 +179,8 @@ class MigrationRun:
             self._check_abort()
             params, flags = self._mode_setup(dom)
             self._check_abort()
+            p.dst.conn()  # connect now, so the clock below starts with the migration itself
             wan_before = p.src.wan_tx_bytes()
-            self.phase(Phase.ITERATIVE, 1)
             self._migrate(dom, params, flags)
             self._finish(wan_before)
         except Aborted as exc:
@@ -264,6 +264,7 @@ class MigrationRun:
         for site in (p.src, p.dst):
             site.events.add(self._on_lifecycle)
         try:
+            self.phase(Phase.ITERATIVE, 1)
             worker.start()
             self._watch(dom, worker)
             worker.join()
@@ -286,30 +287,39 @@ class MigrationRun:
     def _watch(self, dom: libvirt.virDomain, worker: threading.Thread) -> None:
         """One sample and one log line per second until libvirt's migrate call returns."""
         p = self.plan
-        last_wan = p.src.wan_tx_bytes()
-        last_t = time.monotonic()
+        meter = p.src.wan_meter()
+        try:
+            self._sample_loop(dom, worker, meter)
+        finally:
+            if meter is not None:
+                meter.close()
+
+    def _sample_loop(self, dom: libvirt.virDomain, worker: threading.Thread,
+                     meter: WanMeter | None) -> None:
+        last_wan, last_t = (meter.latest, meter.latest_at) if meter is not None else (None, 0.0)
+        start = time.monotonic()
         iteration = 1
         remaining_min: int | None = None
+        tick = 0.5  # a first sample soon, then one a second on a steady clock
         while worker.is_alive():
-            worker.join(1.0)
+            worker.join(max(0.0, start + tick - time.monotonic()))
+            tick += 1.0
             if not worker.is_alive():
                 break
             try:
-                stats = dom.jobStats()
-                state = dom.state()
+                stats = dom.jobStats()  # (not dom.state(): it waits seconds for the job lock)
             except libvirt.libvirtError:
                 continue  # the job just ended; the worker tells us how
-            now = time.monotonic()
-            wan = p.src.wan_tx_bytes()
-            wan_rate = ((wan - last_wan) / (now - last_t)
-                        if wan is not None and last_wan is not None else 0.0)
-            last_wan, last_t = wan, now
+            wan, wan_at = (meter.latest, meter.latest_at) if meter is not None else (None, 0.0)
+            wan_rate = ((wan - last_wan) / (wan_at - last_t)
+                        if wan is not None and last_wan is not None and wan_at > last_t
+                        else 0.0)
+            if wan is not None and wan_at > last_t:
+                last_wan, last_t = wan, wan_at
             it = int(stats.get("memory_iteration", iteration) or iteration)
             if it > iteration and self._phase == Phase.ITERATIVE:
                 iteration = self._iteration = it
                 self.phase(Phase.ITERATIVE, iteration)
-            if state[0] == libvirt.VIR_DOMAIN_PAUSED and self._phase == Phase.ITERATIVE:
-                self.phase(Phase.STOP_AND_COPY, iteration)  # in case the event was missed
             sample = self._sample(stats, wan_rate)
             self._emit(sample)
             self._progress_line(sample, remaining_min)
@@ -360,7 +370,8 @@ class MigrationRun:
 
     def _finish(self, wan_before: int | None) -> None:
         p = self.plan
-        self.phase(Phase.RESUME)
+        resumed_at = time.monotonic()
+        self.phase(Phase.RESUME)  # unless libvirt's event marked it already
         if self._relays is not None:
             try:
                 self._relays.wait_done(60)
@@ -381,6 +392,14 @@ class MigrationRun:
         rec.total_s = round(time.monotonic() - self.t0, 3)
         if completed.get("downtime") is not None:
             rec.downtime_ms = float(completed["downtime"])
+            if not any(m.phase == Phase.STOP_AND_COPY for m in rec.phases):
+                # No lifecycle event came (no event loop): place it by the real downtime.
+                resume = next((m.t for m in rec.phases if m.phase == Phase.RESUME),
+                              resumed_at - self.t0)
+                mark = PhaseMark(Phase.STOP_AND_COPY, round(resume - rec.downtime_ms / 1000, 3),
+                                 self._iteration)
+                with self._emit_lock:
+                    rec.phases.insert(len(rec.phases) - 1, mark)
         rec.guest_bytes = int(completed.get("memory_processed", 0) or 0)
         wan_after = p.src.wan_tx_bytes()
         if wan_before is not None and wan_after is not None:
