@@ -3,8 +3,8 @@ migrate it with teleport through the migrate dialog, watch the run complete in t
 view, then find the run on the compare screen. Then it moves the VM back headlessly, so the lab
 is left as it was found.
 
-Runs as root with the lab's tools installed (scripts/setup.sh); reuses a lab that is already up
-(and leaves it up), otherwise brings one up with just this VM and takes it down afterwards.
+Runs as root with the lab's tools installed (scripts/setup.sh), on a lab instance of its own
+("e") with just this VM, taken down afterwards.
 `PCTELEPORT_E2E_VM` picks the VM (default `web-small`, the CI-sized `web`)."""
 
 from __future__ import annotations
@@ -33,24 +33,30 @@ def _lab(*args: str, timeout: float = 400) -> subprocess.CompletedProcess[str]:
                           stdin=subprocess.DEVNULL)
 
 
+INSTANCE = "e"  # a lab of its own: never moves the VMs of a lab somebody is using
+
+
 @pytest.fixture(scope="module")
 def lab_config(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     require(os.geteuid() == 0, "the lab needs root")
     for tool in ("libvirtd", "sshd", "qemu-system-x86_64"):
         require(shutil.which(tool) is not None or Path("/usr/sbin", tool).exists(),
                 f"{tool} is not installed (scripts/setup.sh)")
-    st = _lab("status", "--json", "--no-measure")
-    state = json.loads(st.stdout) if st.returncode in (0, 3) and st.stdout.strip() else {}
-    ours = not state.get("up")
-    if ours:
+    old = os.environ.get("PCTELEPORT_LAB_INSTANCE")
+    os.environ["PCTELEPORT_LAB_INSTANCE"] = INSTANCE  # the CLI subprocesses inherit it
+    try:
+        _lab("down")
         up = _lab("up", "--vms", VM_NAME, "--wan", "default")
         assert up.returncode == 0, f"lab up: {up.stderr or up.stdout}"
         state = json.loads(_lab("status", "--json", "--no-measure").stdout)
-    vms = {v["name"]: v for v in state.get("vms", [])}
-    require(VM_NAME in vms, f"the lab has no VM {VM_NAME}: `pcteleport lab up --vms {VM_NAME}`")
-    yield Path(state["config"])
-    if ours:
+        assert VM_NAME in {v["name"] for v in state.get("vms", [])}, state
+        yield Path(state["config"])
+    finally:
         _lab("down")
+        if old is None:
+            os.environ.pop("PCTELEPORT_LAB_INSTANCE", None)
+        else:
+            os.environ["PCTELEPORT_LAB_INSTANCE"] = old
 
 
 async def test_console_migrates_with_teleport_and_finds_the_run(
