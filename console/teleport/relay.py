@@ -429,12 +429,7 @@ def main_send(args: argparse.Namespace) -> int:
         parse_hostport(args.listen), parse_hostport(args.to), rmap, disk,
         read_secret(args.secret_file), emit, args.stats_interval,
     )
-    try:
-        relay.run()
-    except PcteleportError as exc:
-        emit("error", message=str(exc))
-        raise
-    return 0
+    return _run(relay, emit)
 
 
 def main_recv(args: argparse.Namespace) -> int:
@@ -445,6 +440,11 @@ def main_recv(args: argparse.Namespace) -> int:
         read_secret(args.secret_file), emit, args.stats_interval,
         fetch_on_mismatch=args.on_mismatch == "fetch",
     )
+    return _run(relay, emit)
+
+
+def _run(relay: SendRelay | RecvRelay, emit: Emitter) -> int:
+    """Run a relay; its failure is also the last JSON line, for whoever reads the stream."""
     try:
         relay.run()
     except PcteleportError as exc:
