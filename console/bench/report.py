@@ -33,6 +33,7 @@ class ModeRow:
     read_dip: float | None
     read_recovered_s: float | None
     read_never_recovered: int
+    read_degraded_s: float | None
     work_during: float | None
     work_recovered_s: float | None
 
@@ -64,6 +65,7 @@ def rows(runs: list[ModeRun]) -> list[ModeRow]:
             read_recovered_s=m(lambda r: r.read_summary.recovered_s if r.read_summary else None),
             read_never_recovered=sum(1 for r in rs if r.read_summary and r.read_summary.baseline
                                      and r.read_summary.recovered_s is None),
+            read_degraded_s=m(lambda r: r.read_summary.degraded_s if r.read_summary else None),
             work_during=m(lambda r: r.workload_summary.during if r.workload_summary else None),
             work_recovered_s=m(lambda r: r.workload_summary.recovered_s
                                if r.workload_summary else None),
@@ -98,9 +100,9 @@ def markdown(options: BenchOptions, runs: list[ModeRun], command: str, started: 
         "",
         "| mode | migrated/runs (ok) | total time (s) | vs stock | WAN (MB) | vs stock "
         "| downtime (ms) | vs stock | pages teleported | reads during | read dip after "
-        "| reads recovered (s) "
+        "| reads recovered (s) | reads degraded (s) "
         f"| {s.unit or 'workload'} during | workload recovered (s) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in table:
         st = stock or r
@@ -112,6 +114,7 @@ def markdown(options: BenchOptions, runs: list[ModeRun], command: str, started: 
             f"| {_num(r.downtime_ms, '{:.0f}')} | {ratio(r.downtime_ms, st.downtime_ms)} "
             f"| {_num(r.teleported_pages, '{:,.0f}')} | {_pct(r.read_during)} "
             f"| {_pct(r.read_dip)} | {_num(r.read_recovered_s)}{never} "
+            f"| {_num(r.read_degraded_s, '{:.0f}')} "
             f"| {_pct(r.work_during) if s.has_workload else '–'} "
             f"| {_num(r.work_recovered_s) if s.has_workload else '–'} |")
     lines += [
@@ -122,7 +125,9 @@ def markdown(options: BenchOptions, runs: list[ModeRun], command: str, started: 
         "(scenarios/guest/reader.py); *during*: mean while migrating, *dip*: lowest second within "
         "10 s after the VM resumed, both as a share of the median before the migration; "
         "*recovered*: seconds from the resume until 3 consecutive seconds at ≥ 80 % of that "
-        "median. WAN bytes are counted on the WAN link itself.",
+        "median; *degraded*: seconds below 80 % from the migration's start to the end of "
+        "the window (a cache dropped before the migration degrades reads while it runs). "
+        "WAN bytes are counted on the WAN link itself.",
         "",
         "## Every run",
         "",

@@ -42,6 +42,9 @@ class Summary:
     after: float | None  # mean per second after the resume, as a share of the baseline
     dip: float | None  # lowest second within DIP_WINDOW_S of the resume, share of baseline
     recovered_s: float | None  # from the resume until back to RECOVERED_SHARE; None: never
+    # Seconds below RECOVERED_SHARE from the migration's start on, wherever the dip is: a cache
+    # dropped before the migration degrades reads while it runs, not only after the resume.
+    degraded_s: float | None = None
 
     def as_dict(self) -> dict[str, float | None]:
         return dict(self.__dict__)
@@ -50,7 +53,7 @@ class Summary:
 def summarise(points: list[Point], resume_t: float) -> Summary:
     before = [p.value for p in points if p.t + 1 <= 0]
     if not before or statistics.median(before) <= 0:
-        return Summary(None, None, None, None, None)
+        return Summary(None, None, None, None, None, None)
     base = statistics.median(before)
     during = [p.value for p in points if p.t >= 0 and p.t + 1 <= resume_t]
     after_pts = [p for p in points if p.t >= resume_t]
@@ -66,10 +69,12 @@ def summarise(points: list[Point], resume_t: float) -> Summary:
             recovered = round(p.t - resume_t, 1)
             break
     dips = dip_pts + around
+    degraded = sum(1 for p in points if p.t >= 0 and p.value < RECOVERED_SHARE * base)
     return Summary(
         baseline=base,
         during=statistics.fmean(during) / base if during else None,
         after=statistics.fmean(p.value for p in after_pts) / base if after_pts else None,
         dip=min(dips) / base if dips else None,
         recovered_s=recovered,
+        degraded_s=float(degraded),
     )
