@@ -202,9 +202,10 @@ def machine() -> dict[str, Any]:
 
 
 def write(out_root: Path, options: BenchOptions, runs: list[ModeRun], command: str,
-          returns: list[Any] | None = None) -> Path:
-    """results/<date>/<scenario>-<wan>-<time>.{json,md} and -bars/-reads/-workload .svg."""
-    now = time.gmtime()
+          returns: list[Any] | None = None, started_at: float | None = None) -> Path:
+    """results/<date>/<scenario>-<wan>-<time>.{json,md} and -bars/-reads/-workload .svg, named
+    by the run's start."""
+    now = time.gmtime(started_at)
     started = time.strftime("%Y-%m-%d %H:%M:%S UTC", now)
     folder = out_root / time.strftime("%Y-%m-%d", now)
     folder.mkdir(parents=True, exist_ok=True)
@@ -213,7 +214,7 @@ def write(out_root: Path, options: BenchOptions, runs: list[ModeRun], command: s
     from console.records import to_dict
 
     data = {"scenario": s.name, "wan": options.wan_profile, "command": command,
-            "written": started, "repeat": options.repeat,
+            "started": started, "repeat": options.repeat,
             "before_s": options.before_s, "after_s": options.after_s,
             "max_downtime_ms": options.max_downtime_ms,
             "modes": [str(m) for m in options.modes], "machine": machine(),

@@ -94,6 +94,7 @@ class Bench:
         self.guest = guest_mod.LabGuest(self.backend.cfg, options.scenario.name)
         self.paths = LabPaths.default()
         self.returns: list[MigrationRecord] = []
+        self.started = time.time()
 
     # -- lab plumbing -------------------------------------------------------------------------
 
@@ -206,6 +207,7 @@ class Bench:
 
     def run(self) -> list[ModeRun]:
         modes = ordered_modes(self.o.modes)
+        self.started = time.time()
         self.set_wan(self.o.wan_profile)
         runs = []
         try:
@@ -252,7 +254,7 @@ def main(scenario: str, modes: str, wan_profile: str, repeat: int, as_json: bool
                            before_s, after_s, max_downtime_ms=max_downtime_ms or None)
     bench = Bench(options)
     runs = bench.run()
-    md = report.write(Path(out), options, runs, command, bench.returns)
+    md = report.write(Path(out), options, runs, command, bench.returns, bench.started)
     if as_json:
         stem = str(md)[:-3]
         print(json.dumps({"markdown": str(md), "json": stem + ".json",
