@@ -270,6 +270,8 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     bench.add_argument("--out", default="results", metavar="DIR",
                        help="results root; files go to DIR/<date>/ (default results)")
     bench.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    bench.add_argument("--report", metavar="FILE.json",
+                       help="no run: write the table and figures of a run's JSON again")
     bench.set_defaults(handler=_bench_migrations)
     bsub = bench.add_subparsers(dest="bench_command", metavar="WHAT")
     codec = bsub.add_parser("codec", help="codec speed and WAN bytes on a captured stream")
@@ -286,6 +288,13 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
 def _bench_migrations(args: argparse.Namespace) -> int:
     from console.bench import runner
 
+    if args.report:
+        from pathlib import Path
+
+        from console.bench import report
+
+        print(report.rerender(Path(args.report)).read_text())
+        return 0
     command = "pcteleport " + " ".join(sys.argv[1:])
     return runner.main(args.scenario, args.modes, args.wan, args.repeat, args.json, args.out,
                        args.before, args.after, args.return_wan, command, args.max_downtime)

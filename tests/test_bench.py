@@ -122,6 +122,15 @@ def test_written_results_hold_json_markdown_and_svgs(tmp_path):
         assert len([e for e in tree.iter() if e.tag.endswith("polyline")]) == 2
 
 
+def test_a_written_run_renders_again_from_its_json(tmp_path):
+    opts = BenchOptions(load("web-small"), [Mode.STOCK, Mode.TELEPORT], "fast")
+    md = report.write(tmp_path, opts, _runs()[:2], "pcteleport bench")
+    first = md.read_text()
+    md.unlink()
+    again = report.rerender(Path(str(md)[:-3] + ".json"))
+    assert again.read_text() == first
+
+
 def test_bar_heights_follow_the_values():
     doc = ET.fromstring(svg.bar_panels("t", [("x", [svg.Bar("stock", 10.0),
                                                     svg.Bar("teleport", 2.5)])]))

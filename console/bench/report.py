@@ -152,11 +152,12 @@ def bars_svg(options: BenchOptions, runs: list[ModeRun]) -> str:
 
     def panel(name: str, get: Callable[[ModeRow], float | None]) -> tuple[str, list[svg.Bar]]:
         base = get(stock) if stock else None
-        return name, [svg.Bar(r.mode, get(r), ratio(get(r), base) + " stock" if base else "")
+        return name, [svg.Bar(r.mode, get(r), ratio(get(r), base) if base else "")
                       for r in table]
 
     return svg.bar_panels(
-        f"{options.scenario.name}, WAN {options.wan_profile}: means of {options.repeat} round(s)",
+        f"{options.scenario.name}, WAN {options.wan_profile}: means of {options.repeat} round(s)"
+        " (under each bar: its ratio to stock)",
         [panel("total time (s)", lambda r: r.total_s),
          panel("WAN (MB)", lambda r: r.wan_bytes / 1e6 if r.wan_bytes else None),
          panel("downtime (ms)", lambda r: r.downtime_ms)])
@@ -210,10 +211,9 @@ def write(out_root: Path, options: BenchOptions, runs: list[ModeRun], command: s
     folder = out_root / time.strftime("%Y-%m-%d", now)
     folder.mkdir(parents=True, exist_ok=True)
     stem = folder / f"{options.scenario.name}-{options.wan_profile}-{time.strftime('%H%M%S', now)}"
-    s = options.scenario
     from console.records import to_dict
 
-    data = {"scenario": s.name, "wan": options.wan_profile, "command": command,
+    data = {"scenario": options.scenario.name, "wan": options.wan_profile, "command": command,
             "started": started, "repeat": options.repeat,
             "before_s": options.before_s, "after_s": options.after_s,
             "max_downtime_ms": options.max_downtime_ms,
@@ -221,6 +221,12 @@ def write(out_root: Path, options: BenchOptions, runs: list[ModeRun], command: s
             "table": [r.__dict__ for r in rows(runs)], "runs": describe(runs),
             "returns": [to_dict(r) for r in returns or []]}
     Path(f"{stem}.json").write_text(json.dumps(data, indent=1, allow_nan=False) + "\n")
+    return _render(str(stem), options, runs, command, started)
+
+
+def _render(stem: str, options: BenchOptions, runs: list[ModeRun], command: str,
+            started: str) -> Path:
+    s = options.scenario
     Path(f"{stem}.md").write_text(markdown(options, runs, command, started))
     Path(f"{stem}-bars.svg").write_text(bars_svg(options, runs))
     Path(f"{stem}-reads.svg").write_text(timeline_svg(
@@ -231,3 +237,36 @@ def write(out_root: Path, options: BenchOptions, runs: list[ModeRun], command: s
             f"{s.name}: {s.unit} around the migration (WAN {options.wan_profile})", s.unit,
             runs, workload=True))
     return Path(f"{stem}.md")
+
+
+def load_runs(path: Path) -> tuple[BenchOptions, list[ModeRun], str, str]:
+    """A run back from its JSON (options, runs, command, start), to render it again."""
+    from console.bench.scenario import load
+    from console.bench.timeline import Point, summarise
+    from console.records import MigrationRecord, from_dict
+
+    data = json.loads(path.read_text())
+    options = BenchOptions(load(data["scenario"]), [Mode(m) for m in data["modes"]],
+                           data["wan"], repeat=data["repeat"], before_s=data["before_s"],
+                           after_s=data["after_s"], max_downtime_ms=data.get("max_downtime_ms"))
+    runs = []
+    for r in data["runs"]:
+        record = from_dict(MigrationRecord, r["record"])
+        run = ModeRun(Mode(r["mode"]), r["round"], record,
+                      [Point(t, v) for t, v in r["reads"]],
+                      [Point(t, v) for t, v in r["workload"]],
+                      latency_p95_ms=[Point(t, v) for t, v in r.get("latency_p95_ms", [])],
+                      guest_errors=r.get("guest_errors", ""), site_after=r.get("site_after", ""),
+                      returned_t=r.get("returned_t", 0.0))
+        run.read_summary = summarise(run.reads, run.resume_t)
+        if run.workload:
+            run.workload_summary = summarise(run.workload, run.resume_t)
+        runs.append(run)
+    started = data.get("started") or data.get("written", "")
+    return options, runs, data.get("command", ""), started
+
+
+def rerender(path: Path) -> Path:
+    """Write the table and figures of a run's JSON again, next to it, with this code."""
+    options, runs, command, started = load_runs(path)
+    return _render(str(path)[: -len(".json")], options, runs, command, started)

@@ -86,7 +86,7 @@ class Bar:
 
 def bar_panels(title: str, panels: list[tuple[str, list[Bar]]]) -> str:
     """One panel per metric (e.g. "total time (s)"), one bar per mode, side by side."""
-    pw, ph, top, bottom = 260, 260, 50, 70
+    pw, ph, top, bottom = 300, 260, 50, 70
     c = Canvas(pw * len(panels) + 20, ph + top + bottom, title)
     for i, (name, bars) in enumerate(panels):
         x0, y0 = 20 + i * pw + 40, top + 20
