@@ -205,15 +205,19 @@ class Bench:
                  f"downtime {record.downtime_ms} ms; reads recovered after {rs.recovered_s} s")
         return run
 
-    def run(self) -> list[ModeRun]:
+    def run(self, checkpoint: Callable[[list[ModeRun]], None] | None = None) -> list[ModeRun]:
+        """Every round and mode; `checkpoint` gets the runs so far after each one, so a long
+        run that is stopped half way still leaves its measured migrations on disk."""
         modes = ordered_modes(self.o.modes)
         self.started = time.time()
         self.set_wan(self.o.wan_profile)
-        runs = []
+        runs: list[ModeRun] = []
         try:
             for r in range(1, self.o.repeat + 1):
                 for mode in modes:
                     runs.append(self.measure(mode, r))
+                    if checkpoint:
+                        checkpoint(runs)
             self.bring_home()
         finally:
             self.backend.close()
@@ -253,7 +257,11 @@ def main(scenario: str, modes: str, wan_profile: str, repeat: int, as_json: bool
     options = BenchOptions(load(scenario), mode_list, wan_profile, return_wan, repeat,
                            before_s, after_s, max_downtime_ms=max_downtime_ms or None)
     bench = Bench(options)
-    runs = bench.run()
+
+    def checkpoint(so_far: list[ModeRun]) -> None:
+        report.write(Path(out), options, so_far, command, bench.returns, bench.started)
+
+    runs = bench.run(checkpoint)
     md = report.write(Path(out), options, runs, command, bench.returns, bench.started)
     if as_json:
         stem = str(md)[:-3]
