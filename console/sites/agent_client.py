@@ -55,7 +55,9 @@ def _request_line(rid: int, method: str, params: dict) -> bytes:
     msg: dict = {"id": rid, "method": method}
     if params:
         msg["params"] = params
-    return json.dumps(msg).encode() + b"\n"
+    # The leading newline ends any half line an earlier client left on the port (a virtio-
+    # serial port outlives its host connections); the agent skips blank lines.
+    return b"\n" + json.dumps(msg).encode() + b"\n"
 
 
 def _map_from_result(result: dict) -> AgentMap:

@@ -44,7 +44,7 @@ from console.records import (
     WanLink,
 )
 from console.sites.events import LifecycleEvent
-from console.sites.guest_agent import GuestAgent
+from console.sites.guest_agent import AgentUnavailable, GuestAgent
 from console.sites.relays import RelayFailure, RelayPair
 from console.sites.site_runtime import DomainDisk, SiteRuntime, WanMeter, domain_disks
 
@@ -434,8 +434,12 @@ class MigrationRun:
                 if time.monotonic() > deadline:
                     raise MigrationFailed(f"after migration: {exc}") from None
                 time.sleep(1)
-        result = agent.call("verify", {"disk": p.data_serial} if p.data_serial else {},
-                            timeout=300)
+        params = {"disk": p.data_serial} if p.data_serial else {}
+        try:
+            result = agent.call("verify", params, timeout=180)
+        except AgentUnavailable as exc:  # once more: the port may have held a stale line
+            self.log(f"verification: {exc}; asking again")
+            result = agent.call("verify", params, timeout=180)
         bad = result.get("mismatches") or []
         if bad:
             raise MigrationFailed(
