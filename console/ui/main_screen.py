@@ -10,7 +10,6 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Container, Vertical
 from textual.screen import Screen
-from textual.timer import Timer
 from textual.widgets import DataTable, Footer, Header, Input, Static
 
 from console.records import VM, Composition, ConnectionState, Site, VMState
@@ -18,6 +17,7 @@ from console.ui import units
 from console.ui.composition_bar import composition_bar, legend
 from console.ui.failures import describe
 from console.ui.messages import InventoryFailed, InventoryLoaded, SitesFailed, SitesLoaded
+from console.ui.polling import PollSchedule
 
 if TYPE_CHECKING:
     from console.ui.app import PcteleportApp
@@ -74,8 +74,8 @@ class SitePane(Vertical):
         self.compositions: dict[str, Composition] = {}
         self.problems: dict[str, str] = {}
         self.error: str | None = None
-        self._due = False
-        self._timer: Timer | None = None
+        self._schedule = PollSchedule(self, lambda: self.poll(), lambda: self.papp.paused,
+                                      lambda: self.papp.refresh_s)
 
     @property
     def papp(self) -> PcteleportApp:
@@ -127,19 +127,10 @@ class SitePane(Vertical):
         self.post_message(InventoryLoaded(self.site.name, vms, compositions, problems))
 
     def _schedule_next(self) -> None:
-        # One timer at most: a manual refresh racing a scheduled one must not fork the loop.
-        if self._timer is not None:
-            self._timer.stop()
-            self._timer = None
-        if self.papp.paused:
-            self._due = True
-        else:
-            self._timer = self.set_timer(self.papp.refresh_s, self.poll)
+        self._schedule.next()
 
     def resume_polling(self) -> None:
-        if self._due:
-            self._due = False
-            self.poll()
+        self._schedule.resume()
 
     @on(InventoryLoaded)
     def _loaded(self, message: InventoryLoaded) -> None:
@@ -260,8 +251,8 @@ class MainScreen(Screen[None]):
         self.sort_by = SORTS[0]
         self.filter_text = ""
         self.sites: list[Site] = []
-        self._due = False
-        self._timer: Timer | None = None
+        self._schedule = PollSchedule(self, lambda: self.poll_sites(),
+                                      lambda: self.papp.paused, lambda: self.papp.refresh_s)
 
     @property
     def papp(self) -> PcteleportApp:
@@ -297,18 +288,10 @@ class MainScreen(Screen[None]):
         self.post_message(SitesLoaded(sites))
 
     def _schedule_next(self) -> None:
-        if self._timer is not None:
-            self._timer.stop()
-            self._timer = None
-        if self.papp.paused:
-            self._due = True
-        else:
-            self._timer = self.set_timer(self.papp.refresh_s, self.poll_sites)
+        self._schedule.next()
 
     def resume_polling(self) -> None:
-        if self._due:
-            self._due = False
-            self.poll_sites()
+        self._schedule.resume()
         for pane in self.query(SitePane):
             pane.resume_polling()
         self.update_status()
