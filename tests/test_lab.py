@@ -208,7 +208,8 @@ def test_stock_migration_over_the_shaped_wan(lab_up):
 
 
 def test_guest_agent_answers_at_the_destination(lab_up):
-    from console.sites.lab import guestagent, vms
+    from console.sites.agent_client import AgentClient
+    from console.sites.lab import vms
     from console.sites.lab.domainxml import agent_socket
 
     paths = _paths()
@@ -218,7 +219,9 @@ def test_guest_agent_answers_at_the_destination(lab_up):
         paths, "tokyo", VM).exists() else ""
     require("PCTELEPORT-AGENT started" in log or "PCTELEPORT-AGENT absent" not in log,
             "the guest image has no agent yet (guest/agent.py)")
-    result = guestagent.call(paths.site("osaka").host_path(agent_socket(VM)), "ping")
+    with AgentClient.connect_unix(paths.site("osaka").host_path(agent_socket(VM)),
+                                  timeout=15) as agent:
+        result = agent.request("ping")
     assert result is not None
 
 
