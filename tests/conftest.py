@@ -6,7 +6,9 @@ there: a skip in CI would hide a missing install step. Elsewhere they skip with 
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 
 import pytest
 
@@ -36,3 +38,18 @@ def require_guest_kernel():
     except PcteleportError as exc:
         require(False, str(exc))
         raise
+
+
+@contextlib.contextmanager
+def lab_instance(name: str) -> Iterator[None]:
+    """Run the enclosed code (and the CLI subprocesses it starts) against the lab instance
+    `name`, a lab of its own beside any other; the variable is restored afterwards."""
+    old = os.environ.get("PCTELEPORT_LAB_INSTANCE")
+    os.environ["PCTELEPORT_LAB_INSTANCE"] = name
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("PCTELEPORT_LAB_INSTANCE", None)
+        else:
+            os.environ["PCTELEPORT_LAB_INSTANCE"] = old

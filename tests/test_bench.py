@@ -27,7 +27,7 @@ from console.bench.scenario import GUEST_PROGRAMS, load
 from console.bench.timeline import Point, summarise, to_points
 from console.records import MigrationRecord, Mode, PageCounts, Result
 from console.sites.lab import datafill, scenarios
-from tests.conftest import require
+from tests.conftest import lab_instance, require
 
 # --- analysis and output, on made-up timelines ---------------------------------------------
 
@@ -219,15 +219,8 @@ INSTANCE = "b"
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[None]:
-    old = os.environ.get("PCTELEPORT_LAB_INSTANCE")
-    os.environ["PCTELEPORT_LAB_INSTANCE"] = INSTANCE  # the CLI subprocesses inherit it
-    try:
+    with lab_instance(INSTANCE):  # the CLI subprocesses inherit it
         yield from _lab()
-    finally:
-        if old is None:
-            os.environ.pop("PCTELEPORT_LAB_INSTANCE", None)
-        else:
-            os.environ["PCTELEPORT_LAB_INSTANCE"] = old
 
 
 def _lab() -> Iterator[None]:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import require
+from tests.conftest import lab_instance, require
 
 pytestmark = [pytest.mark.root, pytest.mark.lab, pytest.mark.slow]
 
@@ -40,15 +40,8 @@ INSTANCE = "t"
 
 @pytest.fixture(scope="module")
 def lab_up():
-    old = os.environ.get("PCTELEPORT_LAB_INSTANCE")
-    os.environ["PCTELEPORT_LAB_INSTANCE"] = INSTANCE
-    try:
+    with lab_instance(INSTANCE):
         yield from _lab_up()
-    finally:
-        if old is None:
-            os.environ.pop("PCTELEPORT_LAB_INSTANCE", None)
-        else:
-            os.environ["PCTELEPORT_LAB_INSTANCE"] = old
 
 
 def _lab_up():

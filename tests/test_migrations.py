@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from console.records import LogLine, MigrationRecord, Mode, Result
-from tests.conftest import require
+from tests.conftest import lab_instance, require
 
 pytestmark = [pytest.mark.root, pytest.mark.lab, pytest.mark.slow]
 
@@ -38,30 +38,30 @@ def _cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
 def backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
     require(os.geteuid() == 0, "the lab needs root")
     require(shutil.which("qemu-system-x86_64") is not None, "QEMU is not installed")
-    old = {k: os.environ.get(k) for k in ("PCTELEPORT_LAB_INSTANCE", "PCTELEPORT_RECORDS")}
-    os.environ["PCTELEPORT_LAB_INSTANCE"] = INSTANCE  # the CLI subprocesses inherit it
-    os.environ["PCTELEPORT_RECORDS"] = str(tmp_path_factory.mktemp("records"))
-    try:
-        _cli("lab", "down")
-        up = _cli("lab", "up", "--vms", VM, "--wan", "fast")
-        assert up.returncode == 0, up.stderr
-        from console.record_store import RecordStore
-        from console.sites.lab.paths import LabPaths
-        from console.sites.libvirt_service import LibvirtBackend
-
-        b = LibvirtBackend.from_config(LabPaths.default().sites_toml)
-        b.store = RecordStore(Path(os.environ["PCTELEPORT_RECORDS"]))
+    with lab_instance(INSTANCE):  # the CLI subprocesses inherit it
+        records = tmp_path_factory.mktemp("records")
+        old_records = os.environ.get("PCTELEPORT_RECORDS")
+        os.environ["PCTELEPORT_RECORDS"] = str(records)
         try:
-            yield b
+            _cli("lab", "down")
+            up = _cli("lab", "up", "--vms", VM, "--wan", "fast")
+            assert up.returncode == 0, up.stderr
+            from console.record_store import RecordStore
+            from console.sites.lab.paths import LabPaths
+            from console.sites.libvirt_service import LibvirtBackend
+
+            b = LibvirtBackend.from_config(LabPaths.default().sites_toml)
+            b.store = RecordStore(records)
+            try:
+                yield b
+            finally:
+                b.close()
         finally:
-            b.close()
-    finally:
-        _cli("lab", "down")
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
+            _cli("lab", "down")
+            if old_records is None:
+                os.environ.pop("PCTELEPORT_RECORDS", None)
             else:
-                os.environ[k] = v
+                os.environ["PCTELEPORT_RECORDS"] = old_records
 
 
 def migrate(backend, to: str, mode: Mode, cap: float | None = None,

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import require
+from tests.conftest import lab_instance, require
 from tests.ui.conftest import wait_for
 
 pytestmark = [pytest.mark.root, pytest.mark.lab, pytest.mark.slow]
@@ -42,21 +42,16 @@ def lab_config(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     for tool in ("libvirtd", "sshd", "qemu-system-x86_64"):
         require(shutil.which(tool) is not None or Path("/usr/sbin", tool).exists(),
                 f"{tool} is not installed (scripts/setup.sh)")
-    old = os.environ.get("PCTELEPORT_LAB_INSTANCE")
-    os.environ["PCTELEPORT_LAB_INSTANCE"] = INSTANCE  # the CLI subprocesses inherit it
-    try:
-        _lab("down")
-        up = _lab("up", "--vms", VM_NAME, "--wan", "default")
-        assert up.returncode == 0, f"lab up: {up.stderr or up.stdout}"
-        state = json.loads(_lab("status", "--json", "--no-measure").stdout)
-        assert VM_NAME in {v["name"] for v in state.get("vms", [])}, state
-        yield Path(state["config"])
-    finally:
-        _lab("down")
-        if old is None:
-            os.environ.pop("PCTELEPORT_LAB_INSTANCE", None)
-        else:
-            os.environ["PCTELEPORT_LAB_INSTANCE"] = old
+    with lab_instance(INSTANCE):  # the CLI subprocesses inherit it
+        try:
+            _lab("down")
+            up = _lab("up", "--vms", VM_NAME, "--wan", "default")
+            assert up.returncode == 0, f"lab up: {up.stderr or up.stdout}"
+            state = json.loads(_lab("status", "--json", "--no-measure").stdout)
+            assert VM_NAME in {v["name"] for v in state.get("vms", [])}, state
+            yield Path(state["config"])
+        finally:
+            _lab("down")
 
 
 async def test_console_migrates_with_teleport_and_finds_the_run(
