@@ -86,9 +86,11 @@ def _add_relay(sub: argparse._SubParsersAction) -> None:
     send = rsub.add_parser("send", help="source end: QEMU -> encoder -> WAN")
     send.add_argument("--listen", required=True, metavar="H:P", help="where QEMU connects")
     send.add_argument("--to", required=True, metavar="H:P", help="the destination relay")
-    send.add_argument("--map", help="restorable map; without it every page is sent")
+    send.add_argument("--map", help="restorable map; '-' reads it from stdin (after the secret,"
+                      " if that comes on stdin too) once listening; without it every page is sent")
     send.add_argument("--disk", help="the source's disk image the map refers to")
-    send.add_argument("--secret-file", help="file holding this migration's shared secret")
+    send.add_argument("--secret-file",
+                      help="file holding this migration's shared secret ('-': stdin's first line)")
     send.add_argument("--stats-interval", type=float, default=1.0, metavar="S")
     send.add_argument("--once", action="store_true", default=True, help=argparse.SUPPRESS)
     send.set_defaults(handler=_relay_send)
@@ -104,7 +106,8 @@ def _add_relay(sub: argparse._SubParsersAction) -> None:
         help="a replica block that differs from the source: fail the migration (default), "
              "or fetch the page from the source over the back channel",
     )
-    recv.add_argument("--secret-file", help="file holding this migration's shared secret")
+    recv.add_argument("--secret-file",
+                      help="file holding this migration's shared secret ('-': stdin's first line)")
     recv.add_argument("--stats-interval", type=float, default=1.0, metavar="S")
     recv.set_defaults(handler=_relay_recv)
 
@@ -221,6 +224,12 @@ def _add_sites(sub: argparse._SubParsersAction) -> None:
     mig.add_argument("--mode", default="teleport",
                      choices=["stock", "drop-cache", "zstd", "teleport"])
     mig.add_argument("--bandwidth", type=float, metavar="MiB/s", help="cap the migration rate")
+    mig.add_argument("--auto-converge", action="store_true",
+                     help="let QEMU throttle the guest's vCPUs if it dirties memory faster than"
+                          " the link carries it (libvirt's auto-converge)")
+    mig.add_argument("--verify", choices=["sample", "full"], default="sample",
+                     help="after the move the guest compares cached pages with its disk: a "
+                          "random sample of 4096 (default), or every cached page (slow in TCG)")
     mig.add_argument("--json", action="store_true",
                      help="progress on stderr; the last stdout line is a JSON summary")
     mig.set_defaults(handler=_migrate)
@@ -239,7 +248,8 @@ def _vms(args: argparse.Namespace) -> int:
 def _migrate(args: argparse.Namespace) -> int:
     from console.sites import commands
 
-    return commands.migrate(args.vm, args.to, args.mode, args.bandwidth, args.json)
+    return commands.migrate(args.vm, args.to, args.mode, args.bandwidth, args.json,
+                            args.verify, args.auto_converge)
 
 
 def _abort(args: argparse.Namespace) -> int:
@@ -267,6 +277,9 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
                        help="seconds measured after each migration (default 40)")
     bench.add_argument("--max-downtime", type=int, default=1000, metavar="MS",
                        help="QEMU downtime limit for every mode (default 1000; 0: QEMU's own)")
+    bench.add_argument("--auto-converge", action=argparse.BooleanOptionalAction, default=None,
+                       help="libvirt's auto-converge for every mode (default: as the scenario "
+                            "says in [bench])")
     bench.add_argument("--out", default="results", metavar="DIR",
                        help="results root; files go to DIR/<date>/ (default results)")
     bench.add_argument("--json", action="store_true", help="print JSON instead of the table")
@@ -297,7 +310,8 @@ def _bench_migrations(args: argparse.Namespace) -> int:
         return 0
     command = "pcteleport " + " ".join(sys.argv[1:])
     return runner.main(args.scenario, args.modes, args.wan, args.repeat, args.json, args.out,
-                       args.before, args.after, args.return_wan, command, args.max_downtime)
+                       args.before, args.after, args.return_wan, command, args.max_downtime,
+                       args.auto_converge)
 
 
 def _bench_codec(args: argparse.Namespace) -> int:

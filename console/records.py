@@ -261,7 +261,7 @@ class MigrationRecord:
     log: list[LogLine] = field(default_factory=list)
     result: Result | None = None  # None while running
     error: str | None = None
-    total_s: float | None = None
+    total_s: float | None = None  # request -> VM running at the destination (resume)
     downtime_ms: float | None = None
     wan_bytes: int = 0
     guest_bytes: int = 0

@@ -75,6 +75,10 @@ def test_verify_finds_a_cached_page_that_differs_from_disk(tmp_path) -> None:
             want = sum((len(b) + PAGE - 1) // PAGE for b in files.values())
             assert ok["files"] == len(files)
             assert ok["pages_checked"] >= want
+            assert ok["pages_cached"] == ok["pages_checked"] and not ok["sampled"]
+            few = agent.request("verify", disk="data", sample=25)
+            assert few["pages_checked"] == 25 and few["sampled"]
+            assert few["pages_cached"] == ok["pages_cached"] and few["mismatches"] == []
 
             # Rewrite the first block of v3.bin's page 5 on the device, past the page cache:
             # the cached page is now stale, which is what a wrongly restored page looks like.

@@ -150,6 +150,8 @@ def test_every_scenario_declares_its_vm_warm_and_measure():
     assert load("web").memory_mib == 1024 and "http.server" in load("web").warm_command
     assert load("tpcc").workload[0] == "tpcc.py" and load("tpcc").unit == "transactions/s"
     assert not load("idle").has_workload
+    assert load("tpcc").auto_converge and load("tpcc-small").auto_converge
+    assert not load("web").auto_converge
 
 
 def _guest_program(*args: str, timeout: float = 60) -> list[dict]:
@@ -284,6 +286,9 @@ def test_web_small_all_modes(lab, tmp_path):
 def test_tpcc_small_stock_and_teleport(lab, tmp_path):
     runs = _bench(tmp_path, "tpcc-small", "stock,teleport")
     assert runs["teleport"]["record"]["wan_bytes"] < runs["stock"]["record"]["wan_bytes"]
+    assert "auto-converge for every mode" in runs["_md"]  # as tpcc-small.toml says
+    for mode in ("stock", "teleport"):
+        assert any("auto-converge:" in line["text"] for line in runs[mode]["record"]["log"])
     assert max(v for _t, v in runs["stock"]["workload"]) > 0  # transactions ran
 
 

@@ -219,6 +219,45 @@ def test_lying_map_only_costs_bytes(backend, monkeypatch) -> None:
     assert migrate(backend, "tokyo", Mode.STOCK).result is Result.OK
 
 
+def test_map_taken_while_the_migration_starts(backend, monkeypatch) -> None:
+    """The map comes from the guest while the relays start and libvirt prepares the
+    destination: a slow one still teleports; one that never comes fails the run cleanly."""
+    from console.errors import PcteleportError
+    from console.sites.guest_agent import GuestAgent
+
+    warm(backend, "tokyo")
+    real = GuestAgent.restorable_map
+
+    def slow(self, disk):
+        time.sleep(4)
+        return real(self, disk)
+
+    monkeypatch.setattr(GuestAgent, "restorable_map", slow)
+    rec = migrate(backend, "osaka", Mode.TELEPORT)
+    assert rec.result is Result.OK, rec.error
+    assert rec.pages.teleported > 2000  # web-small's cached HTML, restored at osaka
+    iterative = next(m.t for m in rec.phases if m.phase == "iterative")
+    assert iterative < 4  # libvirt started before the map came
+    assert any("verified at osaka" in line.text for line in rec.log)
+    assert_intact_at(backend, "osaka")
+
+    def broken(self, disk):
+        time.sleep(2)
+        raise PcteleportError("the guest agent went away")
+
+    monkeypatch.setattr(GuestAgent, "restorable_map", broken)
+    rec = migrate(backend, "tokyo", Mode.TELEPORT)
+    assert rec.result is Result.FAILED
+    assert "no restorable map from the guest agent: the guest agent went away" in rec.error
+    assert f"VM {VM} is running at osaka" in rec.log[-1].text
+    assert_intact_at(backend, "osaka")
+    for site in ("tokyo", "osaka"):  # no relay left behind
+        left = backend.sites_rt[site].host.run(["pgrep", "-f", "console.cli relay"], timeout=20)
+        assert left.stdout.strip() == "", left.stdout
+    monkeypatch.undo()
+    assert migrate(backend, "tokyo", Mode.STOCK).result is Result.OK
+
+
 def test_diverged_replica_fails_before_the_destination_resumes(backend) -> None:
     """A replica block that differs from the source: never used; the migration fails with
     the block named, and the VM goes on at the source with its data intact."""

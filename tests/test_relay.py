@@ -34,10 +34,11 @@ def free_port() -> int:
 class Relay:
     """A `pcteleport relay` process whose JSON lines are collected as they come."""
 
-    def __init__(self, *args: str) -> None:
+    def __init__(self, *args: str, stdin: bool = False) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "console.cli", "relay", *args, "--stats-interval", "0.2"],
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
         )
         self.events: list[dict] = []
         self._thread = threading.Thread(target=self._read, daemon=True)
@@ -167,6 +168,46 @@ def test_relays_carry_the_stream_and_the_return_path(material):
         assert summary["pages_zero"] == 4
         assert summary["wan_bytes"] < len(material["stream"]) - 35 * PAGE
         assert recv.wait_event("summary")["pages_teleported"] == 40
+    finally:
+        send.kill()
+        recv.kill()
+
+
+def test_secret_and_a_late_map_on_stdin(material):
+    """What the migration service does: secret and map on stdin, the map only after the
+    relay listens and QEMU has connected; QEMU's connection waits, nothing is lost."""
+    m = material
+    qemu_port, wan_port, src_port = free_port(), free_port(), free_port()
+    dest = FakeDestQemu(qemu_port)
+    dest.start()
+    secret = m["secret"].read_text().strip() + "\n"
+    recv = Relay("recv", "--listen", f"127.0.0.1:{wan_port}", "--to", f"127.0.0.1:{qemu_port}",
+                 "--disk", str(m["disk"]), "--secret-file", "-", stdin=True)
+    send = Relay("send", "--listen", f"127.0.0.1:{src_port}", "--to", f"127.0.0.1:{wan_port}",
+                 "--map", "-", "--disk", str(m["disk"]), "--secret-file", "-", stdin=True)
+    try:
+        assert recv.proc.stdin is not None and send.proc.stdin is not None
+        recv.proc.stdin.write(secret)
+        recv.proc.stdin.close()
+        send.proc.stdin.write(secret)
+        send.proc.stdin.flush()
+        recv.wait_event("listening")
+        send.wait_event("listening")
+        back: list[bytes] = []
+        qemu = threading.Thread(target=lambda: back.append(source_qemu(src_port, m["stream"])))
+        qemu.start()
+        time.sleep(0.5)
+        assert not any(e["event"] == "connected" for e in send.events)  # waits for its map
+        send.proc.stdin.write(m["map"].read_text())
+        send.proc.stdin.close()
+        assert send.wait_event("map")["pages"] == 40
+        qemu.join(20)
+        assert send.finish() == 0, send.stderr()
+        assert recv.finish() == 0, recv.stderr()
+        dest.join(10)
+        assert bytes(dest.received) == m["stream"]
+        assert back == [b"PONG-SHUT"]
+        assert send.wait_event("summary")["pages_teleported"] == 40
     finally:
         send.kill()
         recv.kill()

@@ -96,7 +96,8 @@ def markdown(options: BenchOptions, runs: list[ModeRun], command: str, started: 
         "",
         f"Started {started}; `{command}`; {options.repeat} round(s), modes interleaved; "
         f"{options.before_s:g} s measured before and {options.after_s:g} s after each migration; "
-        f"downtime limit {options.max_downtime_ms or 'QEMU default'} ms.",
+        f"downtime limit {options.max_downtime_ms or 'QEMU default'} ms"
+        + (", auto-converge for every mode." if options.auto_converge else "."),
         "",
         "| mode | migrated/runs (ok) | total time (s) | vs stock | WAN (MB) | vs stock "
         "| downtime (ms) | vs stock | pages teleported | reads during | read dip after "
@@ -216,7 +217,7 @@ def write(out_root: Path, options: BenchOptions, runs: list[ModeRun], command: s
     data = {"scenario": options.scenario.name, "wan": options.wan_profile, "command": command,
             "started": started, "repeat": options.repeat,
             "before_s": options.before_s, "after_s": options.after_s,
-            "max_downtime_ms": options.max_downtime_ms,
+            "max_downtime_ms": options.max_downtime_ms, "auto_converge": options.auto_converge,
             "modes": [str(m) for m in options.modes], "machine": machine(),
             "table": [r.__dict__ for r in rows(runs)], "runs": describe(runs),
             "returns": [to_dict(r) for r in returns or []]}
@@ -248,7 +249,8 @@ def load_runs(path: Path) -> tuple[BenchOptions, list[ModeRun], str, str]:
     data = json.loads(path.read_text())
     options = BenchOptions(load(data["scenario"]), [Mode(m) for m in data["modes"]],
                            data["wan"], repeat=data["repeat"], before_s=data["before_s"],
-                           after_s=data["after_s"], max_downtime_ms=data.get("max_downtime_ms"))
+                           after_s=data["after_s"], max_downtime_ms=data.get("max_downtime_ms"),
+                           auto_converge=bool(data.get("auto_converge", False)))
     runs = []
     for r in data["runs"]:
         record = from_dict(MigrationRecord, r["record"])

@@ -47,6 +47,7 @@ class BenchOptions:
     # never converge), so every measured migration gets this limit, the same for every mode.
     max_downtime_ms: int | None = 1000
     migration_timeout_s: float = 900.0  # then the bench aborts it (the record says so)
+    auto_converge: bool = False  # libvirt's auto-converge, for every mode alike
 
 
 @dataclass
@@ -127,7 +128,8 @@ class Bench:
         timer = threading.Timer(self.o.migration_timeout_s, self._give_up, args=(vm,))
         timer.start()
         try:
-            return self.backend.migrate(MigrationRequest(vm, to, mode), on_event)
+            request = MigrationRequest(vm, to, mode, auto_converge=self.o.auto_converge)
+            return self.backend.migrate(request, on_event)
         finally:
             timer.cancel()
 
@@ -239,7 +241,7 @@ def describe(runs: list[ModeRun]) -> list[dict[str, Any]]:
 
 def main(scenario: str, modes: str, wan_profile: str, repeat: int, as_json: bool,
          out: str, before_s: float, after_s: float, return_wan: str, command: str,
-         max_downtime_ms: int | None = 1000) -> int:
+         max_downtime_ms: int | None = 1000, auto_converge: bool | None = None) -> int:
     """`pcteleport bench`: run, write results/<date>/, print the table (or JSON paths)."""
     import json
     from pathlib import Path
@@ -254,8 +256,11 @@ def main(scenario: str, modes: str, wan_profile: str, repeat: int, as_json: bool
                               ) from None
     if repeat < 1:
         raise PcteleportError("--repeat must be at least 1")
-    options = BenchOptions(load(scenario), mode_list, wan_profile, return_wan, repeat,
-                           before_s, after_s, max_downtime_ms=max_downtime_ms or None)
+    chosen = load(scenario)
+    options = BenchOptions(chosen, mode_list, wan_profile, return_wan, repeat,
+                           before_s, after_s, max_downtime_ms=max_downtime_ms or None,
+                           auto_converge=(chosen.auto_converge if auto_converge is None
+                                          else auto_converge))
     bench = Bench(options)
 
     def checkpoint(so_far: list[ModeRun]) -> None:

@@ -23,6 +23,7 @@ class BenchScenario:
     workload: tuple[str, ...]  # program in scenarios/guest/ and its arguments; () for none
     metric: str  # the workload's per-second counter
     unit: str
+    auto_converge: bool = False  # [bench] auto_converge: every mode gets libvirt's auto-converge
 
     @property
     def has_workload(self) -> bool:
@@ -32,7 +33,11 @@ class BenchScenario:
 def load(name: str) -> BenchScenario:
     spec = lab_scenarios.load(name)
     try:
-        measure = tomllib.loads(spec.source.read_text()).get("measure", {})
+        doc = tomllib.loads(spec.source.read_text())
+        measure = doc.get("measure", {})
+        auto_converge = doc.get("bench", {}).get("auto_converge", False)
+        if not isinstance(auto_converge, bool):
+            raise ValueError("[bench] auto_converge must be true or false")
         read_paths = tuple(str(p) for p in measure.get("read_paths", ()))
         workload = tuple(shlex.split(str(measure.get("workload", ""))))
         metric = str(measure.get("metric", ""))
@@ -51,4 +56,4 @@ def load(name: str) -> BenchScenario:
             raise PcteleportError(f"{spec.source}: [measure] metric is missing: name the "
                                   f"per-second counter of {workload[0]}")
     return BenchScenario(spec.name, spec.memory_mib, spec.warm_command, read_paths, workload,
-                         metric, unit)
+                         metric, unit, auto_converge)

@@ -53,7 +53,8 @@ def list_vms(as_json: bool) -> int:
         backend.close()
 
 
-def migrate(vm: str, to: str, mode: str, bandwidth_mib: float | None, as_json: bool) -> int:
+def migrate(vm: str, to: str, mode: str, bandwidth_mib: float | None, as_json: bool,
+            verify: str = "sample", auto_converge: bool = False) -> int:
     try:
         mode_v = Mode(mode)
     except ValueError:
@@ -61,7 +62,9 @@ def migrate(vm: str, to: str, mode: str, bandwidth_mib: float | None, as_json: b
                               f"{', '.join(m.value for m in Mode)}") from None
     backend = open_backend()
     request = MigrationRequest(vm, to, mode_v,
-                               bandwidth_mib * 2**20 if bandwidth_mib else None)
+                               bandwidth_mib * 2**20 if bandwidth_mib else None,
+                               verify_pages=0 if verify == "full" else 4096,
+                               auto_converge=auto_converge)
 
     def on_event(event: object) -> None:
         if isinstance(event, LogLine):

@@ -191,7 +191,8 @@ class LibvirtBackend(Backend):
                      if w.peer == dst.name), None)
         plan = plan_for(dom.UUIDString(), src, dst, request.mode,
                         request.bandwidth_cap_bytes_per_s,
-                        vm_cfg.data_disk if vm_cfg else "", link)
+                        vm_cfg.data_disk if vm_cfg else "", link, request.verify_pages,
+                        request.auto_converge)
         try:
             comp = self.agent(src, plan.vm).composition()
         except PcteleportError:

@@ -76,6 +76,8 @@ class Plan:
     data_disk: str = ""  # path of the disk whose replica the destination has
     data_serial: str = ""
     wan: WanLink | None = None
+    verify_pages: int = 4096  # 0: every cached page
+    auto_converge: bool = False
 
 
 def _fmt_bytes(n: float) -> str:
@@ -200,6 +202,10 @@ class MigrationRun:
         p = self.plan
         flags = BASE_FLAGS
         params: dict[str, object] = {}
+        if p.auto_converge:
+            flags |= libvirt.VIR_MIGRATE_AUTO_CONVERGE
+            self.log("auto-converge: QEMU slows the guest's vCPUs while it dirties memory "
+                     "faster than the link carries it")
         if p.bandwidth_cap:
             params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = max(1, int(p.bandwidth_cap / 2**20))
         if p.mode == Mode.DROP_CACHE:
@@ -229,6 +235,8 @@ class MigrationRun:
         return params, flags
 
     def _start_teleport(self) -> None:
+        """Relays up, the map on its way: it is taken from the guest while the relays start
+        and libvirt prepares the destination, and handed to the send relay when it comes."""
         p = self.plan
         if not p.data_disk:
             raise MigrationFailed(
@@ -237,16 +245,32 @@ class MigrationRun:
             )
         self.phase(Phase.MAP)
         agent = self.agent_for(p.src, p.vm)
-        t = time.monotonic()
-        text, header = agent.restorable_map(p.data_serial or p.data_disk)
-        pages = int(header.get("pages", 0))
-        self.log(f"restorable map from the guest agent ({header.get('source', '?')}): "
-                 f"{pages} pages ({_fmt_bytes(pages * 4096)}) of disk {p.data_serial}, "
-                 f"taken in {time.monotonic() - t:.1f} s")
-        self._check_abort()
-        self._relays = RelayPair(p.src, p.dst, self.run_id)
-        self._relays.start(p.data_disk, p.data_disk, text)
-        self.log(f"relays up: {p.src.name} 127.0.0.1:{self._relays.qemu_port} -> "
+        relays = self._relays = RelayPair(p.src, p.dst, self.run_id)
+        started = threading.Event()
+
+        def take_map() -> None:
+            t = time.monotonic()
+            try:
+                text, header = agent.restorable_map(p.data_serial or p.data_disk)
+            except Exception as exc:  # whatever it is, the run must hear of it
+                relays.map_problem = f"teleport: no restorable map from the guest agent: {exc}"
+                self.log(relays.map_problem)
+                return
+            started.wait()  # the send relay exists before its map goes to it
+            relays.feed_map(text)
+            pages = int(header.get("pages", 0))
+            self.log(f"restorable map from the guest agent ({header.get('source', '?')}): "
+                     f"{pages} pages ({_fmt_bytes(pages * 4096)}) of disk {p.data_serial}, "
+                     f"taken in {time.monotonic() - t:.1f} s")
+
+        threading.Thread(target=take_map, daemon=True, name="teleport-map").start()
+        try:
+            relays.start(p.data_disk, p.data_disk)
+        finally:
+            started.set()
+        if relays.map_problem:
+            raise MigrationFailed(relays.map_problem)
+        self.log(f"relays up: {p.src.name} 127.0.0.1:{relays.qemu_port} -> "
                  f"{p.dst.name} {p.dst.config.wan_addr}")
 
     def _migrate(self, dom: libvirt.virDomain, params: dict, flags: int) -> None:
@@ -389,13 +413,16 @@ class MigrationRun:
                 break
             time.sleep(0.3)
         rec = self.record
-        rec.total_s = round(time.monotonic() - self.t0, 3)
+        # Total migration time: from the request to the VM running at the destination (libvirt's
+        # resume event). What follows (relays exiting, libvirt's completed stats, verification)
+        # is bookkeeping the guest does not wait for.
+        resume = next((m.t for m in rec.phases if m.phase == Phase.RESUME), None)
+        rec.total_s = resume if resume is not None else round(time.monotonic() - self.t0, 3)
         if completed.get("downtime") is not None:
             rec.downtime_ms = float(completed["downtime"])
             if not any(m.phase == Phase.STOP_AND_COPY for m in rec.phases):
                 # No lifecycle event came (no event loop): place it by the real downtime.
-                resume = next((m.t for m in rec.phases if m.phase == Phase.RESUME),
-                              resumed_at - self.t0)
+                resume = resume if resume is not None else resumed_at - self.t0
                 mark = PhaseMark(Phase.STOP_AND_COPY, round(resume - rec.downtime_ms / 1000, 3),
                                  self._iteration)
                 with self._emit_lock:
@@ -434,7 +461,9 @@ class MigrationRun:
                 if time.monotonic() > deadline:
                     raise MigrationFailed(f"after migration: {exc}") from None
                 time.sleep(1)
-        params = {"disk": p.data_serial} if p.data_serial else {}
+        params: dict[str, object] = {"disk": p.data_serial} if p.data_serial else {}
+        if p.verify_pages:
+            params["sample"] = p.verify_pages
         try:
             result = agent.call("verify", params, timeout=180)
         except AgentUnavailable as exc:  # once more: the port may have held a stale line
@@ -447,8 +476,10 @@ class MigrationRun:
                 "from the disk "
                 f"(first: {bad[0]}): do not trust this VM's page cache; drop it in the guest"
             )
-        self.log(f"verified at {p.dst.name}: guest agent answers, "
-                 f"{result.get('pages_checked', 0)} cached pages match the disk")
+        checked, cached = result.get("pages_checked", 0), result.get("pages_cached", 0)
+        which = (f"{checked} of its {cached} cached pages (drawn at random)"
+                 if cached > checked else f"all {checked} cached pages")
+        self.log(f"verified at {p.dst.name}: guest agent answers, {which} match the disk")
 
     def _fail(self, result: Result, message: str, wan_before: int | None) -> None:
         p = self.plan
@@ -520,11 +551,13 @@ def data_disk_of(dom: libvirt.virDomain, configured: str = "") -> DomainDisk | N
 
 def plan_for(vm: str, src: SiteRuntime, dst: SiteRuntime, mode: Mode,
              bandwidth_cap: float | None, data_disk: str = "",
-             wan: WanLink | None = None) -> Plan:
+             wan: WanLink | None = None, verify_pages: int = 4096,
+             auto_converge: bool = False) -> Plan:
     dom = src.domain(vm)
     chosen = data_disk_of(dom, data_disk)
     return Plan(
         vm=dom.name(), vm_uuid=dom.UUIDString(), src=src, dst=dst, mode=mode,
         bandwidth_cap=bandwidth_cap, data_disk=chosen.path if chosen else "",
-        data_serial=chosen.serial if chosen else "", wan=wan,
+        data_serial=chosen.serial if chosen else "", wan=wan, verify_pages=verify_pages,
+        auto_converge=auto_converge,
     )

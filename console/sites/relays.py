@@ -1,18 +1,17 @@
 """Starting, watching and stopping the two relays of one teleport migration, over SSH.
 
-`relay recv` starts first at the destination (it listens on the destination's WAN address and
-forwards to the destination QEMU's 127.0.0.1 port); then `relay send` at the source (it listens
-on the source's 127.0.0.1 port, where the source QEMU connects, and forwards over the WAN).
-Both get a fresh per-migration secret, so each accepts only this migration.
+`relay recv` at the destination listens on the destination's WAN address and forwards to the
+destination QEMU's 127.0.0.1 port; `relay send` at the source listens on the source's
+127.0.0.1 port, where the source QEMU connects, and forwards over the WAN. Both start at
+once: the send relay connects over the WAN only when QEMU connects, after both listen.
+Both get a fresh per-migration secret on stdin, so each accepts only this migration.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import random
 import secrets
-import shlex
 import threading
 import time
 from dataclasses import dataclass, field
@@ -84,32 +83,32 @@ class RelayEnd:
 class RelayPair:
     def __init__(self, src: SiteRuntime, dst: SiteRuntime, run_id: str) -> None:
         self.src, self.dst = src, dst
-        self.run_dir = f"/tmp/pcteleport-{run_id}"
+        self.run_id = run_id
         self.secret = secrets.token_hex(32)
         self.send = RelayEnd(src, "send")
         self.recv = RelayEnd(dst, "recv")
         self.qemu_port = 0
+        self.map_problem: str | None = None  # the map never came: the send relay cannot go on
 
-    def _prepare_dir(self, site: SiteRuntime, files: dict[str, str]) -> None:
-        script = f"umask 077; mkdir -p {shlex.quote(self.run_dir)}"
-        site.host.check(["sh", "-c", script])
-        for name, text in files.items():
-            site.host.check(["sh", "-c", f"umask 077; cat > {shlex.quote(self.run_dir)}/{name}"],
-                            input=text)
+    def start(self, source_disk: str, replica_disk: str, map_text: str | None = None) -> None:
+        """Start both ends at once. Secret (and map) go on stdin: nothing lands on disk.
 
-    def start(self, source_disk: str, replica_disk: str, map_text: str) -> None:
+        Without MAP_TEXT the send relay listens and waits for `feed_map`; QEMU's connection
+        waits in its listen backlog meanwhile, so the map may be taken while libvirt prepares
+        the destination.
+        """
         if not self.dst.config.wan_addr:
             raise RelayFailure(f"site {self.dst.name} has no wan_addr in the sites config")
-        self._prepare_dir(self.dst, {"secret": self.secret})
-        self._prepare_dir(self.src, {"secret": self.secret, "map.txt": map_text})
         rng = random.Random()
         last: PcteleportError | None = None
         for _ in range(3):  # a port somebody else holds: try another
             wan_port = rng.randint(*PORT_RANGE)
             self.qemu_port = rng.randint(*PORT_RANGE)
             try:
-                self._start_recv(wan_port, replica_disk)
-                self._start_send(wan_port, source_disk)
+                self._spawn_recv(wan_port, replica_disk)
+                self._spawn_send(wan_port, source_disk, map_text)
+                self.recv.wait_event(("listening",), 30)
+                self.send.wait_event(("listening",), 30)
                 return
             except RelayFailure as exc:
                 last = exc
@@ -117,28 +116,31 @@ class RelayPair:
                 self.send, self.recv = RelayEnd(self.src, "send"), RelayEnd(self.dst, "recv")
         raise RelayFailure(str(last))
 
-    def _relay_argv(self, site: SiteRuntime, *args: str) -> list[str]:
-        return [*site.config.relay_command, "relay", *args,
-                "--secret-file", f"{self.run_dir}/secret"]
+    def feed_map(self, map_text: str) -> None:
+        if self.send.proc is not None:
+            self.send.proc.feed(map_text, eof=True)
 
-    def _start_recv(self, wan_port: int, replica_disk: str) -> None:
+    def _relay_argv(self, site: SiteRuntime, *args: str) -> list[str]:
+        return [*site.config.relay_command, "relay", *args, "--secret-file", "-"]
+
+    def _spawn_recv(self, wan_port: int, replica_disk: str) -> None:
         argv = self._relay_argv(self.dst, "recv",
                                 "--listen", f"{self.dst.config.wan_addr}:{wan_port}",
                                 "--to", f"127.0.0.1:{self.qemu_port}", "--disk", replica_disk)
-        self.recv.proc = self.dst.host.spawn(argv, self.recv.on_line)
-        self.recv.wait_event(("listening",), 30)
-        self._wan_port = wan_port
+        self.recv.proc = self.dst.host.spawn(argv, self.recv.on_line,
+                                             stdin=self.secret + "\n", close_stdin=True)
 
-    def _start_send(self, wan_port: int, source_disk: str) -> None:
+    def _spawn_send(self, wan_port: int, source_disk: str, map_text: str | None) -> None:
         argv = self._relay_argv(self.src, "send",
                                 "--listen", f"127.0.0.1:{self.qemu_port}",
                                 "--to", f"{self.dst.config.wan_addr}:{wan_port}",
-                                "--map", f"{self.run_dir}/map.txt", "--disk", source_disk)
-        self.send.proc = self.src.host.spawn(argv, self.send.on_line)
-        self.send.wait_event(("listening",), 30)
+                                "--map", "-", "--disk", source_disk)
+        self.send.proc = self.src.host.spawn(argv, self.send.on_line, stdin=self.secret + "\n")
+        if map_text is not None:
+            self.feed_map(map_text)
 
     def failure(self) -> str | None:
-        return self.recv.failure() or self.send.failure()
+        return self.map_problem or self.recv.failure() or self.send.failure()
 
     def wait_done(self, timeout: float) -> None:
         """Wait for both relays to exit after the stream; raise with the reason if one failed."""
@@ -154,7 +156,7 @@ class RelayPair:
                 raise RelayFailure(f"relay {end.role} at {end.site.name} did not finish")
 
     def stop(self) -> None:
-        """Stop whatever still runs and remove the run's files (best effort, never raises)."""
+        """Stop whatever still runs (best effort, never raises)."""
         for end in (self.send, self.recv):
             pid = end.pid()
             try:
@@ -164,6 +166,3 @@ class RelayPair:
                     end.proc.close()
             except PcteleportError:
                 pass
-        for site in (self.src, self.dst):
-            with contextlib.suppress(PcteleportError):
-                site.host.run(["rm", "-rf", self.run_dir], timeout=10)

@@ -95,6 +95,17 @@ class RemoteProcess:
         self.done.wait(timeout)
         return self.exit_status
 
+    def feed(self, data: str, eof: bool = True) -> None:
+        """Write to the command's stdin (from any thread), then close it unless told not to."""
+
+        def write() -> None:
+            with contextlib.suppress(OSError, asyncssh.Error, BrokenPipeError):
+                self._proc.stdin.write(data)
+                if eof:
+                    self._proc.stdin.write_eof()
+
+        self.host.loop.loop.call_soon_threadsafe(write)
+
     def close(self) -> None:
         """Close the channel (the remote side is stopped by its own means, e.g. kill PID)."""
         self.host.loop.loop.call_soon_threadsafe(self._proc.close)
@@ -164,10 +175,18 @@ class SiteHost:
             )
         return res.stdout
 
-    def spawn(self, argv: Sequence[str] | str, on_line: Callable[[str], None]) -> RemoteProcess:
+    def spawn(self, argv: Sequence[str] | str, on_line: Callable[[str], None],
+              stdin: str = "", close_stdin: bool = False) -> RemoteProcess:
+        """Start a command; STDIN is written at once, and stdin stays open unless CLOSE_STDIN
+        (more may follow: see `RemoteProcess.feed`)."""
+
         async def start() -> RemoteProcess:
             conn = await self.connection()
             proc = await conn.create_process(_cmdline(argv))
+            if stdin:
+                proc.stdin.write(stdin)
+            if close_stdin:
+                proc.stdin.write_eof()
             rp = RemoteProcess(self, proc, on_line)
             rp.task = asyncio.ensure_future(rp._pump())
             return rp

@@ -114,9 +114,14 @@ def load(path: str | Path) -> RestorableMap:
         data = Path(path).read_bytes()
     except OSError as exc:
         raise MapError(f"cannot read map {path}: {exc.strerror}") from None
+    return parse(data, str(path))
+
+
+def parse(data: bytes, name: str = "map") -> RestorableMap:
+    """A map in either form (extent text or binary), told apart by the binary magic."""
     if data.startswith(BINARY_MAGIC):
         return parse_binary(data)
     try:
         return parse_text(data.decode("utf-8"))
     except UnicodeDecodeError:
-        raise MapError(f"map {path} is neither extent text nor the binary form") from None
+        raise MapError(f"{name} is neither extent text nor the binary form") from None

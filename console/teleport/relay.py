@@ -56,12 +56,18 @@ def parse_hostport(text: str) -> tuple[str, int]:
 
 
 def read_secret(path: str | None) -> bytes | None:
+    """The secret from a file, or from the first line of stdin when PATH is '-'."""
     if not path:
         return None
-    try:
-        secret = Path(path).read_bytes().strip()
-    except OSError as exc:
-        raise RelayError(f"cannot read secret file {path}: {exc.strerror}") from None
+    if path == "-":
+        # Over SSH, stdin keeps the secret off the command line and off the disk.
+        secret = sys.stdin.buffer.readline().strip()
+        path = "stdin"
+    else:
+        try:
+            secret = Path(path).read_bytes().strip()
+        except OSError as exc:
+            raise RelayError(f"cannot read secret file {path}: {exc.strerror}") from None
     if len(secret) < 16:
         raise RelayError(f"secret in {path} is too short (need at least 16 bytes)")
     return secret
@@ -165,9 +171,11 @@ class SendRelay:
         secret: bytes | None,
         emit: Emitter,
         stats_interval: float = 1.0,
+        load_map: Callable[[], mapfile.RestorableMap] | None = None,
     ) -> None:
         self.listen_addr, self.to = listen, to
         self.rmap, self.disk, self.secret = rmap, disk, secret
+        self.load_map = load_map
         self.emit = emit
         self.stats_interval = stats_interval
         self.server = _listen(listen)
@@ -177,6 +185,12 @@ class SendRelay:
     def run(self) -> CodecCounters:
         emit = self.emit
         emit("listening", address=f"{self.listen_addr[0]}:{self.port}", pid=os.getpid())
+        if self.load_map is not None:
+            # The map may come after we listen (the console takes it from the guest while
+            # libvirt prepares the destination); QEMU waits in the listen backlog meanwhile.
+            t = time.monotonic()
+            self.rmap = self.load_map()
+            emit("map", pages=self.rmap.pages, seconds=round(time.monotonic() - t, 3))
         qemu, peer = self.server.accept()
         self.server.close()
         wan_sock: socket.socket | None = None
@@ -421,13 +435,19 @@ class RecvRelay:
 
 def main_send(args: argparse.Namespace) -> int:
     emit = Emitter("send")
-    rmap = mapfile.load(args.map) if args.map else None
-    if rmap is not None and not args.disk:
+    if args.map and not args.disk:
         raise RelayError("--map needs --disk (the source image the map refers to)")
+    from_stdin = args.map == "-"
+    rmap = mapfile.load(args.map) if args.map and not from_stdin else None
     disk = DiskImage(args.disk) if args.disk else None
+    secret = read_secret(args.secret_file)  # before the map: both may come on stdin
+
+    def map_from_stdin() -> mapfile.RestorableMap:
+        return mapfile.parse(sys.stdin.buffer.read(), "the map on stdin")
+
     relay = SendRelay(
         parse_hostport(args.listen), parse_hostport(args.to), rmap, disk,
-        read_secret(args.secret_file), emit, args.stats_interval,
+        secret, emit, args.stats_interval, load_map=map_from_stdin if from_stdin else None,
     )
     return _run(relay, emit)
 
