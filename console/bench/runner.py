@@ -90,12 +90,17 @@ class Bench:
     def __init__(self, options: BenchOptions, say: Say | None = None,
                  backend: LibvirtBackend | None = None) -> None:
         self.o = options
-        self.say = say or (lambda m: print(f"bench: {m}", file=sys.stderr, flush=True))
+        self.say = say or self._say
         self.backend = backend or open_backend()
         self.guest = guest_mod.LabGuest(self.backend.cfg, options.scenario.name)
         self.paths = LabPaths.default()
         self.returns: list[MigrationRecord] = []
         self.started = time.time()
+
+    @staticmethod
+    def _say(text: str) -> None:
+        sys.stderr.write(f"bench: {text}\n")  # one write: lines come from several threads
+        sys.stderr.flush()
 
     # -- lab plumbing -------------------------------------------------------------------------
 

@@ -68,7 +68,9 @@ def migrate(vm: str, to: str, mode: str, bandwidth_mib: float | None, as_json: b
 
     def on_event(event: object) -> None:
         if isinstance(event, LogLine):
-            print(event.text, file=sys.stderr if as_json else sys.stdout, flush=True)
+            out = sys.stderr if as_json else sys.stdout
+            out.write(event.text + "\n")  # one write: lines come from more than one thread
+            out.flush()
 
     aborting = threading.Event()
 
