@@ -228,8 +228,9 @@ def _add_sites(sub: argparse._SubParsersAction) -> None:
                      help="let QEMU throttle the guest's vCPUs if it dirties memory faster than"
                           " the link carries it (libvirt's auto-converge)")
     mig.add_argument("--verify", choices=["sample", "full"], default="sample",
-                     help="after the move the guest compares cached pages with its disk: a "
-                          "random sample of 4096 (default), or every cached page (slow in TCG)")
+                     help="after the move the guest compares cached pages with its disk: "
+                          "whole files drawn at random, 4096+ pages (default), or every "
+                          "cached page (slow in TCG)")
     mig.add_argument("--json", action="store_true",
                      help="progress on stderr; the last stdout line is a JSON summary")
     mig.set_defaults(handler=_migrate)

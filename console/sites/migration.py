@@ -476,9 +476,10 @@ class MigrationRun:
                 "from the disk "
                 f"(first: {bad[0]}): do not trust this VM's page cache; drop it in the guest"
             )
-        checked, cached = result.get("pages_checked", 0), result.get("pages_cached", 0)
-        which = (f"{checked} of its {cached} cached pages (drawn at random)"
-                 if cached > checked else f"all {checked} cached pages")
+        checked = result.get("pages_checked", 0)
+        which = (f"the {checked} cached pages of {result.get('files', 0)} files drawn at random"
+                 f" (of {result.get('files_on_disk', '?')})" if result.get("sampled")
+                 else f"all {checked} cached pages")
         self.log(f"verified at {p.dst.name}: guest agent answers, {which} match the disk")
 
     def _fail(self, result: Result, message: str, wan_before: int | None) -> None:

@@ -38,8 +38,9 @@ class MigrationRequest:
     to_site: str
     mode: Mode
     bandwidth_cap_bytes_per_s: float | None = None
-    #: after the migration, the guest compares this many of its cached pages, drawn at random,
-    #: with the disk (0: every cached page; a full check costs a TCG guest tens of seconds)
+    #: after the migration, the guest compares at least this many of its cached pages with the
+    #: disk, all those of whole files drawn at random (0: every cached page; a full check
+    #: costs a TCG guest tens of seconds)
     verify_pages: int = 4096
     #: QEMU slows the guest's vCPUs while its dirty rate outruns the link (libvirt's
     #: VIR_MIGRATE_AUTO_CONVERGE), so a write-heavy guest's precopy ends
