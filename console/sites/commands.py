@@ -14,7 +14,7 @@ from console.errors import PcteleportError
 from console.records import LogLine, Mode, Result
 from console.sites.backends import sites_config_candidates
 from console.sites.libvirt_service import LibvirtBackend
-from console.sites.service import MigrationRequest
+from console.sites.service import VERIFY_SAMPLE_PAGES, MigrationRequest
 
 
 def open_backend() -> LibvirtBackend:
@@ -63,7 +63,7 @@ def migrate(vm: str, to: str, mode: str, bandwidth_mib: float | None, as_json: b
     backend = open_backend()
     request = MigrationRequest(vm, to, mode_v,
                                bandwidth_mib * 2**20 if bandwidth_mib else None,
-                               verify_pages=0 if verify == "full" else 4096,
+                               verify_pages=0 if verify == "full" else VERIFY_SAMPLE_PAGES,
                                auto_converge=auto_converge)
 
     def on_event(event: object) -> None:

@@ -46,6 +46,7 @@ from console.records import (
 from console.sites.events import LifecycleEvent
 from console.sites.guest_agent import AgentUnavailable, GuestAgent
 from console.sites.relays import RelayFailure, RelayPair
+from console.sites.service import VERIFY_SAMPLE_PAGES
 from console.sites.site_runtime import DomainDisk, SiteRuntime, WanMeter, domain_disks
 
 LIBVIRT_MULTIFD_ZSTD = 9_004_000  # libvirt 9.4 passes compression=zstd to multifd itself
@@ -76,7 +77,7 @@ class Plan:
     data_disk: str = ""  # path of the disk whose replica the destination has
     data_serial: str = ""
     wan: WanLink | None = None
-    verify_pages: int = 4096  # 0: every cached page
+    verify_pages: int = VERIFY_SAMPLE_PAGES  # 0: every cached page
     auto_converge: bool = False
 
 
@@ -480,7 +481,9 @@ class MigrationRun:
         which = (f"the {checked} cached pages of {result.get('files', 0)} files drawn at random"
                  f" (of {result.get('files_on_disk', '?')})" if result.get("sampled")
                  else f"all {checked} cached pages")
-        self.log(f"verified at {p.dst.name}: guest agent answers, {which} match the disk")
+        took = result.get("elapsed_ms")
+        self.log(f"verified at {p.dst.name}: guest agent answers, {which} match the disk"
+                 + (f" ({took / 1000:.1f} s in the guest)" if took is not None else ""))
 
     def _fail(self, result: Result, message: str, wan_before: int | None) -> None:
         p = self.plan
@@ -552,7 +555,7 @@ def data_disk_of(dom: libvirt.virDomain, configured: str = "") -> DomainDisk | N
 
 def plan_for(vm: str, src: SiteRuntime, dst: SiteRuntime, mode: Mode,
              bandwidth_cap: float | None, data_disk: str = "",
-             wan: WanLink | None = None, verify_pages: int = 4096,
+             wan: WanLink | None = None, verify_pages: int = VERIFY_SAMPLE_PAGES,
              auto_converge: bool = False) -> Plan:
     dom = src.domain(vm)
     chosen = data_disk_of(dom, data_disk)

@@ -32,6 +32,11 @@ class ServiceError(PcteleportError):
     """A request the backend cannot start (unknown VM or site, site unreachable, ...)."""
 
 
+#: pages the guest checks against its disk after a migration by default (whole files drawn at
+#: random until this many were checked: about a second of a TCG guest's time)
+VERIFY_SAMPLE_PAGES = 1024
+
+
 @dataclass(frozen=True)
 class MigrationRequest:
     vm_uuid: str
@@ -41,7 +46,7 @@ class MigrationRequest:
     #: after the migration, the guest compares at least this many of its cached pages with the
     #: disk, all those of whole files drawn at random (0: every cached page; a full check
     #: costs a TCG guest tens of seconds)
-    verify_pages: int = 4096
+    verify_pages: int = VERIFY_SAMPLE_PAGES
     #: QEMU slows the guest's vCPUs while its dirty rate outruns the link (libvirt's
     #: VIR_MIGRATE_AUTO_CONVERGE), so a write-heavy guest's precopy ends
     auto_converge: bool = False
