@@ -31,6 +31,7 @@ watch {interval}, unwatch. Binary maps travel base64-encoded in result["binary_b
 import argparse
 import base64
 import bisect
+import contextlib
 import ctypes
 import errno
 import json
@@ -537,6 +538,32 @@ def _resident_pages(libc, fd, size):
         libc.c.munmap(addr, npages * PAGE)
 
 
+# A migration waits for the map: it goes ahead of the guest's own work. Nobody waits for a
+# verification: the guest's work goes first. (Measured under a web workload on 1 vCPU, the map
+# took 0.9-3.3 s at nice 0, against 0.3 s in an idle guest.)
+NICE_FOR = {"map": -10, "verify": 5}
+
+
+@contextlib.contextmanager
+def at_nice(value):
+    """Run the block at nice VALUE (on Linux the nice value is per thread), then restore;
+    None: as it is."""
+    if value is None:
+        yield
+        return
+    try:
+        before = os.getpriority(os.PRIO_PROCESS, 0)
+        os.setpriority(os.PRIO_PROCESS, 0, value)
+    except OSError:  # not root, or no such call: run at the current priority
+        before = None
+    try:
+        yield
+    finally:
+        if before is not None:
+            with contextlib.suppress(OSError):
+                os.setpriority(os.PRIO_PROCESS, 0, before)
+
+
 def verify_cache(disk_spec, limit=20, sample=0):
     """Compare cached pages of the files on a disk with the disk's own blocks.
 
@@ -792,7 +819,8 @@ class Server:
             if not isinstance(req, dict) or not isinstance(req.get("method"), str):
                 raise AgentError("bad-request", "a request needs a string 'method'")
             params = req.get("params") or {}
-            self.send({"id": rid, "result": self.dispatch(req["method"], params)})
+            with at_nice(NICE_FOR.get(req["method"])):  # the answer's writing included
+                self.send({"id": rid, "result": self.dispatch(req["method"], params)})
         except AgentError as exc:
             self.send({"id": rid, "error": {"code": exc.code, "message": exc.message}})
         except Exception as exc:  # keep serving: one bad request must not end the agent

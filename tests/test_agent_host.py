@@ -47,6 +47,28 @@ def test_composition_lines_add_up() -> None:
         assert s["source"] in ("module", "fallback")
 
 
+def test_map_goes_ahead_of_the_guests_work_and_verify_behind_it() -> None:
+    """Requests run at their own nice value (this thread only) and leave it as it was."""
+    import os
+    import threading
+
+    assert agent.NICE_FOR["map"] < 0 < agent.NICE_FOR["verify"]
+    seen: dict[str, int] = {}
+
+    def probe() -> None:  # a thread of its own: its nice value is its own on Linux
+        before = os.getpriority(os.PRIO_PROCESS, 0)
+        with agent.at_nice(before + 3):
+            seen["inside"] = os.getpriority(os.PRIO_PROCESS, 0) - before
+        with agent.at_nice(None):
+            seen["none"] = os.getpriority(os.PRIO_PROCESS, 0) - before
+        seen["after"] = os.getpriority(os.PRIO_PROCESS, 0) - before
+
+    t = threading.Thread(target=probe)
+    t.start()
+    t.join()
+    assert seen == {"inside": 3, "none": 0, "after": 0}
+
+
 def test_unknown_disk_is_one_clear_line() -> None:
     out = _agent("map", "--disk", "serial:no-such-disk")
     assert out.returncode == 2

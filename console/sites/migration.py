@@ -262,7 +262,8 @@ class MigrationRun:
             pages = int(header.get("pages", 0))
             self.log(f"restorable map from the guest agent ({header.get('source', '?')}): "
                      f"{pages} pages ({_fmt_bytes(pages * 4096)}) of disk {p.data_serial}, "
-                     f"taken in {time.monotonic() - t:.1f} s")
+                     f"taken in {time.monotonic() - t:.1f} s "
+                     f"({header.get('elapsed-ms', '?')} ms of it in the guest's walk)")
 
         threading.Thread(target=take_map, daemon=True, name="teleport-map").start()
         try:
