@@ -36,6 +36,7 @@ class PcteleportApp(App[None]):
         self.backend = backend
         self.export_dir = export_dir if export_dir is not None else Path.cwd()
         self._autoplay = autoplay
+        self.kept_migrations: set[str] = set()  # names of migration views left while running
         self.set_reactive(PcteleportApp.refresh_s, refresh_s)
         self.sub_title = backend.title
 
@@ -67,7 +68,9 @@ class PcteleportApp(App[None]):
         from console.ui.confirm import ConfirmScreen
         from console.ui.migration_view import MigrationView
 
-        running = [s for s in self.screen_stack if isinstance(s, MigrationView) and s.running]
+        kept = [self.get_screen(name) for name in self.kept_migrations]
+        running = [s for s in [*self.screen_stack, *kept]
+                   if isinstance(s, MigrationView) and s.running]
         if not running:
             self.exit()
             return

@@ -21,7 +21,7 @@ KEYS: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
     )),
     ("sites", (
         ("↑ ↓  tab", "move in a table, next site"),
-        ("enter", "VM details"),
+        ("enter", "VM details, or its migration if one was left running"),
         ("m", "migrate the selected VM"),
         ("a", "abort the selected VM's migration (asks first)"),
         ("/", "filter VMs by name (esc clears)"),
@@ -37,7 +37,7 @@ KEYS: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
     )),
     ("migration", (
         ("a", "abort (asks first; the source keeps running)"),
-        ("esc", "back, once the run has ended"),
+        ("esc", "back to the list (a running migration goes on)"),
     )),
     ("compare", (
         ("v / o", "filter by VM / by mode"),

@@ -360,6 +360,7 @@ class MainScreen(Screen[None]):
     # --- actions ---------------------------------------------------------------------------
 
     def action_details(self) -> None:
+        from console.ui.migration_view import view_name
         from console.ui.vm_detail import VMDetailScreen
 
         picked = self.selected()
@@ -367,6 +368,9 @@ class MainScreen(Screen[None]):
             self.notify("no VM selected", severity="warning")
             return
         pane, vm = picked
+        if view_name(vm.uuid) in self.papp.kept_migrations:  # its migration, left while running
+            self.app.push_screen(view_name(vm.uuid))
+            return
         self.app.push_screen(VMDetailScreen(vm, self.sites, pane.compositions.get(vm.uuid)))
 
     def action_migrate(self) -> None:
@@ -387,10 +391,20 @@ class MainScreen(Screen[None]):
 
     def _start_migration(self, request: object) -> None:
         from console.sites.service import MigrationRequest
-        from console.ui.migration_view import MigrationView
+        from console.ui.migration_view import MigrationView, view_name
 
-        if isinstance(request, MigrationRequest):
-            self.app.push_screen(MigrationView(request))
+        if not isinstance(request, MigrationRequest):
+            return
+        name = view_name(request.vm_uuid)
+        if name in self.papp.kept_migrations:  # an earlier run's view, left: this one replaces it
+            old = self.app.get_screen(name)
+            if isinstance(old, MigrationView) and old.running:
+                self.notify("this VM's migration still runs: Enter shows it", severity="warning")
+                return
+            self.app.uninstall_screen(name)
+            self.papp.kept_migrations.discard(name)
+            old.remove()
+        self.app.push_screen(MigrationView(request))
 
     def action_abort(self) -> None:
         """Abort a migration of the selected VM, even one started elsewhere (CLI, another

@@ -82,6 +82,11 @@ def eta_seconds(samples: list[MigrationSample]) -> float | None:
     return recent[-1].remaining_bytes / net
 
 
+def view_name(vm_uuid: str) -> str:
+    """The name a migration view is kept (installed) under while the operator looks elsewhere."""
+    return f"migration:{vm_uuid}"
+
+
 class MigrationView(Screen[None]):
     BINDINGS = [
         Binding("a", "abort", "Abort"),
@@ -205,7 +210,7 @@ class MigrationView(Screen[None]):
             self.progress_high = 1.0
             self.note = ""
         self.render_all()
-        self.notify(f"migration {message.record.result}", timeout=4,
+        self.notify(f"{message.record.vm}: migration {message.record.result}", timeout=4,
                     severity="information" if message.record.result is Result.OK else "error")
 
     @on(MigrationCouldNotStart)
@@ -346,8 +351,19 @@ class MigrationView(Screen[None]):
         return max([0.0, *(m.t for m in r.phases), *(s.t for s in r.samples)])
 
     def action_leave(self) -> None:
+        app = self.app
         if self.running:
-            self.notify("a migration is running: wait for it, or abort it with a",
-                        severity="warning")
+            # Kept (installed) while away, so the run and its record go on; Enter on the VM in
+            # the list comes back here.
+            if not app.is_screen_installed(self):
+                app.install_screen(self, view_name(self.request.vm_uuid))
+                self.papp.kept_migrations.add(view_name(self.request.vm_uuid))
+            app.pop_screen()
+            app.notify(f"{self.builder.record.vm}: the migration goes on; select the VM and "
+                       "press Enter to watch it again", timeout=5)
             return
-        self.app.pop_screen()
+        app.pop_screen()
+        if app.is_screen_installed(self):
+            app.uninstall_screen(self)
+            self.papp.kept_migrations.discard(view_name(self.request.vm_uuid))
+            self.remove()

@@ -76,8 +76,6 @@ async def test_abort_asks_first_and_no_means_no() -> None:
         assert isinstance(app.screen, ConfirmScreen)
         await pilot.press("n")
         assert app.screen is view and backend.aborted == []
-        await pilot.press("escape")  # cannot leave a running migration
-        assert app.screen is view
         await pilot.press("a", "y")
         await wait_for(pilot, lambda: view.final is not None, what="aborted run")
         assert backend.aborted == ["u-web"] and view.final.result is Result.ABORTED
@@ -130,3 +128,54 @@ async def test_quitting_during_a_migration_asks_first() -> None:
         await wait_for(pilot, lambda: view.final is not None)
         await pilot.press("q")
         await wait_for(pilot, lambda: not app.is_running, what="quit after the run")
+
+
+async def test_leaving_a_running_migration_and_coming_back() -> None:
+    """Esc while it runs: back to the list, the run goes on; Enter on the VM shows it again,
+    with everything that happened meanwhile; Esc after the end lets the view go."""
+    from console.ui.main_screen import MainScreen, SitePane
+    from console.ui.migration_view import view_name
+
+    backend = populated_backend(step_by_step=True)
+    app = create_app(backend, refresh_s=60)
+    async with app.run_test(size=(100, 32)) as pilot:
+        view = await start(pilot, app)
+        backend.release(5)
+        await wait_for(pilot, lambda: len(view.builder.record.samples) == 1)
+        await pilot.press("escape")
+        assert isinstance(app.screen, MainScreen)
+        assert app.is_screen_installed(view_name("u-web"))
+        backend.release(100)  # the run ends while nobody watches it
+        await wait_for(pilot, lambda: view.final is not None, what="the end, unwatched")
+        assert view.final.result is Result.OK and len(view.builder.record.samples) > 1
+        main = app.screen
+        await wait_for(pilot, lambda: any(p.ready and p.table.row_count
+                                          for p in main.query(SitePane)))
+        tokyo = next(p for p in main.query(SitePane) if p.site.name == "tokyo")
+        tokyo.table.focus()
+        for _ in range(tokyo.table.row_count):
+            picked = main.selected()
+            if picked is not None and picked[1].uuid == "u-web":
+                break
+            await pilot.press("down")
+        await pilot.press("enter")
+        assert app.screen is view  # the same view, with the whole run
+        assert "OK" in text(view, "#mig-title")
+        await pilot.press("escape")
+        assert app.screen is main and not app.is_screen_installed(view_name("u-web"))
+
+
+async def test_quitting_asks_first_while_a_left_migration_runs() -> None:
+    backend = populated_backend(step_by_step=True)
+    app = create_app(backend, refresh_s=60)
+    async with app.run_test(size=(100, 32)) as pilot:
+        view = await start(pilot, app)
+        backend.release(2)
+        await wait_for(pilot, lambda: view.builder.record.phases)
+        await pilot.press("escape")
+        assert app.screen is not view
+        await pilot.press("q")
+        assert isinstance(app.screen, ConfirmScreen)
+        await pilot.press("n")
+        backend.release(100)
+        await wait_for(pilot, lambda: view.final is not None)
