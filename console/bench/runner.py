@@ -176,15 +176,15 @@ class Bench:
             self.say(f"page cache warmed in {time.monotonic() - t:.1f} s")
         pids = self.start_programs(HOME)
         self.guest.wait_rows(HOME, ["reads", "workload"] if s.has_workload else ["reads"])
+        offset_before = self.guest.clock_offset(HOME)  # before the window, not in it
         time.sleep(self.o.before_s)
-        offset_before = self.guest.clock_offset(HOME)
         t0 = time.time()
         self.say(f"round {round_no}: {mode} migration {HOME} -> {AWAY}")
         record = self.migrate(mode, AWAY)
         t_end = time.time()
         site = self.where()
-        offset_after = self.guest.clock_offset(site)
         time.sleep(max(0.0, self.o.after_s - (time.time() - t_end)))
+        offset_after = self.guest.clock_offset(site)  # after the window: nothing in it but us
         self.guest.stop(site, pids)
         resume_host = t0 + (record.total_s or (t_end - t0))
         # The guest clock stood still while the VM was paused: rows from before the pause keep
