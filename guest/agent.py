@@ -571,9 +571,9 @@ def verify_cache(disk_spec, limit=20, sample=0):
     teleport migration a page restored wrongly would differ here. Pages of files open for
     writing may legitimately differ (not yet written back); the lab's data disks are
     read-only, so any difference there is a real one. With SAMPLE > 0, files are drawn at
-    random and all their cached pages checked until at least SAMPLE pages were (whole files:
-    few, long reads, so the check costs a guest little right after a migration); otherwise
-    every cached page of every file is checked.
+    random and their cached pages checked until SAMPLE pages were (a file's pages together, or
+    a random run of them in a file that has more: few, long reads, so the check costs a guest
+    little right after a migration); otherwise every cached page of every file is checked.
     """
     disk = find_disk(disk_spec)
     covered = [m for m in _disk_mounts(disk) if m[1] in FALLBACK_FSTYPES]
@@ -592,7 +592,8 @@ def verify_cache(disk_spec, limit=20, sample=0):
         for path, fstype, start in files:
             if sample and checked >= sample:
                 break
-            n = _verify_file(path, fstype, start, libc, dev_fd, buf, mismatches, limit)
+            n = _verify_file(path, fstype, start, libc, dev_fd, buf, mismatches, limit,
+                             sample - checked if sample else 0)
             checked += n
             with_cache += 1 if n else 0
     finally:
@@ -603,8 +604,9 @@ def verify_cache(disk_spec, limit=20, sample=0):
             "elapsed_ms": round((time.monotonic() - t0) * 1000, 1)}
 
 
-def _verify_file(path, fstype, start, libc, dev_fd, buf, mismatches, limit):
-    """Check the file's cached pages against the disk; how many pages were checked."""
+def _verify_file(path, fstype, start, libc, dev_fd, buf, mismatches, limit, at_most=0):
+    """Check the file's cached pages against the disk; how many pages were checked. With
+    AT_MOST, a big file (a database) gives a random run of that many of its cached pages."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
@@ -616,6 +618,9 @@ def _verify_file(path, fstype, start, libc, dev_fd, buf, mismatches, limit):
         resident = _resident_pages(libc, fd, st.st_size)
         if not resident:
             return 0
+        if at_most and len(resident) > at_most:
+            first = random.randrange(len(resident) - at_most + 1)
+            resident = resident[first:first + at_most]
         extents = _block_map(fd, st.st_size, fstype)
         for file_off, physical, length in _verify_segments(resident, extents, st.st_size,
                                                            len(buf)):

@@ -76,11 +76,13 @@ def test_verify_finds_a_cached_page_that_differs_from_disk(tmp_path) -> None:
             assert ok["files"] == len(files)
             assert ok["pages_checked"] >= want
             assert not ok["sampled"] and ok["files_on_disk"] == len(files)
-            # A sample: whole files drawn at random until enough pages were checked (here one
-            # file of 256+ pages is enough).
+            # A sample: files drawn at random, a random run of pages in one bigger than what
+            # is left to check (a database file must not mean a full check).
             few = agent.request("verify", disk="data", sample=25)
             assert few["sampled"] and few["files"] == 1 and few["mismatches"] == []
-            assert 256 <= few["pages_checked"] < ok["pages_checked"]
+            assert few["pages_checked"] == 25
+            more = agent.request("verify", disk="data", sample=300)
+            assert more["files"] == 2 and more["pages_checked"] == 300
 
             # Rewrite the first block of v3.bin's page 5 on the device, past the page cache:
             # the cached page is now stale, which is what a wrongly restored page looks like.
