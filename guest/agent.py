@@ -49,7 +49,7 @@ PAGE = 4096
 PROC_DIR = "/proc/pcteleport"
 MAP_MAGIC = b"PCTMAP1\n"
 PROTOCOL_VERSION = 1
-SEND_TIMEOUT_S = 5.0
+SEND_TIMEOUT_S = 5.0  # with no byte taken for this long, the host has gone
 # Filesystems whose files FIEMAP maps to blocks of their own device (the fallback's reach).
 FALLBACK_FSTYPES = ("ext4", "ext3", "ext2", "xfs", "vfat", "msdos")
 # ...and those the kernel module can walk (its fstypes parameter).
@@ -793,14 +793,16 @@ class Server:
         self.buf = b""
 
     def send(self, obj):
-        """Write one line; on a virtio port give up after SEND_TIMEOUT_S (writes block while
-        no host is connected) and drop the watch: its reader is gone."""
+        """Write one line; on a virtio port give up once the host took nothing for
+        SEND_TIMEOUT_S (writes block while no host is connected) and drop the watch: its reader
+        is gone. A big answer (a map of megabytes) may take longer than that in all."""
         data = (json.dumps(obj, separators=(",", ":")) + "\n").encode()
         deadline = time.monotonic() + SEND_TIMEOUT_S
         try:
             while data:
                 try:
                     data = data[os.write(self.write_fd, data):]
+                    deadline = time.monotonic() + SEND_TIMEOUT_S  # it moved: the host is there
                 except BlockingIOError:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:

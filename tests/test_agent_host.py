@@ -129,3 +129,31 @@ def test_map_forms_parse_with_the_codec() -> None:
     assert parsed.meta["disk-serial"] == "data" and parsed.meta["source"] == "module"
     assert parsed.extents == merged
     assert mapfile.parse_binary(agent.map_binary(merged)).extents == merged
+
+
+def test_a_big_answer_to_a_slow_host_arrives_whole(monkeypatch) -> None:
+    """The send timeout is for a host that took nothing, not for a long answer: a map of
+    megabytes read slowly must not be cut (it was, at 5 s in all, for the tpcc VM's map)."""
+    import os
+    import threading
+    import time
+
+    monkeypatch.setattr(agent, "SEND_TIMEOUT_S", 0.3)
+    r, w = os.pipe()
+    os.set_blocking(w, False)
+    server = agent.Server(r, w, reconnecting=True)
+    got = bytearray()
+
+    def slow_host() -> None:
+        while not got.endswith(b"\n"):
+            got.extend(os.read(r, 64 << 10))
+            time.sleep(0.05)
+
+    reader = threading.Thread(target=slow_host, daemon=True)
+    reader.start()
+    text = "x" * (1 << 20)  # ~16 reads of 64 KiB, 50 ms apart: well past 0.3 s in all
+    server.send({"id": 1, "result": {"text": text}})
+    reader.join(30)
+    assert json.loads(got)["result"]["text"] == text
+    os.close(r)
+    os.close(w)
