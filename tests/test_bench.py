@@ -106,6 +106,13 @@ def test_table_gives_ratios_to_stock_and_the_recovery(tmp_path):
     assert tel.read_recovered_s == pytest.approx(0) and drop.read_recovered_s == pytest.approx(3)
 
 
+def test_without_a_stock_run_there_are_no_ratios():
+    opts = BenchOptions(load("web-small"), [Mode.TELEPORT], "fast")
+    md = report.markdown(opts, [r for r in _runs() if r.mode is Mode.TELEPORT], "b", "now")
+    row = next(line for line in md.splitlines() if line.startswith("| teleport |"))
+    assert "×" not in row and "| – |" in row
+
+
 def test_written_results_hold_json_markdown_and_svgs(tmp_path):
     opts = BenchOptions(load("web-small"), [Mode.STOCK, Mode.TELEPORT], "fast")
     md = report.write(tmp_path, opts, _runs()[:2], "pcteleport bench")

@@ -106,7 +106,9 @@ def markdown(options: BenchOptions, runs: list[ModeRun], command: str, started: 
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in table:
-        st = stock or r
+        # Without a stock run there is nothing to take a ratio to ("–", not 1.00×).
+        st = stock or ModeRow(r.mode, 0, 0, 0, None, None, None, None, None, None, None, 0,
+                              None, None, None)
         never = f" ({r.read_never_recovered} never)" if r.read_never_recovered else ""
         lines.append(
             f"| {r.mode} | {r.migrated}/{r.runs} ({r.ok}) | {_num(r.total_s)} "
