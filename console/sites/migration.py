@@ -246,7 +246,7 @@ class MigrationRun:
             )
         self.phase(Phase.MAP)
         agent = self.agent_for(p.src, p.vm)
-        relays = self._relays = RelayPair(p.src, p.dst, self.run_id)
+        relays = self._relays = RelayPair(p.src, p.dst)
         started = threading.Event()
 
         def take_map() -> None:
@@ -478,9 +478,9 @@ class MigrationRun:
                 "from the disk "
                 f"(first: {bad[0]}): do not trust this VM's page cache; drop it in the guest"
             )
-        checked = result.get("pages_checked", 0)
-        which = (f"the {checked} cached pages of {result.get('files', 0)} files drawn at random"
-                 f" (of {result.get('files_on_disk', '?')})" if result.get("sampled")
+        checked, files = result.get("pages_checked", 0), result.get("files", 0)
+        which = (f"the {checked} cached pages of {files} file{'' if files == 1 else 's'} drawn at"
+                 f" random (of {result.get('files_on_disk', '?')})" if result.get("sampled")
                  else f"all {checked} cached pages")
         took = result.get("elapsed_ms")
         self.log(f"verified at {p.dst.name}: guest agent answers, {which} match the disk"

@@ -81,9 +81,8 @@ class RelayEnd:
 
 
 class RelayPair:
-    def __init__(self, src: SiteRuntime, dst: SiteRuntime, run_id: str) -> None:
+    def __init__(self, src: SiteRuntime, dst: SiteRuntime) -> None:
         self.src, self.dst = src, dst
-        self.run_id = run_id
         self.secret = secrets.token_hex(32)
         self.send = RelayEnd(src, "send")
         self.recv = RelayEnd(dst, "recv")
