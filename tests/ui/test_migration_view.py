@@ -3,6 +3,7 @@ downtime, the log, abort with confirmation."""
 
 from __future__ import annotations
 
+import pytest
 from textual.widgets import Digits, ProgressBar, RichLog, Static
 
 from console.records import Mode, Result
@@ -25,6 +26,14 @@ async def start(pilot, app) -> MigrationView:  # type: ignore[no-untyped-def]
     await pilot.pause(0.05)
     view = MigrationView(REQUEST)
     await app.push_screen(view)
+    return view
+
+
+async def started(pilot, app, backend) -> MigrationView:  # type: ignore[no-untyped-def]
+    """A view whose run has begun (its first phases are in)."""
+    view = await start(pilot, app)
+    backend.release(2)
+    await wait_for(pilot, lambda: view.builder.record.phases)
     return view
 
 
@@ -69,9 +78,7 @@ async def test_abort_asks_first_and_no_means_no() -> None:
     backend = populated_backend(step_by_step=True)
     app = create_app(backend, refresh_s=60)
     async with app.run_test(size=(100, 32)) as pilot:
-        view = await start(pilot, app)
-        backend.release(2)
-        await wait_for(pilot, lambda: view.builder.record.phases)
+        view = await started(pilot, app, backend)
         await pilot.press("a")
         assert isinstance(app.screen, ConfirmScreen)
         await pilot.press("n")
@@ -113,17 +120,20 @@ def test_eta_uses_the_net_rate_of_recent_samples() -> None:
     assert eta_seconds([]) is None
 
 
-async def test_quitting_during_a_migration_asks_first() -> None:
+@pytest.mark.parametrize("left", [False, True], ids=["watched", "left-running"])
+async def test_quitting_during_a_migration_asks_first(left: bool) -> None:
+    """Also when its view was left (Esc) and the list is on the screen."""
     backend = populated_backend(step_by_step=True)
     app = create_app(backend, refresh_s=60)
     async with app.run_test(size=(100, 32)) as pilot:
-        view = await start(pilot, app)
-        backend.release(2)
-        await wait_for(pilot, lambda: view.builder.record.phases)
+        view = await started(pilot, app, backend)
+        if left:
+            await pilot.press("escape")
+            assert app.screen is not view
         await pilot.press("q")
         assert isinstance(app.screen, ConfirmScreen)
         await pilot.press("n")
-        assert app.screen is view and app.is_running
+        assert app.is_running and (app.screen is not view) == left
         backend.release(100)
         await wait_for(pilot, lambda: view.final is not None)
         await pilot.press("q")
@@ -163,19 +173,3 @@ async def test_leaving_a_running_migration_and_coming_back() -> None:
         assert "OK" in text(view, "#mig-title")
         await pilot.press("escape")
         assert app.screen is main and not app.is_screen_installed(view_name("u-web"))
-
-
-async def test_quitting_asks_first_while_a_left_migration_runs() -> None:
-    backend = populated_backend(step_by_step=True)
-    app = create_app(backend, refresh_s=60)
-    async with app.run_test(size=(100, 32)) as pilot:
-        view = await start(pilot, app)
-        backend.release(2)
-        await wait_for(pilot, lambda: view.builder.record.phases)
-        await pilot.press("escape")
-        assert app.screen is not view
-        await pilot.press("q")
-        assert isinstance(app.screen, ConfirmScreen)
-        await pilot.press("n")
-        backend.release(100)
-        await wait_for(pilot, lambda: view.final is not None)
