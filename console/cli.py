@@ -229,7 +229,7 @@ def _add_sites(sub: argparse._SubParsersAction) -> None:
                           " the link carries it (libvirt's auto-converge)")
     mig.add_argument("--verify", choices=["sample", "full"], default="sample",
                      help="after the move the guest compares cached pages with its disk: "
-                          "whole files drawn at random, 1024+ pages (default), or every "
+                          "1024 pages of files drawn at random (default), or every "
                           "cached page (slow in TCG)")
     mig.add_argument("--json", action="store_true",
                      help="progress on stderr; the last stdout line is a JSON summary")

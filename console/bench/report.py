@@ -105,16 +105,19 @@ def markdown(options: BenchOptions, runs: list[ModeRun], command: str, started: 
         f"| {s.unit or 'workload'} during | workload recovered (s) |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for r in table:
+    def vs_stock(value: float | None, get: Callable[[ModeRow], float | None]) -> str:
         # Without a stock run there is nothing to take a ratio to ("–", not 1.00×).
-        st = stock or ModeRow(r.mode, 0, 0, 0, None, None, None, None, None, None, None, 0,
-                              None, None, None)
+        return ratio(value, get(stock)) if stock is not None else "–"
+
+    for r in table:
         never = f" ({r.read_never_recovered} never)" if r.read_never_recovered else ""
         lines.append(
             f"| {r.mode} | {r.migrated}/{r.runs} ({r.ok}) | {_num(r.total_s)} "
-            f"| {ratio(r.total_s, st.total_s)} "
-            f"| {_num(r.wan_bytes and r.wan_bytes / 1e6)} | {ratio(r.wan_bytes, st.wan_bytes)} "
-            f"| {_num(r.downtime_ms, '{:.0f}')} | {ratio(r.downtime_ms, st.downtime_ms)} "
+            f"| {vs_stock(r.total_s, lambda s: s.total_s)} "
+            f"| {_num(r.wan_bytes and r.wan_bytes / 1e6)} "
+            f"| {vs_stock(r.wan_bytes, lambda s: s.wan_bytes)} "
+            f"| {_num(r.downtime_ms, '{:.0f}')} "
+            f"| {vs_stock(r.downtime_ms, lambda s: s.downtime_ms)} "
             f"| {_num(r.teleported_pages, '{:,.0f}')} | {_pct(r.read_during)} "
             f"| {_pct(r.read_dip)} | {_num(r.read_recovered_s)}{never} "
             f"| {_num(r.read_degraded_s, '{:.0f}')} "

@@ -89,12 +89,12 @@ class RelayPair:
         self.qemu_port = 0
         self.map_problem: str | None = None  # the map never came: the send relay cannot go on
 
-    def start(self, source_disk: str, replica_disk: str, map_text: str | None = None) -> None:
-        """Start both ends at once. Secret (and map) go on stdin: nothing lands on disk.
+    def start(self, source_disk: str, replica_disk: str) -> None:
+        """Start both ends at once; the secret goes on stdin, so nothing lands on disk.
 
-        Without MAP_TEXT the send relay listens and waits for `feed_map`; QEMU's connection
-        waits in its listen backlog meanwhile, so the map may be taken while libvirt prepares
-        the destination.
+        The send relay listens and waits for its map (`feed_map`, also on stdin); QEMU's
+        connection waits in its listen backlog meanwhile, so the map may be taken while
+        libvirt prepares the destination.
         """
         if not self.dst.config.wan_addr:
             raise RelayFailure(f"site {self.dst.name} has no wan_addr in the sites config")
@@ -105,7 +105,7 @@ class RelayPair:
             self.qemu_port = rng.randint(*PORT_RANGE)
             try:
                 self._spawn_recv(wan_port, replica_disk)
-                self._spawn_send(wan_port, source_disk, map_text)
+                self._spawn_send(wan_port, source_disk)
                 self.recv.wait_event(("listening",), 30)
                 self.send.wait_event(("listening",), 30)
                 return
@@ -129,14 +129,12 @@ class RelayPair:
         self.recv.proc = self.dst.host.spawn(argv, self.recv.on_line,
                                              stdin=self.secret + "\n", close_stdin=True)
 
-    def _spawn_send(self, wan_port: int, source_disk: str, map_text: str | None) -> None:
+    def _spawn_send(self, wan_port: int, source_disk: str) -> None:
         argv = self._relay_argv(self.src, "send",
                                 "--listen", f"127.0.0.1:{self.qemu_port}",
                                 "--to", f"{self.dst.config.wan_addr}:{wan_port}",
                                 "--map", "-", "--disk", source_disk)
         self.send.proc = self.src.host.spawn(argv, self.send.on_line, stdin=self.secret + "\n")
-        if map_text is not None:
-            self.feed_map(map_text)
 
     def failure(self) -> str | None:
         return self.map_problem or self.recv.failure() or self.send.failure()
