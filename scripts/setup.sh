@@ -7,22 +7,76 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
 
 APT_PACKAGES=(
-  python3 python3-venv python3-dev python3-pip gcc make pkg-config
-  qemu-system-x86 qemu-utils
-  libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev dnsmasq-base
+  python3 python3-venv python3-dev python3-pip gcc make pkg-config dnsmasq-base
   busybox-static cpio kmod e2fsprogs dosfstools fdisk xfsprogs btrfs-progs
   openssh-server openssh-client iproute2 nftables iputils-ping
   tmux
 )
+# The engine. By default QEMU 10.0 / libvirt 11.3 from bookworm-backports: Debian 12's own QEMU
+# 7.2 loses dirty pages when it migrates TCG guests (fixed upstream in 9.0, commit 03bfc2188f),
+# and the lab runs TCG. PCTELEPORT_ENGINE=debian12 keeps Debian 12's QEMU 7.2 / libvirt 9.0
+# (fine for KVM hosts; the console warns before migrating a TCG guest on it).
+ENGINE_PACKAGES=(
+  qemu-system-x86 qemu-system-common qemu-system-data qemu-utils
+  libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev
+)
+engine=${PCTELEPORT_ENGINE:-backports}
+case "$engine" in
+  backports|debian12) ;;
+  *) echo "setup: PCTELEPORT_ENGINE must be backports or debian12, not '$engine'" >&2; exit 2 ;;
+esac
+
+installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
+apt_updated=
+apt_update() { [ -n "$apt_updated" ] || { apt-get update -qq; apt_updated=1; }; }
 
 missing=()
-for p in "${APT_PACKAGES[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
+for p in "${APT_PACKAGES[@]}"; do installed "$p" || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing Debian packages: ${missing[*]}"
-  apt-get update -qq
+  apt_update
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if [ "$engine" = backports ]; then
+  # The backports suite from the same mirror as the machine's bookworm entry. Only the engine's
+  # packages are named with their suite, so their dependencies still come from bookworm
+  # (-t bookworm-backports would pull systemd, udev and mesa from backports onto the host).
+  src=/etc/apt/sources.list.d/pcteleport-backports.sources
+  if [ ! -f "$src" ]; then
+    uri=$(apt-get indextargets --format '$(REPO_URI) $(RELEASE)' 2>/dev/null \
+      | awk '$2 == "bookworm" {print $1; exit}')
+    [ -n "$uri" ] || uri=$(sed -n 's/^URIs: *\([^ ]*\).*/\1/p' /etc/apt/sources.list.d/debian.sources \
+      2>/dev/null | head -n1)
+    [ -n "$uri" ] || { echo "setup: no bookworm apt source to take the mirror from" >&2; exit 1; }
+    printf 'Types: deb\nURIs: %s\nSuites: bookworm-backports\nComponents: main\nSigned-By: %s\n' \
+      "$uri" /usr/share/keyrings/debian-archive-keyring.gpg > "$src"
+    apt_updated=
+  fi
+  want=()
+  for p in "${ENGINE_PACKAGES[@]}"; do
+    v=$(dpkg-query -W -f='${Version}' "$p" 2>/dev/null || true)
+    case "$v" in *bpo12*) installed "$p" && continue ;; esac
+    want+=("$p/bookworm-backports")
+  done
+  # seabios >= 1.16.3: QEMU 10's BIOS. It and qemu-system-common/-data are named because apt's
+  # resolver keeps bookworm's candidates for them and then gives up ("held broken packages").
+  case "$(dpkg-query -W -f='${Version}' seabios 2>/dev/null || true)" in
+    *bpo12*) ;; *) want+=("seabios/bookworm-backports") ;;
+  esac
+  if [ ${#want[@]} -gt 0 ]; then
+    echo "setup: installing QEMU 10 / libvirt 11 from bookworm-backports: ${want[*]}"
+    apt_update
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${want[@]}" >/dev/null
+  fi
+else
+  missing=()
+  for p in "${ENGINE_PACKAGES[@]}"; do installed "$p" || missing+=("$p"); done
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "setup: installing Debian 12's QEMU 7.2 / libvirt 9.0: ${missing[*]}"
+    apt_update
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
 fi
 
 # A virtualenv of our own: the host's python3 (>= 3.11) with the project installed editable.
