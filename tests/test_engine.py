@@ -1,0 +1,34 @@
+"""The engine guard: which QEMU may migrate a TCG guest without losing its dirty pages."""
+
+from __future__ import annotations
+
+import pytest
+
+from console.engine import tcg_dirty_page_bug, version_text, version_tuple
+
+
+def test_versions_read_as_libvirt_numbers_and_text() -> None:
+    assert version_tuple(7_002_022) == (7, 2, 22)
+    assert version_tuple(10_000_002) == (10, 0, 2)
+    assert version_tuple("9.0") == (9, 0, 0)
+    assert version_text(11_003_000) == "11.3.0"
+    with pytest.raises(ValueError):
+        version_tuple("qemu")
+
+
+@pytest.mark.parametrize("version", ["7.2.22", 7_002_022, "8.2.2", "8.2.99"])
+def test_tcg_on_qemu_before_9_is_named(version: object) -> None:
+    text = tcg_dirty_page_bug(version, tcg=True, site="tokyo")  # type: ignore[arg-type]
+    assert text is not None
+    assert "loses dirty pages" in text and "03bfc2188f" in text and "at tokyo" in text
+    assert version_text(version) in text  # type: ignore[arg-type]
+    assert "\n" not in text
+
+
+@pytest.mark.parametrize(("version", "tcg"), [
+    ("9.0.0", True), ("10.0.2", True), (10_000_002, True),  # fixed upstream
+    ("7.2.22", False),  # KVM tracks dirty pages itself
+    ("", True), (None, True), ("unknown", True),  # nothing to say about an unknown engine
+])
+def test_no_warning_where_the_engine_is_sound_or_unknown(version: object, tcg: bool) -> None:
+    assert tcg_dirty_page_bug(version, tcg) is None  # type: ignore[arg-type]
