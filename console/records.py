@@ -107,6 +107,7 @@ class Site:
     connection: ConnectionState = ConnectionState.CONNECTING
     error: str | None = None  # what the operator must do, when connection is ERROR
     wan: list[WanLink] = field(default_factory=list)
+    qemu_version: str = ""  # the hypervisor libvirt drives there, e.g. "10.0.2"
 
     def link_to(self, peer: str) -> WanLink | None:
         return next((w for w in self.wan if w.peer == peer), None)
@@ -136,6 +137,7 @@ class VM:
     vcpus: int = 1
     memory_bytes: int = 0
     disks: list[Disk] = field(default_factory=list)
+    tcg: bool = False  # emulated CPU (libvirt domain type 'qemu'), not KVM
 
 
 @dataclass
@@ -245,6 +247,18 @@ class Throughput:
 
 
 @dataclass
+class RamCheck:
+    """Guest RAM compared page by page: the source's at the switch-over against the
+    destination's once the stream was loaded, before the destination ran (bench soak)."""
+
+    pages: int  # pages compared (the guest's main RAM)
+    differing: int
+    first: list[str] = field(default_factory=list)  # guest-physical addresses, hex, at most 16
+    elapsed_s: float = 0.0
+    evidence: str = ""  # where the differing pages' bytes were kept, if any differed
+
+
+@dataclass
 class MigrationRecord:
     run_id: str
     vm: str
@@ -267,6 +281,12 @@ class MigrationRecord:
     guest_bytes: int = 0
     pages: PageCounts = field(default_factory=PageCounts)
     throughput_after: Throughput | None = None
+    #: where the VM runs once the run ended: a site's name, "nowhere", or "" if it could not
+    #: be told (checked, never assumed)
+    runs_at: str = ""
+    #: the destination guest's console lines that show it crashed (oops, panic), if it did
+    guest_console: list[str] = field(default_factory=list)
+    ram_check: RamCheck | None = None
     schema: int = SCHEMA_VERSION
 
     def summary(self) -> dict[str, Any]:
@@ -286,6 +306,9 @@ class MigrationRecord:
                 "zero": self.pages.zero,
                 "sent": self.pages.sent,
             },
+            "runs_at": self.runs_at,
+            "guest_crashed": bool(self.guest_console),
+            "ram_pages_differing": None if self.ram_check is None else self.ram_check.differing,
         }
 
     def to_json(self, indent: int | None = 1) -> str:

@@ -20,6 +20,7 @@ from console.records import (
     PageCounts,
     Phase,
     PhaseMark,
+    RamCheck,
     RecordBuilder,
     RecordError,
     Result,
@@ -46,15 +47,24 @@ def test_inventory_records_round_trip(site: Site, vm: VM, comp: Composition) -> 
     assert from_json(Composition, to_json(comp)) == comp
 
 
-def test_summary_has_exactly_the_issue_5_keys() -> None:
+def test_summary_has_exactly_the_issue_5_and_11_keys() -> None:
     r = MigrationRecord(run_id="r1", vm="web", from_site="tokyo", to_site="osaka",
                         mode=Mode.TELEPORT, result=Result.OK, total_s=11.5, downtime_ms=306.0,
                         wan_bytes=134_000_000, guest_bytes=2**30,
                         pages=PageCounts(teleported=70_000, zero=120_000, sent=40_000))
     s = r.summary()
     assert list(s) == ["vm", "from", "to", "mode", "result", "total_s", "downtime_ms",
-                       "wan_bytes", "guest_bytes", "pages"]
+                       "wan_bytes", "guest_bytes", "pages", "runs_at", "guest_crashed",
+                       "ram_pages_differing"]
     assert s["pages"] == {"teleported": 70_000, "zero": 120_000, "sent": 40_000}
+    assert s["guest_crashed"] is False and s["ram_pages_differing"] is None
+    r.guest_console = ["Kernel panic - not syncing: Fatal exception in interrupt"]
+    r.ram_check = RamCheck(pages=65536, differing=3, first=["0x1000"])
+    r.runs_at = "nowhere"
+    s = r.summary()
+    assert s["guest_crashed"] is True and s["ram_pages_differing"] == 3
+    assert s["runs_at"] == "nowhere"
+    assert MigrationRecord.from_json(r.to_json()) == r
     assert s["from"] == "tokyo" and s["mode"] == "teleport" and s["result"] == "ok"
     json.dumps(s)  # serialisable as is
 

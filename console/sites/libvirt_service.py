@@ -10,6 +10,7 @@ from pathlib import Path
 
 import libvirt
 
+from console.engine import tcg_dirty_page_bug
 from console.errors import PcteleportError
 from console.record_store import LoadResult, RecordStore
 from console.records import (
@@ -31,7 +32,7 @@ from console.sites.guest_agent import AgentUnavailable, GuestAgent
 from console.sites.migration import MigrationRun, plan_for
 from console.sites.remote import LoopThread
 from console.sites.service import Backend, EventSink, MigrationRequest, ServiceError
-from console.sites.site_runtime import SiteRuntime, domain_disks
+from console.sites.site_runtime import SiteRuntime, domain_disks, is_tcg
 
 STATES = {
     libvirt.VIR_DOMAIN_RUNNING: VMState.RUNNING,
@@ -94,6 +95,7 @@ class LibvirtBackend(Backend):
             site = Site(name=rt.name, host=rt.config.ssh.host)
             try:
                 site.libvirt_version = rt.libvirt_version()
+                site.qemu_version = rt.qemu_version()
                 site.connection = ConnectionState.CONNECTED
             except PcteleportError as exc:
                 site.connection = ConnectionState.ERROR
@@ -119,7 +121,8 @@ class LibvirtBackend(Backend):
         for dom in domains:
             try:
                 state, max_kib, _mem, vcpus, _cpu = dom.info()
-                disks = [Disk(d.target, d.path) for d in domain_disks(dom.XMLDesc(0))
+                xml = dom.XMLDesc(0)
+                disks = [Disk(d.target, d.path) for d in domain_disks(xml)
                          if d.serial != "pctroot"]
             except libvirt.libvirtError:
                 continue  # it went away while we looked
@@ -127,7 +130,7 @@ class LibvirtBackend(Backend):
             if dom.UUIDString() in self._running:
                 vm_state = VMState.MIGRATING
             out.append(VM(dom.UUIDString(), dom.name(), site, vm_state, vcpus, max_kib * 1024,
-                          disks))
+                          disks, tcg=is_tcg(xml)))
         return sorted(out, key=lambda v: v.name)
 
     def _locate(self, vm_uuid: str) -> tuple[SiteRuntime, libvirt.virDomain]:
@@ -142,6 +145,13 @@ class LibvirtBackend(Backend):
             if dom.isActive():
                 return rt, dom
         raise ServiceError(f"no running VM '{vm_uuid}' at any site")
+
+    def engine_warning(self, vm_uuid: str) -> str | None:
+        rt, dom = self._locate(vm_uuid)
+        try:
+            return tcg_dirty_page_bug(rt.qemu_version(), is_tcg(dom.XMLDesc(0)), rt.name)
+        except libvirt.libvirtError:
+            return None
 
     def agent(self, rt: SiteRuntime, vm: str) -> GuestAgent:
         return GuestAgent(rt.host, vm, rt.config.agent_socket_dir)
@@ -186,18 +196,23 @@ class LibvirtBackend(Backend):
         dst = self._site(request.to_site)
         if dst is src:
             raise ServiceError(f"VM {dom.name()} already runs at {dst.name}")
+        warning = self.engine_warning(dom.UUIDString())
+        if warning and not request.force:
+            raise ServiceError(f"{warning}; nothing was started (--force migrates anyway)")
         vm_cfg = self.cfg.vm(dom.name())
         link = next((w for s in self.sites() if s.name == src.name for w in s.wan
                      if w.peer == dst.name), None)
         plan = plan_for(dom.UUIDString(), src, dst, request.mode,
                         request.bandwidth_cap_bytes_per_s,
                         vm_cfg.data_disk if vm_cfg else "", link, request.verify_pages,
-                        request.auto_converge)
+                        request.auto_converge, request.compare_ram)
         try:
             comp = self.agent(src, plan.vm).composition()
         except PcteleportError:
             comp = None
         run = MigrationRun(plan, on_event, self.agent, comp)
+        if warning:
+            run.log(f"warning: {warning} (forced)")
         with self._lock:
             if plan.vm_uuid in self._running:
                 raise ServiceError(f"VM {plan.vm} is already migrating")

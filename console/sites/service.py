@@ -50,6 +50,11 @@ class MigrationRequest:
     #: QEMU slows the guest's vCPUs while its dirty rate outruns the link (libvirt's
     #: VIR_MIGRATE_AUTO_CONVERGE), so a write-heavy guest's precopy ends
     auto_converge: bool = False
+    #: migrate even where the engine is known to corrupt the guest (engine.tcg_dirty_page_bug);
+    #: without it such a request is refused with that one-line reason before anything starts
+    force: bool = False
+    #: compare guest RAM page by page across the switch-over (console/sites/ramcheck.py)
+    compare_ram: bool = False
 
 
 class Backend(ABC):
@@ -72,6 +77,11 @@ class Backend(ABC):
         """The VM's memory composition from its guest agent. When the agent cannot walk the page
         cache it still answers, with source FALLBACK and `error` set; ServiceError only when the
         agent cannot be reached at all."""
+
+    def engine_warning(self, vm_uuid: str) -> str | None:
+        """Why migrating this VM from where it runs may corrupt it (engine.tcg_dirty_page_bug),
+        or None. `migrate` refuses such a request unless it says `force`."""
+        return None
 
     def replicas(self, vm_uuid: str) -> list[Disk]:
         """The VM's disks with the state of their replica at each site. May be slow (it asks

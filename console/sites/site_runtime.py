@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import libvirt
 
+from console.engine import version_text
 from console.errors import PcteleportError
 from console.sites.config import SiteConfig
 from console.sites.events import LifecycleHub
@@ -34,6 +35,11 @@ class DomainDisk:
     path: str
     serial: str
     readonly: bool
+
+
+def is_tcg(xml: str) -> bool:
+    """libvirt domain type 'qemu' is an emulated CPU (TCG); 'kvm' is hardware-assisted."""
+    return ET.fromstring(xml).get("type") == "qemu"
 
 
 def domain_disks(xml: str) -> list[DomainDisk]:
@@ -109,8 +115,14 @@ class SiteRuntime:
         return WanMeter(self) if self.config.wan_iface else None
 
     def libvirt_version(self) -> str:
-        v = self.conn().getLibVersion()
-        return f"{v // 1000000}.{v // 1000 % 1000}.{v % 1000}"
+        return version_text(self.conn().getLibVersion())
+
+    def qemu_version(self) -> str:
+        """The hypervisor libvirt drives at this site ("10.0.2"); "" if it does not say."""
+        try:
+            return version_text(self.conn().getVersion())
+        except libvirt.libvirtError:
+            return ""
 
     def close(self) -> None:
         with self._lock:

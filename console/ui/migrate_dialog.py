@@ -10,6 +10,7 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, DataTable, Input, Label, RadioButton, RadioSet, Select, Static
 
+from console.engine import tcg_dirty_page_bug
 from console.predict import predict_all
 from console.records import VM, Composition, Mode, Site
 from console.sites.service import MigrationRequest
@@ -32,6 +33,8 @@ class MigrateDialog(ModalScreen[MigrationRequest | None]):
         self.destinations = [s for s in sites if s.name != source.name]
         self.composition = composition
         self.cap: float | None = None
+        # Shown before anything starts; starting after seeing it is the operator's --force.
+        self.engine_warning = tcg_dirty_page_bug(source.qemu_version, vm.tcg, source.name)
 
     def compose(self) -> ComposeResult:
         with Vertical(id="migrate-box"):
@@ -52,13 +55,18 @@ class MigrateDialog(ModalScreen[MigrationRequest | None]):
                 for mode in Mode:
                     yield RadioButton(str(mode), value=mode is Mode.TELEPORT, name=str(mode))
             yield Static(id="cap-error")
+            if self.engine_warning:
+                yield Static(Text(f"⚠ {self.engine_warning}", style="bold"),
+                             id="engine-warning")
             table: DataTable[Text | str] = DataTable(id="predictions", cursor_type="none")
             table.add_column("mode", key="mode")
             table.add_column("WAN bytes", key="wan")
             table.add_column("time", key="time")
             yield table
             with Horizontal(id="migrate-buttons"):
-                yield Button("Start", variant="primary", id="start", compact=True)
+                yield Button("Start anyway" if self.engine_warning else "Start",
+                             variant="warning" if self.engine_warning else "primary",
+                             id="start", compact=True)
                 yield Button("Cancel", id="cancel", compact=True)
 
     def on_mount(self) -> None:
@@ -138,7 +146,8 @@ class MigrateDialog(ModalScreen[MigrationRequest | None]):
         except ValueError as exc:
             self.notify(str(exc), severity="error")
             return
-        self.dismiss(MigrationRequest(self.vm.uuid, dest, self.mode(), cap))
+        self.dismiss(MigrationRequest(self.vm.uuid, dest, self.mode(), cap,
+                                      force=bool(self.engine_warning)))
 
     def action_pick_mode(self, index: int) -> None:
         buttons = list(self.query(RadioButton))

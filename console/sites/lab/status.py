@@ -10,6 +10,7 @@ from typing import Any
 
 import libvirt
 
+from console.engine import version_text
 from console.errors import PcteleportError
 from console.sites.lab import config, measure, shell, site, vms, wan
 from console.sites.lab.paths import LabPaths
@@ -27,14 +28,14 @@ def collect(paths: LabPaths | None = None, measure_wan: bool = True) -> dict[str
             "name": s.name, "netns": s.netns, "up": s.netns in present and all(pids.values()),
             "mgmt_addr": s.mgmt_addr, "wan_addr": s.wan_addr,
             "libvirt_uri": config.libvirt_uri(paths, s), "daemons": pids,
-            "libvirt_version": None,
+            "libvirt_version": None, "qemu_version": None,
         }
         if pids["libvirtd"]:
             with contextlib.suppress(PcteleportError, libvirt.libvirtError):
                 conn = vms.connect(paths, s)
-                v = conn.getLibVersion()
+                entry["libvirt_version"] = version_text(conn.getLibVersion())
+                entry["qemu_version"] = version_text(conn.getVersion())
                 conn.close()
-                entry["libvirt_version"] = f"{v // 1000000}.{v // 1000 % 1000}.{v % 1000}"
         site_rows.append(entry)
     all_up = all(e["up"] for e in site_rows)
     vm_list = [v.as_dict() for v in vms.list_vms(paths)] if all_up else []
@@ -63,7 +64,8 @@ def render(st: dict[str, Any]) -> str:
         daemons = "  ".join(f"{k} {v or '-'}" for k, v in d.items())
         lines.append(f"site {s['name']:<6} {'up  ' if s['up'] else 'down'}  "
                      f"mgmt {s['mgmt_addr']}  wan {s['wan_addr']}  "
-                     f"libvirt {s['libvirt_version'] or '-'}  {daemons}")
+                     f"libvirt {s['libvirt_version'] or '-'}  "
+                     f"qemu {s['qemu_version'] or '-'}  {daemons}")
     w = st["wan"]
     if "profile" in w:
         line = (f"wan  {w['profile']}: {w['rate_mbit']:g} Mbit/s, {w['rtt_ms']:g} ms RTT "
