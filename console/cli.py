@@ -25,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_codec(sub)
     _add_relay(sub)
+    _add_guest_ram(sub)
     _add_replay(sub)
     _add_lab(sub)
     _add_sites(sub)
@@ -122,6 +123,22 @@ def _relay_recv(args: argparse.Namespace) -> int:
     from console.teleport import relay
 
     return relay.main_recv(args)
+
+
+def _add_guest_ram(sub: argparse._SubParsersAction) -> None:
+    ram = sub.add_parser("guest-ram", help="read a local VM's RAM for a RAM check (site host)")
+    rsub = ram.add_subparsers(dest="ram_command", metavar="ACTION", required=True)
+    serve = rsub.add_parser("serve", help="hold the VM's RAM open; answer digest and page "
+                            "requests (JSON lines on stdin/stdout)")
+    serve.add_argument("--vm", required=True, help="the libvirt domain's name on this host")
+    serve.add_argument("--pid", type=int, help="its QEMU process (default: libvirt's pid file)")
+    serve.set_defaults(handler=_guest_ram_serve)
+
+
+def _guest_ram_serve(args: argparse.Namespace) -> int:
+    from console.sites import ramcheck
+
+    return ramcheck.serve(args.vm, args.pid)
 
 
 # --- console -----------------------------------------------------------------------------
@@ -233,6 +250,12 @@ def _add_sites(sub: argparse._SubParsersAction) -> None:
                           "cached page (slow in TCG)")
     mig.add_argument("--json", action="store_true",
                      help="progress on stderr; the last stdout line is a JSON summary")
+    mig.add_argument("--force", action="store_true",
+                     help="migrate even where the engine is known to corrupt this guest "
+                          "(a TCG guest on QEMU < 9.0)")
+    mig.add_argument("--compare-ram", action="store_true",
+                     help="keep the destination paused until its RAM was compared page by page"
+                          " with the source's at the switch-over (needs memfd-backed RAM)")
     mig.set_defaults(handler=_migrate)
 
     ab = sub.add_parser("abort", help="abort the running migration of a VM")
@@ -250,7 +273,7 @@ def _migrate(args: argparse.Namespace) -> int:
     from console.sites import commands
 
     return commands.migrate(args.vm, args.to, args.mode, args.bandwidth, args.json,
-                            args.verify, args.auto_converge)
+                            args.verify, args.auto_converge, args.force, args.compare_ram)
 
 
 def _abort(args: argparse.Namespace) -> int:
@@ -286,6 +309,8 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     bench.add_argument("--json", action="store_true", help="print JSON instead of the table")
     bench.add_argument("--report", metavar="FILE.json",
                        help="no run: write the table and figures of a run's JSON again")
+    bench.add_argument("--force", action="store_true",
+                       help="run even on an engine known to corrupt the guest (TCG on QEMU < 9)")
     bench.set_defaults(handler=_bench_migrations)
     bsub = bench.add_subparsers(dest="bench_command", metavar="WHAT")
     codec = bsub.add_parser("codec", help="codec speed and WAN bytes on a captured stream")
@@ -297,6 +322,23 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     codec.add_argument("--repeat", type=int, default=3, help="best of N runs (default 3)")
     codec.add_argument("--json", action="store_true", help="print JSON")
     codec.set_defaults(handler=_bench_codec)
+    soak = bsub.add_parser("soak", help="migrate one VM back and forth, run after run, and "
+                           "stop at the first failure")
+    soak.add_argument("--vm", required=True, help="the VM (it runs at one of two sites)")
+    soak.add_argument("--modes", default="teleport,stock", metavar="A,B",
+                      help="modes taking turns (default teleport,stock)")
+    soak.add_argument("--runs", type=int, default=20, metavar="N", help="migrations (default 20)")
+    soak.add_argument("--compare-ram", action="store_true",
+                      help="compare guest RAM page by page across every switch-over")
+    soak.add_argument("--wan", default="fast", metavar="PROFILE",
+                      help="lab WAN profile during the soak (default fast; 'keep' leaves it)")
+    soak.add_argument("--no-workload", action="store_true",
+                      help="no memwriter in the guest (lab VMs get one by default)")
+    soak.add_argument("--out", default="results", metavar="DIR",
+                      help="results root; files go to DIR/<date>/ (default results)")
+    soak.add_argument("--force", action="store_true",
+                      help="soak even on an engine known to corrupt the guest (to show it)")
+    soak.set_defaults(handler=_bench_soak)
 
 
 def _bench_migrations(args: argparse.Namespace) -> int:
@@ -312,7 +354,16 @@ def _bench_migrations(args: argparse.Namespace) -> int:
     command = "pcteleport " + " ".join(sys.argv[1:])
     return runner.main(args.scenario, args.modes, args.wan, args.repeat, args.json, args.out,
                        args.before, args.after, args.return_wan, command, args.max_downtime,
-                       args.auto_converge)
+                       args.auto_converge, args.force)
+
+
+def _bench_soak(args: argparse.Namespace) -> int:
+    from console.bench import soak
+
+    command = "pcteleport " + " ".join(sys.argv[1:])
+    return soak.main(args.vm, args.modes, args.runs, args.compare_ram,
+                     None if args.wan == "keep" else args.wan, args.out, command, args.force,
+                     not args.no_workload)
 
 
 def _bench_codec(args: argparse.Namespace) -> int:

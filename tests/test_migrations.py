@@ -140,7 +140,9 @@ def test_every_mode_migrates_there_and_back(backend) -> None:
         assert_intact_at(backend, "tokyo")
         summary = there.summary()
         assert set(summary) == {"vm", "from", "to", "mode", "result", "total_s", "downtime_ms",
-                                "wan_bytes", "guest_bytes", "pages"}
+                                "wan_bytes", "guest_bytes", "pages", "runs_at", "guest_crashed",
+                                "ram_pages_differing"}
+        assert summary["runs_at"] == "osaka" and summary["guest_crashed"] is False
     # Teleport saves at least the restorable share the agent reported; the others save too.
     assert wan[Mode.TELEPORT] <= wan[Mode.STOCK] - restorable
     assert wan[Mode.ZSTD] < wan[Mode.STOCK]
@@ -311,3 +313,144 @@ def test_abort_command_stops_a_migration_run_by_another_process(backend) -> None
     nothing = _cli("abort", VM)
     assert nothing.returncode == 2
     assert nothing.stderr.strip() == f"pcteleport: no migration of {VM} is running at any site"
+
+
+def test_tcg_guest_on_qemu_before_9_is_refused_unless_forced(backend, monkeypatch) -> None:
+    """The engine guard, with the version libvirt reports faked to Debian 12's QEMU 7.2."""
+    from console.sites.service import MigrationRequest, ServiceError
+    from console.sites.site_runtime import SiteRuntime
+
+    monkeypatch.setattr(SiteRuntime, "qemu_version", lambda self: "7.2.22")
+    assert backend.sites()[0].qemu_version == "7.2.22"
+    assert all(vm.tcg for vm in backend.vms("tokyo"))
+    with pytest.raises(ServiceError) as refused:
+        backend.migrate(MigrationRequest(VM, "osaka", Mode.STOCK), lambda ev: None)
+    msg = str(refused.value)
+    assert msg.startswith("QEMU 7.2.22 at tokyo loses dirty pages when it migrates a TCG guest "
+                          "(fixed in QEMU 9.0, commit 03bfc2188f)")
+    assert msg.endswith("nothing was started (--force migrates anyway)") and "\n" not in msg
+    assert where(backend) == {"tokyo": "running"}
+    forced = backend.migrate(MigrationRequest(VM, "osaka", Mode.STOCK, force=True),
+                             lambda ev: None)
+    assert forced.result is Result.OK, forced.error
+    assert any("loses dirty pages" in line.text and "(forced)" in line.text
+               for line in forced.log)
+    monkeypatch.undo()
+    assert backend.engine_warning(VM) is None  # the lab's real QEMU (>= 9.0) is sound
+    assert migrate(backend, "tokyo", Mode.STOCK).result is Result.OK
+
+
+def test_ram_compared_across_the_switch_over_in_teleport_and_stock(backend) -> None:
+    from console.sites.service import MigrationRequest
+
+    warm(backend, "tokyo")
+    for mode, to in ((Mode.TELEPORT, "osaka"), (Mode.STOCK, "tokyo")):
+        rec = backend.migrate(MigrationRequest(VM, to, mode, compare_ram=True), lambda ev: None)
+        assert rec.result is Result.OK, rec.error
+        assert rec.ram_check is not None
+        assert rec.ram_check.pages == 256 * 256  # web-small: 256 MiB, every page compared
+        assert rec.ram_check.differing == 0 and rec.ram_check.first == []
+        assert rec.runs_at == to
+        if mode is Mode.TELEPORT:
+            assert rec.pages.teleported > 2000
+        assert any(f"{rec.ram_check.pages} pages compared" in line.text for line in rec.log)
+        assert_intact_at(backend, to)
+
+
+def test_ram_check_finds_a_page_changed_at_the_destination(backend, monkeypatch) -> None:
+    """A byte of the paused destination's RAM flipped before the comparison (through its memfd,
+    as a lost page would leave it): the run fails naming the page, keeps both versions of it,
+    and says truthfully that the VM runs at the destination."""
+    from console.sites import migration, ramcheck
+    from console.sites.service import MigrationRequest
+
+    real = migration.MigrationRun._compare_ram
+    flipped: dict[str, int] = {}
+
+    def corrupt_then_compare(self) -> None:
+        pid = ramcheck.qemu_pid(VM, Path(self.plan.dst.config.lab["host_dir"]).parent
+                                / "run-libvirt" / "qemu")
+        with open(ramcheck.find_memfd(pid), "r+b") as ram:
+            size = ram.seek(0, 2)
+            page = size // 4096 - 7  # near the top of RAM: free memory in a small guest
+            ram.seek(page * 4096 + 100)
+            byte = ram.read(1)
+            ram.seek(page * 4096 + 100)
+            ram.write(bytes([byte[0] ^ 0x5A]))
+        flipped["page"] = page
+        real(self)
+
+    monkeypatch.setattr(migration.MigrationRun, "_compare_ram", corrupt_then_compare)
+    rec = backend.migrate(MigrationRequest(VM, "osaka", Mode.TELEPORT, compare_ram=True),
+                          lambda ev: None)
+    monkeypatch.undo()
+    assert rec.result is Result.FAILED
+    assert rec.ram_check is not None and rec.ram_check.differing == 1
+    assert rec.ram_check.first == [hex(flipped["page"] * 4096)]
+    assert "1 of 65536 pages differ between tokyo at the switch-over and osaka" in rec.error
+    kept = Path(rec.ram_check.evidence)
+    src = (kept / f"page-{flipped['page']:08x}.src").read_bytes()
+    dst = (kept / f"page-{flipped['page']:08x}.dst").read_bytes()
+    assert len(src) == len(dst) == 4096 and src[100] ^ dst[100] == 0x5A and src[:100] == dst[:100]
+    assert rec.runs_at == "osaka" and f"VM {VM} runs at osaka" in rec.log[-1].text
+    assert migrate(backend, "tokyo", Mode.STOCK).result is Result.OK
+
+
+def test_a_destination_guest_that_panics_is_reported_running_nowhere(backend) -> None:
+    """The guest panics right after the switch-over (an NMI the kernel is told to panic on,
+    injected when libvirt reports the resume): the run fails with the console's panic line
+    and says the VM runs nowhere — never that it runs at a site."""
+    guest_shell(backend, "tokyo", "echo 1 > /proc/sys/kernel/unknown_nmi_panic")
+    osaka = backend.sites_rt["osaka"]
+
+    def panic_on_resume(ev) -> None:
+        if ev.site == "osaka" and ev.resumed_after_migration:
+            threading.Thread(target=lambda: osaka.domain(VM).injectNMI(0), daemon=True).start()
+
+    osaka.events.add(panic_on_resume)
+    try:
+        rec = migrate(backend, "osaka", Mode.TELEPORT)
+    finally:
+        osaka.events.remove(panic_on_resume)
+    try:
+        assert rec.result is Result.FAILED
+        assert f"VM {VM} crashed at osaka after the switch-over" in rec.error
+        assert "Kernel panic - not syncing: NMI: Not continuing" in rec.error
+        assert any("Kernel panic" in line for line in rec.guest_console)
+        assert rec.runs_at == "nowhere"
+        assert f"VM {VM} runs nowhere: its definition is at osaka" in rec.log[-1].text
+        assert where(backend) == {"osaka": "shut off"}
+        summary = rec.summary()
+        assert summary["guest_crashed"] is True and summary["runs_at"] == "nowhere"
+    finally:  # the lab VM again, at home, for the tests after this one
+        osaka.domain(VM).create()
+        agent = backend.agent(osaka, VM)
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                agent.ping()
+                break
+            except Exception:
+                assert time.monotonic() < deadline, "the restarted VM's agent never answered"
+                time.sleep(1)
+        assert migrate(backend, "tokyo", Mode.STOCK).result is Result.OK
+
+
+def test_soak_with_ram_compared_runs_ten_teleports(backend, tmp_path) -> None:
+    """`pcteleport bench soak`: ten teleport migrations back and forth, RAM compared at every
+    switch-over, memwriter checking its pages in the guest: none lost, none crashed."""
+    import json
+
+    out = _cli("bench", "soak", "--vm", VM, "--modes", "teleport", "--runs", "10",
+               "--compare-ram", "--out", str(tmp_path), timeout=1500)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "| teleport | 10 | 10 | 655,360 | 0 | 0 | 0 | 0 |" in out.stdout
+    (result,) = tmp_path.glob("*/soak-web-small-*.json")
+    data = json.loads(result.read_text())
+    runs = data["runs"]
+    assert len(runs) == 10 and all(r["result"] == "ok" for r in runs)
+    assert [r["to_site"] for r in runs[:2]] == ["osaka", "tokyo"]
+    assert all(r["pages_compared"] == 65536 and r["pages_differing"] == 0 for r in runs)
+    assert all(r["pages_teleported"] > 0 for r in runs)
+    assert data["summary"][0]["stale_pages"] == 0
+    assert where(backend) == {"tokyo": "running"}

@@ -1,6 +1,7 @@
 """Libvirt domain XML for a lab VM: TCG, direct kernel boot, read-only root and data disks,
 a serial console log and the agent/shell virtio-serial channels, all at site-local paths
-(/srv/...) that exist at both sites so the same XML is valid after a migration."""
+(/srv/...) that exist at both sites so the same XML is valid after a migration. Guest RAM is a
+shared memfd, so a soak can compare it page by page across a migration (sites/ramcheck.py)."""
 
 from __future__ import annotations
 
@@ -71,6 +72,7 @@ def domain_xml(spec: VmSpec, boot: GuestBoot) -> str:
         f"  <uuid>{vm_uuid(spec.name)}</uuid>\n"
         f"  <description>{escape(spec.description)}</description>\n"
         f"  <memory unit='MiB'>{spec.memory_mib}</memory>\n"
+        "  <memoryBacking><source type='memfd'/><access mode='shared'/></memoryBacking>\n"
         f"  <vcpu>{spec.vcpus}</vcpu>\n"
         f"{os_xml}\n"
         "  <features><acpi/></features>\n"
