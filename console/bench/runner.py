@@ -48,6 +48,7 @@ class BenchOptions:
     max_downtime_ms: int | None = 1000
     migration_timeout_s: float = 900.0  # then the bench aborts it (the record says so)
     auto_converge: bool = False  # libvirt's auto-converge, for every mode alike
+    force: bool = False  # run even on an engine known to corrupt the guest (engine.py)
 
 
 @dataclass
@@ -133,7 +134,8 @@ class Bench:
         timer = threading.Timer(self.o.migration_timeout_s, self._give_up, args=(vm,))
         timer.start()
         try:
-            request = MigrationRequest(vm, to, mode, auto_converge=self.o.auto_converge)
+            request = MigrationRequest(vm, to, mode, auto_converge=self.o.auto_converge,
+                                       force=self.o.force)
             return self.backend.migrate(request, on_event)
         finally:
             timer.cancel()
@@ -217,6 +219,7 @@ class Bench:
         run that is stopped half way still leaves its measured migrations on disk."""
         modes = ordered_modes(self.o.modes)
         self.started = time.time()
+        refuse_corrupting_engine(self.backend, self.o.scenario.name, self.o.force, self.say)
         self.set_wan(self.o.wan_profile)
         runs: list[ModeRun] = []
         try:
@@ -229,6 +232,16 @@ class Bench:
         finally:
             self.backend.close()
         return runs
+
+
+def refuse_corrupting_engine(backend: LibvirtBackend, vm: str, force: bool, say: Say) -> None:
+    """Before anything starts: a VM whose engine is known to corrupt it on migration is
+    refused (the one-line reason), or with `force` warned about once."""
+    warning = backend.engine_warning(vm)
+    if warning and not force:
+        raise PcteleportError(f"{warning}; nothing was started (--force runs anyway)")
+    if warning:
+        say(f"warning: {warning} (forced)")
 
 
 def describe(runs: list[ModeRun]) -> list[dict[str, Any]]:
@@ -246,7 +259,8 @@ def describe(runs: list[ModeRun]) -> list[dict[str, Any]]:
 
 def main(scenario: str, modes: str, wan_profile: str, repeat: int, as_json: bool,
          out: str, before_s: float, after_s: float, return_wan: str, command: str,
-         max_downtime_ms: int | None = 1000, auto_converge: bool | None = None) -> int:
+         max_downtime_ms: int | None = 1000, auto_converge: bool | None = None,
+         force: bool = False) -> int:
     """`pcteleport bench`: run, write results/<date>/, print the table (or JSON paths)."""
     import json
     from pathlib import Path
@@ -265,7 +279,7 @@ def main(scenario: str, modes: str, wan_profile: str, repeat: int, as_json: bool
     options = BenchOptions(chosen, mode_list, wan_profile, return_wan, repeat,
                            before_s, after_s, max_downtime_ms=max_downtime_ms or None,
                            auto_converge=(chosen.auto_converge if auto_converge is None
-                                          else auto_converge))
+                                          else auto_converge), force=force)
     bench = Bench(options)
 
     def checkpoint(so_far: list[ModeRun]) -> None:
