@@ -138,6 +138,7 @@ class VM:
     memory_bytes: int = 0
     disks: list[Disk] = field(default_factory=list)
     tcg: bool = False  # emulated CPU (libvirt domain type 'qemu'), not KVM
+    qemu_version: str = ""  # of the QEMU binary the VM runs ("" if unknown: see its site's)
 
 
 @dataclass

@@ -320,9 +320,8 @@ def test_tcg_guest_on_qemu_before_9_is_refused_unless_forced(backend, monkeypatc
     from console.sites.service import MigrationRequest, ServiceError
     from console.sites.site_runtime import SiteRuntime
 
-    monkeypatch.setattr(SiteRuntime, "qemu_version", lambda self: "7.2.22")
-    assert backend.sites()[0].qemu_version == "7.2.22"
-    assert all(vm.tcg for vm in backend.vms("tokyo"))
+    monkeypatch.setattr(SiteRuntime, "emulator_version", lambda self, path: "7.2.22")
+    assert all(vm.tcg and vm.qemu_version == "7.2.22" for vm in backend.vms("tokyo"))
     with pytest.raises(ServiceError) as refused:
         backend.migrate(MigrationRequest(VM, "osaka", Mode.STOCK), lambda ev: None)
     msg = str(refused.value)

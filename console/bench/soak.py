@@ -160,6 +160,9 @@ class Soak:
             self.say("not a lab VM: no memwriter in the guest (the RAM check still runs)")
             return
         self._guest.install_programs(site)
+        # one left by a soak cut short (busybox has no pkill)
+        self._guest.run(site, "for p in /proc/[0-9]*; do grep -q memwriter.py $p/cmdline "
+                              "2>/dev/null && kill ${p#/proc/}; done; true")
         self._writer_pid = self._guest.start(
             site, WRITER, ["memwriter.py", "--mib", str(self.o.writer_mib),
                            "--rate", str(self.o.writer_rate)])
@@ -290,7 +293,8 @@ def write(out_root: Path, options: SoakOptions, runs: list[SoakRun], command: st
 
 
 def main(vm: str, modes: str, runs: int, compare_ram: bool, wan_profile: str | None,
-         out: str, command: str, force: bool = False, workload: bool = True) -> int:
+         out: str, command: str, force: bool = False, workload: bool = True,
+         writer: str = "64:4") -> int:
     try:
         mode_list = [Mode(m.strip()) for m in modes.split(",") if m.strip()]
     except ValueError:
@@ -300,7 +304,16 @@ def main(vm: str, modes: str, runs: int, compare_ram: bool, wan_profile: str | N
         raise PcteleportError("--modes names no mode")
     if runs < 1:
         raise PcteleportError("--runs must be at least 1")
-    options = SoakOptions(vm, mode_list, runs, compare_ram, wan_profile, force, workload)
+    try:
+        mib_text, rate_text = writer.split(":")
+        writer_mib, writer_rate = int(mib_text), float(rate_text)
+        if writer_mib < 1 or not 0 < writer_rate < 1e6:
+            raise ValueError
+    except ValueError:
+        raise PcteleportError(f"--writer {writer!r}: give MIB:RATE, e.g. 64:4 (64 MiB "
+                              "rewritten at 4 MiB/s)") from None
+    options = SoakOptions(vm, mode_list, runs, compare_ram, wan_profile, force, workload,
+                          writer_mib, writer_rate)
     soak = Soak(options)
 
     def checkpoint(so_far: list[SoakRun]) -> None:

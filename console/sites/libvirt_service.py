@@ -130,7 +130,7 @@ class LibvirtBackend(Backend):
             if dom.UUIDString() in self._running:
                 vm_state = VMState.MIGRATING
             out.append(VM(dom.UUIDString(), dom.name(), site, vm_state, vcpus, max_kib * 1024,
-                          disks, tcg=is_tcg(xml)))
+                          disks, tcg=is_tcg(xml), qemu_version=rt.domain_qemu_version(xml)))
         return sorted(out, key=lambda v: v.name)
 
     def _locate(self, vm_uuid: str) -> tuple[SiteRuntime, libvirt.virDomain]:
@@ -149,7 +149,8 @@ class LibvirtBackend(Backend):
     def engine_warning(self, vm_uuid: str) -> str | None:
         rt, dom = self._locate(vm_uuid)
         try:
-            return tcg_dirty_page_bug(rt.qemu_version(), is_tcg(dom.XMLDesc(0)), rt.name)
+            xml = dom.XMLDesc(0)
+            return tcg_dirty_page_bug(rt.domain_qemu_version(xml), is_tcg(xml), rt.name)
         except libvirt.libvirtError:
             return None
 

@@ -33,6 +33,10 @@ PAGE = 4096
 DIGEST = 8  # bytes of xxh3-64 per page
 CHUNK = 4 << 20
 EVIDENCE_PAGES = 16
+#: digest bytes per output line: a line must stay well below the SSH channel's receive window
+#: (asyncssh: 2 MiB), which only reopens as whole lines are read — a 1 GiB guest's 2 MiB of
+#: digests on one line stalled the channel for good
+PART = 192 * 1024
 QEMU_PID_DIR = Path("/run/libvirt/qemu")
 
 
@@ -105,9 +109,11 @@ def serve(vm: str, pid: int | None = None) -> int:
             if req.get("cmd") == "digest":
                 t = time.monotonic()
                 data = digests(fd, size)
+                for start in range(0, len(data), PART):
+                    say({"event": "digest-part",
+                         "data": base64.b64encode(data[start:start + PART]).decode()})
                 say({"event": "digest", "pages": size // PAGE,
-                     "elapsed_s": round(time.monotonic() - t, 3),
-                     "data": base64.b64encode(data).decode()})
+                     "elapsed_s": round(time.monotonic() - t, 3)})
             elif req.get("cmd") == "pages":
                 index = [int(i) for i in req.get("index", [])][:EVIDENCE_PAGES]
                 say({"event": "pages", "data": {
@@ -182,7 +188,15 @@ class RamProbe:
 
     def digest(self) -> bytes:
         self._proc.feed(json.dumps({"cmd": "digest"}) + "\n", eof=False)
-        return base64.b64decode(self._wait("digest", 120)["data"])
+        done = self._wait("digest", 120)
+        with self._cv:  # the parts came before the closing line, in order
+            parts = [ev for ev in self._lines if ev.get("event") == "digest-part"]
+            self._lines = [ev for ev in self._lines if ev.get("event") != "digest-part"]
+        data = b"".join(base64.b64decode(ev["data"]) for ev in parts)
+        if len(data) != done["pages"] * DIGEST:
+            raise RamCheckError(f"RAM check at {self.site.name}: {len(data) // DIGEST} digests "
+                                f"for {done['pages']} pages")
+        return data
 
     def pages(self, index: list[int]) -> dict[int, bytes]:
         self._proc.feed(json.dumps({"cmd": "pages", "index": index}) + "\n", eof=False)

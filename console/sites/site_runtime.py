@@ -8,6 +8,7 @@ libvirt reports it dead.
 from __future__ import annotations
 
 import contextlib
+import re
 import threading
 import time
 import xml.etree.ElementTree as ET
@@ -66,6 +67,7 @@ class SiteRuntime:
         self.events = LifecycleHub(config.name)
         self._conn: libvirt.virConnect | None = None
         self._lock = threading.Lock()
+        self._emulators: dict[str, str] = {}
 
     def conn(self) -> libvirt.virConnect:
         with self._lock:
@@ -123,6 +125,25 @@ class SiteRuntime:
             return version_text(self.conn().getVersion())
         except libvirt.libvirtError:
             return ""
+
+    def emulator_version(self, emulator: str) -> str:
+        """The version of a QEMU binary on this host (a domain's <emulator> may not be the
+        site's default one), asked once per binary; "" if it cannot be told."""
+        if emulator not in self._emulators:
+            version = ""
+            try:
+                res = self.host.run([emulator, "--version"], timeout=20)
+                m = re.search(r"version (\d+\.\d+(?:\.\d+)?)", res.stdout)
+                version = m.group(1) if res.status == 0 and m else ""
+            except PcteleportError:
+                pass
+            self._emulators[emulator] = version
+        return self._emulators[emulator]
+
+    def domain_qemu_version(self, xml: str) -> str:
+        """The version of the QEMU a domain runs: its <emulator>'s, else the site's."""
+        emulator = ET.fromstring(xml).findtext("./devices/emulator") or ""
+        return (self.emulator_version(emulator) if emulator else "") or self.qemu_version()
 
     def close(self) -> None:
         with self._lock:

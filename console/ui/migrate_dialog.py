@@ -34,7 +34,8 @@ class MigrateDialog(ModalScreen[MigrationRequest | None]):
         self.composition = composition
         self.cap: float | None = None
         # Shown before anything starts; starting after seeing it is the operator's --force.
-        self.engine_warning = tcg_dirty_page_bug(source.qemu_version, vm.tcg, source.name)
+        self.engine_warning = tcg_dirty_page_bug(vm.qemu_version or source.qemu_version, vm.tcg,
+                                                 source.name)
 
     def compose(self) -> ComposeResult:
         with Vertical(id="migrate-box"):

@@ -5,6 +5,7 @@ shared memfd, so a soak can compare it page by page across a migration (sites/ra
 
 from __future__ import annotations
 
+import os
 import uuid
 from pathlib import Path
 from xml.sax.saxutils import escape, quoteattr
@@ -16,6 +17,12 @@ from console.sites.lab.paths import SITE_AGENT_DIR, SITE_VM_DIR
 from console.sites.lab.scenarios import VmSpec
 
 EMULATOR = "/usr/bin/qemu-system-x86_64"
+
+
+def emulator() -> str:
+    """The QEMU binary lab VMs run: PCTELEPORT_LAB_EMULATOR, e.g. Debian 12's 7.2 unpacked
+    beside the installed engine to show what its TCG dirty-page loss does (bench soak)."""
+    return os.environ.get("PCTELEPORT_LAB_EMULATOR") or EMULATOR
 _UUID_NS = uuid.UUID("6f1c0d4e-58a4-4c55-9d1f-7e0c2a9b3d10")
 
 
@@ -82,7 +89,7 @@ def domain_xml(spec: VmSpec, boot: GuestBoot) -> str:
         "  <on_reboot>destroy</on_reboot>\n"
         "  <on_crash>destroy</on_crash>\n"
         "  <devices>\n"
-        f"    <emulator>{EMULATOR}</emulator>\n"
+        f"    <emulator>{escape(emulator())}</emulator>\n"
         f"{_disk(boot.root_image, 'vda', boot.root_serial)}"
         f"{_disk(replica_path(spec.name), 'vdb', DATA_SERIAL)}"
         "    <controller type='usb' model='none'/>\n"
