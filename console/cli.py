@@ -336,6 +336,8 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
                       help="no memwriter in the guest (lab VMs get one by default)")
     soak.add_argument("--writer", default="64:4", metavar="MIB:RATE",
                       help="memwriter's buffer (MiB) and rewrite rate (MiB/s); default 64:4")
+    soak.add_argument("--hot", type=int, default=8, metavar="MIB",
+                      help="memwriter's hot buffer, written over and over (default 8; 0: none)")
     soak.add_argument("--out", default="results", metavar="DIR",
                       help="results root; files go to DIR/<date>/ (default results)")
     soak.add_argument("--force", action="store_true",
@@ -365,7 +367,7 @@ def _bench_soak(args: argparse.Namespace) -> int:
     command = "pcteleport " + " ".join(sys.argv[1:])
     return soak.main(args.vm, args.modes, args.runs, args.compare_ram,
                      None if args.wan == "keep" else args.wan, args.out, command, args.force,
-                     not args.no_workload, args.writer)
+                     not args.no_workload, args.writer, args.hot)
 
 
 def _bench_codec(args: argparse.Namespace) -> int:

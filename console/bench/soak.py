@@ -68,6 +68,7 @@ class SoakOptions:
     workload: bool = True
     writer_mib: int = 64
     writer_rate: float = 4.0
+    hot_mib: int = 8  # written over and over at C speed: what made QEMU 7.2 lose pages
 
 
 @dataclass
@@ -165,10 +166,11 @@ class Soak:
                               "2>/dev/null && kill ${p#/proc/}; done; true")
         self._writer_pid = self._guest.start(
             site, WRITER, ["memwriter.py", "--mib", str(self.o.writer_mib),
-                           "--rate", str(self.o.writer_rate)])
+                           "--rate", str(self.o.writer_rate), "--hot-mib", str(self.o.hot_mib)])
         self._guest.wait_rows(site, [WRITER], rows=1)
         self.say(f"memwriter in the guest: {self.o.writer_mib} MiB rewritten at "
-                 f"{self.o.writer_rate:g} MiB/s, each page checked before it is rewritten")
+                 f"{self.o.writer_rate:g} MiB/s, each page checked before it is rewritten; "
+                 f"{self.o.hot_mib} MiB written over and over between")
 
     def stale_pages(self, site: str) -> int:
         """Stale stamps memwriter reported so far (it keeps running across migrations)."""
@@ -294,7 +296,7 @@ def write(out_root: Path, options: SoakOptions, runs: list[SoakRun], command: st
 
 def main(vm: str, modes: str, runs: int, compare_ram: bool, wan_profile: str | None,
          out: str, command: str, force: bool = False, workload: bool = True,
-         writer: str = "64:4") -> int:
+         writer: str = "64:4", hot_mib: int = 8) -> int:
     try:
         mode_list = [Mode(m.strip()) for m in modes.split(",") if m.strip()]
     except ValueError:
@@ -312,8 +314,10 @@ def main(vm: str, modes: str, runs: int, compare_ram: bool, wan_profile: str | N
     except ValueError:
         raise PcteleportError(f"--writer {writer!r}: give MIB:RATE, e.g. 64:4 (64 MiB "
                               "rewritten at 4 MiB/s)") from None
+    if hot_mib < 0:
+        raise PcteleportError("--hot must be 0 (none) or more MiB")
     options = SoakOptions(vm, mode_list, runs, compare_ram, wan_profile, force, workload,
-                          writer_mib, writer_rate)
+                          writer_mib, writer_rate, hot_mib)
     soak = Soak(options)
 
     def checkpoint(so_far: list[SoakRun]) -> None:
