@@ -70,6 +70,13 @@ def phase_timeline(marks: list[PhaseMark], iteration: int, finished: Result | No
     return t
 
 
+def where_it_runs(record: MigrationRecord) -> str:
+    """After a failure, where the VM was found to run (the service checked; "" if unknown)."""
+    if record.runs_at == "nowhere":
+        return " — the VM runs nowhere"
+    return f" — the VM runs at {record.runs_at}" if record.runs_at else ""
+
+
 def eta_seconds(samples: list[MigrationSample]) -> float | None:
     """Remaining bytes over the net rate of the last few samples (what is sent minus what the
     guest dirties again); None while that rate is not positive."""
@@ -258,7 +265,7 @@ class MigrationView(Screen[None]):
                 f"  ETA {units.seconds(eta_seconds(r.samples))}"))
         note = self.note
         if final is not None and final.error:
-            note = final.error
+            note = final.error + where_it_runs(final)
         self.query_one("#mig-note", Static).update(
             Text(note, style="bold #e5534b" if final and final.error else "#d29922"))
         self.render_counters(last)

@@ -93,6 +93,7 @@ class FakeBackend(Backend):
     stored: list[MigrationRecord] = field(default_factory=list)
     events: list[MigrationEvent] = field(default_factory=scripted_events)
     step_by_step: bool = False  # when True, each event waits for release()
+    outcome: dict[str, object] = field(default_factory=dict)  # fields the final record gets
     title: str = "test"
     calls: list[str] = field(default_factory=list)
 
@@ -152,6 +153,8 @@ class FakeBackend(Backend):
             on_event(event)
         record.result, record.total_s, record.downtime_ms = Result.OK, 6.5, 287.0
         record.wan_bytes, record.guest_bytes = 140 * MIB, GIB
+        for name, value in self.outcome.items():
+            setattr(record, name, value)
         self.stored.append(record)
         return record
 

@@ -173,3 +173,21 @@ async def test_leaving_a_running_migration_and_coming_back() -> None:
         assert "OK" in text(view, "#mig-title")
         await pilot.press("escape")
         assert app.screen is main and not app.is_screen_installed(view_name("u-web"))
+
+
+async def test_a_guest_that_died_after_the_switch_over_is_shown_running_nowhere() -> None:
+    backend = populated_backend(outcome={
+        "result": Result.FAILED, "runs_at": "nowhere",
+        "error": "VM web crashed at osaka after the switch-over (guest console: "
+                 "'Kernel panic - not syncing: Fatal exception in interrupt')",
+        "guest_console": ["Kernel panic - not syncing: Fatal exception in interrupt"]})
+    app = create_app(backend, refresh_s=60)
+    async with app.run_test(size=(100, 32)) as pilot:
+        await pilot.pause(0.05)
+        view = MigrationView(MigrationRequest("u-web", "osaka", Mode.TELEPORT))
+        await app.push_screen(view)
+        await wait_for(pilot, lambda: view.final is not None)
+        note = text(view, "#mig-note")
+        assert "crashed at osaka after the switch-over" in note
+        assert note.endswith("the VM runs nowhere")
+        assert "FAILED" in text(view, "#mig-title")
