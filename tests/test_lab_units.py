@@ -60,6 +60,29 @@ def test_domain_xml_attaches_disks_read_only_and_the_agent_channel():
     assert names["pcteleport.agent"] == "/srv/agents/web-small.agent.sock"
     assert "pct.hostname=web-small" in root.findtext("os/cmdline")
     assert root.findtext("uuid") == domainxml.vm_uuid("web-small")
+    # RAM in a memfd, so a soak can compare it page by page across a migration
+    backing = root.find("memoryBacking")
+    assert backing.find("source").get("type") == "memfd"
+    assert backing.find("access").get("mode") == "shared"
+    assert root.findtext("devices/emulator") == "/usr/bin/qemu-system-x86_64"
+
+
+def test_lab_vms_may_run_another_qemu(monkeypatch):
+    monkeypatch.setenv("PCTELEPORT_LAB_EMULATOR", "/opt/qemu72/qemu-system-x86_64")
+    root = ET.fromstring(domainxml.domain_xml(scenarios.load("web-small"), BOOT))
+    assert root.findtext("devices/emulator") == "/opt/qemu72/qemu-system-x86_64"
+
+
+def test_an_instance_whose_addresses_another_running_one_has_is_named():
+    from console.sites.lab.topology import _octet, clashing_instance, subnet
+
+    assert _octet("d2") == _octet("m")  # two names, one 10.N/16: it happened
+    up = {"pcteleport-m-tokyo", "pcteleport-m-osaka", "pcteleport-t-tokyo", "other-ns"}
+    assert clashing_instance(up, "d2") == "m"
+    assert clashing_instance(up, "m") is None  # itself
+    assert clashing_instance(up, "e") is None
+    assert clashing_instance({"pcteleport-tokyo"}, "") is None
+    assert subnet("m") == subnet("d2") == f"10.{_octet('m')}.0.0/16"
 
 
 def test_sites_config_is_valid_toml_with_what_the_console_needs(tmp_path):

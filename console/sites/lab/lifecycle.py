@@ -28,7 +28,7 @@ from console.sites.lab import (
     wanprofiles,
 )
 from console.sites.lab.paths import SITE_AGENT_DIR, SITE_VM_DIR, LabPaths
-from console.sites.lab.topology import Site, sites
+from console.sites.lab.topology import Site, clashing_instance, instance, sites, subnet
 
 Progress = Callable[[str], None]
 
@@ -84,6 +84,12 @@ def _up(paths: LabPaths, vm_names: Sequence[str] | None, profile: str | None,
     if not names:
         names = list(scenarios.DEFAULT_VMS)
     specs = [scenarios.load(n) for n in names]
+    clash = clashing_instance(shell.netns_names())
+    if clash:
+        raise PcteleportError(
+            f"lab instance {instance() or '(default)'} would use the addresses of the running lab "
+            f"instance {clash} ({subnet()}): take that one down "
+            "or pick another PCTELEPORT_LAB_INSTANCE")
     keys.ensure(paths)
     site.ensure_mountpoints(paths)
     for s in sites():

@@ -35,6 +35,26 @@ def _octet(inst: str) -> int:
     return DEFAULT_OCTET if not inst else 100 + zlib.crc32(inst.encode()) % 100
 
 
+def subnet(inst: str | None = None) -> str:
+    """The addresses a lab instance uses."""
+    return f"10.{_octet(instance() if inst is None else inst)}.0.0/16"
+
+
+def clashing_instance(netns_names: set[str], inst: str | None = None) -> str | None:
+    """Another lab instance, up (its namespaces exist), whose addresses are ours: two names can
+    hash to the same 10.N/16, and both labs then answer on the same addresses."""
+    inst = instance() if inst is None else inst
+    mine = _octet(inst)
+    for ns in netns_names:
+        m = re.fullmatch(r"pcteleport-(?:([a-z0-9]{1,4})-)?(tokyo|osaka)", ns)
+        if m is None:
+            continue
+        other = m.group(1) or ""
+        if other != inst and _octet(other) == mine:
+            return other or "(default)"
+    return None
+
+
 @dataclass(frozen=True)
 class Site:
     name: str
