@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import re
-import shlex
 import threading
 import time
 import uuid
@@ -43,14 +41,14 @@ from console.records import (
     PageCounts,
     Phase,
     PhaseMark,
-    RamCheck,
     RecordBuilder,
     Result,
     WanLink,
 )
+from console.sites import guest_health
 from console.sites.events import LifecycleEvent
 from console.sites.guest_agent import AgentUnavailable, GuestAgent
-from console.sites.ramcheck import EVIDENCE_PAGES, RamCheckError, RamProbe, compare
+from console.sites.ramcheck import RamCheckError, RamProbe, compare_across
 from console.sites.relays import RelayFailure, RelayPair
 from console.sites.service import VERIFY_SAMPLE_PAGES
 from console.sites.site_runtime import DomainDisk, SiteRuntime, WanMeter, domain_disks
@@ -61,10 +59,6 @@ QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
 BASE_FLAGS = (libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PERSIST_DEST
               | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE)
 ROOT_SERIAL = "pctroot"
-#: what a guest kernel prints when it (or a process, through memory it should not touch) broke
-CRASH_LINE = re.compile(r"Kernel panic|Oops|BUG: |general protection fault|"
-                        r"segfault at|Fatal exception|Call Trace:")
-CONSOLE_TAIL = 64 * 1024
 
 
 class MigrationFailed(PcteleportError):
@@ -199,7 +193,7 @@ class MigrationRun:
             if p.dst.find_domain(p.vm) is not None:
                 raise MigrationFailed(f"a VM named {p.vm} already exists at {p.dst.name}")
             self._check_abort()
-            self._console_offset = self._console_size()
+            self._console_offset = guest_health.console_size(p.dst, p.console_log)
             params, flags = self._mode_setup(dom)
             self._check_abort()
             if p.compare_ram:
@@ -489,98 +483,52 @@ class MigrationRun:
     def _compare_ram(self) -> None:
         """Destination paused with the stream loaded, source RAM held since the switch-over:
         compare every page, keep the first differing ones, then let the destination run."""
-        p = self.plan
-        t = time.monotonic()
-        ddom = p.dst.domain(p.vm_uuid)
-        try:
-            assert self._ram_src is not None
-            dst = RamProbe(p.dst, p.vm)
-            try:
-                result = compare(self._ram_src.digest(), dst.digest())
-                check = RamCheck(result.pages, len(result.differing))
-                if result.differing:
-                    layout = ram_layout(ddom)
-                    first = result.differing[:EVIDENCE_PAGES]
-                    check.first = [hex(layout.gpa(i * 4096)) for i in first]
-                    check.evidence = self._keep_evidence(first, self._ram_src.pages(first),
-                                                         dst.pages(first))
-            finally:
-                dst.close()
-        except (RamCheckError, AssertionError) as exc:
-            self._ram_problem = f"RAM check could not compare: {exc}"
-            check = None
-        else:
-            check.elapsed_s = round(time.monotonic() - t, 3)
-            self.record.ram_check = check
-            if check.differing:
-                self._ram_problem = (
-                    f"RAM check: {check.differing} of {check.pages} pages differ between "
-                    f"{p.src.name} at the switch-over and {p.dst.name} (first at guest-physical "
-                    f"{', '.join(check.first[:4])}): the destination guest is corrupted")
-            self.log(f"RAM check: {check.pages} pages compared in {check.elapsed_s:.1f} s, "
-                     f"{check.differing} differ")
-        ddom.resume()
-
-    def _keep_evidence(self, index: list[int], src: dict[int, bytes],
-                       dst: dict[int, bytes]) -> str:
-        """The differing pages' bytes from both sides, beside the records."""
         from console.record_store import default_records_dir
 
-        folder = default_records_dir() / "ram-evidence" / self.run_id
+        p = self.plan
+        ddom = p.dst.domain(p.vm_uuid)
         try:
-            folder.mkdir(parents=True, exist_ok=True)
-            for i in index:
-                for side, pages in (("src", src), ("dst", dst)):
-                    if i in pages:
-                        (folder / f"page-{i:08x}.{side}").write_bytes(pages[i])
-        except OSError as exc:
-            self.log(f"RAM check: could not keep the differing pages: {exc}")
-            return ""
-        return str(folder)
+            if self._ram_src is None:
+                raise RamCheckError("the source's RAM was not held")
+            dst = RamProbe(p.dst, p.vm)
+            try:
+                check = compare_across(self._ram_src, dst, ram_layout(ddom).gpa,
+                                       default_records_dir() / "ram-evidence" / self.run_id)
+            finally:
+                dst.close()
+        except PcteleportError as exc:
+            self._ram_problem = f"RAM check could not compare: {exc}"
+            return
+        finally:
+            ddom.resume()  # whatever the check found, the VM goes on (its source is gone)
+        self.record.ram_check = check
+        if check.differing:
+            self._ram_problem = (
+                f"RAM check: {check.differing} of {check.pages} pages differ between "
+                f"{p.src.name} at the switch-over and {p.dst.name} (first at guest-physical "
+                f"{', '.join(check.first[:4])}): the destination guest is corrupted")
+        self.log(f"RAM check: {check.pages} pages compared in {check.elapsed_s:.1f} s, "
+                 f"{check.differing} differ")
 
     # -- the destination guest after the switch-over ------------------------------------------
 
-    def _console_size(self) -> int | None:
-        """Bytes in the destination's console file now (0 if it has none yet), so only what the
-        guest prints after the move is read; None where the VM has no console file."""
+    def _crashed(self) -> MigrationFailed | None:
+        """The failure to report if the destination's console shows the guest crashed."""
         p = self.plan
-        if not p.console_log:
+        crash = guest_health.crash_lines(p.dst, p.console_log, self._console_offset)
+        if not crash:
             return None
-        try:
-            res = p.dst.host.run(["stat", "-c", "%s", p.console_log], timeout=10)
-        except PcteleportError:
-            return None
-        return int(res.stdout.strip()) if res.status == 0 and res.stdout.strip().isdigit() else 0
-
-    def _console_crash_lines(self) -> list[str]:
-        """The destination console's lines since the migration began, if they show a crash
-        (from the first such line on, at most 40)."""
-        p = self.plan
-        if self._console_offset is None:
-            return []
-        path = shlex.quote(p.console_log)
-        try:
-            res = p.dst.host.run(f"tail -c +{self._console_offset + 1} {path} 2>/dev/null "
-                                 f"| tail -c {CONSOLE_TAIL}", timeout=15)
-        except PcteleportError:
-            return []
-        lines = [ln.rstrip() for ln in res.stdout.splitlines()]
-        first = next((i for i, ln in enumerate(lines) if CRASH_LINE.search(ln)), None)
-        return [] if first is None else lines[first:first + 40]
+        self.record.guest_console = crash
+        return MigrationFailed(f"VM {p.vm} crashed at {p.dst.name} after the switch-over "
+                               f"(guest console: {guest_health.crash_summary(crash)!r})")
 
     def _check_destination(self) -> None:
         """The destination guest runs and its console shows no oops or panic."""
         p = self.plan
-        crash = self._console_crash_lines()
-        ddom = p.dst.find_domain(p.vm_uuid)
-        running = ddom is not None and ddom.isActive() and \
-            ddom.state()[0] == libvirt.VIR_DOMAIN_RUNNING
-        if crash:
-            self.record.guest_console = crash
-            what = next((ln for ln in crash if "panic" in ln), crash[0])
-            raise MigrationFailed(f"VM {p.vm} crashed at {p.dst.name} after the switch-over "
-                                  f"(guest console: {what.strip()!r})")
-        if not running:
+        crashed = self._crashed()
+        if crashed is not None:
+            raise crashed
+        if guest_health.where_runs([p.dst], p.vm_uuid) != p.dst.name:
             raise MigrationFailed(f"VM {p.vm} is not running at {p.dst.name} after migration")
 
     def _verify(self, ddom: libvirt.virDomain) -> None:
@@ -593,13 +541,8 @@ class MigrationRun:
                 break
             except PcteleportError as exc:
                 if time.monotonic() > deadline:
-                    crash = self._console_crash_lines()  # did it die while we waited?
-                    if crash:
-                        self.record.guest_console = crash
-                        raise MigrationFailed(
-                            f"VM {p.vm} crashed at {p.dst.name} after the switch-over (guest "
-                            f"console: {crash[0].strip()!r})") from None
-                    raise MigrationFailed(f"after migration: {exc}") from None
+                    # did it die while we waited?
+                    raise self._crashed() or MigrationFailed(f"after migration: {exc}") from None
                 time.sleep(1)
         params: dict[str, object] = {"disk": p.data_serial} if p.data_serial else {}
         if p.verify_pages:
@@ -639,14 +582,14 @@ class MigrationRun:
         if self._migrated:
             # QEMU finished: the source is gone; where the VM runs is whatever the check finds.
             if not rec.guest_console:
-                rec.guest_console = self._console_crash_lines()
+                self._crashed()
             where = self._where_now()
             deadline = time.monotonic() + 5
             while rec.guest_console and where == p.dst.name and time.monotonic() < deadline:
                 time.sleep(0.5)  # a panicking guest is gone a moment later (on_crash, reboot)
                 where = self._where_now()
             rec.runs_at = where
-            if where == "nowhere":
+            if where == guest_health.NOWHERE:
                 where_txt = (f"VM {p.vm} runs nowhere: its definition is at {p.dst.name}, start "
                              "it there once the cause is understood")
             elif where:
@@ -656,9 +599,7 @@ class MigrationRun:
                 where_txt = f"could not tell where VM {p.vm} runs (a site did not answer)"
             self.log(f"migration {result}: {message}; {where_txt}")
             return
-        notes = self._restore_source()
-        rec.runs_at = self._where_now()
-        self.log(f"migration {result}: {message}; {notes}")
+        self.log(f"migration {result}: {message}; {self._restore_source()}")
 
     def _restore_source(self) -> str:
         """After a failed run: the source VM running, the destination's copy discarded."""
@@ -678,10 +619,10 @@ class MigrationRun:
                 dom.resume()  # libvirt resumes it on failure; make sure
         except (libvirt.libvirtError, PcteleportError):
             pass
-        where = self._where_now()
+        where = self.record.runs_at = self._where_now()
         if where == p.src.name:
             state = f"VM {p.vm} is running at {p.src.name}"
-        elif where == "nowhere":
+        elif where == guest_health.NOWHERE:
             state = f"VM {p.vm} runs nowhere (NOT running at {p.src.name})"
         elif where:
             state = f"VM {p.vm} runs at {where}"
@@ -690,19 +631,8 @@ class MigrationRun:
         return "; ".join([state, *notes])
 
     def _where_now(self) -> str:
-        """Where the VM runs now, asked of both sites: a site name, "nowhere", or "" when a
-        site could not be asked and the other does not run it."""
         p = self.plan
-        unknown = False
-        for site in (p.dst, p.src):
-            try:
-                dom = site.find_domain(p.vm_uuid or p.vm)
-                if dom is not None and dom.isActive() and \
-                        dom.state()[0] in (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_BLOCKED):
-                    return site.name
-            except (libvirt.libvirtError, PcteleportError):
-                unknown = True
-        return "" if unknown else "nowhere"
+        return guest_health.where_runs([p.dst, p.src], p.vm_uuid or p.vm)
 
 
 def multifd_zstd_by_hand(dom: libvirt.virDomain, params: dict[str, object]) -> None:
@@ -733,19 +663,6 @@ def data_disk_of(dom: libvirt.virDomain, configured: str = "") -> DomainDisk | N
             or next((d for d in disks if d.serial != ROOT_SERIAL), None))
 
 
-def console_log_of(xml: str) -> str:
-    """The file the domain's first serial console writes to ("" if it writes to none)."""
-    root = ET.fromstring(xml)
-    for serial in root.iterfind("./devices/serial"):
-        source = serial.find("source")
-        if serial.get("type") == "file" and source is not None and source.get("path"):
-            return source.get("path", "")
-        log = serial.find("log")
-        if log is not None and log.get("file"):
-            return log.get("file", "")
-    return ""
-
-
 def ram_layout(dom: libvirt.virDomain) -> RamLayout:
     os_type = ET.fromstring(dom.XMLDesc(0)).find("./os/type")
     machine = os_type.get("machine", "") if os_type is not None else ""
@@ -763,5 +680,5 @@ def plan_for(vm: str, src: SiteRuntime, dst: SiteRuntime, mode: Mode,
         bandwidth_cap=bandwidth_cap, data_disk=chosen.path if chosen else "",
         data_serial=chosen.serial if chosen else "", wan=wan, verify_pages=verify_pages,
         auto_converge=auto_converge, compare_ram=compare_ram,
-        console_log=console_log_of(dom.XMLDesc(0)),
+        console_log=guest_health.console_log_of(dom.XMLDesc(0)),
     )

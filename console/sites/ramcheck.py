@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from console.errors import PcteleportError
+from console.records import RamCheck
 
 PAGE = 4096
 DIGEST = 8  # bytes of xxh3-64 per page
@@ -143,6 +144,37 @@ def compare(src: bytes, dst: bytes) -> Comparison:
     differing = [i for i in range(0, len(src) // DIGEST)
                  if src[i * DIGEST:(i + 1) * DIGEST] != dst[i * DIGEST:(i + 1) * DIGEST]]
     return Comparison(len(src) // DIGEST, differing)
+
+
+def compare_across(src: RamProbe, dst: RamProbe, gpa_of: Any,
+                   evidence_dir: Path | None) -> RamCheck:
+    """Both sides' RAM compared; the first differing pages' bytes kept in `evidence_dir`.
+    `gpa_of(offset)` names a page by its guest-physical address."""
+    t = time.monotonic()
+    result = compare(src.digest(), dst.digest())
+    check = RamCheck(result.pages, len(result.differing))
+    if result.differing:
+        first = result.differing[:EVIDENCE_PAGES]
+        check.first = [hex(gpa_of(i * PAGE)) for i in first]
+        if evidence_dir is not None:
+            check.evidence = keep_evidence(evidence_dir, first, src.pages(first),
+                                           dst.pages(first))
+    check.elapsed_s = round(time.monotonic() - t, 3)
+    return check
+
+
+def keep_evidence(folder: Path, index: list[int], src: dict[int, bytes],
+                  dst: dict[int, bytes]) -> str:
+    """The differing pages' bytes from both sides, as page-<index>.src / .dst files."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in index:
+            for side, pages in (("src", src), ("dst", dst)):
+                if i in pages:
+                    (folder / f"page-{i:08x}.{side}").write_bytes(pages[i])
+    except OSError as exc:
+        raise RamCheckError(f"could not keep the differing pages in {folder}: {exc}") from None
+    return str(folder)
 
 
 class RamProbe:
