@@ -185,11 +185,14 @@ def test_killed_destination_relay_fails_cleanly(backend) -> None:
 
     def kill_recv_relay(ev: object) -> None:
         if getattr(ev, "phase", None) == "iterative":
-            osaka.host.run(["pkill", "-f", "console.cli relay recv"], timeout=20)
+            # this lab's relay only: the sites share the host's PIDs with every other lab
+            mine = f"console.cli relay recv --listen {osaka.config.wan_addr}:"
+            osaka.host.run(["pkill", "-f", mine], timeout=20)
 
     rec = migrate(backend, "osaka", Mode.TELEPORT, cap=8 * 2**20, during=kill_recv_relay)
     assert rec.result is Result.FAILED
-    assert rec.error
+    assert rec.error and rec.error.startswith("relay recv at osaka: ")
+    assert len(rec.error) > len("relay recv at osaka: ")  # says what happened to it
     assert f"VM {VM} is running at tokyo" in rec.log[-1].text
     assert_intact_at(backend, "tokyo")
 
@@ -253,8 +256,12 @@ def test_map_taken_while_the_migration_starts(backend, monkeypatch) -> None:
     assert "no restorable map from the guest agent: the guest agent went away" in rec.error
     assert f"VM {VM} is running at osaka" in rec.log[-1].text
     assert_intact_at(backend, "osaka")
-    for site in ("tokyo", "osaka"):  # no relay left behind
-        left = backend.sites_rt[site].host.run(["pgrep", "-f", "console.cli relay"], timeout=20)
+    # no relay of this lab left behind (the sites share the host's PIDs with every other lab;
+    # this lab's relays name its WAN addresses)
+    addrs = "|".join(rt.config.wan_addr.replace(".", "[.]") for rt in backend.sites_rt.values())
+    for site in ("tokyo", "osaka"):
+        left = backend.sites_rt[site].host.run(
+            ["pgrep", "-af", f"console.cli relay .*({addrs}):"], timeout=20)
         assert left.stdout.strip() == "", left.stdout
     monkeypatch.undo()
     assert migrate(backend, "tokyo", Mode.STOCK).result is Result.OK

@@ -210,8 +210,8 @@ class RamProbe:
                                                 f"{ev.get('message')}")
                         return ev
                 if self._proc.done.is_set():
-                    err = (self._proc.stderr_lines[-1:] or ["it exited"])[0]
-                    raise RamCheckError(f"RAM check at {self.site.name}: {err}")
+                    raise RamCheckError(f"RAM check at {self.site.name}: "
+                                        f"{self._proc.how_it_ended()}")
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise RamCheckError(f"RAM check at {self.site.name}: no {event} within "

@@ -71,8 +71,7 @@ class RelayEnd:
         if err:
             return f"relay {self.role} at {self.site.name}: {err.get('message')}"
         if self.proc is not None and self.proc.exit_status not in (None, 0):
-            tail = self.proc.stderr_lines[-1:] or [f"exit status {self.proc.exit_status}"]
-            return f"relay {self.role} at {self.site.name}: {tail[0]}"
+            return f"relay {self.role} at {self.site.name}: {self.proc.how_it_ended()}"
         return None
 
     def pid(self) -> int | None:

@@ -69,6 +69,7 @@ class RemoteProcess:
         self._on_line = on_line
         self.stderr_lines: list[str] = []
         self.exit_status: int | None = None
+        self.exit_signal: str | None = None  # e.g. "TERM", when a signal ended it
         self.done = threading.Event()
         self.task: asyncio.Future[None] | None = None  # the pump, kept alive by this reference
 
@@ -85,11 +86,22 @@ class RemoteProcess:
             await self._proc.wait_closed()
             await err_task
             self.exit_status = self._proc.exit_status
+            if self._proc.exit_signal:
+                self.exit_signal = str(self._proc.exit_signal[0])
         except (asyncssh.Error, OSError) as exc:
             self.stderr_lines.append(f"connection lost: {exc}")
             self.exit_status = -1
         finally:
             self.done.set()
+
+    def how_it_ended(self) -> str:
+        """Its last word on stderr, else how it exited: for a one-line error."""
+        said = next((ln.strip() for ln in reversed(self.stderr_lines) if ln.strip()), "")
+        if said:
+            return said
+        if self.exit_signal:
+            return f"killed by signal {self.exit_signal}"
+        return f"exit status {self.exit_status}"
 
     def wait(self, timeout: float | None = None) -> int | None:
         self.done.wait(timeout)
