@@ -30,13 +30,18 @@ installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install o
 apt_updated=
 apt_update() { [ -n "$apt_updated" ] || { apt-get update -qq; apt_updated=1; }; }
 
-missing=()
-for p in "${APT_PACKAGES[@]}"; do installed "$p" || missing+=("$p"); done
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "setup: installing Debian packages: ${missing[*]}"
+# apt_install WHAT PKG...: install the packages named (none: nothing to do), saying what they are
+apt_install() {
+  local what=$1; shift
+  [ $# -gt 0 ] || return 0
+  echo "setup: installing $what: $*"
   apt_update
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+missing_of() { for p in "$@"; do installed "$p" || echo "$p"; done; }
+
+# shellcheck disable=SC2046 # package names have no spaces
+apt_install "Debian packages" $(missing_of "${APT_PACKAGES[@]}")
 
 if [ "$engine" = backports ]; then
   # The backports suite from the same mirror as the machine's bookworm entry. Only the engine's
@@ -64,19 +69,10 @@ if [ "$engine" = backports ]; then
   case "$(dpkg-query -W -f='${Version}' seabios 2>/dev/null || true)" in
     *bpo12*) ;; *) want+=("seabios/bookworm-backports") ;;
   esac
-  if [ ${#want[@]} -gt 0 ]; then
-    echo "setup: installing QEMU 10 / libvirt 11 from bookworm-backports: ${want[*]}"
-    apt_update
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${want[@]}" >/dev/null
-  fi
+  apt_install "QEMU 10 / libvirt 11 from bookworm-backports" "${want[@]}"
 else
-  missing=()
-  for p in "${ENGINE_PACKAGES[@]}"; do installed "$p" || missing+=("$p"); done
-  if [ ${#missing[@]} -gt 0 ]; then
-    echo "setup: installing Debian 12's QEMU 7.2 / libvirt 9.0: ${missing[*]}"
-    apt_update
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-  fi
+  # shellcheck disable=SC2046
+  apt_install "Debian 12's QEMU 7.2 / libvirt 9.0" $(missing_of "${ENGINE_PACKAGES[@]}")
 fi
 
 # A virtualenv of our own: the host's python3 (>= 3.11) with the project installed editable.
