@@ -86,6 +86,16 @@ def test_migrate_dialog(snap_compare: Any, size: tuple[int, int]) -> None:
                         run_before=then("down", "down", "m"))
 
 
+def test_migrate_dialog_warns_of_qemu_72_with_a_tcg_guest(snap_compare: Any) -> None:
+    b = backend()
+    for site in b.sites_list:
+        site.qemu_version = "7.2.22"
+    for vm in b.vms_by_site["tokyo"]:
+        vm.tcg = True
+    assert snap_compare(create_app(b, refresh_s=600), terminal_size=(100, 34),
+                        run_before=then("down", "down", "m"))
+
+
 @pytest.mark.parametrize("size", SIZES)
 def test_migration_view_finished(snap_compare: Any, size: tuple[int, int]) -> None:
     app = create_app(backend(), refresh_s=600)
