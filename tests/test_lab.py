@@ -67,9 +67,13 @@ def test_lab_up_gives_two_sites_a_wan_and_the_vm_at_tokyo(lab_up):
     st = status()
     assert st["up"]
     assert [s["name"] for s in st["sites"]] == ["tokyo", "osaka"]
+    from console.engine import TCG_DIRTY_FIX, version_tuple
+
     for s in st["sites"]:
         assert all(s["daemons"].values()), s
         assert s["libvirt_version"]
+        # the engine the lab is installed with: one whose TCG migration keeps every page
+        assert version_tuple(s["qemu_version"]) >= TCG_DIRTY_FIX, s
     vms = {(v["name"], v["site"], v["state"]) for v in st["vms"]}
     assert (VM, "tokyo", "running") in vms
     assert st["wan"]["profile"] == "default"
