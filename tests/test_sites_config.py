@@ -85,3 +85,41 @@ def test_domain_disks_reads_paths_serials_and_readonly():
         ("vda", "/srv/vms/web-root.qcow2", "pctroot", False),
         ("vdb", "/srv/replicas/web-data.raw", "data", True),
     ]
+
+
+SITE = "[[site]]\nname = 'a'\nlibvirt_uri = 'qemu:///system'\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (SITE + "ssh = 'root@host'\n",
+         r"sites.toml line 4: 'ssh' must be a table, e.g. \{ host"),
+        (SITE + "ssh = { host = 'h', port = 'abc' }\n",
+         r"sites.toml line 4: 'port' must be a whole number, not str 'abc'"),
+        (SITE + "ssh = { host = 'h', port = 70000 }\n", r"line 4: 'port' must be 1-65535"),
+        (SITE + "ssh = { host = 'h', port = true }\n", r"'port' must be a whole number"),
+        ("site = 5\n", r"'site' must be \[\[site\]\] tables"),
+        ("[[site]]\nname = 5\n", r"sites.toml line 2: 'name' must be a string, not int 5"),
+        (SITE + "ssh = { host = 'h' }\nrelay_command = 5\n",
+         r"line 5: 'relay_command' must be a command line or a list of strings"),
+        (SITE + "ssh = { host = 'h' }\nrelay_command = \"pcteleport 'oops\"\n",
+         r"line 5: 'relay_command': No closing quotation"),
+        (SITE + "ssh = { host = 'h' }\nrelay_command = []\n", r"'relay_command' must be"),
+        (SITE + "ssh = { host = 'h' }\n[[vm]]\ndata_disk = '/x'\n",
+         r"sites.toml line 5: 'name' is missing"),
+    ],
+)
+def test_a_wrong_type_in_sites_config_names_the_line(tmp_path, text, message):
+    p = tmp_path / "sites.toml"
+    p.write_text(text)
+    with pytest.raises(PcteleportError, match=message) as err:
+        config.load(p)
+    assert "\n" not in str(err.value)
+
+
+def test_a_sites_config_that_is_not_utf8_is_one_line(tmp_path):
+    p = tmp_path / "sites.toml"
+    p.write_bytes(b"[[site]]\nname = '\xff'\n")
+    with pytest.raises(PcteleportError, match=r"is not UTF-8 text \(byte 17\)"):
+        config.load(p)

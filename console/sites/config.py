@@ -18,6 +18,7 @@ Optional `[[vm]]` tables describe VMs the console should know more about (their 
 
 from __future__ import annotations
 
+import re
 import shlex
 import tomllib
 from dataclasses import dataclass, field
@@ -29,6 +30,9 @@ from console.errors import PcteleportError
 
 class ConfigError(PcteleportError):
     pass
+
+
+_MISSING = object()
 
 
 @dataclass(frozen=True)
@@ -80,59 +84,128 @@ class SitesConfig:
         return next((v for v in self.vms if v.name == name), None)
 
 
-def _need(table: dict[str, Any], key: str, where: str) -> Any:
-    if key not in table:
-        raise ConfigError(f"{where}: '{key}' is missing")
-    return table[key]
+class _Reader:
+    """Typed reads of the parsed TOML whose errors name the file, the line and what to write.
+
+    tomllib keeps no positions, so a key's line is found again in the text: the first
+    `key =` (or `key=` inside an inline table) after the header of the table it belongs to,
+    else that header's line."""
+
+    def __init__(self, path: Path, text: str) -> None:
+        self.path = path
+        self.lines = text.splitlines()
+
+    def line_of(self, header: str, index: int, key: str) -> int | None:
+        seen = 0
+        start = None
+        for n, line in enumerate(self.lines, 1):
+            if line.strip() == f"[[{header}]]":
+                seen += 1
+                if seen == index:
+                    start = n
+                    continue
+            if start is not None:
+                if line.strip().startswith("[") and n > start:
+                    break
+                if re.search(rf"(^|[{{,\s]){re.escape(key)}\s*=", line):
+                    return n
+        return start  # a key that is not there: the line of its table
+
+    def error(self, header: str, index: int, key: str, what: str) -> ConfigError:
+        n = self.line_of(header, index, key)
+        where = f"{self.path} line {n}" if n else f"{self.path}: {header} #{index}"
+        return ConfigError(f"{where}: {what}")
+
+    def get(self, table: dict[str, Any], header: str, index: int, key: str, kind: type,
+            default: Any = _MISSING) -> Any:
+        if key not in table:
+            if default is _MISSING:
+                raise self.error(header, index, key, f"'{key}' is missing")
+            return default
+        value = table[key]
+        ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+        if not ok:
+            want = {str: "a string", int: "a whole number", dict: "a table, e.g. "
+                    "{ host = \"h\", user = \"root\" }", list: "a list"}[kind]
+            raise self.error(header, index, key,
+                             f"'{key}' must be {want}, not {type(value).__name__} {value!r}")
+        return value
 
 
 def load(path: str | Path) -> SitesConfig:
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text())
+        text = path.read_bytes().decode()
     except OSError as exc:
         raise ConfigError(f"cannot read sites config {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"sites config {path} is not UTF-8 text (byte {exc.start})") from None
+    try:
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"sites config {path} is not valid TOML: {exc}") from None
+    r = _Reader(path, text)
+    site_tables = data.get("site", [])
+    if not isinstance(site_tables, list) or not all(isinstance(t, dict) for t in site_tables):
+        raise ConfigError(f"sites config {path}: 'site' must be [[site]] tables")
     sites = []
-    for i, t in enumerate(data.get("site", []), 1):
-        where = f"{path}: site #{i}"
-        name = str(_need(t, "name", where))
-        uri = str(_need(t, "libvirt_uri", where))
-        ssh_t = _need(t, "ssh", where)
+    for i, t in enumerate(site_tables, 1):
+        name = r.get(t, "site", i, "name", str)
+        uri = r.get(t, "site", i, "libvirt_uri", str)
+        ssh_t = r.get(t, "site", i, "ssh", dict)
+        port = r.get(ssh_t, "site", i, "port", int, 22)
+        if not 0 < port < 65536:
+            raise r.error("site", i, "port", f"'port' must be 1-65535, not {port}")
         ssh = SshLogin(
-            host=str(_need(ssh_t, "host", where + " ssh")),
-            port=int(ssh_t.get("port", 22)),
-            user=str(ssh_t.get("user", "root")),
-            key=ssh_t.get("key"),
-            known_hosts=ssh_t.get("known_hosts"),
+            host=r.get(ssh_t, "site", i, "host", str),
+            port=port,
+            user=r.get(ssh_t, "site", i, "user", str, "root"),
+            key=r.get(ssh_t, "site", i, "key", str, None),
+            known_hosts=r.get(ssh_t, "site", i, "known_hosts", str, None),
         )
         relay = t.get("relay_command", "pcteleport")
+        if isinstance(relay, str):
+            try:
+                argv = tuple(shlex.split(relay))
+            except ValueError as exc:
+                raise r.error("site", i, "relay_command", f"'relay_command': {exc}") from None
+        elif isinstance(relay, list) and relay and all(isinstance(a, str) for a in relay):
+            argv = tuple(relay)
+        else:
+            raise r.error("site", i, "relay_command", "'relay_command' must be a command "
+                          "line or a list of strings, e.g. \"pcteleport\"")
+        if not argv:
+            raise r.error("site", i, "relay_command", "'relay_command' is empty")
         sites.append(SiteConfig(
             name=name,
             libvirt_uri=uri,
             ssh=ssh,
-            replica_dir=str(t.get("replica_dir", "/srv/replicas")),
-            agent_socket_dir=str(t.get("agent_socket_dir", "/srv/agents")),
-            wan_addr=str(t.get("wan_addr", "")),
-            wan_iface=str(t.get("wan_iface", "")),
-            relay_command=tuple(relay if isinstance(relay, list) else shlex.split(relay)),
-            lab=dict(t.get("lab", {})),
+            replica_dir=r.get(t, "site", i, "replica_dir", str, "/srv/replicas"),
+            agent_socket_dir=r.get(t, "site", i, "agent_socket_dir", str, "/srv/agents"),
+            wan_addr=r.get(t, "site", i, "wan_addr", str, ""),
+            wan_iface=r.get(t, "site", i, "wan_iface", str, ""),
+            relay_command=argv,
+            lab=dict(r.get(t, "site", i, "lab", dict, {})),
         ))
     if not sites:
         raise ConfigError(f"sites config {path} names no [[site]]")
     names = [s.name for s in sites]
     if len(set(names)) != len(names):
         raise ConfigError(f"sites config {path} names a site twice")
+    vm_tables = data.get("vm", [])
+    if not isinstance(vm_tables, list) or not all(isinstance(v, dict) for v in vm_tables):
+        raise ConfigError(f"sites config {path}: 'vm' must be [[vm]] tables")
     vms = tuple(
         VmConfig(
-            name=str(_need(v, "name", f"{path}: vm #{i}")),
-            data_disk=str(v.get("data_disk", "")),
-            scenario=str(v.get("scenario", "")),
-            home=str(v.get("home", "")),
-            warm_command=str(v.get("warm_command", "")),
+            name=r.get(v, "vm", i, "name", str),
+            data_disk=r.get(v, "vm", i, "data_disk", str, ""),
+            scenario=r.get(v, "vm", i, "scenario", str, ""),
+            home=r.get(v, "vm", i, "home", str, ""),
+            warm_command=r.get(v, "vm", i, "warm_command", str, ""),
         )
-        for i, v in enumerate(data.get("vm", []), 1)
+        for i, v in enumerate(vm_tables, 1)
     )
     lab = data.get("lab", {})
-    return SitesConfig(path, tuple(sites), vms, str(lab.get("wan_profile", "")))
+    if not isinstance(lab, dict) or not isinstance(lab.get("wan_profile", ""), str):
+        raise ConfigError(f"sites config {path}: [lab] wan_profile must be a string")
+    return SitesConfig(path, tuple(sites), vms, lab.get("wan_profile", ""))
