@@ -460,3 +460,33 @@ def test_soak_with_ram_compared_runs_ten_teleports(backend, tmp_path) -> None:
     assert all(r["pages_teleported"] > 0 for r in runs)
     assert data["summary"][0]["stale_pages"] == 0
     assert where(backend) == {"tokyo": "running"}
+
+
+def test_a_second_migration_of_a_migrating_vm_is_refused_and_harms_neither(backend) -> None:
+    """Another pcteleport process asks to migrate the VM while this one moves it: it is refused
+    (the lock on the source host) and the running migration ends as if it had not asked. Before
+    the lock, the refused run's clean-up discarded the other run's paused destination."""
+    from console.sites.service import MigrationRequest
+
+    first: dict[str, MigrationRecord] = {}
+    copying = threading.Event()
+
+    def run_first() -> None:  # capped: the second request comes while it copies
+        request = MigrationRequest(VM, "osaka", Mode.STOCK, 4 * 2**20, compare_ram=True)
+        first["rec"] = backend.migrate(
+            request, lambda ev: copying.set() if getattr(ev, "phase", None) == "iterative"
+            else None)
+
+    worker = threading.Thread(target=run_first)
+    worker.start()
+    assert copying.wait(120)
+    second = _cli("migrate", VM, "--to", "osaka", "--mode", "stock")
+    worker.join(600)
+    assert second.returncode == 1
+    assert f"VM {VM} is being migrated already (another pcteleport holds" in second.stderr
+    assert "discarded" not in second.stdout
+    rec = first["rec"]
+    assert rec.result is Result.OK, rec.error
+    assert rec.ram_check is not None and rec.ram_check.differing == 0
+    assert_intact_at(backend, "osaka")
+    assert migrate(backend, "tokyo", Mode.STOCK).result is Result.OK

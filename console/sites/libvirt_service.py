@@ -203,10 +203,15 @@ class LibvirtBackend(Backend):
         vm_cfg = self.cfg.vm(dom.name())
         link = next((w for s in self.sites() if s.name == src.name for w in s.wan
                      if w.peer == dst.name), None)
-        plan = plan_for(dom.UUIDString(), src, dst, request.mode,
-                        request.bandwidth_cap_bytes_per_s,
-                        vm_cfg.data_disk if vm_cfg else "", link, request.verify_pages,
-                        request.auto_converge, request.compare_ram)
+        try:
+            plan = plan_for(dom.UUIDString(), src, dst, request.mode,
+                            request.bandwidth_cap_bytes_per_s,
+                            vm_cfg.data_disk if vm_cfg else "", link, request.verify_pages,
+                            request.auto_converge, request.compare_ram)
+        except libvirt.libvirtError as exc:  # e.g. another migration moved it just now
+            raise ServiceError(f"VM {dom.name()} changed at {src.name} while this migration was "
+                               f"being prepared ({exc.get_error_message()}): see where it runs "
+                               "(pcteleport vms) and ask again") from None
         try:
             comp = self.agent(src, plan.vm).composition()
         except PcteleportError:

@@ -52,6 +52,7 @@ from console.sites.ramcheck import RamCheckError, RamProbe, compare_across
 from console.sites.relays import RelayFailure, RelayPair
 from console.sites.service import VERIFY_SAMPLE_PAGES
 from console.sites.site_runtime import DomainDisk, SiteRuntime, WanMeter, domain_disks
+from console.sites.vm_lock import VmLock
 from console.teleport.layout import RamLayout
 
 LIBVIRT_MULTIFD_ZSTD = 9_004_000  # libvirt 9.4 passes compression=zstd to multifd itself
@@ -125,6 +126,8 @@ class MigrationRun:
         self._emit_lock = threading.Lock()
         self._iteration = 1
         self._ram_src: RamProbe | None = None
+        self._lock: VmLock | None = None
+        self._migrate_called = False  # from here on, an incoming VM at the destination is ours
         self._ram_problem = ""
         self._console_offset: int | None = None  # the destination console's size at the start
 
@@ -190,6 +193,7 @@ class MigrationRun:
             self._domain = dom
             if dom.state()[0] != libvirt.VIR_DOMAIN_RUNNING:
                 raise MigrationFailed(f"VM {p.vm} is not running at {p.src.name}")
+            self._lock = VmLock(p.src, p.vm_uuid, p.vm)
             if p.dst.find_domain(p.vm) is not None:
                 raise MigrationFailed(f"a VM named {p.vm} already exists at {p.dst.name}")
             self._check_abort()
@@ -220,6 +224,9 @@ class MigrationRun:
             if self._ram_src is not None:
                 with contextlib.suppress(PcteleportError):
                     self._ram_src.close()
+            if self._lock is not None:
+                with contextlib.suppress(PcteleportError):
+                    self._lock.release()
         return self.record
 
     def _mode_setup(self, dom: libvirt.virDomain) -> tuple[dict, int]:
@@ -314,6 +321,7 @@ class MigrationRun:
             site.events.add(self._on_lifecycle)
         try:
             self.phase(Phase.ITERATIVE, 1)
+            self._migrate_called = True
             worker.start()
             self._watch(dom, worker)
             worker.join()
@@ -606,10 +614,12 @@ class MigrationRun:
         p = self.plan
         notes = []
         try:
-            ddom = p.dst.find_domain(p.vm_uuid or p.vm)
+            # Only an incoming VM this run's migrate call made (and libvirt left behind): one
+            # that was there before is somebody else's, maybe another migration's destination.
+            ddom = p.dst.find_domain(p.vm_uuid or p.vm) if self._migrate_called else None
             if ddom is not None and ddom.isActive() and \
                     ddom.state()[0] != libvirt.VIR_DOMAIN_RUNNING:
-                ddom.destroy()  # an incoming VM libvirt did not clean up
+                ddom.destroy()
                 notes.append(f"discarded the incoming VM at {p.dst.name}")
         except (libvirt.libvirtError, PcteleportError):
             notes.append(f"could not check {p.dst.name} for a leftover incoming VM")
