@@ -7,6 +7,7 @@ module only parses arguments and turns known errors into one clear line.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Callable, Sequence
 
@@ -14,6 +15,28 @@ from console import __version__
 from console.errors import PcteleportError
 
 Handler = Callable[[argparse.Namespace], int]
+
+
+def positive_number(text: str) -> float:
+    """An argparse type: a finite number above 0 (a rate, a cap)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number above 0")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (a count)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give 1 or more")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -240,7 +263,8 @@ def _add_sites(sub: argparse._SubParsersAction) -> None:
     mig.add_argument("--to", required=True, metavar="SITE", help="destination site")
     mig.add_argument("--mode", default="teleport",
                      choices=["stock", "drop-cache", "zstd", "teleport"])
-    mig.add_argument("--bandwidth", type=float, metavar="MiB/s", help="cap the migration rate")
+    mig.add_argument("--bandwidth", type=positive_number, metavar="MiB/s",
+                     help="cap the migration rate")
     mig.add_argument("--auto-converge", action="store_true",
                      help="let QEMU throttle the guest's vCPUs if it dirties memory faster than"
                           " the link carries it (libvirt's auto-converge)")
@@ -294,7 +318,8 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
                        help="WAN profile of the measured migrations (default, fast, slow)")
     bench.add_argument("--return-wan", default="fast", metavar="PROFILE",
                        help="WAN profile for bringing the VM home between runs (default fast)")
-    bench.add_argument("--repeat", type=int, default=1, metavar="N", help="rounds (default 1)")
+    bench.add_argument("--repeat", type=positive_int, default=1, metavar="N",
+                       help="rounds (default 1)")
     bench.add_argument("--before", type=float, default=10.0, metavar="S",
                        help="seconds measured before each migration (default 10)")
     bench.add_argument("--after", type=float, default=40.0, metavar="S",
@@ -319,7 +344,8 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     codec.add_argument("--map", help="the restorable map taken with the stream")
     codec.add_argument("--vm", default="web-small",
                        help="capture stream and map from this lab VM (default web-small)")
-    codec.add_argument("--repeat", type=int, default=3, help="best of N runs (default 3)")
+    codec.add_argument("--repeat", type=positive_int, default=3,
+                       help="best of N runs (default 3)")
     codec.add_argument("--json", action="store_true", help="print JSON")
     codec.set_defaults(handler=_bench_codec)
     soak = bsub.add_parser("soak", help="migrate one VM back and forth, run after run, and "
@@ -327,7 +353,8 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     soak.add_argument("--vm", required=True, help="the VM (it runs at one of two sites)")
     soak.add_argument("--modes", default="teleport,stock", metavar="A,B",
                       help="modes taking turns (default teleport,stock)")
-    soak.add_argument("--runs", type=int, default=20, metavar="N", help="migrations (default 20)")
+    soak.add_argument("--runs", type=positive_int, default=20, metavar="N",
+                      help="migrations (default 20)")
     soak.add_argument("--compare-ram", action="store_true",
                       help="compare guest RAM page by page across every switch-over")
     soak.add_argument("--wan", default="fast", metavar="PROFILE",

@@ -16,6 +16,7 @@ from typing import Any
 
 from console.bench import svg
 from console.bench.runner import BenchOptions, ModeRun, describe
+from console.errors import PcteleportError
 from console.records import Mode
 
 
@@ -251,7 +252,15 @@ def load_runs(path: Path) -> tuple[BenchOptions, list[ModeRun], str, str]:
     from console.bench.timeline import Point, summarise
     from console.records import MigrationRecord, from_dict
 
-    data = json.loads(path.read_text())
+    try:
+        data = json.loads(path.read_text())
+    except OSError as exc:
+        raise PcteleportError(f"cannot read {path}: {exc.strerror}") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise PcteleportError(f"{path} is not a bench run's JSON ({exc})") from None
+    if not isinstance(data, dict) or not {"scenario", "modes", "runs"} <= data.keys():
+        raise PcteleportError(f"{path} is not a bench run's JSON (no scenario, modes, runs): "
+                              "give the .json that `pcteleport bench` wrote")
     options = BenchOptions(load(data["scenario"]), [Mode(m) for m in data["modes"]],
                            data["wan"], repeat=data["repeat"], before_s=data["before_s"],
                            after_s=data["after_s"], max_downtime_ms=data.get("max_downtime_ms"),

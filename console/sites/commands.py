@@ -30,9 +30,10 @@ def list_vms(as_json: bool) -> int:
     try:
         rows: list[dict[str, Any]] = []
         problems = []
-        for site in backend.sites():
+        sites = backend.sites()
+        for site in sites:
             if site.error:
-                problems.append(f"{site.name}: {site.error}")
+                problems.append(site.error)
                 continue
             for vm in backend.vms(site.name):
                 rows.append({"name": vm.name, "site": site.name, "state": str(vm.state),
@@ -48,6 +49,8 @@ def list_vms(as_json: bool) -> int:
                       f"{mem:>10}  {r['uuid']}")
             for p in problems:
                 print(f"warning: {p}", file=sys.stderr)
+        if len(problems) == len(sites):
+            raise PcteleportError("no site answered: " + "; ".join(problems))
         return 0
     finally:
         backend.close()

@@ -134,16 +134,25 @@ class LibvirtBackend(Backend):
         return sorted(out, key=lambda v: v.name)
 
     def _locate(self, vm_uuid: str) -> tuple[SiteRuntime, libvirt.virDomain]:
+        unreachable = []
         for rt in self.sites_rt.values():
             try:
-                dom = rt.conn().lookupByUUIDString(vm_uuid)
-            except (libvirt.libvirtError, PcteleportError):
+                conn = rt.conn()
+            except PcteleportError as exc:
+                unreachable.append(str(exc))
+                continue
+            try:
+                dom = conn.lookupByUUIDString(vm_uuid)
+            except libvirt.libvirtError:
                 try:
-                    dom = rt.conn().lookupByName(vm_uuid)
-                except (libvirt.libvirtError, PcteleportError):
+                    dom = conn.lookupByName(vm_uuid)
+                except libvirt.libvirtError:
                     continue
             if dom.isActive():
                 return rt, dom
+        if unreachable:  # it may run at a site that did not answer: say which and why
+            raise ServiceError(f"no running VM '{vm_uuid}' at the sites that answered; "
+                               + "; ".join(unreachable))
         raise ServiceError(f"no running VM '{vm_uuid}' at any site")
 
     def engine_warning(self, vm_uuid: str) -> str | None:
