@@ -66,7 +66,7 @@ def test_no_reachable_site_is_named_not_hidden(tmp_path: Path) -> None:
     env = {"PCTELEPORT_SITES": str(sites)}
     vms = cli("vms", env=env)
     assert vms.returncode == 2
-    line = [ln for ln in vms.stderr.splitlines() if ln.startswith("pcteleport:")][0]
+    line = next(ln for ln in vms.stderr.splitlines() if ln.startswith("pcteleport:"))
     assert line.startswith("pcteleport: no site answered: cannot reach libvirt at tokyo")
     assert "cannot reach libvirt at osaka" in line
     mig = cli("migrate", "web", "--to", "osaka", env=env)
