@@ -399,3 +399,79 @@ def test_end_frame_names_the_vm_description_tail(disk):
     desc = b'{"page_size":4096,"devices":[]}'
     assert end["optional_tail"] == 1 + 4 + len(desc)
     assert stream.endswith(b"\x00\x06" + struct.pack(">I", len(desc)) + desc)
+
+
+# --- bad input found by issue 16's probe: each ends in our one-line error, never a hang ------
+
+
+def _renumbered(frames: list[bytes], extra: bytes) -> bytes:
+    """`extra` (a frame) appended with the next sequence number and a valid checksum."""
+    writer_out = io.BytesIO()
+    w = wan.FrameWriter(writer_out.write)
+    w.seq = len(frames)
+    header = wan.HEADER.unpack_from(extra)
+    payload = extra[wan.HEADER.size:wan.HEADER.size + header[3]]
+    w.send(header[2], payload)
+    return b"".join(frames) + writer_out.getvalue()
+
+
+def test_a_frame_after_end_is_refused(disk):
+    stream, rmap = scenario(disk)
+    frames = _frames(encode(stream, rmap, disk))
+    data = next(f for f in frames if wan.HEADER.unpack_from(f)[2] == wan.DATA)
+    with pytest.raises(PcteleportError, match="a DATA frame after the source's END"):
+        decode(_renumbered(frames, data), disk)
+    with pytest.raises(PcteleportError, match="a HELLO frame after the source's END"):
+        decode(_renumbered(frames, frames[0]), disk)
+
+
+def test_deeply_nested_json_is_our_error_not_a_recursion_error():
+    frame = wan.Frame(wan.HELLO, 0, b"[" * 100_000 + b"]" * 100_000)
+    with pytest.raises(wan.WanError, match="holds no valid JSON"):
+        frame.json()
+
+
+def test_a_huge_map_extent_is_clipped_to_the_guest_ram():
+    layout = RamLayout.for_machine("pc-i440fx-10.0", 64 * PAGE)
+    for length in (1 << 44, 1 << 62):
+        rmap = RestorableMap(extents=[(0, 0, length)])
+        table = rmap.page_table(layout)  # returns at once: at most one entry per RAM page
+        assert len(table) == 64 and table[63 * PAGE] == 63 * PAGE
+
+
+def test_a_fifo_as_disk_or_map_is_refused_at_once(tmp_path):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(PcteleportError, match="is not a file or a block device"):
+        DiskImage(fifo)
+    with pytest.raises(MapError, match="is not a regular file"):
+        from console.teleport.mapfile import load
+
+        load(fifo)
+    with pytest.raises(PcteleportError, match="is not a file or a block device"):
+        DiskImage(tmp_path)  # a directory: was a traceback
+
+
+def test_stats_of_a_crafted_data_frame_is_one_line(tmp_path):
+    from console.teleport.offline import wan_stream_stats
+
+    for payload in (b"", b"\x01\x28\xb5\x2f\xfdgarbage", b"\x00\x01"):
+        out = io.BytesIO()
+        w = wan.FrameWriter(out.write)
+        w.send(wan.DATA, payload)
+        with pytest.raises(PcteleportError, match="DATA frame 0 is malformed"):
+            wan_stream_stats(io.BytesIO(out.getvalue()))
+
+
+def test_a_failed_decode_leaves_no_output_file(disk, tmp_path):
+    from console.teleport.offline import decode_file
+
+    stream, rmap = scenario(disk)
+    (tmp_path / "bad.wan").write_bytes(encode(stream, rmap, disk)[:-5])
+    out = tmp_path / "out.qemu"
+    with pytest.raises(PcteleportError, match="truncated"):
+        decode_file(str(disk.path), str(tmp_path / "bad.wan"), str(out))
+    assert not out.exists() and not (tmp_path / "out.qemu.part").exists()
+    (tmp_path / "good.wan").write_bytes(encode(stream, rmap, disk))
+    assert decode_file(str(disk.path), str(tmp_path / "good.wan"), str(out)) == 0
+    assert out.read_bytes() == stream

@@ -47,6 +47,9 @@ class Decoder:
         self._zstd = zstandard.ZstdDecompressor()
 
     def on_hello(self, info: dict) -> None:
+        self._open_for("HELLO")
+        if self.hello is not None:
+            raise DecodeError("a second HELLO frame: one stream, one sender")
         if info.get("role") != "encoder" or info.get("hash") != "xxh3-128":
             raise DecodeError("the sender is not a pcteleport encoder of this version")
         size = info.get("disk_size")
@@ -61,8 +64,14 @@ class Decoder:
             )
         self.hello = info
 
+    def _open_for(self, what: str) -> None:
+        if self.ended:  # the hash and length were checked at END: anything more is not ours
+            raise DecodeError(f"a {what} frame after the source's END: the stream was "
+                              "extended after it finished; refusing it")
+
     def data(self, payload: bytes) -> list[bytes]:
         """The QEMU stream bytes one DATA frame stands for, as pieces in order."""
+        self._open_for("DATA")
         if self.hello is None:
             raise DecodeError("data arrived before the sender said hello")
         if not payload:
@@ -139,6 +148,7 @@ class Decoder:
 
     def end(self, info: dict) -> None:
         """Check the totals the encoder sent against what was produced."""
+        self._open_for("second END")
         want_bytes = info.get("stream_bytes")
         if want_bytes != self.counters.guest_bytes:
             raise DecodeError(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import stat
 from pathlib import Path
 
 from console.errors import PcteleportError
@@ -22,11 +23,15 @@ class DiskImage:
         self.path = Path(path)
         self.page_size = page_size
         try:
-            fd = os.open(self.path, os.O_RDONLY)
+            # O_NONBLOCK: opening a FIFO would otherwise wait for a writer for ever
+            fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)
         except OSError as exc:
             raise DiskError(f"cannot open disk image {self.path}: {exc.strerror}") from None
         try:
-            self.size = os.fstat(fd).st_size
+            mode = os.fstat(fd).st_mode
+            if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
+                raise DiskError(f"disk image {self.path} is not a file or a block device")
+            self.size = os.lseek(fd, 0, os.SEEK_END)  # a block device's size too
             head = os.pread(fd, 4, 0)
             if head == QCOW2_MAGIC:
                 raise DiskError(

@@ -57,6 +57,12 @@ class RamLayout:
                 return off
         return None
 
+    def gpa_end(self) -> int:
+        """One past the highest guest-physical address that is RAM."""
+        if self.ram_size <= self.below_4g:
+            return self.ram_size
+        return FOUR_GIB + self.ram_size - self.below_4g
+
     def gpa(self, ram_offset: int) -> int:
         """Guest-physical address of `ram_offset` in pc.ram."""
         if not 0 <= ram_offset < self.ram_size:

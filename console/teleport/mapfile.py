@@ -11,6 +11,8 @@ then `count` little-endian (u64 gpa, u64 disk offset, u64 length) triples.
 
 from __future__ import annotations
 
+import os
+import stat
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +41,11 @@ class RestorableMap:
     def page_table(self, layout: RamLayout) -> dict[int, int]:
         """RAM-block offset -> disk offset, one entry per page that lies in guest RAM."""
         table: dict[int, int] = {}
+        top = layout.gpa_end()
         for gpa, disk, length in self.extents:
+            # An extent past the guest's RAM holds no page of it: clip it (a crafted 2^62-byte
+            # extent would otherwise be walked page by page, for ever).
+            length = max(0, min(gpa + length, top) - gpa)
             for i in range(0, length, PAGE):
                 off = layout.ram_offset(gpa + i)
                 if off is not None:
@@ -111,6 +117,8 @@ def parse_binary(data: bytes) -> RestorableMap:
 
 def load(path: str | Path) -> RestorableMap:
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO would block the read for ever
+            raise MapError(f"map {path} is not a regular file")
         data = Path(path).read_bytes()
     except OSError as exc:
         raise MapError(f"cannot read map {path}: {exc.strerror}") from None

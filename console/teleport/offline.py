@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import struct
 import sys
 from collections.abc import Iterator
 from typing import BinaryIO
 
 from console.errors import PcteleportError
 from console.teleport import mapfile, wan
-from console.teleport.decoder import decode_all, iter_frames
+from console.teleport.decoder import MAX_PLAIN, decode_all, iter_frames
 from console.teleport.disk import DiskImage
 from console.teleport.encoder import COUNT, PLAIN, REF, ZSTD, Encoder
 from console.teleport.stream import (
@@ -35,13 +37,32 @@ def _open(path: str, mode: str) -> Iterator[BinaryIO]:
         yield f
 
 
+@contextlib.contextmanager
+def _output(path: str) -> Iterator[BinaryIO]:
+    """Where a result goes: written beside `path` and renamed into place only once whole, so
+    a failed encode or decode leaves no partial file that looks like a stream."""
+    if path == "-":
+        yield sys.stdout.buffer
+        return
+    part = f"{path}.part"
+    with _open(part, "wb") as f:
+        try:
+            yield f
+        except BaseException:
+            f.close()
+            with contextlib.suppress(OSError):
+                os.unlink(part)
+            raise
+    os.replace(part, path)
+
+
 def _report(summary: dict) -> None:
     print(json.dumps(summary), file=sys.stderr)
 
 
 def encode_file(map_path: str, disk_path: str, src: str, dst: str) -> int:
     rmap = mapfile.load(map_path)
-    with DiskImage(disk_path) as disk, _open(src, "rb") as fin, _open(dst, "wb") as fout:
+    with DiskImage(disk_path) as disk, _open(src, "rb") as fin, _output(dst) as fout:
         writer = wan.FrameWriter(fout.write)
         enc = Encoder(writer, rmap, disk)
         enc.hello()
@@ -51,7 +72,7 @@ def encode_file(map_path: str, disk_path: str, src: str, dst: str) -> int:
 
 
 def decode_file(disk_path: str, src: str, dst: str) -> int:
-    with DiskImage(disk_path) as disk, _open(src, "rb") as fin, _open(dst, "wb") as fout:
+    with DiskImage(disk_path) as disk, _open(src, "rb") as fin, _output(dst) as fout:
         reader = wan.FrameReader(wan.file_read_exact(fin))
         counters = decode_all(iter_frames(reader), disk, fout.write)
         counters.wan_bytes = reader.bytes_in
@@ -98,12 +119,23 @@ def wan_stream_stats(f: BinaryIO) -> dict:
     for frame in iter_frames(reader):
         name = wan.NAMES.get(frame.type, str(frame.type))
         frames[name] = frames.get(name, 0) + 1
+        if end:
+            raise PcteleportError(f"frame {frame.seq} ({name}) comes after the END frame: "
+                                  "the stream was extended after it finished")
         if frame.type == wan.DATA:
-            kind, body = frame.payload[0], frame.payload[1:]
-            plain = zstandard.ZstdDecompressor().decompress(body) if kind == ZSTD else body
-            if kind not in (ZSTD, PLAIN):
-                raise PcteleportError(f"unknown data frame encoding {kind}")
-            (n,) = COUNT.unpack_from(plain)
+            try:
+                kind, body = frame.payload[0], frame.payload[1:]
+                if kind not in (ZSTD, PLAIN):
+                    raise PcteleportError(f"unknown data frame encoding {kind}")
+                plain = (zstandard.ZstdDecompressor().decompress(body, max_output_size=MAX_PLAIN)
+                         if kind == ZSTD else body)
+                (n,) = COUNT.unpack_from(plain)
+            except (IndexError, struct.error, zstandard.ZstdError) as exc:
+                raise PcteleportError(f"DATA frame {frame.seq} is malformed ({exc or 'empty'})"
+                                      ) from None
+            if COUNT.size + n * REF.size > len(plain):
+                raise PcteleportError(f"DATA frame {frame.seq} announces {n} references but is "
+                                      "too short")
             refs += n
             literal_bytes += len(plain) - COUNT.size - n * REF.size
         elif frame.type == wan.END:

@@ -72,7 +72,7 @@ class Frame:
     def json(self) -> dict[str, Any]:
         try:
             value = json.loads(self.payload)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nesting deeper than Python's stack
             raise WanError(f"{NAMES.get(self.type, self.type)} frame holds no valid JSON") from None
         if not isinstance(value, dict):
             raise WanError(f"{NAMES.get(self.type, self.type)} frame holds no JSON object")
