@@ -241,11 +241,14 @@ class QemuGuest:
             return ""
 
     def wait_for(self, marker: str, timeout: float = 60, after: int = 0) -> str:
-        """The first console line (from character ``after`` on) that contains ``marker``."""
+        """The first whole console line (from character ``after`` on) that contains ``marker``.
+        Whole: a line the guest is still printing (the serial port is slow under TCG) is not
+        read yet — a half-written "CHECKSUM bdc128d" once failed a run under load."""
         found: list[str] = []
 
         def seen() -> bool:
-            for line in self.console()[after:].splitlines():
+            text = self.console()[after:]
+            for line in text[:text.rfind("\n") + 1].splitlines():
                 if marker in line:
                     found.append(line)
                     return True
