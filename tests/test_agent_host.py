@@ -157,3 +157,28 @@ def test_a_big_answer_to_a_slow_host_arrives_whole(monkeypatch) -> None:
     assert json.loads(got)["result"]["text"] == text
     os.close(r)
     os.close(w)
+
+
+async def test_an_answer_line_cut_short_is_named_not_a_json_error() -> None:
+    """asyncssh hands back a line longer than its channel window cut short (it failed tpcc's
+    multi-MB map on QEMU 10 as "Unterminated string"): the client says what happened."""
+    from console.errors import PcteleportError
+
+    reader = asyncio.StreamReader()
+    reader.feed_data(b'{"id": 1, "result": {"text": "0x1000 0x2000 4096\\n0x20')
+    reader.feed_eof()
+
+    class Sink:
+        def write(self, data: bytes) -> None:
+            pass
+
+        async def drain(self) -> None:
+            pass
+
+    client = AsyncAgentClient(reader, Sink(), timeout=5)  # type: ignore[arg-type]
+    try:
+        await client.request("map")
+    except PcteleportError as exc:
+        assert "answer to map arrived cut short after" in str(exc)
+    else:
+        raise AssertionError("a cut line was taken for an answer")

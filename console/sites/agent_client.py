@@ -179,6 +179,10 @@ class AsyncAgentClient:
                                   f"{self.timeout:.0f} s: is it running in the guest?") from None
         if not line:
             raise PcteleportError("the guest agent's connection closed")
+        if not line.endswith(b"\n"):  # cut short: the channel gave up on a line this long
+            raise PcteleportError(f"the guest agent's answer to {what} arrived cut short after "
+                                  f"{len(line)} bytes: the connection to it cannot carry a line "
+                                  "this long")
         return json.loads(line)
 
     async def request(self, method: str, **params: object) -> dict:

@@ -18,6 +18,8 @@ from console.records import Composition
 from console.sites.agent_client import AgentRequestError, AsyncAgentClient
 from console.sites.remote import SiteHost
 
+AGENT_WINDOW = 64 << 20  # bytes: the longest answer line the agent channel carries whole
+
 CALL_TIMEOUT = 20.0
 MAP_TIMEOUT = 120.0  # a full map walk of a big guest under TCG takes a while
 
@@ -48,7 +50,10 @@ class GuestAgent:
     async def _acall(self, method: str, params: dict[str, Any], timeout: float) -> Any:
         conn = await self.host.connection()
         try:
-            reader, writer = await asyncio.wait_for(conn.open_unix_connection(self.socket), 10)
+            # A big VM's map is one JSON line of megabytes; asyncssh hands back a line longer
+            # than the channel's receive window cut short (2 MiB by default): open it wider.
+            reader, writer = await asyncio.wait_for(
+                conn.open_unix_connection(self.socket, window=AGENT_WINDOW), 10)
         except (asyncssh.Error, OSError, TimeoutError) as exc:
             raise AgentUnavailable(
                 f"guest agent of {self.vm} unreachable at {self.host.site.name} "
