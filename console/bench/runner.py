@@ -114,9 +114,7 @@ class Bench:
                               f"`pcteleport lab up --vms {self.o.scenario.name}`")
 
     def set_wan(self, profile: str) -> None:
-        st = wan.load_state(self.paths)
-        if st is None or st.profile != profile:
-            wan.switch(self.paths, profile)
+        wan.use_profile(self.paths, profile)
 
     def migrate(self, mode: Mode, to: str) -> MigrationRecord:
         def on_event(event: object) -> None:

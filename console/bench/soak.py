@@ -145,13 +145,13 @@ class Soak:
 
     # -- the guest's own check --------------------------------------------------------------
 
+    def _on_lab(self) -> bool:
+        return all(s.lab.get("host_dir") for s in self.backend.cfg.sites)
+
     def _lab_guest(self) -> Any:
         from console.bench.guest import LabGuest
 
-        cfg = self.backend.cfg
-        if not all(s.lab.get("host_dir") for s in cfg.sites):
-            return None
-        return LabGuest(cfg, self.o.vm)
+        return LabGuest(self.backend.cfg, self.o.vm) if self._on_lab() else None
 
     def start_workload(self, site: str) -> None:
         if not self.o.workload:
@@ -246,12 +246,8 @@ class Soak:
         from console.sites.lab import wan
         from console.sites.lab.paths import LabPaths
 
-        if not all(s.lab.get("host_dir") for s in self.backend.cfg.sites):
-            return  # real sites: the WAN is what it is
-        paths = LabPaths.default()
-        st = wan.load_state(paths)
-        if st is None or st.profile != profile:
-            wan.switch(paths, profile)
+        if self._on_lab():  # real sites: the WAN is what it is
+            wan.use_profile(LabPaths.default(), profile)
 
 
 # -- results ------------------------------------------------------------------------------

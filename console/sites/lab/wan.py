@@ -149,6 +149,13 @@ def _rate_token(p: WanProfile) -> str:
     return f"rate {p.rate_mbit:g}Mbit"
 
 
+def use_profile(paths: LabPaths, name: str) -> None:
+    """Switch the live WAN to profile `name` unless it already has it."""
+    st = load_state(paths)
+    if st is None or st.profile != name:
+        switch(paths, name)
+
+
 def switch(paths: LabPaths, name: str) -> WanState:
     st = load_state(paths)
     if st is None or not Path(f"/run/netns/{sites()[0].netns}").exists():
