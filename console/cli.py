@@ -11,8 +11,8 @@ import math
 import sys
 from collections.abc import Callable, Sequence
 
-from console import __version__
-from console.errors import PcteleportError
+from pcteleport import __version__
+from pcteleport.errors import PcteleportError
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -83,19 +83,19 @@ def _add_codec(sub: argparse._SubParsersAction) -> None:
 
 
 def _codec_encode(args: argparse.Namespace) -> int:
-    from console.teleport import offline
+    from pcteleport.teleport import offline
 
     return offline.encode_file(args.map, args.disk, args.input, args.output)
 
 
 def _codec_decode(args: argparse.Namespace) -> int:
-    from console.teleport import offline
+    from pcteleport.teleport import offline
 
     return offline.decode_file(args.disk, args.input, args.output)
 
 
 def _codec_stats(args: argparse.Namespace) -> int:
-    from console.teleport import offline
+    from pcteleport.teleport import offline
 
     return offline.stats_file(args.file, as_json=args.json)
 
@@ -137,13 +137,13 @@ def _add_relay(sub: argparse._SubParsersAction) -> None:
 
 
 def _relay_send(args: argparse.Namespace) -> int:
-    from console.teleport import relay
+    from pcteleport.teleport import relay
 
     return relay.main_send(args)
 
 
 def _relay_recv(args: argparse.Namespace) -> int:
-    from console.teleport import relay
+    from pcteleport.teleport import relay
 
     return relay.main_recv(args)
 
@@ -159,7 +159,7 @@ def _add_guest_ram(sub: argparse._SubParsersAction) -> None:
 
 
 def _guest_ram_serve(args: argparse.Namespace) -> int:
-    from console.sites import ramcheck
+    from pcteleport.sites.libvirt import ramcheck
 
     return ramcheck.serve(args.vm, args.pid)
 
@@ -177,13 +177,13 @@ def _add_replay(sub: argparse._SubParsersAction) -> None:
 
 
 def _replay(args: argparse.Namespace) -> int:
-    from console.ui import launch
+    from pcteleport.ui import launch
 
     return launch.run_replay(args.files, args.speed)
 
 
 def _console(_: argparse.Namespace) -> int:
-    from console.ui import launch
+    from pcteleport.ui import launch
 
     return launch.run_configured()
 
@@ -221,31 +221,31 @@ def _add_lab(sub: argparse._SubParsersAction) -> None:
 
 
 def _lab_up(args: argparse.Namespace) -> int:
-    from console.sites.lab import commands
+    from pcteleport.lab import commands
 
     return commands.up(args.vms, args.wan)
 
 
 def _lab_down(args: argparse.Namespace) -> int:
-    from console.sites.lab import commands
+    from pcteleport.lab import commands
 
     return commands.down()
 
 
 def _lab_status(args: argparse.Namespace) -> int:
-    from console.sites.lab import commands
+    from pcteleport.lab import commands
 
     return commands.show_status(args.json, not args.no_measure)
 
 
 def _lab_ssh(args: argparse.Namespace) -> int:
-    from console.sites.lab import commands
+    from pcteleport.lab import commands
 
     return commands.ssh(args.site, args.cmd)
 
 
 def _lab_wan(args: argparse.Namespace) -> int:
-    from console.sites.lab import commands
+    from pcteleport.lab import commands
 
     return commands.set_wan(args.profile)
 
@@ -288,20 +288,20 @@ def _add_sites(sub: argparse._SubParsersAction) -> None:
 
 
 def _vms(args: argparse.Namespace) -> int:
-    from console.sites import commands
+    from pcteleport import headless as commands
 
     return commands.list_vms(args.json)
 
 
 def _migrate(args: argparse.Namespace) -> int:
-    from console.sites import commands
+    from pcteleport import headless as commands
 
     return commands.migrate(args.vm, args.to, args.mode, args.bandwidth, args.json,
                             args.verify, args.auto_converge, args.force, args.compare_ram)
 
 
 def _abort(args: argparse.Namespace) -> int:
-    from console.sites import commands
+    from pcteleport import headless as commands
 
     return commands.abort(args.vm)
 
@@ -373,12 +373,12 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
 
 
 def _bench_migrations(args: argparse.Namespace) -> int:
-    from console.bench import runner
+    from pcteleport.bench import runner
 
     if args.report:
         from pathlib import Path
 
-        from console.bench import report
+        from pcteleport.bench import report
 
         print(report.rerender(Path(args.report)).read_text())
         return 0
@@ -389,7 +389,7 @@ def _bench_migrations(args: argparse.Namespace) -> int:
 
 
 def _bench_soak(args: argparse.Namespace) -> int:
-    from console.bench import soak
+    from pcteleport.bench import soak
 
     command = "pcteleport " + " ".join(sys.argv[1:])
     return soak.main(args.vm, args.modes, args.runs, args.compare_ram,
@@ -400,10 +400,10 @@ def _bench_soak(args: argparse.Namespace) -> int:
 def _bench_codec(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from console.bench import codec
+    from pcteleport.bench import codec
 
     if not (args.stream and args.disk and args.map):
-        from console.bench import capture
+        from pcteleport.bench import capture
 
         if args.stream or args.disk or args.map:
             raise PcteleportError("give all of --stream, --disk and --map, or none (capture)")

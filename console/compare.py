@@ -11,8 +11,8 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from console.predict import predict
-from console.records import MigrationRecord, Mode
+from pcteleport.predict import predict
+from pcteleport.records import MigrationRecord, Mode
 
 
 @dataclass(frozen=True)

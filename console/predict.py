@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from console.records import PAGE_SIZE, Composition, Mode
+from pcteleport.records import PAGE_SIZE, Composition, Mode
 
 PAGE_RECORD_BYTES = PAGE_SIZE + 8  # be64 offset|flags, then the page
 ZERO_RECORD_BYTES = 9  # be64 offset|flags, then one fill byte

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from console.records import MigrationRecord, RecordError
+from pcteleport.records import MigrationRecord, RecordError
 
 
 def default_records_dir() -> Path:

@@ -19,7 +19,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from console.errors import PcteleportError
+from pcteleport.errors import PcteleportError
 
 SCHEMA_VERSION = 1
 PAGE_SIZE = 4096

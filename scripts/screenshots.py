@@ -21,11 +21,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from console.errors import PcteleportError  # noqa: E402
-from console.record_store import read_record  # noqa: E402
-from console.records import Mode  # noqa: E402
-from console.sites.replay import ReplayBackend  # noqa: E402
-from console.ui.app import create_app  # noqa: E402
+from pcteleport.errors import PcteleportError  # noqa: E402
+from pcteleport.record_store import read_record  # noqa: E402
+from pcteleport.records import Mode  # noqa: E402
+from pcteleport.sites.replay import ReplayBackend  # noqa: E402
+from pcteleport.ui.app import create_app  # noqa: E402
 
 
 async def _until(pilot, condition: Callable[[], object], timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
@@ -37,11 +37,11 @@ async def _until(pilot, condition: Callable[[], object], timeout: float, what: s
 
 
 async def shoot(files: list[Path], out: Path, size: tuple[int, int], speed: float) -> list[Path]:
-    from console.ui.compare_screen import CompareScreen
-    from console.ui.main_screen import SitePane
-    from console.ui.migrate_dialog import MigrateDialog
-    from console.ui.migration_view import MigrationView
-    from console.ui.vm_detail import VMDetailScreen
+    from pcteleport.ui.compare_screen import CompareScreen
+    from pcteleport.ui.main_screen import SitePane
+    from pcteleport.ui.migrate_dialog import MigrateDialog
+    from pcteleport.ui.migration_view import MigrationView
+    from pcteleport.ui.vm_detail import VMDetailScreen
 
     records = [read_record(f) for f in files]
     # The migration screens show a teleport run when there is one (it is what pcteleport adds).

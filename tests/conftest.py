@@ -28,8 +28,8 @@ def require_guest_kernel():
     """The Debian guest kernel for QEMU tests (needs QEMU and root too), or skip/fail."""
     import shutil
 
-    from console.errors import PcteleportError
-    from console.sites import guestimage
+    from pcteleport import guestimage
+    from pcteleport.errors import PcteleportError
 
     require(shutil.which("qemu-system-x86_64") is not None, "qemu-system-x86_64 is not installed")
     require(os.geteuid() == 0, "needs root")

@@ -1,8 +1,8 @@
 """Boot a real TCG guest with qemu-system-x86_64 (no libvirt), for tests.
 
-API (test support; product boot material comes from console/sites/guestimage.py):
+API (test support; product boot material comes from console/guestimage/build.py):
 
-    from console.sites import guestimage
+    from pcteleport import guestimage
     from qemu_guest import Disk, QemuGuest, make_ext4   # tests/ is on sys.path under pytest
 
     make_ext4(tmp / "data.raw", {"a.bin": b"..."}, size_mib=96)      # host-side ext4 image
@@ -22,7 +22,7 @@ API (test support; product boot material comes from console/sites/guestimage.py)
         b.run("sha256sum /mnt/*")                 # the same guest, continued
 
 - ``run`` talks to a busybox shell inside the guest over the virtio-serial port
-  ``pcteleport.shell`` (protocol in console/sites/guestinit.py); it keeps working after a
+  ``pcteleport.shell`` (protocol in console/guestimage/guestinit.py); it keeps working after a
   migration, because the guest side survives and the destination has the same port.
 - ``agent=True`` adds the ``pcteleport.agent`` port; ``g.agent_socket`` is its unix socket.
 - Disks are raw virtio-blk with ``serial=``; the guest sees /dev/disk/by-id/virtio-SERIAL.
@@ -49,8 +49,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from console.sites import guestinit
-from console.sites.guestimage import GuestBoot
+from pcteleport.guestimage import GuestBoot, guestinit
 
 QEMU = "qemu-system-x86_64"
 

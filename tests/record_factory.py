@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from console.records import (
+from pcteleport.records import (
     Composition,
     CompositionSource,
     LogLine,

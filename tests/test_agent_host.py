@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from console.sites.agent_client import AgentRequestError, AsyncAgentClient
-from console.teleport import mapfile
-from guest import agent
+from pcteleport.guest import agent
+from pcteleport.sites.agent_client import AgentRequestError, AsyncAgentClient
+from pcteleport.teleport import mapfile
 
 ROOT = Path(__file__).resolve().parent.parent
 AGENT = ROOT / "guest" / "agent.py"
@@ -162,7 +162,7 @@ def test_a_big_answer_to_a_slow_host_arrives_whole(monkeypatch) -> None:
 async def test_an_answer_line_cut_short_is_named_not_a_json_error() -> None:
     """asyncssh hands back a line longer than its channel window cut short (it failed tpcc's
     multi-MB map on QEMU 10 as "Unterminated string"): the client says what happened."""
-    from console.errors import PcteleportError
+    from pcteleport.errors import PcteleportError
 
     reader = asyncio.StreamReader()
     reader.feed_data(b'{"id": 1, "result": {"text": "0x1000 0x2000 4096\\n0x20')

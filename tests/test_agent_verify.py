@@ -15,8 +15,8 @@ import pytest
 from conftest import require
 from qemu_guest import Disk, QemuGuest
 
-from console.sites.agent_client import AgentClient
-from guest import agent
+from pcteleport.guest import agent
+from pcteleport.sites.agent_client import AgentClient
 
 pytestmark = [pytest.mark.qemu, pytest.mark.slow]
 
@@ -50,8 +50,8 @@ def test_segments_cut_pages_at_extent_edges() -> None:
 
 
 def test_verify_finds_a_cached_page_that_differs_from_disk(tmp_path) -> None:
-    from console.errors import PcteleportError
-    from console.sites import guestimage
+    from pcteleport import guestimage
+    from pcteleport.errors import PcteleportError
 
     require(shutil.which("qemu-system-x86_64") is not None, "qemu-system-x86_64 is not installed")
     require(os.geteuid() == 0, "needs root (chroot to build the guest root filesystem)")

@@ -21,12 +21,12 @@ from xml.etree import ElementTree as ET
 
 import pytest
 
-from console.bench import report, svg
-from console.bench.runner import BenchOptions, ModeRun, ordered_modes
-from console.bench.scenario import GUEST_PROGRAMS, load
-from console.bench.timeline import Point, summarise, to_points
-from console.records import MigrationRecord, Mode, PageCounts, Result
-from console.sites.lab import datafill, scenarios
+from pcteleport.bench import report, svg
+from pcteleport.bench.runner import BenchOptions, ModeRun, ordered_modes
+from pcteleport.bench.scenario import GUEST_PROGRAMS, load
+from pcteleport.bench.timeline import Point, summarise, to_points
+from pcteleport.lab import datafill, scenarios
+from pcteleport.records import MigrationRecord, Mode, PageCounts, Result
 from tests.conftest import lab_instance, require
 
 # --- analysis and output, on made-up timelines ---------------------------------------------
@@ -213,7 +213,7 @@ def test_tpcc_runs_the_mix_and_leaves_the_base_database_unchanged(tmp_path):
 # --- on the lab: a quick variant of each scenario through `pcteleport bench` ----------------
 
 LAB_VMS = ("web-small", "idle-small", "tpcc-small")
-CLI = [sys.executable, "-m", "console.cli"]
+CLI = [sys.executable, "-m", "pcteleport.cli"]
 
 
 def _cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
@@ -221,7 +221,7 @@ def _cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
                           stdin=subprocess.DEVNULL)
 
 
-# A lab instance of its own (console/sites/lab/topology.py), so the test never moves or tears
+# A lab instance of its own (console/lab/topology.py), so the test never moves or tears
 # down VMs of the default lab an operator or a benchmark may be using.
 INSTANCE = "b"
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from console.cli import main
-from console.record_store import RecordStore
+from pcteleport.cli import main
+from pcteleport.record_store import RecordStore
 from tests.record_factory import constructed_run
 
 
@@ -51,7 +51,7 @@ def test_replay_of_a_file_that_is_not_a_record(tmp_path: Path,
 
 
 def test_replay_paths_expand_folders(tmp_path: Path) -> None:
-    from console.ui.launch import replay_paths
+    from pcteleport.ui.launch import replay_paths
 
     store = RecordStore(tmp_path / "runs")
     a = store.save(constructed_run(run_id="a", started_at=1_700_000_000.0))

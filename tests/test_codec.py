@@ -12,20 +12,20 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from console.errors import PcteleportError
-from console.teleport import wan
-from console.teleport.decoder import (
+from pcteleport.errors import PcteleportError
+from pcteleport.teleport import wan
+from pcteleport.teleport.decoder import (
     DecodeError,
     Decoder,
     ReplicaMismatch,
     decode_all,
     iter_frames,
 )
-from console.teleport.disk import DiskImage
-from console.teleport.encoder import Encoder, encode_all
-from console.teleport.layout import RamLayout
-from console.teleport.mapfile import MapError, RestorableMap, parse_binary, parse_text
-from console.teleport.stream import (
+from pcteleport.teleport.disk import DiskImage
+from pcteleport.teleport.encoder import Encoder, encode_all
+from pcteleport.teleport.layout import RamLayout
+from pcteleport.teleport.mapfile import MapError, RestorableMap, parse_binary, parse_text
+from pcteleport.teleport.stream import (
     BytesReader,
     StreamError,
     UnsupportedStream,
@@ -445,7 +445,7 @@ def test_a_fifo_as_disk_or_map_is_refused_at_once(tmp_path):
     with pytest.raises(PcteleportError, match="is not a file or a block device"):
         DiskImage(fifo)
     with pytest.raises(MapError, match="is not a regular file"):
-        from console.teleport.mapfile import load
+        from pcteleport.teleport.mapfile import load
 
         load(fifo)
     with pytest.raises(PcteleportError, match="is not a file or a block device"):
@@ -453,7 +453,7 @@ def test_a_fifo_as_disk_or_map_is_refused_at_once(tmp_path):
 
 
 def test_stats_of_a_crafted_data_frame_is_one_line(tmp_path):
-    from console.teleport.offline import wan_stream_stats
+    from pcteleport.teleport.offline import wan_stream_stats
 
     for payload in (b"", b"\x01\x28\xb5\x2f\xfdgarbage", b"\x00\x01"):
         out = io.BytesIO()
@@ -464,7 +464,7 @@ def test_stats_of_a_crafted_data_frame_is_one_line(tmp_path):
 
 
 def test_a_failed_decode_leaves_no_output_file(disk, tmp_path):
-    from console.teleport.offline import decode_file
+    from pcteleport.teleport.offline import decode_file
 
     stream, rmap = scenario(disk)
     (tmp_path / "bad.wan").write_bytes(encode(stream, rmap, disk)[:-5])

@@ -5,8 +5,8 @@ from __future__ import annotations
 import csv
 import io
 
-from console.compare import COLUMNS, filter_runs, to_csv, to_markdown
-from console.records import Mode
+from pcteleport.compare import COLUMNS, filter_runs, to_csv, to_markdown
+from pcteleport.records import Mode
 from tests.record_factory import MIB, constructed_run
 
 RUNS = [
@@ -40,8 +40,8 @@ def test_markdown_gives_ratios_to_the_same_vms_stock_run() -> None:
 
 
 def test_predicted_wan_bytes_come_from_the_runs_own_composition() -> None:
-    from console.compare import predicted_wan_bytes
-    from console.predict import predict
+    from pcteleport.compare import predicted_wan_bytes
+    from pcteleport.predict import predict
 
     r = RUNS[1]
     assert r.composition is not None and r.wan is not None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from console.engine import tcg_dirty_page_bug, version_text, version_tuple
+from pcteleport.engine import tcg_dirty_page_bug, version_text, version_tuple
 
 
 def test_versions_read_as_libvirt_numbers_and_text() -> None:

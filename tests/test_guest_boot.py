@@ -22,7 +22,7 @@ echo "CHECKSUM $(cat /mnt/files/* | sha256sum | cut -d' ' -f1)"
 
 
 def test_boot_read_migrate_to_file_and_resume(tmp_path: Path) -> None:
-    from console.sites import guestimage
+    from pcteleport import guestimage
 
     kernel = require_guest_kernel()
     rng = random.Random(1234)
@@ -66,8 +66,8 @@ def _free_port() -> int:
 def test_debian_guest_with_agent_migrates_over_tcp(tmp_path: Path) -> None:
     """The Debian guest (agent + kernel module) migrates over TCP; at the destination its
     agent answers and its restorable map is the same pages: the page cache came along."""
-    from console.sites import guestimage
-    from console.sites.agent_client import AgentClient
+    from pcteleport import guestimage
+    from pcteleport.sites.agent_client import AgentClient
 
     kernel = require_guest_kernel()
     rng = random.Random(99)
@@ -99,7 +99,7 @@ def test_debian_guest_with_agent_migrates_over_tcp(tmp_path: Path) -> None:
 def test_harness_reports_failures_and_cleans_up(tmp_path: Path) -> None:
     from qemu_guest import CommandResult, GuestError
 
-    from console.sites import guestimage
+    from pcteleport import guestimage
 
     kernel = require_guest_kernel()
     boot = guestimage.stage1_boot(None, kernel=kernel)

@@ -25,7 +25,7 @@ import pytest
 from conftest import require
 from qemu_guest import Disk, QemuGuest, make_ext4
 
-from console.sites.agent_client import AgentClient, AgentRequestError
+from pcteleport.sites.agent_client import AgentClient, AgentRequestError
 
 pytestmark = [pytest.mark.qemu, pytest.mark.slow]
 
@@ -105,8 +105,8 @@ class Guest:
 
 @pytest.fixture(scope="module")
 def guest(tmp_path_factory: pytest.TempPathFactory):
-    from console.errors import PcteleportError
-    from console.sites import guestimage
+    from pcteleport import guestimage
+    from pcteleport.errors import PcteleportError
 
     require(shutil.which("qemu-system-x86_64") is not None, "qemu-system-x86_64 is not installed")
     require(os.geteuid() == 0, "needs root (chroot to build the guest root filesystem)")
@@ -235,7 +235,7 @@ def test_fallback_map_content_equals_disk_blocks(guest: Guest) -> None:
 
 
 def test_map_text_parses_with_the_codec(guest: Guest, tmp_path: Path) -> None:
-    from console.teleport import mapfile
+    from pcteleport.teleport import mapfile
 
     m = guest.agent.map("data")
     parsed = mapfile.parse_text(m.text)

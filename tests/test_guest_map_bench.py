@@ -13,7 +13,7 @@ import pytest
 from conftest import require
 from qemu_guest import Disk, QemuGuest, make_ext4
 
-from console.sites.agent_client import AgentClient
+from pcteleport.sites.agent_client import AgentClient
 
 pytestmark = [pytest.mark.qemu, pytest.mark.slow]
 
@@ -21,8 +21,8 @@ FILE_MIB, FILES = 10, 70  # 700 MiB of page cache
 
 
 def test_module_maps_700mb_of_cache_in_under_a_second(tmp_path: Path) -> None:
-    from console.errors import PcteleportError
-    from console.sites import guestimage
+    from pcteleport import guestimage
+    from pcteleport.errors import PcteleportError
 
     require(shutil.which("qemu-system-x86_64") is not None, "qemu-system-x86_64 is not installed")
     require(os.geteuid() == 0, "needs root")

@@ -18,11 +18,11 @@ import pytest
 from conftest import require
 from qemu_guest import Disk, QemuGuest, make_ext4
 
-from console.sites.agent_client import AgentClient
+from pcteleport.sites.agent_client import AgentClient
 
 pytestmark = [pytest.mark.qemu, pytest.mark.slow]
 
-PCTELEPORT = [sys.executable, "-m", "console.cli"]
+PCTELEPORT = [sys.executable, "-m", "pcteleport.cli"]
 
 
 def _codec(*args: str) -> dict:
@@ -36,8 +36,8 @@ def _codec(*args: str) -> dict:
 def test_module_map_teleports_the_page_cache(tmp_path: Path, memory_mib: int) -> None:
     """With 4.5 GiB the page cache lands above 4 GiB (past the PCI hole): guest physical
     addresses from the module must still name the right RAM pages for the codec."""
-    from console.errors import PcteleportError
-    from console.sites import guestimage
+    from pcteleport import guestimage
+    from pcteleport.errors import PcteleportError
 
     require(shutil.which("qemu-system-x86_64") is not None, "qemu-system-x86_64 is not installed")
     require(os.geteuid() == 0, "needs root")

@@ -15,8 +15,8 @@ import pytest
 from conftest import require
 from qemu_guest import QemuGuest
 
-from console.errors import PcteleportError
-from console.sites import guestimage
+from pcteleport import guestimage
+from pcteleport.errors import PcteleportError
 
 ROOT = Path(__file__).resolve().parent.parent
 

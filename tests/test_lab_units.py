@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from console.errors import PcteleportError
-from console.sites.guestimage import GuestBoot
-from console.sites.lab import config, datafill, domainxml, scenarios, wan
-from console.sites.lab.paths import LabPaths
-from console.sites.lab.topology import sites
-from console.sites.lab.wanprofiles import PROFILES, profile
+from pcteleport.errors import PcteleportError
+from pcteleport.guestimage import GuestBoot
+from pcteleport.lab import config, datafill, domainxml, scenarios, wan
+from pcteleport.lab.paths import LabPaths
+from pcteleport.lab.topology import sites
+from pcteleport.lab.wanprofiles import PROFILES, profile
 
 BOOT = GuestBoot(Path("/k/vmlinux"), Path("/k/initrd.cpio"), "console=ttyS0",
                  Path("/cache/rootfs.ext4"), "pctroot", "6.1")
@@ -74,7 +74,7 @@ def test_lab_vms_may_run_another_qemu(monkeypatch):
 
 
 def test_an_instance_whose_addresses_another_running_one_has_is_named():
-    from console.sites.lab.topology import _octet, clashing_instance, subnet
+    from pcteleport.lab.topology import _octet, clashing_instance, subnet
 
     assert _octet("d2") == _octet("m")  # two names, one 10.N/16: it happened
     up = {"pcteleport-m-tokyo", "pcteleport-m-osaka", "pcteleport-t-tokyo", "other-ns"}
@@ -109,7 +109,7 @@ def test_data_fill_is_deterministic(tmp_path):
 
 
 def test_state_dir_under_run_is_refused(monkeypatch):
-    from console.sites.lab import paths
+    from pcteleport.lab import paths
 
     monkeypatch.setenv("PCTELEPORT_LAB_DIR", "/run/pcteleport-lab")
     with pytest.raises(PcteleportError, match="outside /run"):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from console.records import LogLine, MigrationRecord, Mode, Result
+from pcteleport.records import LogLine, MigrationRecord, Mode, Result
 from tests.conftest import lab_instance, require
 
 pytestmark = [pytest.mark.root, pytest.mark.lab, pytest.mark.slow]
@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "console.cli", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "pcteleport.cli", *args], capture_output=True,
                           text=True, timeout=timeout, cwd=ROOT, stdin=subprocess.DEVNULL)
 
 
@@ -46,9 +46,9 @@ def backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
             _cli("lab", "down")
             up = _cli("lab", "up", "--vms", VM, "--wan", "fast")
             assert up.returncode == 0, up.stderr
-            from console.record_store import RecordStore
-            from console.sites.lab.paths import LabPaths
-            from console.sites.libvirt_service import LibvirtBackend
+            from pcteleport.lab.paths import LabPaths
+            from pcteleport.record_store import RecordStore
+            from pcteleport.sites.libvirt.backend import LibvirtBackend
 
             b = LibvirtBackend.from_config(LabPaths.default().sites_toml)
             b.store = RecordStore(records)
@@ -66,7 +66,7 @@ def backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
 
 def migrate(backend, to: str, mode: Mode, cap: float | None = None,
             during=None) -> MigrationRecord:
-    from console.sites.service import MigrationRequest
+    from pcteleport.backend import MigrationRequest
 
     events: list = []
 
@@ -90,7 +90,7 @@ def where(backend) -> dict[str, str]:
 
 
 def guest_shell(backend, site: str, script: str) -> str:
-    from console.sites.lab import guestshell
+    from pcteleport.lab import guestshell
 
     host_dir = Path(backend.sites_rt[site].config.lab["host_dir"])
     status, out = guestshell.run(host_dir / "agents" / f"{VM}.shell.sock", script, timeout=120)
@@ -186,7 +186,7 @@ def test_killed_destination_relay_fails_cleanly(backend) -> None:
     def kill_recv_relay(ev: object) -> None:
         if getattr(ev, "phase", None) == "iterative":
             # this lab's relay only: the sites share the host's PIDs with every other lab
-            mine = f"console.cli relay recv --listen {osaka.config.wan_addr}:"
+            mine = f"pcteleport.cli relay recv --listen {osaka.config.wan_addr}:"
             osaka.host.run(["pkill", "-f", mine], timeout=20)
 
     rec = migrate(backend, "osaka", Mode.TELEPORT, cap=8 * 2**20, during=kill_recv_relay)
@@ -199,7 +199,7 @@ def test_killed_destination_relay_fails_cleanly(backend) -> None:
 
 def test_lying_map_only_costs_bytes(backend, monkeypatch) -> None:
     """A map whose blocks are all wrong: the encoder checks every page, sends them whole."""
-    from console.sites.guest_agent import GuestAgent
+    from pcteleport.sites.guest_agent import GuestAgent
 
     warm(backend, "tokyo")
     real = GuestAgent.restorable_map
@@ -227,8 +227,8 @@ def test_lying_map_only_costs_bytes(backend, monkeypatch) -> None:
 def test_map_taken_while_the_migration_starts(backend, monkeypatch) -> None:
     """The map comes from the guest while the relays start and libvirt prepares the
     destination: a slow one still teleports; one that never comes fails the run cleanly."""
-    from console.errors import PcteleportError
-    from console.sites.guest_agent import GuestAgent
+    from pcteleport.errors import PcteleportError
+    from pcteleport.sites.guest_agent import GuestAgent
 
     warm(backend, "tokyo")
     real = GuestAgent.restorable_map
@@ -261,7 +261,7 @@ def test_map_taken_while_the_migration_starts(backend, monkeypatch) -> None:
     addrs = "|".join(rt.config.wan_addr.replace(".", "[.]") for rt in backend.sites_rt.values())
     for site in ("tokyo", "osaka"):
         left = backend.sites_rt[site].host.run(
-            ["pgrep", "-af", f"console.cli relay .*({addrs}):"], timeout=20)
+            ["pgrep", "-af", f"pcteleport.cli relay .*({addrs}):"], timeout=20)
         assert left.stdout.strip() == "", left.stdout
     monkeypatch.undo()
     assert migrate(backend, "tokyo", Mode.STOCK).result is Result.OK
@@ -298,7 +298,7 @@ def test_abort_command_stops_a_migration_run_by_another_process(backend) -> None
     import json
 
     proc = subprocess.Popen(
-        [sys.executable, "-m", "console.cli", "migrate", VM, "--to", "osaka", "--mode", "stock",
+        [sys.executable, "-m", "pcteleport.cli", "migrate", VM, "--to", "osaka", "--mode", "stock",
          "--bandwidth", "4", "--json"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         stdin=subprocess.DEVNULL)
@@ -324,8 +324,8 @@ def test_abort_command_stops_a_migration_run_by_another_process(backend) -> None
 
 def test_tcg_guest_on_qemu_before_9_is_refused_unless_forced(backend, monkeypatch) -> None:
     """The engine guard, with the version libvirt reports faked to Debian 12's QEMU 7.2."""
-    from console.sites.service import MigrationRequest, ServiceError
-    from console.sites.site_runtime import SiteRuntime
+    from pcteleport.backend import MigrationRequest, ServiceError
+    from pcteleport.sites.libvirt.site_runtime import SiteRuntime
 
     monkeypatch.setattr(SiteRuntime, "emulator_version", lambda self, path: "7.2.22")
     assert all(vm.tcg and vm.qemu_version == "7.2.22" for vm in backend.vms("tokyo"))
@@ -347,7 +347,7 @@ def test_tcg_guest_on_qemu_before_9_is_refused_unless_forced(backend, monkeypatc
 
 
 def test_ram_compared_across_the_switch_over_in_teleport_and_stock(backend) -> None:
-    from console.sites.service import MigrationRequest
+    from pcteleport.backend import MigrationRequest
 
     warm(backend, "tokyo")
     for mode, to in ((Mode.TELEPORT, "osaka"), (Mode.STOCK, "tokyo")):
@@ -367,8 +367,8 @@ def test_ram_check_finds_a_page_changed_at_the_destination(backend, monkeypatch)
     """A byte of the paused destination's RAM flipped before the comparison (through its memfd,
     as a lost page would leave it): the run fails naming the page, keeps both versions of it,
     and says truthfully that the VM runs at the destination."""
-    from console.sites import migration, ramcheck
-    from console.sites.service import MigrationRequest
+    from pcteleport.backend import MigrationRequest
+    from pcteleport.sites.libvirt import migration, ramcheck
 
     real = migration.MigrationRun._compare_ram
     flipped: dict[str, int] = {}
@@ -466,7 +466,7 @@ def test_a_second_migration_of_a_migrating_vm_is_refused_and_harms_neither(backe
     """Another pcteleport process asks to migrate the VM while this one moves it: it is refused
     (the lock on the source host) and the running migration ends as if it had not asked. Before
     the lock, the refused run's clean-up discarded the other run's paused destination."""
-    from console.sites.service import MigrationRequest
+    from pcteleport.backend import MigrationRequest
 
     first: dict[str, MigrationRecord] = {}
     copying = threading.Event()

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from console.predict import PAGE_RECORD_BYTES, ZERO_RECORD_BYTES, PredictionModel, predict
-from console.records import PAGE_SIZE, Composition, Mode
+from pcteleport.predict import PAGE_RECORD_BYTES, ZERO_RECORD_BYTES, PredictionModel, predict
+from pcteleport.records import PAGE_SIZE, Composition, Mode
 
 MIB = 2**20
 

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from console.record_store import RecordStore, default_records_dir
-from console.records import (
+from pcteleport.record_store import RecordStore, default_records_dir
+from pcteleport.records import (
     VM,
     Composition,
     LogLine,
@@ -40,7 +40,7 @@ def test_migration_record_round_trips_through_json(record: MigrationRecord) -> N
 @settings(max_examples=30, deadline=None)
 @given(st.builds(Site), st.builds(VM), st.builds(Composition))
 def test_inventory_records_round_trip(site: Site, vm: VM, comp: Composition) -> None:
-    from console.records import from_json, to_json
+    from pcteleport.records import from_json, to_json
 
     assert from_json(Site, to_json(site)) == site
     assert from_json(VM, to_json(vm)) == vm
@@ -137,7 +137,7 @@ def test_store_location_follows_env(monkeypatch: pytest.MonkeyPatch, tmp_path: P
 
 
 def test_composition_from_the_real_guest_agent_adds_up() -> None:
-    from guest.agent import Composition as AgentComposition
+    from pcteleport.guest.agent import Composition as AgentComposition
 
     data = AgentComposition().snapshot()  # this host's /proc/meminfo: the fallback source
     c = Composition.from_agent(data)
@@ -153,7 +153,7 @@ def test_composition_from_a_malformed_agent_answer_says_what_to_check() -> None:
 
 
 def test_shipped_recordings_load_and_are_finished_runs() -> None:
-    from console.record_store import read_record
+    from pcteleport.record_store import read_record
 
     root = Path(__file__).resolve().parent.parent / "recordings"
     paths = sorted(root.glob("*.json"))

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from console.teleport.mapfile import RestorableMap
+from pcteleport.teleport.mapfile import RestorableMap
 from tests.streamgen import PAGE, build_stream
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,7 +36,7 @@ class Relay:
 
     def __init__(self, *args: str, stdin: bool = False) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "console.cli", "relay", *args, "--stats-interval", "0.2"],
+            [sys.executable, "-m", "pcteleport.cli", "relay", *args, "--stats-interval", "0.2"],
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
         )
@@ -333,13 +333,13 @@ def test_destination_qemu_stopping_at_eof_marker_is_not_an_error(material):
 
 def test_bad_arguments_give_one_clear_line(material, tmp_path):
     out = subprocess.run(
-        [sys.executable, "-m", "console.cli", "relay", "send", "--listen", "nonsense",
+        [sys.executable, "-m", "pcteleport.cli", "relay", "send", "--listen", "nonsense",
          "--to", "127.0.0.1:1"], cwd=ROOT, capture_output=True, text=True,
     )
     assert out.returncode == 2
     assert out.stderr.strip() == "pcteleport: 'nonsense' is not HOST:PORT"
     out = subprocess.run(
-        [sys.executable, "-m", "console.cli", "relay", "send", "--listen", "127.0.0.1:0",
+        [sys.executable, "-m", "pcteleport.cli", "relay", "send", "--listen", "127.0.0.1:0",
          "--to", "127.0.0.1:1", "--map", str(material["map"])],
         cwd=ROOT, capture_output=True, text=True,
     )

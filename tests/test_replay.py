@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from console.record_store import RecordStore
-from console.records import LogLine, MigrationEvent, Mode, PhaseMark, RecordBuilder, Result
-from console.sites.replay import ReplayBackend
-from console.sites.service import MigrationRequest, ServiceError
+from pcteleport.backend import MigrationRequest, ServiceError
+from pcteleport.record_store import RecordStore
+from pcteleport.records import LogLine, MigrationEvent, Mode, PhaseMark, RecordBuilder, Result
+from pcteleport.sites.replay import ReplayBackend
 from tests.record_factory import constructed_run
 
 

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from console.record_store import RecordStore
+from pcteleport.record_store import RecordStore
 from tests.record_factory import constructed_run
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from console.errors import PcteleportError
-from console.sites import config
-from console.sites.site_runtime import domain_disks
+from pcteleport.errors import PcteleportError
+from pcteleport.sites import config
+from pcteleport.sites.libvirt.site_runtime import domain_disks
 
 GOOD = """
 [lab]
@@ -24,7 +24,7 @@ ssh = { host = "10.0.0.1", port = 2222, key = "/k" }
 [[site]]
 name = "osaka"
 libvirt_uri = "qemu:///system"
-relay_command = ["/usr/bin/python3", "-m", "console.cli"]
+relay_command = ["/usr/bin/python3", "-m", "pcteleport.cli"]
 ssh = { host = "10.0.0.2" }
 
 [[vm]]
@@ -41,7 +41,7 @@ def test_sites_config_reads_sites_and_vms(tmp_path):
     tokyo = cfg.site("tokyo")
     assert tokyo.ssh.port == 2222 and tokyo.ssh.user == "root" and tokyo.ssh.key == "/k"
     assert tokyo.relay_command == ("/opt/venv/bin/pcteleport", "--quiet")
-    assert cfg.site("osaka").relay_command == ("/usr/bin/python3", "-m", "console.cli")
+    assert cfg.site("osaka").relay_command == ("/usr/bin/python3", "-m", "pcteleport.cli")
     assert cfg.site("osaka").replica_dir == "/srv/replicas"
     assert cfg.vm("web").data_disk == "/srv/replicas/web-data.raw"
     assert cfg.vm("nope") is None

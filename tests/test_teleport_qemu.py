@@ -16,13 +16,13 @@ from qemu_guest import Disk, QemuGuest, make_ext4
 from test_relay import Relay, free_port
 from throttle import ThrottledLink
 
-from console.bench import codec as codec_bench
-from console.teleport import offline
-from console.teleport.disk import DiskImage
-from console.teleport.layout import RamLayout
-from console.teleport.mapfile import RestorableMap
-from console.teleport.stream import PAGE as PAGE_CHUNK
-from console.teleport.stream import ByteSource, FileReader, StreamParser
+from pcteleport.bench import codec as codec_bench
+from pcteleport.teleport import offline
+from pcteleport.teleport.disk import DiskImage
+from pcteleport.teleport.layout import RamLayout
+from pcteleport.teleport.mapfile import RestorableMap
+from pcteleport.teleport.stream import PAGE as PAGE_CHUNK
+from pcteleport.teleport.stream import ByteSource, FileReader, StreamParser
 
 pytestmark = [pytest.mark.qemu, pytest.mark.slow]
 
@@ -66,7 +66,7 @@ def oracle_map(stream: Path, disk: Path) -> RestorableMap:
 
 
 def test_teleport_migration_of_a_real_guest(tmp_path: Path) -> None:
-    from console.sites import guestimage
+    from pcteleport import guestimage
 
     kernel = require_guest_kernel()
     rng = random.Random(99)
@@ -131,7 +131,7 @@ def test_teleport_migration_of_a_real_guest(tmp_path: Path) -> None:
 
 def test_codec_stats_and_offline_round_trip_on_a_real_stream(tmp_path: Path) -> None:
     """The offline forms on a real captured stream: encode, decode, byte for byte."""
-    from console.sites import guestimage
+    from pcteleport import guestimage
 
     kernel = require_guest_kernel()
     rng = random.Random(7)

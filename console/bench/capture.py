@@ -15,9 +15,9 @@ from pathlib import Path
 import libvirt
 import libvirt_qemu
 
-from console.errors import PcteleportError
-from console.sites.commands import open_backend
-from console.sites.migration import data_disk_of
+from pcteleport.errors import PcteleportError
+from pcteleport.headless import open_backend
+from pcteleport.sites.libvirt.migration import data_disk_of
 
 # One connection in, its bytes to a file: argv = [port, path].
 SINK = ("import socket,sys\n"

@@ -14,11 +14,11 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from console.teleport import mapfile, wan
-from console.teleport.decoder import decode_all, iter_frames
-from console.teleport.disk import DiskImage
-from console.teleport.encoder import encode_all
-from console.teleport.stream import PAGE, ZERO, ByteSource, BytesReader, StreamParser
+from pcteleport.teleport import mapfile, wan
+from pcteleport.teleport.decoder import decode_all, iter_frames
+from pcteleport.teleport.disk import DiskImage
+from pcteleport.teleport.encoder import encode_all
+from pcteleport.teleport.stream import PAGE, ZERO, ByteSource, BytesReader, StreamParser
 
 MB = 1e6
 

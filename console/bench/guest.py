@@ -1,5 +1,5 @@
 """The benchmark's hands inside a lab guest: its command shell on the `pcteleport.shell`
-virtio-serial port (console/sites/guestinit.py), reached through the port's unix socket on the
+virtio-serial port (console/guestimage/guestinit.py), reached through the port's unix socket on the
 site host. The lab's sites are namespaces of this host, so the socket is a local path (the site's
 /srv under `lab.host_dir` in the sites config); the benchmark therefore needs the lab."""
 
@@ -12,11 +12,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from console.bench.scenario import GUEST_PROGRAMS
-from console.errors import PcteleportError
-from console.sites.config import SitesConfig
-from console.sites.lab import guestshell
-from console.sites.lab.paths import SITE_SRV
+from pcteleport.bench.scenario import GUEST_PROGRAMS
+from pcteleport.errors import PcteleportError
+from pcteleport.lab import guestshell
+from pcteleport.lab.paths import SITE_SRV
+from pcteleport.sites.config import SitesConfig
 
 GUEST_DIR = "/tmp/pct-bench"  # tmpfs in the guest: the root and data disks are read-only
 

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from console.bench import svg
-from console.bench.runner import BenchOptions, ModeRun, describe
-from console.errors import PcteleportError
-from console.records import Mode
+from pcteleport.bench import svg
+from pcteleport.bench.runner import BenchOptions, ModeRun, describe
+from pcteleport.errors import PcteleportError
+from pcteleport.records import Mode
 
 
 @dataclass
@@ -218,7 +218,7 @@ def write(out_root: Path, options: BenchOptions, runs: list[ModeRun], command: s
     folder = out_root / time.strftime("%Y-%m-%d", now)
     folder.mkdir(parents=True, exist_ok=True)
     stem = folder / f"{options.scenario.name}-{options.wan_profile}-{time.strftime('%H%M%S', now)}"
-    from console.records import to_dict
+    from pcteleport.records import to_dict
 
     data = {"scenario": options.scenario.name, "wan": options.wan_profile, "command": command,
             "started": started, "repeat": options.repeat,
@@ -248,9 +248,9 @@ def _render(stem: str, options: BenchOptions, runs: list[ModeRun], command: str,
 
 def load_runs(path: Path) -> tuple[BenchOptions, list[ModeRun], str, str]:
     """A run back from its JSON (options, runs, command, start), to render it again."""
-    from console.bench.scenario import load
-    from console.bench.timeline import Point, summarise
-    from console.records import MigrationRecord, from_dict
+    from pcteleport.bench.scenario import load
+    from pcteleport.bench.timeline import Point, summarise
+    from pcteleport.records import MigrationRecord, from_dict
 
     try:
         data = json.loads(path.read_text())

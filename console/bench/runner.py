@@ -16,16 +16,16 @@ from typing import Any
 
 import libvirt
 
-from console.bench import guest as guest_mod
-from console.bench.scenario import BenchScenario
-from console.bench.timeline import Point, Summary, summarise, to_points
-from console.errors import PcteleportError
-from console.records import LogLine, MigrationRecord, Mode, Result, Throughput
-from console.sites.commands import open_backend
-from console.sites.lab import wan
-from console.sites.lab.paths import LabPaths
-from console.sites.libvirt_service import LibvirtBackend
-from console.sites.service import MigrationRequest
+from pcteleport.backend import MigrationRequest
+from pcteleport.bench import guest as guest_mod
+from pcteleport.bench.scenario import BenchScenario
+from pcteleport.bench.timeline import Point, Summary, summarise, to_points
+from pcteleport.errors import PcteleportError
+from pcteleport.headless import open_backend
+from pcteleport.lab import wan
+from pcteleport.lab.paths import LabPaths
+from pcteleport.records import LogLine, MigrationRecord, Mode, Result, Throughput
+from pcteleport.sites.libvirt.backend import LibvirtBackend
 
 INTERLEAVE = (Mode.STOCK, Mode.TELEPORT, Mode.ZSTD, Mode.DROP_CACHE)
 HOME, AWAY = "tokyo", "osaka"
@@ -243,7 +243,7 @@ def refuse_corrupting_engine(backend: LibvirtBackend, vm: str, force: bool, say:
 
 
 def describe(runs: list[ModeRun]) -> list[dict[str, Any]]:
-    from console.records import to_dict
+    from pcteleport.records import to_dict
 
     return [{"mode": str(r.mode), "round": r.round, "record": to_dict(r.record),
              "reads": [[p.t, p.value] for p in r.reads],
@@ -263,8 +263,8 @@ def main(scenario: str, modes: str, wan_profile: str, repeat: int, as_json: bool
     import json
     from pathlib import Path
 
-    from console.bench import report
-    from console.bench.scenario import load
+    from pcteleport.bench import report
+    from pcteleport.bench.scenario import load
 
     try:
         mode_list = [Mode(m.strip()) for m in modes.split(",") if m.strip()]

@@ -1,4 +1,4 @@
-"""What `pcteleport bench` needs of a scenario: the lab's VM definition (console/sites/lab/
+"""What `pcteleport bench` needs of a scenario: the lab's VM definition (console/lab/
 scenarios.py) plus the `[warm]` command and the `[measure]` table of `scenarios/<name>.toml`."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from console.errors import PcteleportError
-from console.sites.lab import scenarios as lab_scenarios
+from pcteleport.errors import PcteleportError
+from pcteleport.lab import scenarios as lab_scenarios
 
 GUEST_PROGRAMS = Path(__file__).resolve().parents[2] / "scenarios" / "guest"
 

@@ -23,10 +23,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from console.errors import PcteleportError
-from console.records import LogLine, MigrationRecord, Mode, Result
-from console.sites.libvirt_service import LibvirtBackend
-from console.sites.service import MigrationRequest
+from pcteleport.backend import MigrationRequest
+from pcteleport.errors import PcteleportError
+from pcteleport.records import LogLine, MigrationRecord, Mode, Result
+from pcteleport.sites.libvirt.backend import LibvirtBackend
 
 Say = Callable[[str], None]
 WRITER = "memwriter"
@@ -115,7 +115,7 @@ def from_record(index: int, rec: MigrationRecord, stale: int) -> SoakRun:
 class Soak:
     def __init__(self, options: SoakOptions, backend: LibvirtBackend | None = None,
                  say: Say | None = None) -> None:
-        from console.sites.commands import open_backend
+        from pcteleport.headless import open_backend
 
         self.o = options
         self.backend = backend or open_backend()
@@ -149,7 +149,7 @@ class Soak:
         return all(s.lab.get("host_dir") for s in self.backend.cfg.sites)
 
     def _lab_guest(self) -> Any:
-        from console.bench.guest import LabGuest
+        from pcteleport.bench.guest import LabGuest
 
         return LabGuest(self.backend.cfg, self.o.vm) if self._on_lab() else None
 
@@ -201,7 +201,7 @@ class Soak:
         return self.backend.migrate(request, on_event)
 
     def run(self, checkpoint: Callable[[list[SoakRun]], None] | None = None) -> list[SoakRun]:
-        from console.bench.runner import refuse_corrupting_engine
+        from pcteleport.bench.runner import refuse_corrupting_engine
 
         site = self.where()
         refuse_corrupting_engine(self.backend, self.o.vm, self.o.force, self.say)
@@ -243,8 +243,8 @@ class Soak:
         return self.runs
 
     def _set_wan(self, profile: str) -> None:
-        from console.sites.lab import wan
-        from console.sites.lab.paths import LabPaths
+        from pcteleport.lab import wan
+        from pcteleport.lab.paths import LabPaths
 
         if self._on_lab():  # real sites: the WAN is what it is
             wan.use_profile(LabPaths.default(), profile)
@@ -267,7 +267,7 @@ def table(runs: list[SoakRun]) -> str:
 
 def write(out_root: Path, options: SoakOptions, runs: list[SoakRun], command: str,
           started_at: float) -> Path:
-    from console.bench.report import machine
+    from pcteleport.bench.report import machine
 
     now = time.gmtime(started_at)
     folder = out_root / time.strftime("%Y-%m-%d", now)

@@ -26,7 +26,7 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
-from console.errors import PcteleportError
+from pcteleport.errors import PcteleportError
 
 
 class AgentRequestError(PcteleportError):
@@ -40,7 +40,7 @@ class AgentMap:
     """One disk's restorable map as the agent sent it."""
 
     header: dict[str, str]  # disk-serial, disk-name, disk-dev, source, pages, extents, ...
-    text: str | None = None  # extent text form (console.teleport.mapfile.parse_text)
+    text: str | None = None  # extent text form (pcteleport.teleport.mapfile.parse_text)
     binary: bytes | None = None  # compact form (b"PCTMAP1\n" + count + triples)
 
     def save(self, path: Path) -> Path:

@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from console.errors import PcteleportError
-from console.sites.service import Backend
+from pcteleport.backend import Backend
+from pcteleport.errors import PcteleportError
 
 
 def sites_config_candidates() -> list[Path]:
@@ -21,7 +21,7 @@ def sites_config_candidates() -> list[Path]:
     config_home = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
     out.append(Path(config_home) / "pcteleport" / "sites.toml")
     try:
-        from console.sites.lab.paths import LabPaths
+        from pcteleport.lab.paths import LabPaths
 
         out.append(LabPaths.default().sites_toml)
     except (ImportError, PcteleportError):
@@ -38,7 +38,7 @@ def open_configured_backend() -> Backend:
             "run `pcteleport lab up`, or write a sites.toml, or play a recording with "
             "`pcteleport replay FILE`")
     try:
-        from console.sites.libvirt_service import LibvirtBackend  # type: ignore[import-not-found]
+        from pcteleport.sites.libvirt.backend import LibvirtBackend  # type: ignore[import-not-found]
     except ImportError:
         raise PcteleportError(
             f"sites config {found} found, but this build has no libvirt migration service yet "

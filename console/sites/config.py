@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from console.errors import PcteleportError
+from pcteleport.errors import PcteleportError
 
 
 class ConfigError(PcteleportError):

@@ -13,10 +13,10 @@ from typing import Any
 
 import asyncssh
 
-from console.errors import PcteleportError
-from console.records import Composition
-from console.sites.agent_client import AgentRequestError, AsyncAgentClient
-from console.sites.remote import SiteHost
+from pcteleport.errors import PcteleportError
+from pcteleport.records import Composition
+from pcteleport.sites.agent_client import AgentRequestError, AsyncAgentClient
+from pcteleport.sites.remote import SiteHost
 
 AGENT_WINDOW = 64 << 20  # bytes: the longest answer line the agent channel carries whole
 

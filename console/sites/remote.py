@@ -17,8 +17,8 @@ from typing import Any, TypeVar
 
 import asyncssh
 
-from console.errors import PcteleportError
-from console.sites.config import SiteConfig
+from pcteleport.errors import PcteleportError
+from pcteleport.sites.config import SiteConfig
 
 T = TypeVar("T")
 

@@ -12,8 +12,9 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from console.record_store import LoadResult, read_record
-from console.records import (
+from pcteleport.backend import Backend, EventSink, MigrationRequest, ServiceError
+from pcteleport.record_store import LoadResult, read_record
+from pcteleport.records import (
     VM,
     Composition,
     ConnectionState,
@@ -26,7 +27,6 @@ from console.records import (
     WanLink,
     log_stamp,
 )
-from console.sites.service import Backend, EventSink, MigrationRequest, ServiceError
 
 
 def _vm_key(record: MigrationRecord) -> str:

@@ -15,11 +15,11 @@ from collections.abc import Callable, Iterable
 import xxhash
 import zstandard
 
-from console.errors import PcteleportError
-from console.teleport import wan
-from console.teleport.counters import CodecCounters
-from console.teleport.disk import DiskImage
-from console.teleport.encoder import COUNT, PLAIN, REF, ZSTD, page_hash
+from pcteleport.errors import PcteleportError
+from pcteleport.teleport import wan
+from pcteleport.teleport.counters import CodecCounters
+from pcteleport.teleport.disk import DiskImage
+from pcteleport.teleport.encoder import COUNT, PLAIN, REF, ZSTD, page_hash
 
 MAX_PLAIN = 256 << 20  # no honest DATA frame decompresses to more than this
 

@@ -7,7 +7,7 @@ import os
 import stat
 from pathlib import Path
 
-from console.errors import PcteleportError
+from pcteleport.errors import PcteleportError
 
 QCOW2_MAGIC = b"QFI\xfb"
 

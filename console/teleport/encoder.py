@@ -20,12 +20,12 @@ from collections.abc import Callable
 import xxhash
 import zstandard
 
-from console.teleport import wan
-from console.teleport.counters import CodecCounters
-from console.teleport.disk import DiskImage
-from console.teleport.layout import RamLayout
-from console.teleport.mapfile import RestorableMap
-from console.teleport.stream import PAGE, ZERO, ByteSource, Reader, StreamParser
+from pcteleport.teleport import wan
+from pcteleport.teleport.counters import CodecCounters
+from pcteleport.teleport.disk import DiskImage
+from pcteleport.teleport.layout import RamLayout
+from pcteleport.teleport.mapfile import RestorableMap
+from pcteleport.teleport.stream import PAGE, ZERO, ByteSource, Reader, StreamParser
 
 REF = struct.Struct(">IQ16s")
 COUNT = struct.Struct(">I")

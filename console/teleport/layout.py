@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from console.errors import PcteleportError
+from pcteleport.errors import PcteleportError
 
 GiB = 1 << 30
 FOUR_GIB = 4 * GiB

@@ -17,8 +17,8 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from console.errors import PcteleportError
-from console.teleport.layout import RamLayout
+from pcteleport.errors import PcteleportError
+from pcteleport.teleport.layout import RamLayout
 
 PAGE = 4096
 BINARY_MAGIC = b"PCTMAP1\n"

@@ -10,12 +10,12 @@ import sys
 from collections.abc import Iterator
 from typing import BinaryIO
 
-from console.errors import PcteleportError
-from console.teleport import mapfile, wan
-from console.teleport.decoder import MAX_PLAIN, decode_all, iter_frames
-from console.teleport.disk import DiskImage
-from console.teleport.encoder import COUNT, PLAIN, REF, ZSTD, Encoder
-from console.teleport.stream import (
+from pcteleport.errors import PcteleportError
+from pcteleport.teleport import mapfile, wan
+from pcteleport.teleport.decoder import MAX_PLAIN, decode_all, iter_frames
+from pcteleport.teleport.disk import DiskImage
+from pcteleport.teleport.encoder import COUNT, PLAIN, REF, ZSTD, Encoder
+from pcteleport.teleport.stream import (
     PAGE,
     ZERO,
     ByteSource,

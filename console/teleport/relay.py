@@ -32,13 +32,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from console.errors import PcteleportError
-from console.teleport import mapfile, wan
-from console.teleport.counters import CodecCounters
-from console.teleport.decoder import DecodeError, Decoder
-from console.teleport.disk import DiskImage
-from console.teleport.encoder import Encoder
-from console.teleport.stream import SocketReader
+from pcteleport.errors import PcteleportError
+from pcteleport.teleport import mapfile, wan
+from pcteleport.teleport.counters import CodecCounters
+from pcteleport.teleport.decoder import DecodeError, Decoder
+from pcteleport.teleport.disk import DiskImage
+from pcteleport.teleport.encoder import Encoder
+from pcteleport.teleport.stream import SocketReader
 
 ID = struct.Struct(">Q")
 # What may wait between QEMU and the WAN. QEMU sizes its last round by the rate it writes at;

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO, Protocol
 
-from console.errors import PcteleportError
+from pcteleport.errors import PcteleportError
 
 QEMU_VM_FILE_MAGIC = 0x5145564D  # "QEVM"
 QEMU_VM_FILE_VERSION = 3

@@ -23,7 +23,7 @@ from typing import Any
 
 import xxhash
 
-from console.errors import PcteleportError
+from pcteleport.errors import PcteleportError
 
 MAGIC = b"PT"
 VERSION = 1

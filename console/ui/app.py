@@ -10,7 +10,7 @@ from textual.binding import Binding
 from textual.reactive import reactive
 from textual.screen import Screen
 
-from console.sites.service import Backend
+from pcteleport.backend import Backend
 
 REFRESH_STEPS = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 
@@ -41,32 +41,32 @@ class PcteleportApp(App[None]):
         self.sub_title = backend.title
 
     def on_mount(self) -> None:
-        from console.ui.main_screen import MainScreen
+        from pcteleport.ui.main_screen import MainScreen
 
         self.push_screen(MainScreen())
         request = self.backend.autoplay() if self._autoplay else None
         if request is not None:
-            from console.ui.migration_view import MigrationView
+            from pcteleport.ui.migration_view import MigrationView
 
             self.push_screen(MigrationView(request))
 
     # --- app-wide actions ------------------------------------------------------------------
 
     def action_help(self) -> None:
-        from console.ui.help_screen import HelpScreen
+        from pcteleport.ui.help_screen import HelpScreen
 
         if not isinstance(self.screen, HelpScreen):
             self.push_screen(HelpScreen())
 
     def action_compare(self) -> None:
-        from console.ui.compare_screen import CompareScreen
+        from pcteleport.ui.compare_screen import CompareScreen
 
         if not isinstance(self.screen, CompareScreen):
             self.push_screen(CompareScreen())
 
     async def action_quit(self) -> None:
-        from console.ui.confirm import ConfirmScreen
-        from console.ui.migration_view import MigrationView
+        from pcteleport.ui.confirm import ConfirmScreen
+        from pcteleport.ui.migration_view import MigrationView
 
         kept = [self.get_screen(name) for name in self.kept_migrations]
         running = [s for s in [*self.screen_stack, *kept]

@@ -13,7 +13,7 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
-from console.compare import (
+from pcteleport.compare import (
     METRICS,
     Metric,
     filter_runs,
@@ -21,14 +21,14 @@ from console.compare import (
     to_csv,
     to_markdown,
 )
-from console.record_store import LoadResult
-from console.records import MigrationRecord, Mode, Result
-from console.ui import units
-from console.ui.failures import describe
-from console.ui.messages import Exported, RecordsLoaded
+from pcteleport.record_store import LoadResult
+from pcteleport.records import MigrationRecord, Mode, Result
+from pcteleport.ui import units
+from pcteleport.ui.failures import describe
+from pcteleport.ui.messages import Exported, RecordsLoaded
 
 if TYPE_CHECKING:
-    from console.ui.app import PcteleportApp
+    from pcteleport.ui.app import PcteleportApp
 
 RESULT_STYLE = {Result.OK: "#2ea043", Result.FAILED: "bold #e5534b",
                 Result.ABORTED: "#d29922"}

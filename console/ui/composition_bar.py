@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rich.text import Text
 
-from console.records import Composition
+from pcteleport.records import Composition
 
 # (label, glyph, style): mid-tone colours that read on dark and light terminals; free memory
 # also differs by glyph, so the bar still reads without colour.

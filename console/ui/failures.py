@@ -3,7 +3,7 @@ one, otherwise the exception named as a backend bug — never a crashed console.
 
 from __future__ import annotations
 
-from console.errors import PcteleportError
+from pcteleport.errors import PcteleportError
 
 
 def describe(exc: BaseException) -> str:

@@ -5,11 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from console.sites.service import Backend
+from pcteleport.backend import Backend
 
 
 def run_console(backend: Backend, refresh_s: float = 2.0) -> int:
-    from console.ui.app import create_app
+    from pcteleport.ui.app import create_app
 
     try:
         create_app(backend, refresh_s=refresh_s).run()
@@ -19,7 +19,7 @@ def run_console(backend: Backend, refresh_s: float = 2.0) -> int:
 
 
 def run_configured(refresh_s: float = 2.0) -> int:
-    from console.sites.backends import open_configured_backend
+    from pcteleport.sites.backends import open_configured_backend
 
     return run_console(open_configured_backend(), refresh_s)
 
@@ -34,6 +34,6 @@ def replay_paths(args: Sequence[str]) -> list[Path]:
 
 
 def run_replay(files: Sequence[str], speed: float) -> int:
-    from console.sites.replay import ReplayBackend
+    from pcteleport.sites.replay import ReplayBackend
 
     return run_console(ReplayBackend.from_files(replay_paths(files), speed))

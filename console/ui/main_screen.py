@@ -12,15 +12,15 @@ from textual.containers import Container, Vertical
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Input, Static
 
-from console.records import VM, Composition, ConnectionState, Site, VMState
-from console.ui import units
-from console.ui.composition_bar import composition_bar, legend
-from console.ui.failures import describe
-from console.ui.messages import InventoryFailed, InventoryLoaded, SitesFailed, SitesLoaded
-from console.ui.polling import PollSchedule
+from pcteleport.records import VM, Composition, ConnectionState, Site, VMState
+from pcteleport.ui import units
+from pcteleport.ui.composition_bar import composition_bar, legend
+from pcteleport.ui.failures import describe
+from pcteleport.ui.messages import InventoryFailed, InventoryLoaded, SitesFailed, SitesLoaded
+from pcteleport.ui.polling import PollSchedule
 
 if TYPE_CHECKING:
-    from console.ui.app import PcteleportApp
+    from pcteleport.ui.app import PcteleportApp
 
 BAR_WIDTH = 14
 SIDE_BY_SIDE_WIDTH = 150  # two VM tables (~75 columns each) fit without scrolling
@@ -360,8 +360,8 @@ class MainScreen(Screen[None]):
     # --- actions ---------------------------------------------------------------------------
 
     def action_details(self) -> None:
-        from console.ui.migration_view import view_name
-        from console.ui.vm_detail import VMDetailScreen
+        from pcteleport.ui.migration_view import view_name
+        from pcteleport.ui.vm_detail import VMDetailScreen
 
         picked = self.selected()
         if picked is None:
@@ -374,7 +374,7 @@ class MainScreen(Screen[None]):
         self.app.push_screen(VMDetailScreen(vm, self.sites, pane.compositions.get(vm.uuid)))
 
     def action_migrate(self) -> None:
-        from console.ui.migrate_dialog import MigrateDialog
+        from pcteleport.ui.migrate_dialog import MigrateDialog
 
         picked = self.selected()
         if picked is None:
@@ -390,8 +390,8 @@ class MainScreen(Screen[None]):
             callback=self._start_migration)
 
     def _start_migration(self, request: object) -> None:
-        from console.sites.service import MigrationRequest
-        from console.ui.migration_view import MigrationView, view_name
+        from pcteleport.backend import MigrationRequest
+        from pcteleport.ui.migration_view import MigrationView, view_name
 
         if not isinstance(request, MigrationRequest):
             return
@@ -409,7 +409,7 @@ class MainScreen(Screen[None]):
     def action_abort(self) -> None:
         """Abort a migration of the selected VM, even one started elsewhere (CLI, another
         console): the backend knows which runs are in flight."""
-        from console.ui.confirm import ConfirmScreen
+        from pcteleport.ui.confirm import ConfirmScreen
 
         picked = self.selected()
         if picked is None or picked[1].state is not VMState.MIGRATING:

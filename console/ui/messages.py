@@ -7,8 +7,8 @@ from pathlib import Path
 
 from textual.message import Message
 
-from console.record_store import LoadResult
-from console.records import VM, Composition, Disk, MigrationEvent, MigrationRecord, Site
+from pcteleport.record_store import LoadResult
+from pcteleport.records import VM, Composition, Disk, MigrationEvent, MigrationRecord, Site
 
 
 class SitesLoaded(Message):

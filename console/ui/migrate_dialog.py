@@ -10,11 +10,11 @@ from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, DataTable, Input, Label, RadioButton, RadioSet, Select, Static
 
-from console.engine import tcg_dirty_page_bug
-from console.predict import predict_all
-from console.records import VM, Composition, Mode, Site
-from console.sites.service import MigrationRequest
-from console.ui import units
+from pcteleport.backend import MigrationRequest
+from pcteleport.engine import tcg_dirty_page_bug
+from pcteleport.predict import predict_all
+from pcteleport.records import VM, Composition, Mode, Site
+from pcteleport.ui import units
 
 
 class MigrateDialog(ModalScreen[MigrationRequest | None]):

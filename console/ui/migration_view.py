@@ -15,7 +15,8 @@ from textual.screen import Screen
 from textual.widgets import Digits, Footer, Header, Label, ProgressBar, RichLog, Static
 from textual_plotext import PlotextPlot
 
-from console.records import (
+from pcteleport.backend import MigrationRequest
+from pcteleport.records import (
     PAGE_SIZE,
     PHASE_ORDER,
     VM,
@@ -29,13 +30,12 @@ from console.records import (
     WanLink,
     log_stamp,
 )
-from console.sites.service import MigrationRequest
-from console.ui import units
-from console.ui.failures import describe
-from console.ui.messages import MigrationCouldNotStart, MigrationFinished, MigrationProgress
+from pcteleport.ui import units
+from pcteleport.ui.failures import describe
+from pcteleport.ui.messages import MigrationCouldNotStart, MigrationFinished, MigrationProgress
 
 if TYPE_CHECKING:
-    from console.ui.app import PcteleportApp
+    from pcteleport.ui.app import PcteleportApp
 
 RESULT_STYLE = {Result.OK: "bold #2ea043", Result.FAILED: "bold #e5534b",
                 Result.ABORTED: "bold #d29922"}
@@ -328,7 +328,7 @@ class MigrationView(Screen[None]):
     # --- actions ---------------------------------------------------------------------------
 
     def action_abort(self) -> None:
-        from console.ui.confirm import ConfirmScreen
+        from pcteleport.ui.confirm import ConfirmScreen
 
         if not self.running:
             self.notify("the migration has ended", severity="warning")

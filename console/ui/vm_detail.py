@@ -16,14 +16,14 @@ from textual.timer import Timer
 from textual.widgets import DataTable, Footer, Header, Static
 from textual_plotext import PlotextPlot
 
-from console.records import VM, Composition, Disk, ReplicaState, Site
-from console.ui import units
-from console.ui.composition_bar import SEGMENTS, composition_bar, segment_sizes
-from console.ui.failures import describe
-from console.ui.messages import CompositionLoaded, ReplicasLoaded
+from pcteleport.records import VM, Composition, Disk, ReplicaState, Site
+from pcteleport.ui import units
+from pcteleport.ui.composition_bar import SEGMENTS, composition_bar, segment_sizes
+from pcteleport.ui.failures import describe
+from pcteleport.ui.messages import CompositionLoaded, ReplicasLoaded
 
 if TYPE_CHECKING:
-    from console.ui.app import PcteleportApp
+    from pcteleport.ui.app import PcteleportApp
 
 HISTORY = 600  # samples kept for the plot
 REPLICA_STYLE = {
@@ -226,15 +226,15 @@ class VMDetailScreen(Screen[None]):
         widget.refresh()
 
     def action_migrate(self) -> None:
-        from console.ui.migrate_dialog import MigrateDialog
-        from console.ui.migration_view import MigrationView
+        from pcteleport.ui.migrate_dialog import MigrateDialog
+        from pcteleport.ui.migration_view import MigrationView
 
         source = next((s for s in self.sites if s.name == self.vm.site), None)
         if source is None:
             return
 
         def start(request: object) -> None:
-            from console.sites.service import MigrationRequest
+            from pcteleport.backend import MigrationRequest
 
             if isinstance(request, MigrationRequest):
                 self.app.switch_screen(MigrationView(request))

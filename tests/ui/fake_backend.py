@@ -6,8 +6,9 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 
-from console.record_store import LoadResult
-from console.records import (
+from pcteleport.backend import Backend, EventSink, MigrationRequest, ServiceError
+from pcteleport.record_store import LoadResult
+from pcteleport.records import (
     VM,
     Composition,
     CompositionSource,
@@ -28,7 +29,6 @@ from console.records import (
     VMState,
     WanLink,
 )
-from console.sites.service import Backend, EventSink, MigrationRequest, ServiceError
 
 GIB = 2**30
 MIB = 2**20

@@ -6,9 +6,9 @@ from pathlib import Path
 
 from textual.widgets import DataTable, Static
 
-from console.records import Mode
-from console.ui.app import create_app
-from console.ui.compare_screen import CompareScreen
+from pcteleport.records import Mode
+from pcteleport.ui.app import create_app
+from pcteleport.ui.compare_screen import CompareScreen
 from tests.record_factory import MIB, constructed_run
 from tests.ui.conftest import wait_for
 from tests.ui.fake_backend import populated_backend
@@ -86,9 +86,9 @@ async def test_the_same_run_twice_is_listed_once() -> None:
 
 
 def test_bar_chart_marks_runs_that_did_not_finish() -> None:
-    from console.compare import METRICS
-    from console.records import Result
-    from console.ui.compare_screen import bar_chart
+    from pcteleport.compare import METRICS
+    from pcteleport.records import Result
+    from pcteleport.ui.compare_screen import bar_chart
 
     ok = constructed_run(Mode.STOCK, run_id="a", seconds=10)
     failed = constructed_run(Mode.TELEPORT, run_id="b", seconds=4, result=Result.FAILED)

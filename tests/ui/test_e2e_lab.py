@@ -25,7 +25,7 @@ from tests.ui.conftest import wait_for
 pytestmark = [pytest.mark.root, pytest.mark.lab, pytest.mark.slow]
 
 VM_NAME = os.environ.get("PCTELEPORT_E2E_VM", "web-small")
-LAB = [sys.executable, "-m", "console.cli", "lab"]
+LAB = [sys.executable, "-m", "pcteleport.cli", "lab"]
 
 
 def _lab(*args: str, timeout: float = 400) -> subprocess.CompletedProcess[str]:
@@ -56,14 +56,14 @@ def lab_config(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 async def test_console_migrates_with_teleport_and_finds_the_run(
         lab_config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from console.records import Mode, Result
-    from console.sites.libvirt_service import LibvirtBackend
-    from console.sites.service import MigrationRequest
-    from console.ui.app import create_app
-    from console.ui.compare_screen import CompareScreen
-    from console.ui.main_screen import SitePane
-    from console.ui.migrate_dialog import MigrateDialog
-    from console.ui.migration_view import MigrationView
+    from pcteleport.backend import MigrationRequest
+    from pcteleport.records import Mode, Result
+    from pcteleport.sites.libvirt.backend import LibvirtBackend
+    from pcteleport.ui.app import create_app
+    from pcteleport.ui.compare_screen import CompareScreen
+    from pcteleport.ui.main_screen import SitePane
+    from pcteleport.ui.migrate_dialog import MigrateDialog
+    from pcteleport.ui.migration_view import MigrationView
 
     monkeypatch.setenv("PCTELEPORT_RECORDS", str(tmp_path / "records"))
     backend = LibvirtBackend.from_config(lab_config)

@@ -7,10 +7,10 @@ import io
 from rich.console import Console
 from textual.command import CommandPalette
 
-from console.ui.app import create_app
-from console.ui.compare_screen import CompareScreen
-from console.ui.help_screen import HelpScreen
-from console.ui.main_screen import MainScreen
+from pcteleport.ui.app import create_app
+from pcteleport.ui.compare_screen import CompareScreen
+from pcteleport.ui.help_screen import HelpScreen
+from pcteleport.ui.main_screen import MainScreen
 from tests.ui.conftest import wait_for
 from tests.ui.fake_backend import populated_backend
 

@@ -7,10 +7,10 @@ import time
 
 from textual.widgets import DataTable, Static
 
-from console.records import Composition, VMState
-from console.sites.service import ServiceError
-from console.ui.app import create_app
-from console.ui.main_screen import MainScreen, SitePane
+from pcteleport.backend import ServiceError
+from pcteleport.records import Composition, VMState
+from pcteleport.ui.app import create_app
+from pcteleport.ui.main_screen import MainScreen, SitePane
 from tests.ui.conftest import wait_for
 from tests.ui.fake_backend import FakeBackend, make_vm, populated_backend
 
@@ -201,7 +201,7 @@ async def test_a_backend_bug_is_shown_and_the_console_stays_up() -> None:
 
 
 async def test_abort_from_the_main_screen_only_for_a_migrating_vm() -> None:
-    from console.ui.confirm import ConfirmScreen
+    from pcteleport.ui.confirm import ConfirmScreen
 
     backend = populated_backend()
     web = next(v for v in backend.vms_by_site["tokyo"] if v.name == "web")

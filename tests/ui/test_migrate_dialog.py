@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 from textual.widgets import DataTable, Input, Static
 
-from console.records import Mode
-from console.sites.service import MigrationRequest
-from console.ui.app import create_app
-from console.ui.main_screen import MainScreen, SitePane
-from console.ui.migrate_dialog import MigrateDialog
-from console.ui.migration_view import MigrationView
+from pcteleport.backend import MigrationRequest
+from pcteleport.records import Mode
+from pcteleport.ui.app import create_app
+from pcteleport.ui.main_screen import MainScreen, SitePane
+from pcteleport.ui.migrate_dialog import MigrateDialog
+from pcteleport.ui.migration_view import MigrationView
 from tests.ui.conftest import wait_for
 from tests.ui.fake_backend import FakeBackend, populated_backend
 

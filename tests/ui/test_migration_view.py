@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 from textual.widgets import Digits, ProgressBar, RichLog, Static
 
-from console.records import Mode, Result
-from console.sites.service import MigrationRequest
-from console.ui.app import create_app
-from console.ui.confirm import ConfirmScreen
-from console.ui.migration_view import MigrationView, eta_seconds
+from pcteleport.backend import MigrationRequest
+from pcteleport.records import Mode, Result
+from pcteleport.ui.app import create_app
+from pcteleport.ui.confirm import ConfirmScreen
+from pcteleport.ui.migration_view import MigrationView, eta_seconds
 from tests.record_factory import constructed_run
 from tests.ui.conftest import wait_for
 from tests.ui.fake_backend import populated_backend
@@ -101,7 +101,7 @@ async def test_a_request_the_backend_refuses_is_shown_as_failed() -> None:
         backend.vms_by_site = {"tokyo": []}
 
         def refuse(request, on_event):  # type: ignore[no-untyped-def]
-            from console.sites.service import ServiceError
+            from pcteleport.backend import ServiceError
 
             raise ServiceError("no VM u-nowhere at any site")
 
@@ -143,8 +143,8 @@ async def test_quitting_during_a_migration_asks_first(left: bool) -> None:
 async def test_leaving_a_running_migration_and_coming_back() -> None:
     """Esc while it runs: back to the list, the run goes on; Enter on the VM shows it again,
     with everything that happened meanwhile; Esc after the end lets the view go."""
-    from console.ui.main_screen import MainScreen, SitePane
-    from console.ui.migration_view import view_name
+    from pcteleport.ui.main_screen import MainScreen, SitePane
+    from pcteleport.ui.migration_view import view_name
 
     backend = populated_backend(step_by_step=True)
     app = create_app(backend, refresh_s=60)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from textual.widgets import DataTable
 
-from console.records import Result
-from console.sites.replay import ReplayBackend
-from console.ui.app import create_app
-from console.ui.compare_screen import CompareScreen
-from console.ui.main_screen import MainScreen, SitePane
-from console.ui.migration_view import MigrationView
+from pcteleport.records import Result
+from pcteleport.sites.replay import ReplayBackend
+from pcteleport.ui.app import create_app
+from pcteleport.ui.compare_screen import CompareScreen
+from pcteleport.ui.main_screen import MainScreen, SitePane
+from pcteleport.ui.migration_view import MigrationView
 from tests.record_factory import constructed_run
 from tests.ui.conftest import wait_for
 

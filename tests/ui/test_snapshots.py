@@ -12,12 +12,12 @@ from typing import Any
 import pytest
 from textual.pilot import Pilot
 
-from console.records import ConnectionState, Mode, Site
-from console.sites.service import MigrationRequest
-from console.ui.app import create_app
-from console.ui.compare_screen import CompareScreen
-from console.ui.main_screen import SitePane
-from console.ui.migration_view import MigrationView
+from pcteleport.backend import MigrationRequest
+from pcteleport.records import ConnectionState, Mode, Site
+from pcteleport.ui.app import create_app
+from pcteleport.ui.compare_screen import CompareScreen
+from pcteleport.ui.main_screen import SitePane
+from pcteleport.ui.migration_view import MigrationView
 from tests.record_factory import MIB, constructed_run
 from tests.ui.conftest import wait_for
 from tests.ui.fake_backend import FakeBackend, populated_backend

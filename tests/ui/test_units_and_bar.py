@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from console.records import Composition
-from console.ui import units
-from console.ui.composition_bar import SEGMENTS, cells, composition_bar, segment_sizes
+from pcteleport.records import Composition
+from pcteleport.ui import units
+from pcteleport.ui.composition_bar import SEGMENTS, cells, composition_bar, segment_sizes
 
 
 @pytest.mark.parametrize(("text", "bits"), [("100M", 100e6), ("1.5G", 1.5e9), ("800k", 800e3),

@@ -6,10 +6,10 @@ import dataclasses
 
 from textual.widgets import DataTable, Static
 
-from console.records import Replica, ReplicaState
-from console.ui.app import create_app
-from console.ui.main_screen import MainScreen, SitePane
-from console.ui.vm_detail import VMDetailScreen
+from pcteleport.records import Replica, ReplicaState
+from pcteleport.ui.app import create_app
+from pcteleport.ui.main_screen import MainScreen, SitePane
+from pcteleport.ui.vm_detail import VMDetailScreen
 from tests.ui.conftest import wait_for
 from tests.ui.fake_backend import populated_backend
 

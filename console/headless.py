@@ -1,0 +1,120 @@
+"""Headless commands on the configured sites: `vms`, `migrate`, `abort` (the console's twins)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import threading
+from typing import Any
+
+import libvirt
+
+from pcteleport.backend import VERIFY_SAMPLE_PAGES, MigrationRequest
+from pcteleport.errors import PcteleportError
+from pcteleport.records import LogLine, Mode, Result
+from pcteleport.sites.backends import sites_config_candidates
+from pcteleport.sites.libvirt.backend import LibvirtBackend
+
+
+def open_backend() -> LibvirtBackend:
+    found = next((p for p in sites_config_candidates() if p.is_file()), None)
+    if found is None:
+        raise PcteleportError("no sites configured: run `pcteleport lab up`, or write a "
+                              "sites.toml (see console/sites/config.py)")
+    return LibvirtBackend.from_config(found)
+
+
+def list_vms(as_json: bool) -> int:
+    backend = open_backend()
+    try:
+        rows: list[dict[str, Any]] = []
+        problems = []
+        sites = backend.sites()
+        for site in sites:
+            if site.error:
+                problems.append(site.error)
+                continue
+            for vm in backend.vms(site.name):
+                rows.append({"name": vm.name, "site": site.name, "state": str(vm.state),
+                             "vcpus": vm.vcpus, "memory_bytes": vm.memory_bytes,
+                             "uuid": vm.uuid})
+        if as_json:
+            print(json.dumps({"vms": rows, "problems": problems}))
+        else:
+            print(f"{'NAME':<16} {'SITE':<10} {'STATE':<10} {'VCPUS':>5} {'MEMORY':>10}  UUID")
+            for r in rows:
+                mem = f"{r['memory_bytes'] / 2**20:.0f} MiB"
+                print(f"{r['name']:<16} {r['site']:<10} {r['state']:<10} {r['vcpus']:>5} "
+                      f"{mem:>10}  {r['uuid']}")
+            for p in problems:
+                print(f"warning: {p}", file=sys.stderr)
+        if len(problems) == len(sites):
+            raise PcteleportError("no site answered: " + "; ".join(problems))
+        return 0
+    finally:
+        backend.close()
+
+
+def migrate(vm: str, to: str, mode: str, bandwidth_mib: float | None, as_json: bool,
+            verify: str = "sample", auto_converge: bool = False, force: bool = False,
+            compare_ram: bool = False) -> int:
+    try:
+        mode_v = Mode(mode)
+    except ValueError:
+        raise PcteleportError(f"unknown mode '{mode}': use one of "
+                              f"{', '.join(m.value for m in Mode)}") from None
+    backend = open_backend()
+    request = MigrationRequest(vm, to, mode_v,
+                               bandwidth_mib * 2**20 if bandwidth_mib else None,
+                               verify_pages=0 if verify == "full" else VERIFY_SAMPLE_PAGES,
+                               auto_converge=auto_converge, force=force,
+                               compare_ram=compare_ram)
+
+    def on_event(event: object) -> None:
+        if isinstance(event, LogLine):
+            out = sys.stderr if as_json else sys.stdout
+            out.write(event.text + "\n")  # one write: lines come from more than one thread
+            out.flush()
+
+    aborting = threading.Event()
+
+    def on_sigint(_sig: int, _frame: object) -> None:
+        if aborting.is_set():
+            raise KeyboardInterrupt
+        aborting.set()
+        print("aborting the migration (Ctrl-C again to stop waiting)...", file=sys.stderr)
+        threading.Thread(target=backend.abort, args=(vm,), daemon=True).start()
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        record = backend.migrate(request, on_event)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        backend.close()
+    if as_json:
+        print(json.dumps(record.summary()))
+    elif record.result is not Result.OK:
+        print(f"pcteleport: migration {record.result}: {record.error}", file=sys.stderr)
+    return 0 if record.result is Result.OK else 1
+
+
+def abort(vm: str) -> int:
+    """Abort a migration another process runs: libvirt's abortJob on the source domain."""
+    backend = open_backend()
+    try:
+        for rt in backend.sites_rt.values():
+            dom = rt.find_domain(vm)
+            if dom is None or not dom.isActive():
+                continue
+            try:
+                if dom.jobInfo()[0] == libvirt.VIR_DOMAIN_JOB_NONE:
+                    continue
+                dom.abortJob()
+            except libvirt.libvirtError:
+                continue
+            print(f"asked libvirt at {rt.name} to abort the migration of {vm}")
+            return 0
+        raise PcteleportError(f"no migration of {vm} is running at any site")
+    finally:
+        backend.close()

@@ -1,0 +1,1 @@
+"""libvirt sites: inventory, events and migrations of VMs on libvirt hosts reached over SSH."""

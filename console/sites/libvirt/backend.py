@@ -1,0 +1,259 @@
+"""The real backend: sites from the sites config, libvirt for inventory and migration, SSH for
+site hosts, guest agents and relays. Blocking methods, safe from any thread (see service.py)."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from pathlib import Path
+
+import libvirt
+
+from pcteleport.backend import Backend, EventSink, MigrationRequest, ServiceError
+from pcteleport.engine import tcg_dirty_page_bug
+from pcteleport.errors import PcteleportError
+from pcteleport.record_store import LoadResult, RecordStore
+from pcteleport.records import (
+    VM,
+    Composition,
+    ConnectionState,
+    Disk,
+    LogLine,
+    MigrationRecord,
+    Replica,
+    ReplicaState,
+    Site,
+    VMState,
+    WanLink,
+)
+from pcteleport.sites import config as sites_config
+from pcteleport.sites.guest_agent import AgentUnavailable, GuestAgent
+from pcteleport.sites.libvirt.events import use_event_loop
+from pcteleport.sites.libvirt.migration import MigrationRun, plan_for
+from pcteleport.sites.libvirt.site_runtime import SiteRuntime, domain_disks, is_tcg
+from pcteleport.sites.remote import LoopThread
+
+STATES = {
+    libvirt.VIR_DOMAIN_RUNNING: VMState.RUNNING,
+    libvirt.VIR_DOMAIN_BLOCKED: VMState.RUNNING,
+    libvirt.VIR_DOMAIN_PAUSED: VMState.PAUSED,
+    libvirt.VIR_DOMAIN_SHUTDOWN: VMState.RUNNING,
+    libvirt.VIR_DOMAIN_SHUTOFF: VMState.SHUTOFF,
+    libvirt.VIR_DOMAIN_CRASHED: VMState.CRASHED,
+}
+PROFILE_RATES = {"default": (100e6 / 8, 50.0), "fast": (1e9 / 8, 10.0), "slow": (30e6 / 8, 100.0)}
+RTT_TTL = 60.0
+
+
+class LibvirtBackend(Backend):
+    def __init__(self, cfg: sites_config.SitesConfig, store: RecordStore | None = None) -> None:
+        self.cfg = cfg
+        self.title = f"sites from {cfg.path}"
+        self.loop = LoopThread()
+        use_event_loop(self.loop)  # before any connection: lifecycle events need it
+        self.sites_rt = {s.name: SiteRuntime(s, self.loop) for s in cfg.sites}
+        self.store = store or RecordStore()
+        self._running: dict[str, MigrationRun] = {}
+        self._lock = threading.Lock()
+        self._rtt: dict[tuple[str, str], tuple[float, float | None]] = {}
+
+    @classmethod
+    def from_config(cls, path: str | Path) -> LibvirtBackend:
+        return cls(sites_config.load(path))
+
+    # -- inventory --------------------------------------------------------------------------
+
+    def _site(self, name: str) -> SiteRuntime:
+        try:
+            return self.sites_rt[name]
+        except KeyError:
+            raise ServiceError(f"no site named '{name}' (sites: {', '.join(self.sites_rt)})"
+                               ) from None
+
+    def _rtt_ms(self, a: SiteRuntime, b: SiteRuntime) -> float | None:
+        key = (a.name, b.name)
+        cached = self._rtt.get(key)
+        if cached and time.monotonic() - cached[0] < RTT_TTL:
+            return cached[1]
+        rtt = None
+        if b.config.wan_addr:
+            try:
+                out = a.host.run(["ping", "-c", "3", "-i", "0.2", "-q", b.config.wan_addr],
+                                 timeout=10)
+                m = re.search(r"= [\d.]+/([\d.]+)/", out.stdout)
+                rtt = float(m.group(1)) if m else None
+            except PcteleportError:
+                rtt = None
+        self._rtt[key] = (time.monotonic(), rtt)
+        return rtt
+
+    def sites(self) -> list[Site]:
+        out = []
+        rate, _ = PROFILE_RATES.get(self.cfg.wan_profile, (None, None))
+        for rt in self.sites_rt.values():
+            site = Site(name=rt.name, host=rt.config.ssh.host)
+            try:
+                site.libvirt_version = rt.libvirt_version()
+                site.qemu_version = rt.qemu_version()
+                site.connection = ConnectionState.CONNECTED
+            except PcteleportError as exc:
+                site.connection = ConnectionState.ERROR
+                site.error = str(exc)
+            for peer in self.sites_rt.values():
+                if peer is rt:
+                    continue
+                rtt = self._rtt_ms(rt, peer) if site.connection is ConnectionState.CONNECTED \
+                    else None
+                site.wan.append(WanLink(peer.name, self.cfg.wan_profile, rate, rtt))
+            out.append(site)
+        return out
+
+    def vms(self, site: str) -> list[VM]:
+        rt = self._site(site)
+        try:
+            domains = rt.conn().listAllDomains()
+        except libvirt.libvirtError as exc:
+            raise ServiceError(f"listing VMs at {site}: {exc.get_error_message()}") from None
+        except PcteleportError as exc:
+            raise ServiceError(str(exc)) from None
+        out = []
+        for dom in domains:
+            try:
+                state, max_kib, _mem, vcpus, _cpu = dom.info()
+                xml = dom.XMLDesc(0)
+                disks = [Disk(d.target, d.path) for d in domain_disks(xml)
+                         if d.serial != "pctroot"]
+            except libvirt.libvirtError:
+                continue  # it went away while we looked
+            vm_state = STATES.get(state, VMState.UNKNOWN)
+            if dom.UUIDString() in self._running:
+                vm_state = VMState.MIGRATING
+            out.append(VM(dom.UUIDString(), dom.name(), site, vm_state, vcpus, max_kib * 1024,
+                          disks, tcg=is_tcg(xml), qemu_version=rt.domain_qemu_version(xml)))
+        return sorted(out, key=lambda v: v.name)
+
+    def _locate(self, vm_uuid: str) -> tuple[SiteRuntime, libvirt.virDomain]:
+        unreachable = []
+        for rt in self.sites_rt.values():
+            try:
+                conn = rt.conn()
+            except PcteleportError as exc:
+                unreachable.append(str(exc))
+                continue
+            try:
+                dom = conn.lookupByUUIDString(vm_uuid)
+            except libvirt.libvirtError:
+                try:
+                    dom = conn.lookupByName(vm_uuid)
+                except libvirt.libvirtError:
+                    continue
+            if dom.isActive():
+                return rt, dom
+        if unreachable:  # it may run at a site that did not answer: say which and why
+            raise ServiceError(f"no running VM '{vm_uuid}' at the sites that answered; "
+                               + "; ".join(unreachable))
+        raise ServiceError(f"no running VM '{vm_uuid}' at any site")
+
+    def engine_warning(self, vm_uuid: str) -> str | None:
+        rt, dom = self._locate(vm_uuid)
+        try:
+            xml = dom.XMLDesc(0)
+            return tcg_dirty_page_bug(rt.domain_qemu_version(xml), is_tcg(xml), rt.name)
+        except libvirt.libvirtError:
+            return None
+
+    def agent(self, rt: SiteRuntime, vm: str) -> GuestAgent:
+        return GuestAgent(rt.host, vm, rt.config.agent_socket_dir)
+
+    def composition(self, vm_uuid: str) -> Composition:
+        rt, dom = self._locate(vm_uuid)
+        try:
+            return self.agent(rt, dom.name()).composition()
+        except AgentUnavailable as exc:
+            raise ServiceError(str(exc)) from None
+        except PcteleportError as exc:
+            raise ServiceError(str(exc)) from None
+
+    def replicas(self, vm_uuid: str) -> list[Disk]:
+        """The VM's disks with, per site, whether a same-sized replica is there."""
+        _rt, dom = self._locate(vm_uuid)
+        out = []
+        for d in domain_disks(dom.XMLDesc(0)):
+            if d.serial == "pctroot":
+                continue
+            disk = Disk(d.target, d.path)
+            for other in self.sites_rt.values():
+                try:
+                    res = other.host.run(["stat", "-c", "%s", d.path], timeout=10)
+                except PcteleportError as exc:
+                    disk.replicas.append(Replica(other.name, ReplicaState.UNKNOWN, str(exc)))
+                    continue
+                if res.status != 0:
+                    disk.replicas.append(Replica(other.name, ReplicaState.MISSING,
+                                                 f"no {d.path} at {other.name}"))
+                    continue
+                size = int(res.stdout.strip() or 0)
+                disk.size_bytes = disk.size_bytes or size
+                disk.replicas.append(Replica(other.name, ReplicaState.IN_SYNC, f"{size} bytes"))
+            out.append(disk)
+        return out
+
+    # -- migration --------------------------------------------------------------------------
+
+    def migrate(self, request: MigrationRequest, on_event: EventSink) -> MigrationRecord:
+        src, dom = self._locate(request.vm_uuid)
+        dst = self._site(request.to_site)
+        if dst is src:
+            raise ServiceError(f"VM {dom.name()} already runs at {dst.name}")
+        warning = self.engine_warning(dom.UUIDString())
+        if warning and not request.force:
+            raise ServiceError(f"{warning}; nothing was started (--force migrates anyway)")
+        vm_cfg = self.cfg.vm(dom.name())
+        link = next((w for s in self.sites() if s.name == src.name for w in s.wan
+                     if w.peer == dst.name), None)
+        try:
+            plan = plan_for(dom.UUIDString(), src, dst, request.mode,
+                            request.bandwidth_cap_bytes_per_s,
+                            vm_cfg.data_disk if vm_cfg else "", link, request.verify_pages,
+                            request.auto_converge, request.compare_ram)
+        except libvirt.libvirtError as exc:  # e.g. another migration moved it just now
+            raise ServiceError(f"VM {dom.name()} changed at {src.name} while this migration was "
+                               f"being prepared ({exc.get_error_message()}): see where it runs "
+                               "(pcteleport vms) and ask again") from None
+        try:
+            comp = self.agent(src, plan.vm).composition()
+        except PcteleportError:
+            comp = None
+        run = MigrationRun(plan, on_event, self.agent, comp)
+        if warning:
+            run.log(f"warning: {warning} (forced)")
+        with self._lock:
+            if plan.vm_uuid in self._running:
+                raise ServiceError(f"VM {plan.vm} is already migrating")
+            self._running[plan.vm_uuid] = run
+        try:
+            record = run.run()
+        finally:
+            with self._lock:
+                self._running.pop(plan.vm_uuid, None)
+        try:
+            self.store.save(record)
+        except OSError as exc:
+            record.log.append(LogLine(record.total_s or 0.0, f"could not save the record: {exc}"))
+        return record
+
+    def abort(self, vm_uuid: str) -> None:
+        with self._lock:
+            run = self._running.get(vm_uuid) or next(
+                (r for r in self._running.values() if r.plan.vm == vm_uuid), None)
+        if run is not None:
+            run.abort()
+
+    def records(self) -> LoadResult:
+        return self.store.load_all()
+
+    def close(self) -> None:
+        for rt in self.sites_rt.values():
+            rt.close()
+        self.loop.close()

@@ -1,0 +1,241 @@
+"""Guest RAM compared page by page across a migration: the proof that what the destination
+loaded is what the source held when it stopped, independent of the codec's own checks.
+
+How: the VM's main RAM lives in a memfd (libvirt `<memoryBacking><source type='memfd'/>`, as
+every lab VM has). `pcteleport guest-ram serve` runs on a site host, opens that memfd through
+/proc/PID/fd and answers requests for page digests or page bytes on stdin/stdout (JSON lines).
+
+- At the source it is started before the migration and holds the memfd open: once the source
+  QEMU has stopped the guest for the switch-over nothing writes that memory again, and the open
+  file keeps it readable after libvirt ends the process. Its digest is the RAM at switch-over.
+- At the destination it runs while the VM is still paused (VIR_MIGRATE_PAUSED): the RAM exactly
+  as the stream left it, before the guest ran a single instruction.
+
+Invariant: a page is reported differing only when both sides' xxh3-64 digests differ; the
+bytes of the first differing pages are then fetched from both sides and kept as evidence.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pcteleport.errors import PcteleportError
+from pcteleport.records import RamCheck
+
+PAGE = 4096
+DIGEST = 8  # bytes of xxh3-64 per page
+CHUNK = 4 << 20
+EVIDENCE_PAGES = 16
+#: digest bytes per output line: a line must stay well below the SSH channel's receive window
+#: (asyncssh: 2 MiB), which only reopens as whole lines are read — a 1 GiB guest's 2 MiB of
+#: digests on one line stalled the channel for good
+PART = 192 * 1024
+QEMU_PID_DIR = Path("/run/libvirt/qemu")
+
+
+class RamCheckError(PcteleportError):
+    pass
+
+
+# --- the site-host side --------------------------------------------------------------------
+
+
+def find_memfd(pid: int, proc: Path = Path("/proc")) -> Path:
+    """The largest memfd QEMU process `pid` holds: its main RAM backend."""
+    best: tuple[int, Path] | None = None
+    fd_dir = proc / str(pid) / "fd"
+    try:
+        entries = list(fd_dir.iterdir())
+    except OSError as exc:
+        raise RamCheckError(f"cannot list the files of QEMU process {pid}: {exc}") from None
+    for entry in entries:
+        try:
+            if not os.readlink(entry).startswith("/memfd:"):
+                continue
+            size = entry.stat().st_size
+        except OSError:
+            continue  # closed meanwhile
+        if best is None or size > best[0]:
+            best = (size, entry)
+    if best is None:
+        raise RamCheckError(
+            f"QEMU process {pid} keeps no RAM in a memfd: comparing RAM needs the VM's memory "
+            "in a memfd (<memoryBacking><source type='memfd'/><access mode='shared'/>)")
+    return best[1]
+
+
+def qemu_pid(vm: str, pid_dir: Path = QEMU_PID_DIR) -> int:
+    try:
+        return int((pid_dir / f"{vm}.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        raise RamCheckError(f"no running QEMU for VM {vm} on this host "
+                            f"({pid_dir / (vm + '.pid')} unreadable)") from None
+
+
+def digests(fd: int, size: int) -> bytes:
+    import xxhash
+
+    out = bytearray()
+    for start in range(0, size, CHUNK):
+        data = os.pread(fd, min(CHUNK, size - start), start)
+        view = memoryview(data)
+        for off in range(0, len(data), PAGE):
+            out += xxhash.xxh3_64_digest(view[off:off + PAGE])
+    return bytes(out)
+
+
+def serve(vm: str, pid: int | None = None) -> int:
+    """`pcteleport guest-ram serve`: open the VM's RAM, say so, then answer requests."""
+    pid = pid or qemu_pid(vm)
+    path = find_memfd(pid)
+    fd = os.open(path, os.O_RDONLY)
+    size = os.fstat(fd).st_size
+
+    def say(obj: dict[str, Any]) -> None:
+        sys.stdout.write(json.dumps(obj) + "\n")
+        sys.stdout.flush()
+
+    say({"event": "ready", "pid": pid, "bytes": size})
+    for line in sys.stdin:
+        try:
+            req = json.loads(line)
+            if req.get("cmd") == "digest":
+                t = time.monotonic()
+                data = digests(fd, size)
+                for start in range(0, len(data), PART):
+                    say({"event": "digest-part",
+                         "data": base64.b64encode(data[start:start + PART]).decode()})
+                say({"event": "digest", "pages": size // PAGE,
+                     "elapsed_s": round(time.monotonic() - t, 3)})
+            elif req.get("cmd") == "pages":
+                index = [int(i) for i in req.get("index", [])][:EVIDENCE_PAGES]
+                say({"event": "pages", "data": {
+                    str(i): base64.b64encode(os.pread(fd, PAGE, i * PAGE)).decode()
+                    for i in index if 0 <= i < size // PAGE}})
+            else:
+                say({"event": "error", "message": f"unknown request {req.get('cmd')!r}"})
+        except (ValueError, OSError) as exc:
+            say({"event": "error", "message": str(exc)})
+    os.close(fd)
+    return 0
+
+
+# --- the console side ----------------------------------------------------------------------
+
+
+@dataclass
+class Comparison:
+    pages: int
+    differing: list[int]  # page indices in the RAM block
+
+
+def compare(src: bytes, dst: bytes) -> Comparison:
+    if len(src) != len(dst) or len(src) % DIGEST:
+        raise RamCheckError(f"the two sides' RAM differ in size ({len(src) // DIGEST} and "
+                            f"{len(dst) // DIGEST} pages)")
+    differing = [i for i in range(0, len(src) // DIGEST)
+                 if src[i * DIGEST:(i + 1) * DIGEST] != dst[i * DIGEST:(i + 1) * DIGEST]]
+    return Comparison(len(src) // DIGEST, differing)
+
+
+def compare_across(src: RamProbe, dst: RamProbe, gpa_of: Any,
+                   evidence_dir: Path | None) -> RamCheck:
+    """Both sides' RAM compared; the first differing pages' bytes kept in `evidence_dir`.
+    `gpa_of(offset)` names a page by its guest-physical address."""
+    t = time.monotonic()
+    result = compare(src.digest(), dst.digest())
+    check = RamCheck(result.pages, len(result.differing))
+    if result.differing:
+        first = result.differing[:EVIDENCE_PAGES]
+        check.first = [hex(gpa_of(i * PAGE)) for i in first]
+        if evidence_dir is not None:
+            check.evidence = keep_evidence(evidence_dir, first, src.pages(first),
+                                           dst.pages(first))
+    check.elapsed_s = round(time.monotonic() - t, 3)
+    return check
+
+
+def keep_evidence(folder: Path, index: list[int], src: dict[int, bytes],
+                  dst: dict[int, bytes]) -> str:
+    """The differing pages' bytes from both sides, as page-<index>.src / .dst files."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in index:
+            for side, pages in (("src", src), ("dst", dst)):
+                if i in pages:
+                    (folder / f"page-{i:08x}.{side}").write_bytes(pages[i])
+    except OSError as exc:
+        raise RamCheckError(f"could not keep the differing pages in {folder}: {exc}") from None
+    return str(folder)
+
+
+class RamProbe:
+    """One `guest-ram serve` on a site host, spoken to over SSH."""
+
+    def __init__(self, site: Any, vm: str) -> None:  # site: SiteRuntime
+        self.site = site
+        self.vm = vm
+        self._lines: list[dict[str, Any]] = []
+        self._cv = threading.Condition()
+        argv = [*site.config.relay_command, "guest-ram", "serve", "--vm", vm]
+        self._proc = site.host.spawn(argv, self._on_line)
+        self.ready = self._wait("ready", 30)
+
+    def _on_line(self, line: str) -> None:
+        try:
+            ev = json.loads(line)
+        except ValueError:
+            return
+        with self._cv:
+            self._lines.append(ev)
+            self._cv.notify_all()
+
+    def _wait(self, event: str, timeout: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        with self._cv:
+            while True:
+                for i, ev in enumerate(self._lines):
+                    if ev.get("event") in (event, "error"):
+                        del self._lines[i]
+                        if ev["event"] == "error":
+                            raise RamCheckError(f"RAM check at {self.site.name}: "
+                                                f"{ev.get('message')}")
+                        return ev
+                if self._proc.done.is_set():
+                    raise RamCheckError(f"RAM check at {self.site.name}: "
+                                        f"{self._proc.how_it_ended()}")
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise RamCheckError(f"RAM check at {self.site.name}: no {event} within "
+                                        f"{timeout:.0f} s")
+                self._cv.wait(min(left, 0.5))
+
+    def digest(self) -> bytes:
+        self._proc.feed(json.dumps({"cmd": "digest"}) + "\n", eof=False)
+        done = self._wait("digest", 120)
+        with self._cv:  # the parts came before the closing line, in order
+            parts = [ev for ev in self._lines if ev.get("event") == "digest-part"]
+            self._lines = [ev for ev in self._lines if ev.get("event") != "digest-part"]
+        data = b"".join(base64.b64decode(ev["data"]) for ev in parts)
+        if len(data) != done["pages"] * DIGEST:
+            raise RamCheckError(f"RAM check at {self.site.name}: {len(data) // DIGEST} digests "
+                                f"for {done['pages']} pages")
+        return data
+
+    def pages(self, index: list[int]) -> dict[int, bytes]:
+        self._proc.feed(json.dumps({"cmd": "pages", "index": index}) + "\n", eof=False)
+        data = self._wait("pages", 60)["data"]
+        return {int(k): base64.b64decode(v) for k, v in data.items()}
+
+    def close(self) -> None:
+        self._proc.feed("", eof=True)
+        self._proc.wait(10)
+        self._proc.close()

@@ -1,0 +1,164 @@
+"""Starting, watching and stopping the two relays of one teleport migration, over SSH.
+
+`relay recv` at the destination listens on the destination's WAN address and forwards to the
+destination QEMU's 127.0.0.1 port; `relay send` at the source listens on the source's
+127.0.0.1 port, where the source QEMU connects, and forwards over the WAN. Both start at
+once: the send relay connects over the WAN only when QEMU connects, after both listen.
+Both get a fresh per-migration secret on stdin, so each accepts only this migration.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from pcteleport.errors import PcteleportError
+from pcteleport.sites.libvirt.site_runtime import SiteRuntime
+from pcteleport.sites.remote import RemoteProcess
+
+PORT_RANGE = (49200, 60999)
+
+
+class RelayFailure(PcteleportError):
+    pass
+
+
+@dataclass
+class RelayEnd:
+    site: SiteRuntime
+    role: str
+    proc: RemoteProcess | None = None
+    events: list[dict[str, Any]] = field(default_factory=list)
+    latest: dict[str, Any] = field(default_factory=dict)  # the last stats or summary
+    changed: threading.Condition = field(default_factory=threading.Condition)
+
+    def on_line(self, line: str) -> None:
+        try:
+            ev = json.loads(line)
+        except ValueError:
+            return
+        with self.changed:
+            self.events.append(ev)
+            if ev.get("event") in ("stats", "summary"):
+                self.latest = ev
+            self.changed.notify_all()
+
+    def wait_event(self, names: tuple[str, ...], timeout: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        with self.changed:
+            while True:
+                for ev in self.events:
+                    if ev.get("event") in names:
+                        return ev
+                if self.proc is not None and self.proc.done.is_set():
+                    raise RelayFailure(self.failure() or f"relay {self.role} exited early")
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise RelayFailure(f"relay {self.role} at {self.site.name} did not start")
+                self.changed.wait(min(left, 0.5))
+
+    def event(self, name: str) -> dict[str, Any] | None:
+        with self.changed:
+            return next((e for e in self.events if e.get("event") == name), None)
+
+    def failure(self) -> str | None:
+        err = self.event("error")
+        if err:
+            return f"relay {self.role} at {self.site.name}: {err.get('message')}"
+        if self.proc is not None and self.proc.exit_status not in (None, 0):
+            return f"relay {self.role} at {self.site.name}: {self.proc.how_it_ended()}"
+        return None
+
+    def pid(self) -> int | None:
+        ev = self.event("listening")
+        return int(ev["pid"]) if ev and "pid" in ev else None
+
+
+class RelayPair:
+    def __init__(self, src: SiteRuntime, dst: SiteRuntime) -> None:
+        self.src, self.dst = src, dst
+        self.secret = secrets.token_hex(32)
+        self.send = RelayEnd(src, "send")
+        self.recv = RelayEnd(dst, "recv")
+        self.qemu_port = 0
+        self.map_problem: str | None = None  # the map never came: the send relay cannot go on
+
+    def start(self, source_disk: str, replica_disk: str) -> None:
+        """Start both ends at once; the secret goes on stdin, so nothing lands on disk.
+
+        The send relay listens and waits for its map (`feed_map`, also on stdin); QEMU's
+        connection waits in its listen backlog meanwhile, so the map may be taken while
+        libvirt prepares the destination.
+        """
+        if not self.dst.config.wan_addr:
+            raise RelayFailure(f"site {self.dst.name} has no wan_addr in the sites config")
+        rng = random.Random()
+        last: PcteleportError | None = None
+        for _ in range(3):  # a port somebody else holds: try another
+            wan_port = rng.randint(*PORT_RANGE)
+            self.qemu_port = rng.randint(*PORT_RANGE)
+            try:
+                self._spawn_recv(wan_port, replica_disk)
+                self._spawn_send(wan_port, source_disk)
+                self.recv.wait_event(("listening",), 30)
+                self.send.wait_event(("listening",), 30)
+                return
+            except RelayFailure as exc:
+                last = exc
+                self.stop()
+                self.send, self.recv = RelayEnd(self.src, "send"), RelayEnd(self.dst, "recv")
+        raise RelayFailure(str(last))
+
+    def feed_map(self, map_text: str) -> None:
+        if self.send.proc is not None:
+            self.send.proc.feed(map_text, eof=True)
+
+    def _relay_argv(self, site: SiteRuntime, *args: str) -> list[str]:
+        return [*site.config.relay_command, "relay", *args, "--secret-file", "-"]
+
+    def _spawn_recv(self, wan_port: int, replica_disk: str) -> None:
+        argv = self._relay_argv(self.dst, "recv",
+                                "--listen", f"{self.dst.config.wan_addr}:{wan_port}",
+                                "--to", f"127.0.0.1:{self.qemu_port}", "--disk", replica_disk)
+        self.recv.proc = self.dst.host.spawn(argv, self.recv.on_line,
+                                             stdin=self.secret + "\n", close_stdin=True)
+
+    def _spawn_send(self, wan_port: int, source_disk: str) -> None:
+        argv = self._relay_argv(self.src, "send",
+                                "--listen", f"127.0.0.1:{self.qemu_port}",
+                                "--to", f"{self.dst.config.wan_addr}:{wan_port}",
+                                "--map", "-", "--disk", source_disk)
+        self.send.proc = self.src.host.spawn(argv, self.send.on_line, stdin=self.secret + "\n")
+
+    def failure(self) -> str | None:
+        return self.map_problem or self.recv.failure() or self.send.failure()
+
+    def wait_done(self, timeout: float) -> None:
+        """Wait for both relays to exit after the stream; raise with the reason if one failed."""
+        deadline = time.monotonic() + timeout
+        for end in (self.send, self.recv):
+            if end.proc is not None:
+                end.proc.wait(max(0.1, deadline - time.monotonic()))
+        problem = self.failure()
+        if problem:
+            raise RelayFailure(problem)
+        for end in (self.send, self.recv):
+            if end.event("summary") is None:
+                raise RelayFailure(f"relay {end.role} at {end.site.name} did not finish")
+
+    def stop(self) -> None:
+        """Stop whatever still runs (best effort, never raises)."""
+        for end in (self.send, self.recv):
+            pid = end.pid()
+            try:
+                if pid and end.proc is not None and not end.proc.done.is_set():
+                    end.site.host.run(["kill", str(pid)], timeout=10)
+                if end.proc is not None:
+                    end.proc.close()
+            except PcteleportError:
+                pass

@@ -1,0 +1,172 @@
+"""One configured site at run time: its libvirt connection and its host over SSH.
+
+libvirt-python is blocking and thread-safe per connection: callers use it from worker
+threads, never from an event loop. The connection is opened on first use and reopened when
+libvirt reports it dead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import threading
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+
+import libvirt
+
+from pcteleport.engine import version_text
+from pcteleport.errors import PcteleportError
+from pcteleport.sites.config import SiteConfig
+from pcteleport.sites.libvirt.events import LifecycleHub
+from pcteleport.sites.remote import LoopThread, SiteHost
+
+# libvirt prints every error to stderr by default; we turn them into one-line messages.
+libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+
+
+class SiteError(PcteleportError):
+    pass
+
+
+@dataclass(frozen=True)
+class DomainDisk:
+    target: str  # vda, vdb, ...
+    path: str
+    serial: str
+    readonly: bool
+
+
+def is_tcg(xml: str) -> bool:
+    """libvirt domain type 'qemu' is an emulated CPU (TCG); 'kvm' is hardware-assisted."""
+    return ET.fromstring(xml).get("type") == "qemu"
+
+
+def domain_disks(xml: str) -> list[DomainDisk]:
+    out = []
+    for disk in ET.fromstring(xml).iterfind("./devices/disk"):
+        if disk.get("device", "disk") != "disk":
+            continue
+        source = disk.find("source")
+        target = disk.find("target")
+        path = source.get("file") or source.get("dev") if source is not None else None
+        if not path or target is None:
+            continue
+        serial = disk.findtext("serial") or ""
+        out.append(DomainDisk(target.get("dev", ""), path, serial,
+                              disk.find("readonly") is not None))
+    return out
+
+
+class SiteRuntime:
+    def __init__(self, config: SiteConfig, loop: LoopThread) -> None:
+        self.config = config
+        self.name = config.name
+        self.host = SiteHost(config, loop)
+        self.events = LifecycleHub(config.name)
+        self._conn: libvirt.virConnect | None = None
+        self._lock = threading.Lock()
+        self._emulators: dict[str, str] = {}
+
+    def conn(self) -> libvirt.virConnect:
+        with self._lock:
+            if self._conn is not None:
+                try:
+                    if self._conn.isAlive():
+                        return self._conn
+                except libvirt.libvirtError:
+                    pass
+                self._conn = None
+            try:
+                self._conn = libvirt.open(self.config.libvirt_uri)
+            except libvirt.libvirtError as exc:
+                raise SiteError(
+                    f"cannot reach libvirt at {self.name} ({exc.get_error_message()}): "
+                    "check the site is up and its libvirt_uri in the sites config"
+                ) from None
+            self._conn.setKeepAlive(5, 3)  # notice a dead site within ~20 s
+            self.events.attach(self._conn)
+            return self._conn
+
+    def domain(self, name_or_uuid: str) -> libvirt.virDomain:
+        conn = self.conn()
+        try:
+            if len(name_or_uuid) == 36 and name_or_uuid.count("-") == 4:
+                return conn.lookupByUUIDString(name_or_uuid)
+            return conn.lookupByName(name_or_uuid)
+        except libvirt.libvirtError:
+            raise SiteError(f"no VM '{name_or_uuid}' at {self.name}") from None
+
+    def find_domain(self, name_or_uuid: str) -> libvirt.virDomain | None:
+        try:
+            return self.domain(name_or_uuid)
+        except SiteError:
+            return None
+
+    def wan_tx_bytes(self) -> int | None:
+        """Bytes sent on the site's WAN interface so far (None if unknown)."""
+        iface = self.config.wan_iface
+        if not iface:
+            return None
+        out = self.host.run(["cat", f"/sys/class/net/{iface}/statistics/tx_bytes"], timeout=10)
+        return int(out.stdout.strip()) if out.status == 0 and out.stdout.strip() else None
+
+    def wan_meter(self) -> WanMeter | None:
+        """A running reader of the WAN byte counter (cheaper than a command per sample)."""
+        return WanMeter(self) if self.config.wan_iface else None
+
+    def libvirt_version(self) -> str:
+        return version_text(self.conn().getLibVersion())
+
+    def qemu_version(self) -> str:
+        """The hypervisor libvirt drives at this site ("10.0.2"); "" if it does not say."""
+        try:
+            return version_text(self.conn().getVersion())
+        except libvirt.libvirtError:
+            return ""
+
+    def emulator_version(self, emulator: str) -> str:
+        """The version of a QEMU binary on this host (a domain's <emulator> may not be the
+        site's default one), asked once per binary; "" if it cannot be told."""
+        if emulator not in self._emulators:
+            version = ""
+            try:
+                res = self.host.run([emulator, "--version"], timeout=20)
+                m = re.search(r"version (\d+\.\d+(?:\.\d+)?)", res.stdout)
+                version = m.group(1) if res.status == 0 and m else ""
+            except PcteleportError:
+                pass
+            self._emulators[emulator] = version
+        return self._emulators[emulator]
+
+    def domain_qemu_version(self, xml: str) -> str:
+        """The version of the QEMU a domain runs: its <emulator>'s, else the site's."""
+        emulator = ET.fromstring(xml).findtext("./devices/emulator") or ""
+        return (self.emulator_version(emulator) if emulator else "") or self.qemu_version()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                with contextlib.suppress(libvirt.libvirtError):
+                    self._conn.close()
+                self._conn = None
+        self.host.close()
+
+
+class WanMeter:
+    """The site's WAN tx byte counter, streamed twice a second by one remote loop."""
+
+    def __init__(self, site: SiteRuntime) -> None:
+        path = f"/sys/class/net/{site.config.wan_iface}/statistics/tx_bytes"
+        self.latest: int | None = None
+        self.latest_at = 0.0  # time.monotonic() when `latest` arrived
+        self._proc = site.host.spawn(
+            ["sh", "-c", f"while cat {path}; do sleep 0.5; done"], self._on_line)
+
+    def _on_line(self, line: str) -> None:
+        if line.strip().isdigit():
+            self.latest, self.latest_at = int(line), time.monotonic()
+
+    def close(self) -> None:
+        self._proc.close()  # the loop's next write fails and it ends
