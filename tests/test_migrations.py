@@ -368,12 +368,13 @@ def test_ram_check_finds_a_page_changed_at_the_destination(backend, monkeypatch)
     as a lost page would leave it): the run fails naming the page, keeps both versions of it,
     and says truthfully that the VM runs at the destination."""
     from pcteleport.backend import MigrationRequest
-    from pcteleport.sites.libvirt import migration, ramcheck
+    from pcteleport.sites.libvirt import ramcheck
+    from pcteleport.sites.libvirt.migration.destination import Destination
 
-    real = migration.MigrationRun._compare_ram
+    real = Destination.compare_ram
     flipped: dict[str, int] = {}
 
-    def corrupt_then_compare(self) -> None:
+    def corrupt_then_compare(self, source, evidence_dir) -> str:
         pid = ramcheck.qemu_pid(VM, Path(self.plan.dst.config.lab["host_dir"]).parent
                                 / "run-libvirt" / "qemu")
         with open(ramcheck.find_memfd(pid), "r+b") as ram:
@@ -384,9 +385,9 @@ def test_ram_check_finds_a_page_changed_at_the_destination(backend, monkeypatch)
             ram.seek(page * 4096 + 100)
             ram.write(bytes([byte[0] ^ 0x5A]))
         flipped["page"] = page
-        real(self)
+        return real(self, source, evidence_dir)
 
-    monkeypatch.setattr(migration.MigrationRun, "_compare_ram", corrupt_then_compare)
+    monkeypatch.setattr(Destination, "compare_ram", corrupt_then_compare)
     rec = backend.migrate(MigrationRequest(VM, "osaka", Mode.TELEPORT, compare_ram=True),
                           lambda ev: None)
     monkeypatch.undo()

@@ -12,15 +12,16 @@ which stops the encoder from reading QEMU, so QEMU's own rate and downtime estim
 effective WAN rate (the buffers between are the kernel's socket buffers, kept small: see
 QEMU_RCVBUF).
 
-Each relay prints JSON lines on stdout: `listening`, `connected`, `stats` once per interval,
-and finally `summary` or `error`. Exit status 0 only when the stream went through whole.
+Each relay prints its events (events.py) as JSON lines on stdout: `listening`, `connected`,
+`stats` once per interval, and finally `summary` or `error`. Exit status 0 only when the
+stream went through whole.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import json
+import dataclasses
 import os
 import socket
 import struct
@@ -33,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from pcteleport.errors import PcteleportError
-from pcteleport.teleport import mapfile, wan
+from pcteleport.teleport import events, mapfile, wan
 from pcteleport.teleport.counters import CodecCounters
 from pcteleport.teleport.decoder import DecodeError, Decoder
 from pcteleport.teleport.disk import DiskImage
@@ -81,7 +82,8 @@ def read_secret(path: str | None) -> bytes | None:
 
 
 class Emitter:
-    """JSON lines on stdout, one writer at a time."""
+    """Events (events.py) as JSON lines on stdout, stamped with role and time, one writer at a
+    time."""
 
     def __init__(self, role: str, out: Any = None) -> None:
         self.role = role
@@ -89,11 +91,11 @@ class Emitter:
         self._lock = threading.Lock()
         self.t0 = time.monotonic()
 
-    def __call__(self, event: str, **fields: Any) -> None:
-        rec = {"event": event, "role": self.role, "t": round(time.monotonic() - self.t0, 3)}
-        rec.update(fields)
+    def __call__(self, event: events.RelayEvent) -> None:
+        stamped = dataclasses.replace(event, role=self.role,
+                                      t=round(time.monotonic() - self.t0, 3))
         with self._lock:
-            self.out.write(json.dumps(rec) + "\n")
+            self.out.write(events.encode(stamped) + "\n")
             self.out.flush()
 
 
@@ -112,12 +114,11 @@ class StatsTicker(threading.Thread):
             now = time.monotonic()
             cur = self.counters().as_dict()
             dt = max(now - last_t, 1e-6)
-            self.emit(
-                "stats",
-                **cur,
+            self.emit(events.Stats(
+                counters=CodecCounters(**cur),
                 guest_rate_bps=round((cur["guest_bytes"] - last["guest_bytes"]) * 8 / dt),
                 wan_rate_bps=round((cur["wan_bytes"] - last["wan_bytes"]) * 8 / dt),
-            )
+            ))
             last, last_t = cur, now
 
 
@@ -193,23 +194,23 @@ class SendRelay:
 
     def run(self) -> CodecCounters:
         emit = self.emit
-        emit("listening", address=f"{self.listen_addr[0]}:{self.port}", pid=os.getpid())
+        emit(events.Listening(address=f"{self.listen_addr[0]}:{self.port}", pid=os.getpid()))
         if self.load_map is not None:
             # The map may come after we listen (the console takes it from the guest while
             # libvirt prepares the destination); QEMU waits in the listen backlog meanwhile.
             t = time.monotonic()
             self.rmap = self.load_map()
-            emit("map", pages=self.rmap.pages, seconds=round(time.monotonic() - t, 3))
+            emit(events.MapLoaded(pages=self.rmap.pages, seconds=round(time.monotonic() - t, 3)))
         qemu, peer = self.server.accept()
         self.server.close()
         wan_sock: socket.socket | None = None
         try:
-            emit("connected", side="qemu", peer=f"{peer[0]}:{peer[1]}")
+            emit(events.Connected(side="qemu", peer=f"{peer[0]}:{peer[1]}"))
             wan_sock = _connect(self.to)
             with contextlib.suppress(OSError, AttributeError):  # Linux >= 3.12
                 wan_sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT,
                                     WAN_NOTSENT_LOWAT)
-            emit("connected", side="wan", peer=f"{self.to[0]}:{self.to[1]}")
+            emit(events.Connected(side="wan", peer=f"{self.to[0]}:{self.to[1]}"))
             writer = wan.FrameWriter(wan_sock.sendall, self.secret)
             encoder = Encoder(writer, self.rmap, self.disk)
             encoder.hello()
@@ -235,7 +236,7 @@ class SendRelay:
             if self.back_error:
                 raise RelayError(self.back_error)
             counters.wan_bytes = writer.bytes_out
-            emit("summary", **counters.as_dict())
+            emit(events.Summary(counters=counters))
             return counters
         finally:
             _close(qemu, wan_sock)
@@ -330,17 +331,17 @@ class RecvRelay:
                     raise RelayError("no hello")
                 info = hello.json()
             except (PcteleportError, OSError) as exc:
-                self.emit("refused", peer=f"{peer[0]}:{peer[1]}", reason=str(exc))
+                self.emit(events.Refused(peer=f"{peer[0]}:{peer[1]}", reason=str(exc)))
                 _close(sock)
                 continue
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self.emit("connected", side="wan", peer=f"{peer[0]}:{peer[1]}")
+            self.emit(events.Connected(side="wan", peer=f"{peer[0]}:{peer[1]}"))
             return sock, reader, info
         raise RelayError("too many connections failed authentication; giving up")
 
     def run(self) -> CodecCounters:
         emit = self.emit
-        emit("listening", address=f"{self.listen_addr[0]}:{self.port}", pid=os.getpid())
+        emit(events.Listening(address=f"{self.listen_addr[0]}:{self.port}", pid=os.getpid()))
         wan_sock, reader, hello = self._accept_authentic()
         self.server.close()
         qemu: socket.socket | None = None
@@ -354,7 +355,7 @@ class RecvRelay:
         try:
             decoder.on_hello(hello)
             qemu = _connect(self.to)
-            emit("connected", side="qemu", peer=f"{self.to[0]}:{self.to[1]}")
+            emit(events.Connected(side="qemu", peer=f"{self.to[0]}:{self.to[1]}"))
             writer.send_json(wan.HELLO, {"role": "decoder", "fetch": self.fetch_on_mismatch})
             back = threading.Thread(target=self._return_path, args=(qemu, writer), daemon=True)
             back.start()
@@ -373,7 +374,7 @@ class RecvRelay:
                 qemu.shutdown(socket.SHUT_WR)
             back.join(DRAIN_TIMEOUT)
             counters = live_counters()
-            emit("summary", **counters.as_dict())
+            emit(events.Summary(counters=counters))
             return counters
         except (PcteleportError, OSError) as exc:
             with contextlib.suppress(OSError):
@@ -480,6 +481,6 @@ def _run(relay: SendRelay | RecvRelay, emit: Emitter) -> int:
     try:
         relay.run()
     except PcteleportError as exc:
-        emit("error", message=str(exc))
+        emit(events.Failed(message=str(exc)))
         raise
     return 0

@@ -29,7 +29,7 @@ from pcteleport.records import (
 )
 from pcteleport.sites import config as sites_config
 from pcteleport.sites.guest_agent import AgentUnavailable, GuestAgent
-from pcteleport.sites.libvirt.events import use_event_loop
+from pcteleport.sites.libvirt.lifecycle import use_event_loop
 from pcteleport.sites.libvirt.migration import MigrationRun, plan_for
 from pcteleport.sites.libvirt.site_runtime import SiteRuntime, domain_disks, is_tcg
 from pcteleport.sites.remote import LoopThread

@@ -9,17 +9,17 @@ Both get a fresh per-migration secret on stdin, so each accepts only this migrat
 
 from __future__ import annotations
 
-import json
 import random
 import secrets
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TypeVar
 
 from pcteleport.errors import PcteleportError
 from pcteleport.sites.libvirt.site_runtime import SiteRuntime
 from pcteleport.sites.remote import RemoteProcess
+from pcteleport.teleport import events
 
 PORT_RANGE = (49200, 60999)
 
@@ -28,32 +28,34 @@ class RelayFailure(PcteleportError):
     pass
 
 
+E = TypeVar("E", bound=events.RelayEvent)
+
+
 @dataclass
 class RelayEnd:
     site: SiteRuntime
     role: str
     proc: RemoteProcess | None = None
-    events: list[dict[str, Any]] = field(default_factory=list)
-    latest: dict[str, Any] = field(default_factory=dict)  # the last stats or summary
+    events: list[events.RelayEvent] = field(default_factory=list)
+    latest: events.Stats | events.Summary | None = None  # the last counters it printed
     changed: threading.Condition = field(default_factory=threading.Condition)
 
     def on_line(self, line: str) -> None:
-        try:
-            ev = json.loads(line)
-        except ValueError:
-            return
+        ev = events.decode(line)
+        if ev is None:
+            return  # not an event of ours (a stray print): nothing to act on
         with self.changed:
             self.events.append(ev)
-            if ev.get("event") in ("stats", "summary"):
+            if isinstance(ev, events.Stats | events.Summary):
                 self.latest = ev
             self.changed.notify_all()
 
-    def wait_event(self, names: tuple[str, ...], timeout: float) -> dict[str, Any]:
+    def wait_event(self, kind: type[E], timeout: float) -> E:
         deadline = time.monotonic() + timeout
         with self.changed:
             while True:
                 for ev in self.events:
-                    if ev.get("event") in names:
+                    if isinstance(ev, kind):
                         return ev
                 if self.proc is not None and self.proc.done.is_set():
                     raise RelayFailure(self.failure() or f"relay {self.role} exited early")
@@ -62,21 +64,21 @@ class RelayEnd:
                     raise RelayFailure(f"relay {self.role} at {self.site.name} did not start")
                 self.changed.wait(min(left, 0.5))
 
-    def event(self, name: str) -> dict[str, Any] | None:
+    def event(self, kind: type[E]) -> E | None:
         with self.changed:
-            return next((e for e in self.events if e.get("event") == name), None)
+            return next((e for e in self.events if isinstance(e, kind)), None)
 
     def failure(self) -> str | None:
-        err = self.event("error")
+        err = self.event(events.Failed)
         if err:
-            return f"relay {self.role} at {self.site.name}: {err.get('message')}"
+            return f"relay {self.role} at {self.site.name}: {err.message}"
         if self.proc is not None and self.proc.exit_status not in (None, 0):
             return f"relay {self.role} at {self.site.name}: {self.proc.how_it_ended()}"
         return None
 
     def pid(self) -> int | None:
-        ev = self.event("listening")
-        return int(ev["pid"]) if ev and "pid" in ev else None
+        ev = self.event(events.Listening)
+        return ev.pid if ev else None
 
 
 class RelayPair:
@@ -105,8 +107,8 @@ class RelayPair:
             try:
                 self._spawn_recv(wan_port, replica_disk)
                 self._spawn_send(wan_port, source_disk)
-                self.recv.wait_event(("listening",), 30)
-                self.send.wait_event(("listening",), 30)
+                self.recv.wait_event(events.Listening, 30)
+                self.send.wait_event(events.Listening, 30)
                 return
             except RelayFailure as exc:
                 last = exc
@@ -148,7 +150,7 @@ class RelayPair:
         if problem:
             raise RelayFailure(problem)
         for end in (self.send, self.recv):
-            if end.event("summary") is None:
+            if end.event(events.Summary) is None:
                 raise RelayFailure(f"relay {end.role} at {end.site.name} did not finish")
 
     def stop(self) -> None:

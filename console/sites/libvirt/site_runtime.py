@@ -19,7 +19,7 @@ import libvirt
 from pcteleport.engine import version_text
 from pcteleport.errors import PcteleportError
 from pcteleport.sites.config import SiteConfig
-from pcteleport.sites.libvirt.events import LifecycleHub
+from pcteleport.sites.libvirt.lifecycle import LifecycleHub
 from pcteleport.sites.remote import LoopThread, SiteHost
 
 # libvirt prints every error to stderr by default; we turn them into one-line messages.

@@ -1,0 +1,108 @@
+"""The destination guest after the switch-over: does it run, did it crash (its serial console
+since the migration began), does its page cache match the disk (the agent's verify), and — for
+soaks — is its RAM the source's at the switch-over, page by page."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from pcteleport.errors import PcteleportError
+from pcteleport.records import MigrationRecord, RamCheck
+from pcteleport.sites.guest_agent import AgentUnavailable, GuestAgent
+from pcteleport.sites.libvirt import guest_health
+from pcteleport.sites.libvirt.migration.plan import MigrationFailed, Plan, ram_layout
+from pcteleport.sites.libvirt.ramcheck import RamCheckError, RamProbe, compare_across
+
+
+class Destination:
+    def __init__(self, plan: Plan, record: MigrationRecord, log: Callable[[str], None]) -> None:
+        self.plan, self.record, self.log = plan, record, log
+        self.console_offset: int | None = None  # the destination console's size at the start
+
+    def note_console(self) -> None:
+        """Remember where the destination's console ends now: a crash is what comes after."""
+        self.console_offset = guest_health.console_size(self.plan.dst, self.plan.console_log)
+
+    def crashed(self) -> MigrationFailed | None:
+        """The failure to report if the destination's console shows the guest crashed."""
+        p = self.plan
+        crash = guest_health.crash_lines(p.dst, p.console_log, self.console_offset)
+        if not crash:
+            return None
+        self.record.guest_console = crash
+        return MigrationFailed(f"VM {p.vm} crashed at {p.dst.name} after the switch-over "
+                               f"(guest console: {guest_health.crash_summary(crash)!r})")
+
+    def check(self) -> None:
+        """The destination guest runs and its console shows no oops or panic."""
+        p = self.plan
+        crashed = self.crashed()
+        if crashed is not None:
+            raise crashed
+        if guest_health.where_runs([p.dst], p.vm_uuid) != p.dst.name:
+            raise MigrationFailed(f"VM {p.vm} is not running at {p.dst.name} after migration")
+
+    def verify(self, agent: GuestAgent) -> None:
+        """The agent answers, and the cached pages it checks match the destination's disk."""
+        p = self.plan
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                agent.ping()
+                break
+            except PcteleportError as exc:
+                if time.monotonic() > deadline:
+                    # did it die while we waited?
+                    raise self.crashed() or MigrationFailed(f"after migration: {exc}") from None
+                time.sleep(1)
+        params: dict[str, object] = {"disk": p.data_serial} if p.data_serial else {}
+        if p.verify_pages:
+            params["sample"] = p.verify_pages
+        try:
+            result = agent.call("verify", params, timeout=180)
+        except AgentUnavailable as exc:  # once more: the port may have held a stale line
+            self.log(f"verification: {exc}; asking again")
+            result = agent.call("verify", params, timeout=180)
+        bad = result.get("mismatches") or []
+        if bad:
+            raise MigrationFailed(
+                f"verification: VM {p.vm} at {p.dst.name}: {len(bad)} cached page(s) differ "
+                "from the disk "
+                f"(first: {bad[0]}): do not trust this VM's page cache; drop it in the guest"
+            )
+        checked, files = result.get("pages_checked", 0), result.get("files", 0)
+        which = (f"the {checked} cached pages of {files} file{'' if files == 1 else 's'} drawn at"
+                 f" random (of {result.get('files_on_disk', '?')})" if result.get("sampled")
+                 else f"all {checked} cached pages")
+        took = result.get("elapsed_ms")
+        self.log(f"verified at {p.dst.name}: guest agent answers, {which} match the disk"
+                 + (f" ({took / 1000:.1f} s in the guest)" if took is not None else ""))
+
+    def compare_ram(self, source: RamProbe | None, evidence_dir: Path) -> str:
+        """Destination paused with the stream loaded, source RAM held since the switch-over:
+        compare every page, keep the first differing ones, then let the destination run.
+        Returns the problem found ("" when the RAM is the same)."""
+        p = self.plan
+        ddom = p.dst.domain(p.vm_uuid)
+        try:
+            if source is None:
+                raise RamCheckError("the source's RAM was not held")
+            dst = RamProbe(p.dst, p.vm)
+            try:
+                check: RamCheck = compare_across(source, dst, ram_layout(ddom).gpa, evidence_dir)
+            finally:
+                dst.close()
+        except PcteleportError as exc:
+            return f"RAM check could not compare: {exc}"
+        finally:
+            ddom.resume()  # whatever the check found, the VM goes on (its source is gone)
+        self.record.ram_check = check
+        self.log(f"RAM check: {check.pages} pages compared in {check.elapsed_s:.1f} s, "
+                 f"{check.differing} differ")
+        if not check.differing:
+            return ""
+        return (f"RAM check: {check.differing} of {check.pages} pages differ between "
+                f"{p.src.name} at the switch-over and {p.dst.name} (first at guest-physical "
+                f"{', '.join(check.first[:4])}): the destination guest is corrupted")

@@ -1,0 +1,152 @@
+"""One prepare step per mode: the migrate3 parameters and flags it needs, and what it sets up
+first (the guest dropping its cache, multifd zstd, the relays and the map)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import libvirt
+import libvirt_qemu
+
+from pcteleport.records import Mode, Phase
+from pcteleport.sites.guest_agent import GuestAgent
+from pcteleport.sites.libvirt.migration.journal import Journal
+from pcteleport.sites.libvirt.migration.plan import MigrationFailed, Plan, fmt_bytes
+from pcteleport.sites.libvirt.relays import RelayPair
+from pcteleport.sites.libvirt.site_runtime import SiteRuntime
+
+LIBVIRT_MULTIFD_ZSTD = 9_004_000  # libvirt 9.4 passes compression=zstd to multifd itself
+QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
+BASE_FLAGS = (libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PERSIST_DEST
+              | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE)
+
+AgentFor = Callable[[SiteRuntime, str], GuestAgent]
+
+
+@dataclass
+class Prepared:
+    """What the prepare step made; the run holds it from the start, so an abort during the
+    preparation reaches the relays already started."""
+
+    params: dict[str, object] = field(default_factory=dict)
+    flags: int = BASE_FLAGS
+    relays: RelayPair | None = None
+
+
+def prepare(plan: Plan, dom: libvirt.virDomain, journal: Journal, agent_for: AgentFor,
+            out: Prepared) -> None:
+    """Fill `out` for `plan`'s mode: what every mode shares, then the mode's own step."""
+    if plan.auto_converge:
+        out.flags |= libvirt.VIR_MIGRATE_AUTO_CONVERGE
+        journal.log("auto-converge: QEMU slows the guest's vCPUs while it dirties memory "
+                    "faster than the link carries it")
+    if plan.bandwidth_cap:
+        out.params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = max(1, int(plan.bandwidth_cap / 2**20))
+    STEPS[plan.mode](plan, dom, journal, agent_for, out)
+
+
+def _over_the_wan(plan: Plan, out: Prepared) -> None:
+    """QEMU's stream straight to the destination's WAN address."""
+    if not plan.dst.config.wan_addr:
+        raise MigrationFailed(f"site {plan.dst.name} has no wan_addr in the sites config")
+    out.params[libvirt.VIR_MIGRATE_PARAM_URI] = f"tcp://{plan.dst.config.wan_addr}"
+    out.params[libvirt.VIR_MIGRATE_PARAM_LISTEN_ADDRESS] = plan.dst.config.wan_addr
+
+
+def prepare_stock(plan: Plan, dom: libvirt.virDomain, journal: Journal, agent_for: AgentFor,
+                  out: Prepared) -> None:
+    _over_the_wan(plan, out)
+
+
+def prepare_drop_cache(plan: Plan, dom: libvirt.virDomain, journal: Journal,
+                       agent_for: AgentFor, out: Prepared) -> None:
+    agent = agent_for(plan.src, plan.vm)
+    before = agent.composition()
+    agent.call("drop_caches", timeout=60)
+    after = agent.composition()
+    journal.log(f"guest dropped its page cache: clean cache {fmt_bytes(before.cache_clean)}"
+                f" -> {fmt_bytes(after.cache_clean)}")
+    _over_the_wan(plan, out)
+
+
+def prepare_zstd(plan: Plan, dom: libvirt.virDomain, journal: Journal, agent_for: AgentFor,
+                 out: Prepared) -> None:
+    out.flags |= libvirt.VIR_MIGRATE_PARALLEL
+    if plan.src.conn().getLibVersion() >= LIBVIRT_MULTIFD_ZSTD:
+        out.params[libvirt.VIR_MIGRATE_PARAM_COMPRESSION] = "zstd"
+    else:
+        multifd_zstd_by_hand(dom, out.params)
+        journal.log("this libvirt cannot ask for multifd zstd: set on both QEMUs directly "
+                    "(source by QMP, destination by -global)")
+    _over_the_wan(plan, out)
+
+
+def prepare_teleport(plan: Plan, dom: libvirt.virDomain, journal: Journal,
+                     agent_for: AgentFor, out: Prepared) -> None:
+    """Relays up, the map on its way: it is taken from the guest while the relays start
+    and libvirt prepares the destination, and handed to the send relay when it comes."""
+    if not plan.data_disk:
+        raise MigrationFailed(
+            f"VM {plan.vm} has no data disk with a replica at {plan.dst.name}: "
+            "teleport needs one (migrate with stock instead)"
+        )
+    journal.phase(Phase.MAP)
+    agent = agent_for(plan.src, plan.vm)
+    relays = out.relays = RelayPair(plan.src, plan.dst)
+    started = threading.Event()
+
+    def take_map() -> None:
+        t = time.monotonic()
+        try:
+            text, header = agent.restorable_map(plan.data_serial or plan.data_disk)
+        except Exception as exc:  # whatever it is, the run must hear of it
+            relays.map_problem = f"teleport: no restorable map from the guest agent: {exc}"
+            journal.log(relays.map_problem)
+            return
+        started.wait()  # the send relay exists before its map goes to it
+        relays.feed_map(text)
+        pages = int(header.get("pages", 0))
+        journal.log(f"restorable map from the guest agent ({header.get('source', '?')}): "
+                    f"{pages} pages ({fmt_bytes(pages * 4096)}) of disk {plan.data_serial}, "
+                    f"taken in {time.monotonic() - t:.1f} s "
+                    f"({header.get('elapsed-ms', '?')} ms of it in the guest's walk)")
+
+    threading.Thread(target=take_map, daemon=True, name="teleport-map").start()
+    try:
+        relays.start(plan.data_disk, plan.data_disk)
+    finally:
+        started.set()
+    if relays.map_problem:
+        raise MigrationFailed(relays.map_problem)
+    journal.log(f"relays up: {plan.src.name} 127.0.0.1:{relays.qemu_port} -> "
+                f"{plan.dst.name} {plan.dst.config.wan_addr}")
+    out.params[libvirt.VIR_MIGRATE_PARAM_URI] = f"tcp://127.0.0.1:{relays.qemu_port}"
+    out.params[libvirt.VIR_MIGRATE_PARAM_LISTEN_ADDRESS] = "127.0.0.1"
+
+
+STEPS = {Mode.STOCK: prepare_stock, Mode.DROP_CACHE: prepare_drop_cache,
+         Mode.ZSTD: prepare_zstd, Mode.TELEPORT: prepare_teleport}
+
+
+def multifd_zstd_by_hand(dom: libvirt.virDomain, params: dict[str, object]) -> None:
+    """Multifd zstd for a libvirt that does not know it (Debian 12's 9.0): QEMU's own
+    parameter, set on the running source by QMP and given to the destination QEMU, which
+    libvirt starts, as `-global migration.multifd-compression=zstd` in its XML."""
+    cmd = {"execute": "migrate-set-parameters",
+           "arguments": {"multifd-compression": "zstd"}}
+    reply = json.loads(libvirt_qemu.qemuMonitorCommand(dom, json.dumps(cmd), 0))
+    if "error" in reply:
+        raise MigrationFailed(f"QEMU refused multifd zstd: {reply['error'].get('desc')}")
+    ET.register_namespace("qemu", QEMU_NS)
+    root = ET.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_MIGRATABLE))
+    cmdline = root.find(f"{{{QEMU_NS}}}commandline")
+    if cmdline is None:
+        cmdline = ET.SubElement(root, f"{{{QEMU_NS}}}commandline")
+    for value in ("-global", "migration.multifd-compression=zstd"):
+        ET.SubElement(cmdline, f"{{{QEMU_NS}}}arg", {"value": value})
+    params[libvirt.VIR_MIGRATE_PARAM_DEST_XML] = ET.tostring(root, encoding="unicode")

@@ -1,0 +1,105 @@
+"""What a migration needs to know before it starts, and how it is read from the domain."""
+
+from __future__ import annotations
+
+import threading
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+
+import libvirt
+
+from pcteleport.backend import VERIFY_SAMPLE_PAGES
+from pcteleport.errors import PcteleportError
+from pcteleport.records import Mode, WanLink
+from pcteleport.sites.libvirt import guest_health
+from pcteleport.sites.libvirt.site_runtime import DomainDisk, SiteRuntime, domain_disks
+from pcteleport.teleport.layout import RamLayout
+
+ROOT_SERIAL = "pctroot"
+
+
+class MigrationFailed(PcteleportError):
+    pass
+
+
+class Aborted(PcteleportError):
+    pass
+
+
+@dataclass
+class Plan:
+    """What a migration needs to know up front."""
+
+    vm: str
+    vm_uuid: str
+    src: SiteRuntime
+    dst: SiteRuntime
+    mode: Mode
+    bandwidth_cap: float | None  # bytes/s
+    data_disk: str = ""  # path of the disk whose replica the destination has
+    data_serial: str = ""
+    wan: WanLink | None = None
+    verify_pages: int = VERIFY_SAMPLE_PAGES  # 0: every cached page
+    auto_converge: bool = False
+    #: compare guest RAM page by page across the switch-over (the destination stays paused
+    #: until it is compared; see ramcheck.py) — for soaks, it costs seconds per migration
+    compare_ram: bool = False
+    #: the VM's serial console file (the same path at every site), checked for crashes
+    console_log: str = ""
+
+
+def fmt_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def data_disk_of(dom: libvirt.virDomain, configured: str = "") -> DomainDisk | None:
+    """The disk whose replica the other sites hold: the configured one, else the first
+    read-only non-root disk, else the first non-root disk."""
+    disks = domain_disks(dom.XMLDesc(0))
+    return (next((d for d in disks if configured and d.path == configured), None)
+            or next((d for d in disks if d.serial != ROOT_SERIAL and d.readonly), None)
+            or next((d for d in disks if d.serial != ROOT_SERIAL), None))
+
+
+def ram_layout(dom: libvirt.virDomain) -> RamLayout:
+    os_type = ET.fromstring(dom.XMLDesc(0)).find("./os/type")
+    machine = os_type.get("machine", "") if os_type is not None else ""
+    return RamLayout.for_machine(machine, dom.info()[1] * 1024)
+
+
+def plan_for(vm: str, src: SiteRuntime, dst: SiteRuntime, mode: Mode,
+             bandwidth_cap: float | None, data_disk: str = "",
+             wan: WanLink | None = None, verify_pages: int = VERIFY_SAMPLE_PAGES,
+             auto_converge: bool = False, compare_ram: bool = False) -> Plan:
+    dom = src.domain(vm)
+    chosen = data_disk_of(dom, data_disk)
+    return Plan(
+        vm=dom.name(), vm_uuid=dom.UUIDString(), src=src, dst=dst, mode=mode,
+        bandwidth_cap=bandwidth_cap, data_disk=chosen.path if chosen else "",
+        data_serial=chosen.serial if chosen else "", wan=wan, verify_pages=verify_pages,
+        auto_converge=auto_converge, compare_ram=compare_ram,
+        console_log=guest_health.console_log_of(dom.XMLDesc(0)),
+    )
+
+
+class AbortSignal:
+    """The operator's abort, raised from any thread, noticed by the run between its steps."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self.reason = ""
+
+    def set(self, reason: str) -> None:
+        self.reason = reason
+        self._event.set()
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    def check(self) -> None:
+        if self._event.is_set():
+            raise Aborted(self.reason)

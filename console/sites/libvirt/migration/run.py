@@ -1,0 +1,187 @@
+"""MigrationRun: the order of one migration — prepare the mode, transfer, account, check the
+destination — and, whatever happens, an honest end (see the package docstring)."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+import uuid
+from collections.abc import Callable
+
+import libvirt
+
+from pcteleport.errors import PcteleportError
+from pcteleport.record_store import default_records_dir
+from pcteleport.records import (
+    Composition,
+    MigrationEvent,
+    MigrationRecord,
+    Phase,
+    PhaseMark,
+    Result,
+)
+from pcteleport.sites.libvirt.migration import modes, outcome, stats
+from pcteleport.sites.libvirt.migration.destination import Destination
+from pcteleport.sites.libvirt.migration.journal import Journal
+from pcteleport.sites.libvirt.migration.plan import (
+    Aborted,
+    AbortSignal,
+    MigrationFailed,
+    Plan,
+    fmt_bytes,
+)
+from pcteleport.sites.libvirt.migration.transfer import Transfer
+from pcteleport.sites.libvirt.ramcheck import RamProbe
+from pcteleport.sites.libvirt.relays import RelayFailure
+from pcteleport.sites.libvirt.vm_lock import VmLock
+from pcteleport.teleport import events
+
+
+class MigrationRun:
+    """Runs one migration; `abort()` may be called from any thread."""
+
+    def __init__(self, plan: Plan, on_event: Callable[[MigrationEvent], None],
+                 agent_for: modes.AgentFor, composition: Composition | None = None) -> None:
+        self.plan, self.agent_for = plan, agent_for
+        self.run_id = uuid.uuid4().hex[:12]
+        self.record = MigrationRecord(
+            run_id=self.run_id, vm=plan.vm, from_site=plan.src.name, to_site=plan.dst.name,
+            mode=plan.mode, vm_uuid=plan.vm_uuid, bandwidth_cap_bytes_per_s=plan.bandwidth_cap,
+            started_at=time.time(), wan=plan.wan, composition=composition,
+        )
+        self.journal = Journal(self.record, on_event)
+        self.log = self.journal.log
+        self.prepared = modes.Prepared()
+        self.transfer = Transfer(plan, self.journal, self.prepared, AbortSignal())
+        self.destination = Destination(plan, self.record, self.log)
+        self._domain: libvirt.virDomain | None = None
+        self._ram_src: RamProbe | None = None
+
+    def abort(self, reason: str = "aborted by the operator") -> None:
+        self.transfer.abort.set(reason)
+        if self._domain is not None:  # no job yet, or already over: the run sees the flag
+            with contextlib.suppress(libvirt.libvirtError):
+                self._domain.abortJob()
+        if self.prepared.relays is not None:
+            threading.Thread(target=self.prepared.relays.stop, daemon=True).start()
+
+    def run(self) -> MigrationRecord:
+        p, abort = self.plan, self.transfer.abort
+        self.journal.phase(Phase.PREPARE)
+        self.log(f"starting migration of VM {p.vm} from {p.src.name} to {p.dst.name} "
+                 f"(mode {p.mode})")
+        wan_before: int | None = None
+        lock: VmLock | None = None
+        try:
+            dom = self._domain = p.src.domain(p.vm_uuid or p.vm)
+            if dom.state()[0] != libvirt.VIR_DOMAIN_RUNNING:
+                raise MigrationFailed(f"VM {p.vm} is not running at {p.src.name}")
+            lock = VmLock(p.src, p.vm_uuid, p.vm)
+            if p.dst.find_domain(p.vm) is not None:
+                raise MigrationFailed(f"a VM named {p.vm} already exists at {p.dst.name}")
+            abort.check()
+            self.destination.note_console()
+            modes.prepare(p, dom, self.journal, self.agent_for, self.prepared)
+            abort.check()
+            if p.compare_ram:
+                self.prepared.flags |= libvirt.VIR_MIGRATE_PAUSED  # resumed once compared
+                self._ram_src = RamProbe(p.src, p.vm)
+                self.log(f"RAM check: holding the source's RAM "
+                         f"({fmt_bytes(self._ram_src.ready['bytes'])}) to compare it with "
+                         "the destination's at the switch-over")
+            p.dst.conn()  # connect now, so the clock below starts with the migration itself
+            wan_before = p.src.wan_tx_bytes()
+            self.transfer.run(dom)
+            self._finish(wan_before)
+        except Aborted as exc:
+            self._fail(Result.ABORTED, str(exc), wan_before)
+        except (PcteleportError, libvirt.libvirtError) as exc:
+            if abort.is_set():  # the abort made libvirt or a relay fail: say it was the abort
+                self._fail(Result.ABORTED, abort.reason, wan_before)
+            else:
+                self._fail(Result.FAILED, exc.get_error_message() if isinstance(
+                    exc, libvirt.libvirtError) else str(exc), wan_before)
+        finally:
+            if self.prepared.relays is not None:
+                self.prepared.relays.stop()
+            with contextlib.suppress(PcteleportError):
+                if self._ram_src is not None:
+                    self._ram_src.close()
+            with contextlib.suppress(PcteleportError):
+                if lock is not None:
+                    lock.release()
+        return self.record
+
+    def _finish(self, wan_before: int | None) -> None:
+        p, rec, relays = self.plan, self.record, self.prepared.relays
+        ram_problem = (self.destination.compare_ram(
+            self._ram_src, default_records_dir() / "ram-evidence" / self.run_id)
+            if p.compare_ram else "")
+        resumed_at = time.monotonic()
+        self.journal.phase(Phase.RESUME)  # unless libvirt's event marked it already
+        if relays is not None:
+            try:
+                relays.wait_done(60)
+            except RelayFailure as exc:
+                # QEMU finished; a relay complaint afterwards is worth a line, not a failure.
+                self.log(f"warning: {exc}")
+        ddom = p.dst.domain(p.vm)
+        completed = completed_stats(ddom)
+        # Total migration time: from the request to the VM running at the destination (libvirt's
+        # resume event). What follows (relays exiting, libvirt's completed stats, verification)
+        # is bookkeeping the guest does not wait for.
+        resume = next((m.t for m in rec.phases if m.phase == Phase.RESUME), None)
+        rec.total_s = resume if resume is not None else self.journal.t()
+        if completed.get("downtime") is not None:
+            rec.downtime_ms = float(completed["downtime"])
+            if not any(m.phase == Phase.STOP_AND_COPY for m in rec.phases):
+                # No lifecycle event came (no event loop): place it by the real downtime.
+                at = resume if resume is not None else self.journal.t(resumed_at)
+                self.journal.place_phase(PhaseMark(
+                    Phase.STOP_AND_COPY, round(at - rec.downtime_ms / 1000, 3),
+                    self.journal.iteration))
+        summary = relays.send.event(events.Summary) if relays is not None else None
+        rec.guest_bytes, pages = stats.final_counts(completed, summary)
+        if summary is not None or completed:
+            rec.pages = pages
+        self._account_wan(wan_before)
+        self.destination.check()
+        if ram_problem:
+            raise MigrationFailed(ram_problem)
+        self.destination.verify(self.agent_for(p.dst, p.vm))
+        self.destination.check()  # once more: a guest can die while it is being verified
+        rec.runs_at, rec.result = p.dst.name, Result.OK
+        self.journal.phase(Phase.DONE)
+        self.log(f"migration finished successfully (duration {rec.total_s:.1f} s, downtime "
+                 f"{rec.downtime_ms if rec.downtime_ms is not None else '?'} ms, WAN "
+                 f"{fmt_bytes(rec.wan_bytes)})")
+
+    def _account_wan(self, wan_before: int | None) -> None:
+        after = self.plan.src.wan_tx_bytes()
+        if wan_before is not None and after is not None:
+            self.record.wan_bytes = after - wan_before
+
+    def _fail(self, result: Result, message: str, wan_before: int | None) -> None:
+        rec = self.record
+        rec.result, rec.error, rec.total_s = result, message, self.journal.t()
+        with contextlib.suppress(PcteleportError):
+            self._account_wan(wan_before)
+        where = outcome.conclude(self.plan, rec, self.destination,
+                                 migrated=self.transfer.migrated,
+                                 migrate_called=self.transfer.called)
+        self.log(f"migration {result}: {message}; {where}")
+
+
+def completed_stats(ddom: libvirt.virDomain) -> dict:
+    """libvirt's completed-job stats, which it fills a moment after the job ends."""
+    completed: dict = {}
+    for _ in range(10):
+        try:
+            completed = ddom.jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED)
+        except libvirt.libvirtError:
+            completed = {}
+        if completed.get("downtime"):
+            break
+        time.sleep(0.3)
+    return completed

@@ -1,0 +1,84 @@
+"""Pure functions from the numbers libvirt and the relays report to what the record holds:
+a sample per second while the migration runs, the progress line, the final counts.
+
+libvirt's job stats are a dict (`virDomainGetJobStats` keys: memory_total, memory_remaining,
+memory_bps, memory_dirty_rate in pages/s, memory_constant = zero pages, memory_normal = pages
+sent whole, ...); the relay's counters (teleport only) replace libvirt's page counts, because
+QEMU cannot see which of the pages it sent the relay teleported."""
+
+from __future__ import annotations
+
+from pcteleport.records import MigrationSample, PageCounts, Phase
+from pcteleport.sites.libvirt.migration.plan import fmt_bytes
+from pcteleport.teleport import events
+
+
+def relay_pages(counters: events.Stats | events.Summary) -> PageCounts:
+    c = counters.counters
+    return PageCounts(teleported=c.pages_teleported, zero=c.pages_zero, sent=c.pages_sent)
+
+
+def build_sample(t: float, phase: Phase | None, stats: dict, wan_rate: float,
+                 relay: events.Stats | events.Summary | None = None) -> MigrationSample:
+    """One sample from libvirt's job stats, the WAN rate measured at the source (bytes/s) and
+    the send relay's latest counters."""
+    page_size = int(stats.get("memory_page_size", 4096) or 4096)
+    pages = (relay_pages(relay) if relay is not None
+             else PageCounts(zero=int(stats.get("memory_constant", 0)),
+                             sent=int(stats.get("memory_normal", 0))))
+    expected = stats.get("downtime")
+    return MigrationSample(
+        t=t,
+        phase=phase,
+        guest_rate_bytes_per_s=float(stats.get("memory_bps", 0) or 0),
+        wan_rate_bytes_per_s=max(0.0, wan_rate),
+        remaining_bytes=int(stats.get("memory_remaining", 0)),
+        total_bytes=int(stats.get("memory_total", 0)),
+        iteration=int(stats.get("memory_iteration", 0) or 0),
+        dirty_rate_bytes_per_s=float(stats.get("memory_dirty_rate", 0) or 0) * page_size,
+        pages=pages,
+        expected_downtime_ms=float(expected) if expected is not None else None,
+    )
+
+
+def progress_line(s: MigrationSample, remaining_min: int | None) -> str:
+    """The log line of a sample (in the style of `virsh migrate --verbose`), saying so when
+    the remainder grew since its lowest point: the guest dirtied memory faster than it went."""
+    done = s.total_bytes - s.remaining_bytes
+    pct = 100.0 * done / s.total_bytes if s.total_bytes else 0.0
+    line = (f"migration active, transferred {fmt_bytes(done)} of "
+            f"{fmt_bytes(s.total_bytes)} VM-state, {fmt_bytes(s.guest_rate_bytes_per_s)}/s"
+            f" (WAN {fmt_bytes(s.wan_rate_bytes_per_s)}/s)")
+    if s.pages.teleported:
+        line += f", {s.pages.teleported} pages teleported"
+    if remaining_min is not None and s.remaining_bytes > remaining_min:
+        line += (f" - remaining grew to {fmt_bytes(s.remaining_bytes)} "
+                 f"(iteration {s.iteration}: the guest dirtied memory)")
+    return f"{line} [{pct:.0f}%]"
+
+
+class WanRate:
+    """Bytes/s between successive readings of a WAN byte counter (each with its time); a
+    reading that did not move on in time gives no new rate, never a spike."""
+
+    def __init__(self, first: int | None, first_at: float) -> None:
+        self.last, self.last_at = first, first_at
+
+    def update(self, value: int | None, at: float) -> float:
+        if value is None or at <= self.last_at:
+            return 0.0
+        rate = (value - self.last) / (at - self.last_at) if self.last is not None else 0.0
+        self.last, self.last_at = value, at
+        return rate
+
+
+def final_counts(completed: dict, summary: events.Summary | None) -> tuple[int, PageCounts]:
+    """(guest bytes, page counts) of a finished migration: libvirt's completed job stats,
+    with the send relay's summary for what it teleported."""
+    guest_bytes = int(completed.get("memory_processed", 0) or 0)
+    if summary is not None:
+        return guest_bytes or summary.counters.guest_bytes, relay_pages(summary)
+    if completed:
+        return guest_bytes, PageCounts(0, int(completed.get("memory_constant", 0)),
+                                       int(completed.get("memory_normal", 0)))
+    return guest_bytes, PageCounts()

@@ -1,0 +1,113 @@
+"""The transfer itself: libvirt's migrate3 in a thread of its own, one sample and one log line a
+second until it returns, phases from libvirt's lifecycle events, a failed relay aborting the job.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+
+import libvirt
+
+from pcteleport.records import Phase
+from pcteleport.sites.libvirt.lifecycle import LifecycleEvent
+from pcteleport.sites.libvirt.migration.journal import Journal
+from pcteleport.sites.libvirt.migration.modes import Prepared
+from pcteleport.sites.libvirt.migration.plan import Aborted, AbortSignal, MigrationFailed, Plan
+from pcteleport.sites.libvirt.migration.stats import WanRate, build_sample, progress_line
+from pcteleport.sites.libvirt.site_runtime import WanMeter
+
+
+class Transfer:
+    def __init__(self, plan: Plan, journal: Journal, prepared: Prepared,
+                 abort: AbortSignal) -> None:
+        self.plan, self.journal, self.prepared, self.abort = plan, journal, prepared, abort
+        self.called = False  # migrate3 was called: an incoming VM at the destination is ours
+        self.migrated = False  # QEMU's migration completed: the VM now runs at the destination
+
+    def run(self, dom: libvirt.virDomain) -> None:
+        """Returns once QEMU's migration completed; raises MigrationFailed or Aborted."""
+        p = self.plan
+        dconn = p.dst.conn()
+        outcome: dict[str, object] = {}
+
+        def perform() -> None:
+            try:
+                outcome["domain"] = dom.migrate3(dconn, self.prepared.params,
+                                                 self.prepared.flags)
+            except libvirt.libvirtError as exc:
+                outcome["error"] = exc
+
+        worker = threading.Thread(target=perform, daemon=True, name="migrate3")
+        for site in (p.src, p.dst):
+            site.events.add(self._on_lifecycle)
+        try:
+            self.journal.phase(Phase.ITERATIVE, 1)
+            self.called = True
+            worker.start()
+            meter = p.src.wan_meter()
+            try:
+                self._sample_loop(dom, worker, meter)
+            finally:
+                if meter is not None:
+                    meter.close()
+            worker.join()
+        finally:
+            for site in (p.src, p.dst):
+                site.events.remove(self._on_lifecycle)
+        self.migrated = "domain" in outcome
+        if "error" in outcome:
+            err = outcome["error"]
+            assert isinstance(err, libvirt.libvirtError)
+            relays = self.prepared.relays
+            relay_problem = relays.failure() if relays else None
+            self.abort.check()
+            if relay_problem:  # we aborted the job because a relay failed
+                raise MigrationFailed(relay_problem)
+            if err.get_error_code() == libvirt.VIR_ERR_OPERATION_ABORTED:
+                raise Aborted("aborted through libvirt (pcteleport abort, or virsh domjobabort)")
+            raise MigrationFailed(f"libvirt: {err.get_error_message()}")
+
+    def _on_lifecycle(self, ev: LifecycleEvent) -> None:
+        p, j = self.plan, self.journal
+        if ev.vm_uuid != p.vm_uuid:
+            return
+        if ev.site == p.src.name and ev.suspended_for_migration:
+            j.phase(Phase.STOP_AND_COPY, j.iteration, at=ev.at)
+        elif ev.site == p.dst.name and ev.resumed_after_migration:
+            j.phase(Phase.RESUME, j.iteration, at=ev.at)
+
+    def _sample_loop(self, dom: libvirt.virDomain, worker: threading.Thread,
+                     meter: WanMeter | None) -> None:
+        j, relays = self.journal, self.prepared.relays
+        wan = WanRate(*((meter.latest, meter.latest_at) if meter is not None else (None, 0.0)))
+        remaining_min: int | None = None
+        start = time.monotonic()
+        tick = 0.5  # a first sample soon, then one a second on a steady clock
+        while worker.is_alive():
+            worker.join(max(0.0, start + tick - time.monotonic()))
+            tick += 1.0
+            if not worker.is_alive():
+                break
+            try:
+                stats = dom.jobStats()  # (not dom.state(): it waits seconds for the job lock)
+            except libvirt.libvirtError:
+                continue  # the job just ended; the worker tells us how
+            wan_rate = (wan.update(meter.latest, meter.latest_at) if meter is not None
+                        else 0.0)
+            it = int(stats.get("memory_iteration", j.iteration) or j.iteration)
+            if it > j.iteration and j.current == Phase.ITERATIVE:
+                j.iteration = it
+                j.phase(Phase.ITERATIVE, it)
+            sample = build_sample(j.t(), j.current, stats, wan_rate,
+                                  relays.send.latest if relays is not None else None)
+            j.emit(sample)
+            j.log(progress_line(sample, remaining_min))
+            remaining_min = (sample.remaining_bytes if remaining_min is None
+                             else min(remaining_min, sample.remaining_bytes))
+            problem = relays.failure() if relays is not None else None
+            if problem:
+                j.log(problem)
+                with contextlib.suppress(libvirt.libvirtError):
+                    dom.abortJob()

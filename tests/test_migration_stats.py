@@ -1,0 +1,62 @@
+"""The pure part of a migration's telemetry (sites/libvirt/migration/stats.py)."""
+
+from __future__ import annotations
+
+from pcteleport.records import PageCounts, Phase
+from pcteleport.sites.libvirt.migration import stats
+from pcteleport.teleport import events
+from pcteleport.teleport.counters import CodecCounters
+
+JOB = {"memory_total": 1000 * 4096, "memory_remaining": 250 * 4096, "memory_bps": 12_000_000,
+       "memory_dirty_rate": 100, "memory_page_size": 4096, "memory_constant": 300,
+       "memory_normal": 450, "memory_iteration": 2, "downtime": 310}
+
+
+def test_a_sample_from_libvirt_alone():
+    s = stats.build_sample(3.5, Phase.ITERATIVE, JOB, wan_rate=5e6)
+    assert s.t == 3.5 and s.phase == Phase.ITERATIVE and s.iteration == 2
+    assert s.remaining_bytes == 250 * 4096 and s.total_bytes == 1000 * 4096
+    assert s.dirty_rate_bytes_per_s == 100 * 4096  # libvirt gives pages/s
+    assert s.pages == PageCounts(teleported=0, zero=300, sent=450)
+    assert s.expected_downtime_ms == 310.0 and s.wan_rate_bytes_per_s == 5e6
+
+
+def test_the_relays_counts_replace_libvirts():
+    relay = events.Stats(counters=CodecCounters(pages_teleported=600, pages_zero=300,
+                                                pages_sent=100))
+    s = stats.build_sample(1.0, Phase.ITERATIVE, JOB, wan_rate=-3, relay=relay)
+    assert s.pages == PageCounts(600, 300, 100)
+    assert s.wan_rate_bytes_per_s == 0.0  # a counter read out of order is no negative rate
+
+
+def test_a_job_without_stats_yet():
+    s = stats.build_sample(0.5, Phase.ITERATIVE, {}, wan_rate=0.0)
+    assert s.total_bytes == 0 and s.expected_downtime_ms is None and s.pages == PageCounts()
+    assert stats.progress_line(s, None).endswith("[0%]")
+
+
+def test_the_progress_line_says_when_the_remainder_grew():
+    s = stats.build_sample(9.0, Phase.ITERATIVE, JOB, wan_rate=1e6)
+    assert "remaining grew" not in stats.progress_line(s, remaining_min=300 * 4096)
+    line = stats.progress_line(s, remaining_min=100 * 4096)
+    assert "remaining grew to 1000.0 KiB (iteration 2: the guest dirtied memory)" in line
+    assert line.endswith("[75%]")
+
+
+def test_wan_rate_between_readings():
+    r = stats.WanRate(None, 0.0)
+    assert r.update(1000, 1.0) == 0.0  # the first reading has nothing before it
+    assert r.update(3000, 2.0) == 2000.0
+    assert r.update(3000, 2.0) == 0.0  # the same reading again: no new rate
+    assert r.update(None, 3.0) == 0.0
+    assert r.update(7000, 4.0) == 2000.0  # measured from the last good reading
+
+
+def test_final_counts():
+    done = {"memory_processed": 5_000_000, "memory_constant": 10, "memory_normal": 20}
+    summary = events.Summary(counters=CodecCounters(guest_bytes=4_000_000, pages_teleported=5,
+                                                    pages_zero=6, pages_sent=7))
+    assert stats.final_counts(done, None) == (5_000_000, PageCounts(0, 10, 20))
+    assert stats.final_counts(done, summary) == (5_000_000, PageCounts(5, 6, 7))
+    assert stats.final_counts({}, summary) == (4_000_000, PageCounts(5, 6, 7))
+    assert stats.final_counts({}, None) == (0, PageCounts())
