@@ -1,6 +1,6 @@
 """Boot a real TCG guest with qemu-system-x86_64 (no libvirt), for tests.
 
-API (test support; product boot material comes from console/guestimage/build.py):
+API (test support; product boot material comes from the console/guestimage/ package):
 
     from pcteleport import guestimage
     from qemu_guest import Disk, QemuGuest, make_ext4   # tests/ is on sys.path under pytest

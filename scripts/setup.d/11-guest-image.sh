@@ -7,7 +7,7 @@ here=$(cd "$(dirname "$0")/../.." && pwd)
 "$here/.venv/bin/python" - <<'PY'
 import time
 
-from console.sites import guestimage
+from pcteleport import guestimage
 
 t0 = time.monotonic()
 boot = guestimage.debian_boot()
