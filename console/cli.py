@@ -112,6 +112,9 @@ def _add_relay(sub: argparse._SubParsersAction) -> None:
     send.add_argument("--to", required=True, metavar="H:P", help="the destination relay")
     send.add_argument("--map", help="restorable map; '-' reads it from stdin (after the secret,"
                       " if that comes on stdin too) once listening; without it every page is sent")
+    send.add_argument("--map-updates", action="store_true",
+                      help="stdin carries 'MAP <length>' framed maps: the first, then refreshes "
+                      "merged while the stream runs (with --map -)")
     send.add_argument("--disk", help="the source's disk image the map refers to")
     send.add_argument("--secret-file",
                       help="file holding this migration's shared secret ('-': stdin's first line)")

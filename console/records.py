@@ -288,6 +288,10 @@ class MigrationRecord:
     #: the destination guest's console lines that show it crashed (oops, panic), if it did
     guest_console: list[str] = field(default_factory=list)
     ram_check: RamCheck | None = None
+    #: teleport: maps taken again while the migration ran, and the pages teleported only
+    #: because one of them named a page cached after the first map
+    map_refreshes: int = 0
+    pages_teleported_later: int = 0
     schema: int = SCHEMA_VERSION
 
     def summary(self) -> dict[str, Any]:
@@ -306,7 +310,9 @@ class MigrationRecord:
                 "teleported": self.pages.teleported,
                 "zero": self.pages.zero,
                 "sent": self.pages.sent,
+                "teleported_after_refresh": self.pages_teleported_later,
             },
+            "map_refreshes": self.map_refreshes,
             "runs_at": self.runs_at,
             "guest_crashed": bool(self.guest_console),
             "ram_pages_differing": None if self.ram_check is None else self.ram_check.differing,

@@ -475,3 +475,73 @@ def test_a_failed_decode_leaves_no_output_file(disk, tmp_path):
     (tmp_path / "good.wan").write_bytes(encode(stream, rmap, disk))
     assert decode_file(str(disk.path), str(tmp_path / "good.wan"), str(out)) == 0
     assert out.read_bytes() == stream
+
+
+class _RefreshingReader(BytesReader):
+    """Hands `refresh` to the encoder once the stream reached `at` bytes (between rounds)."""
+
+    def __init__(self, data: bytes, at: int, encoder: Encoder, refresh: RestorableMap) -> None:
+        super().__init__(data, piece=4096)
+        self.at, self.encoder, self.refresh, self.sent = at, encoder, refresh, False
+
+    def read_some(self, n: int) -> bytes:
+        if not self.sent and self._pos >= self.at:
+            self.encoder.add_map(self.refresh)
+            self.sent = True
+        return super().read_some(min(n, max(1, self.at - self._pos)) if not self.sent else n)
+
+
+def test_a_map_refresh_teleports_pages_cached_after_the_first_map(disk):
+    """Issue 14: pages 10-19 were cached after the map was taken, so the first pass sends them
+    whole; a refresh names them, and when QEMU sends them again (dirtied, same bytes) they are
+    teleported and counted as teleported after a refresh. The stream still round-trips."""
+    cached = [("pc.ram", i * PAGE, disk_block(disk, 100 + i)) for i in range(20)]
+    first = build_stream([cached], blocks={"pc.ram": RAM_PAGES * PAGE})
+    stream = build_stream([cached, cached[10:]], blocks={"pc.ram": RAM_PAGES * PAGE})
+    at = first.index(b"device-state") - 40  # inside round one's end: before round two
+    out = io.BytesIO()
+    enc = Encoder(wan.FrameWriter(out.write), RestorableMap(extents=[(0, 100 * PAGE, 10 * PAGE)]),
+                  disk)
+    enc.hello()
+    counters = enc.run(_RefreshingReader(
+        stream, at, enc, RestorableMap(extents=[(10 * PAGE, 110 * PAGE, 10 * PAGE)])))
+    assert counters.pages_teleported == 20  # 0-9 in round one, 10-19 in round two
+    assert counters.pages_teleported_later == 10
+    assert counters.pages_sent == 10  # 10-19 in round one, before the refresh
+    assert decode(out.getvalue(), disk) == stream
+
+
+def test_a_refresh_naming_other_bytes_sends_the_page():
+    """A refresh is checked like the first map: a page whose bytes are not the block's is sent."""
+    rng = random.Random(5)
+    data = rng.randbytes(8 * PAGE)
+    import tempfile
+
+    with tempfile.NamedTemporaryFile() as f:
+        f.write(data)
+        f.flush()
+        with DiskImage(f.name) as d:
+            page = rng.randbytes(PAGE)  # not any block of the disk
+            stream = build_stream([[("pc.ram", 0, page)]], blocks={"pc.ram": RAM_PAGES * PAGE})
+            out = io.BytesIO()
+            enc = Encoder(wan.FrameWriter(out.write), RestorableMap(), d)
+            enc.add_map(RestorableMap(extents=[(0, 0, PAGE)]))
+            enc.hello()
+            counters = enc.run(BytesReader(stream))
+            assert counters.pages_refused == 1 and counters.pages_teleported == 0
+            assert decode(out.getvalue(), d) == stream
+
+
+def test_map_updates_are_framed_and_errors_name_the_byte():
+    from pcteleport.teleport.mapfile import frame_update, read_updates
+
+    a = RestorableMap(extents=[(0, 0, PAGE)]).to_text().encode()
+    b = RestorableMap(extents=[(PAGE, 8 * PAGE, 2 * PAGE)]).to_binary()
+    maps = list(read_updates(io.BytesIO(frame_update(a) + frame_update(b))))
+    assert [m.extents for m in maps] == [[(0, 0, PAGE)], [(PAGE, 8 * PAGE, 2 * PAGE)]]
+    with pytest.raises(MapError, match=r"byte 0: expected 'MAP <length>'"):
+        list(read_updates(io.BytesIO(b"0x0 0x0 4096\n")))
+    cut = frame_update(a) + frame_update(b)[:-5]
+    where = len(frame_update(a)) + len(b"MAP %d\n" % len(b))  # where the cut map begins
+    with pytest.raises(MapError, match=rf"byte {where}: the map announced"):
+        list(read_updates(io.BytesIO(cut)))

@@ -47,16 +47,19 @@ def test_inventory_records_round_trip(site: Site, vm: VM, comp: Composition) -> 
     assert from_json(Composition, to_json(comp)) == comp
 
 
-def test_summary_has_exactly_the_issue_5_and_11_keys() -> None:
+def test_summary_has_exactly_the_issue_5_11_and_14_keys() -> None:
     r = MigrationRecord(run_id="r1", vm="web", from_site="tokyo", to_site="osaka",
                         mode=Mode.TELEPORT, result=Result.OK, total_s=11.5, downtime_ms=306.0,
                         wan_bytes=134_000_000, guest_bytes=2**30,
-                        pages=PageCounts(teleported=70_000, zero=120_000, sent=40_000))
+                        pages=PageCounts(teleported=70_000, zero=120_000, sent=40_000),
+                        map_refreshes=4, pages_teleported_later=1_500)
     s = r.summary()
     assert list(s) == ["vm", "from", "to", "mode", "result", "total_s", "downtime_ms",
-                       "wan_bytes", "guest_bytes", "pages", "runs_at", "guest_crashed",
-                       "ram_pages_differing"]
-    assert s["pages"] == {"teleported": 70_000, "zero": 120_000, "sent": 40_000}
+                       "wan_bytes", "guest_bytes", "pages", "map_refreshes", "runs_at",
+                       "guest_crashed", "ram_pages_differing"]
+    assert s["pages"] == {"teleported": 70_000, "zero": 120_000, "sent": 40_000,
+                          "teleported_after_refresh": 1_500}
+    assert s["map_refreshes"] == 4
     assert s["guest_crashed"] is False and s["ram_pages_differing"] is None
     r.guest_console = ["Kernel panic - not syncing: Fatal exception in interrupt"]
     r.ram_check = RamCheck(pages=65536, differing=3, first=["0x1000"])

@@ -11,6 +11,7 @@ class CodecCounters:
     guest_bytes: int = 0  # QEMU stream bytes in (encoder) or out (decoder)
     wan_bytes: int = 0  # frame bytes sent (encoder) or received (decoder)
     pages_teleported: int = 0  # PAGE records sent as references / restored from the replica
+    pages_teleported_later: int = 0  # of those, pages only a map refresh named (encoder)
     pages_zero: int = 0  # ZERO records
     pages_sent: int = 0  # PAGE records carried with their bytes
     pages_refused: int = 0  # the map named them, but their bytes did not match the disk

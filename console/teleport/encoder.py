@@ -67,6 +67,10 @@ class Encoder:
         self._kept_lock = threading.Lock()
         self._hash = xxhash.xxh3_128()
         self.parser: StreamParser | None = None
+        # Map refreshes arrive from another thread; the table is only changed in this one.
+        self._pending: list[RestorableMap] = []
+        self._pending_lock = threading.Lock()
+        self._later: set[int] = set()  # RAM offsets only a refresh named
 
     # -- the stream ---------------------------------------------------------------------
 
@@ -118,12 +122,39 @@ class Encoder:
         counters.frames = self.writer.seq
         return counters
 
+    def add_map(self, rmap: RestorableMap) -> None:
+        """Pages cached since the map was taken (a refresh): teleported from now on. Any
+        thread; the encoder merges it before its next page."""
+        if rmap.extents and self.disk is None:
+            raise ValueError("a restorable map needs the disk image it refers to")
+        with self._pending_lock:
+            self._pending.append(rmap)
+
+    def _merge_pending(self, table: dict[int, int]) -> None:
+        assert self.parser is not None
+        with self._pending_lock:
+            pending, self._pending = self._pending, []
+        info = self.parser.info
+        size = info.ram_blocks.get(self.ram_block)
+        if size is None:
+            return
+        layout = RamLayout.for_machine(info.machine, size, self.max_ram_below_4g)
+        for rmap in pending:
+            for off, disk_off in rmap.page_table(layout).items():
+                if off not in table:
+                    self._later.add(off)
+                table[off] = disk_off
+
     def _teleport(self, block: str, offset: int, raw: bytes, page: bytes) -> bool:
-        if self.rmap is None or block != self.ram_block:
+        if block != self.ram_block:
             return False
         table = self._table
         if table is None:
+            if self.rmap is None and not self._pending:
+                return False
             table = self._table = self._build_table()
+        if self._pending:
+            self._merge_pending(table)
         disk_off = table.get(offset)
         if disk_off is None:
             return False
@@ -143,10 +174,14 @@ class Encoder:
                 if len(self._kept) > self._keep_pages:
                     self._kept.popitem(last=False)
         self.counters.pages_teleported += 1
+        if self._later and offset in self._later:
+            self.counters.pages_teleported_later += 1
         return True
 
     def _build_table(self) -> dict[int, int]:
-        assert self.parser is not None and self.rmap is not None
+        assert self.parser is not None
+        if self.rmap is None:
+            return {}
         info = self.parser.info
         size = info.ram_blocks.get(self.ram_block)
         if size is None:

@@ -38,11 +38,12 @@ class Listening(RelayEvent):
 
 @dataclass(frozen=True)
 class MapLoaded(RelayEvent):
-    """The send relay read its restorable map."""
+    """The send relay read its restorable map (refresh 0) or a refresh of it (1, 2, ...)."""
 
     NAME: ClassVar[str] = "map"
     pages: int
     seconds: float
+    refresh: int = 0
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,14 @@ class Refused(RelayEvent):
     NAME: ClassVar[str] = "refused"
     peer: str
     reason: str
+
+
+@dataclass(frozen=True)
+class Notice(RelayEvent):
+    """Worth a line in the run's log, not a failure (e.g. a map refresh it could not use)."""
+
+    NAME: ClassVar[str] = "notice"
+    message: str
 
 
 @dataclass(frozen=True)
@@ -90,7 +99,8 @@ class Failed(RelayEvent):
 
 
 EVENTS: dict[str, type[RelayEvent]] = {
-    cls.NAME: cls for cls in (Listening, MapLoaded, Connected, Refused, Stats, Summary, Failed)}
+    cls.NAME: cls for cls in (Listening, MapLoaded, Connected, Refused, Notice, Stats, Summary,
+                              Failed)}
 _COUNTER_FIELDS = tuple(f.name for f in dataclasses.fields(CodecCounters))
 
 

@@ -14,8 +14,10 @@ from __future__ import annotations
 import os
 import stat
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from pcteleport.errors import PcteleportError
 from pcteleport.teleport.layout import RamLayout
@@ -133,3 +135,39 @@ def parse(data: bytes, name: str = "map") -> RestorableMap:
         return parse_text(data.decode("utf-8"))
     except UnicodeDecodeError:
         raise MapError(f"{name} is neither extent text nor the binary form") from None
+
+
+# -- a map and its refreshes on one stream (the send relay's stdin) -------------------------
+#
+# `MAP <n>\n` then n bytes of a map in either form, repeated; the first is the map the relay
+# starts with, each later one adds pages cached since (a refresh). The stream ends at EOF.
+
+UPDATE_LIMIT = 1 << 30  # a map announcing more than this is not one of ours
+
+
+def frame_update(data: bytes) -> bytes:
+    return b"MAP %d\n" % len(data) + data
+
+
+def read_updates(stream: BinaryIO, name: str = "the maps on stdin") -> Iterator[RestorableMap]:
+    """The maps of an update stream, one by one as they arrive; MapError names the first
+    byte that is not what the framing says."""
+    offset = 0
+    while True:
+        line = stream.readline(64)
+        if not line:
+            return
+        words = line.split()
+        if len(words) != 2 or words[0] != b"MAP" or not words[1].isdigit() \
+                or not line.endswith(b"\n"):
+            raise MapError(f"{name}: byte {offset}: expected 'MAP <length>', got {line[:40]!r}")
+        size = int(words[1])
+        if size > UPDATE_LIMIT:
+            raise MapError(f"{name}: byte {offset}: a map of {size} bytes is not one of ours")
+        offset += len(line)
+        data = stream.read(size)
+        if len(data) != size:
+            raise MapError(f"{name}: byte {offset}: the map announced {size} bytes, "
+                           f"the stream ended after {len(data)}")
+        offset += size
+        yield parse(data, name)

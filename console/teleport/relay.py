@@ -29,7 +29,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -182,10 +182,12 @@ class SendRelay:
         emit: Emitter,
         stats_interval: float = 1.0,
         load_map: Callable[[], mapfile.RestorableMap] | None = None,
+        more_maps: Iterator[mapfile.RestorableMap] | None = None,
     ) -> None:
         self.listen_addr, self.to = listen, to
         self.rmap, self.disk, self.secret = rmap, disk, secret
         self.load_map = load_map
+        self.more_maps = more_maps  # refreshes of the map, merged while the stream runs
         self.emit = emit
         self.stats_interval = stats_interval
         self.server = _listen(listen, rcvbuf=QEMU_RCVBUF)
@@ -214,6 +216,9 @@ class SendRelay:
             writer = wan.FrameWriter(wan_sock.sendall, self.secret)
             encoder = Encoder(writer, self.rmap, self.disk)
             encoder.hello()
+            if self.more_maps is not None:
+                threading.Thread(target=self._refreshes, args=(encoder,), daemon=True,
+                                 name="map-refreshes").start()
             back = threading.Thread(
                 target=self._back_channel, args=(wan_sock, qemu, writer, encoder), daemon=True
             )
@@ -240,6 +245,22 @@ class SendRelay:
             return counters
         finally:
             _close(qemu, wan_sock)
+
+    def _refreshes(self, encoder: Encoder) -> None:
+        """Refreshed maps as they come; a bad one ends the refreshes, not the migration (the
+        pages it would have named are simply sent)."""
+        assert self.more_maps is not None
+        n = 0
+        t = time.monotonic()
+        try:
+            for rmap in self.more_maps:
+                n += 1
+                encoder.add_map(rmap)
+                self.emit(events.MapLoaded(pages=rmap.pages, refresh=n,
+                                           seconds=round(time.monotonic() - t, 3)))
+                t = time.monotonic()
+        except (mapfile.MapError, ValueError, OSError) as exc:
+            self.emit(events.Notice(message=f"map refreshes stopped: {exc}"))
 
     @staticmethod
     def _send_error(writer: wan.FrameWriter, message: str) -> None:
@@ -455,12 +476,22 @@ def main_send(args: argparse.Namespace) -> int:
     disk = DiskImage(args.disk) if args.disk else None
     secret = read_secret(args.secret_file)  # before the map: both may come on stdin
 
+    updates = mapfile.read_updates(sys.stdin.buffer) if args.map_updates else None
+    if updates is not None and not from_stdin:
+        raise RelayError("--map-updates reads the maps from stdin: give --map -")
+
     def map_from_stdin() -> mapfile.RestorableMap:
-        return mapfile.parse(sys.stdin.buffer.read(), "the map on stdin")
+        if updates is None:
+            return mapfile.parse(sys.stdin.buffer.read(), "the map on stdin")
+        first = next(updates, None)
+        if first is None:
+            raise RelayError("stdin ended before the first map")
+        return first
 
     relay = SendRelay(
         parse_hostport(args.listen), parse_hostport(args.to), rmap, disk,
         secret, emit, args.stats_interval, load_map=map_from_stdin if from_stdin else None,
+        more_maps=updates,
     )
     return _run(relay, emit)
 

@@ -19,7 +19,7 @@ from typing import TypeVar
 from pcteleport.errors import PcteleportError
 from pcteleport.sites.libvirt.site_runtime import SiteRuntime
 from pcteleport.sites.remote import RemoteProcess
-from pcteleport.teleport import events
+from pcteleport.teleport import events, mapfile
 
 PORT_RANGE = (49200, 60999)
 
@@ -117,8 +117,15 @@ class RelayPair:
         raise RelayFailure(str(last))
 
     def feed_map(self, map_text: str) -> None:
+        """One map for the send relay: the first, then refreshes (framed, see mapfile)."""
         if self.send.proc is not None:
-            self.send.proc.feed(map_text, eof=True)
+            data = mapfile.frame_update(map_text.encode())
+            self.send.proc.feed(data.decode(), eof=False)
+
+    def end_maps(self) -> None:
+        """No more refreshes: the relay's stdin ends."""
+        if self.send.proc is not None:
+            self.send.proc.feed("", eof=True)
 
     def _relay_argv(self, site: SiteRuntime, *args: str) -> list[str]:
         return [*site.config.relay_command, "relay", *args, "--secret-file", "-"]
@@ -134,7 +141,7 @@ class RelayPair:
         argv = self._relay_argv(self.src, "send",
                                 "--listen", f"127.0.0.1:{self.qemu_port}",
                                 "--to", f"{self.dst.config.wan_addr}:{wan_port}",
-                                "--map", "-", "--disk", source_disk)
+                                "--map", "-", "--map-updates", "--disk", source_disk)
         self.send.proc = self.src.host.spawn(argv, self.send.on_line, stdin=self.secret + "\n")
 
     def failure(self) -> str | None:

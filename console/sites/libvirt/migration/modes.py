@@ -4,8 +4,6 @@ first (the guest dropping its cache, multifd zstd, the relays and the map)."""
 from __future__ import annotations
 
 import json
-import threading
-import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,7 +13,9 @@ import libvirt_qemu
 
 from pcteleport.records import Mode, Phase
 from pcteleport.sites.guest_agent import GuestAgent
+from pcteleport.sites.libvirt.migration import switchover
 from pcteleport.sites.libvirt.migration.journal import Journal
+from pcteleport.sites.libvirt.migration.maps import MapFeed
 from pcteleport.sites.libvirt.migration.plan import MigrationFailed, Plan, fmt_bytes
 from pcteleport.sites.libvirt.relays import RelayPair
 from pcteleport.sites.libvirt.site_runtime import SiteRuntime
@@ -36,6 +36,8 @@ class Prepared:
     params: dict[str, object] = field(default_factory=dict)
     flags: int = BASE_FLAGS
     relays: RelayPair | None = None
+    maps: MapFeed | None = None  # teleport: the map and its refreshes
+    sizer: switchover.DrainRate | None = None  # the switch-over sized by the WAN (QEMU >= 8.2)
 
 
 def prepare(plan: Plan, dom: libvirt.virDomain, journal: Journal, agent_for: AgentFor,
@@ -96,35 +98,25 @@ def prepare_teleport(plan: Plan, dom: libvirt.virDomain, journal: Journal,
             "teleport needs one (migrate with stock instead)"
         )
     journal.phase(Phase.MAP)
-    agent = agent_for(plan.src, plan.vm)
     relays = out.relays = RelayPair(plan.src, plan.dst)
-    started = threading.Event()
-
-    def take_map() -> None:
-        t = time.monotonic()
-        try:
-            text, header = agent.restorable_map(plan.data_serial or plan.data_disk)
-        except Exception as exc:  # whatever it is, the run must hear of it
-            relays.map_problem = f"teleport: no restorable map from the guest agent: {exc}"
-            journal.log(relays.map_problem)
-            return
-        started.wait()  # the send relay exists before its map goes to it
-        relays.feed_map(text)
-        pages = int(header.get("pages", 0))
-        journal.log(f"restorable map from the guest agent ({header.get('source', '?')}): "
-                    f"{pages} pages ({fmt_bytes(pages * 4096)}) of disk {plan.data_serial}, "
-                    f"taken in {time.monotonic() - t:.1f} s "
-                    f"({header.get('elapsed-ms', '?')} ms of it in the guest's walk)")
-
-    threading.Thread(target=take_map, daemon=True, name="teleport-map").start()
+    maps = out.maps = MapFeed(plan, journal, agent_for(plan.src, plan.vm), relays)
+    maps.start()  # the map is taken while the relays start and libvirt prepares
     try:
         relays.start(plan.data_disk, plan.data_disk)
     finally:
-        started.set()
+        maps.relay_ready.set()
     if relays.map_problem:
         raise MigrationFailed(relays.map_problem)
     journal.log(f"relays up: {plan.src.name} 127.0.0.1:{relays.qemu_port} -> "
                 f"{plan.dst.name} {plan.dst.config.wan_addr}")
+    if switchover.supported(dom):
+        out.sizer = switchover.DrainRate(plan.wan.rate_bytes_per_s if plan.wan else None)
+        journal.log("switch-over sized by the WAN: QEMU is told the rate at which the WAN drains "
+                    "guest memory (avail-switchover-bandwidth), not the rate at which it "
+                    "writes into the relay")
+    else:
+        journal.log("this QEMU (< 8.2) sizes the switch-over by the rate it writes into the "
+                    "relay, which teleported pages inflate: the downtime may exceed its limit")
     out.params[libvirt.VIR_MIGRATE_PARAM_URI] = f"tcp://127.0.0.1:{relays.qemu_port}"
     out.params[libvirt.VIR_MIGRATE_PARAM_LISTEN_ADDRESS] = "127.0.0.1"
 

@@ -103,6 +103,8 @@ class MigrationRun:
                 self._fail(Result.FAILED, exc.get_error_message() if isinstance(
                     exc, libvirt.libvirtError) else str(exc), wan_before)
         finally:
+            if self.prepared.maps is not None:
+                self.prepared.maps.stop()
             if self.prepared.relays is not None:
                 self.prepared.relays.stop()
             with contextlib.suppress(PcteleportError):
@@ -145,6 +147,9 @@ class MigrationRun:
         rec.guest_bytes, pages = stats.final_counts(completed, summary)
         if summary is not None or completed:
             rec.pages = pages
+        if summary is not None and self.prepared.maps is not None:
+            rec.map_refreshes = self.prepared.maps.refreshes
+            rec.pages_teleported_later = summary.counters.pages_teleported_later
         self._account_wan(wan_before)
         self.destination.check()
         if ram_problem:

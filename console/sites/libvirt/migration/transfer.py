@@ -12,11 +12,19 @@ import libvirt
 
 from pcteleport.records import Phase
 from pcteleport.sites.libvirt.lifecycle import LifecycleEvent
+from pcteleport.sites.libvirt.migration import switchover
 from pcteleport.sites.libvirt.migration.journal import Journal
 from pcteleport.sites.libvirt.migration.modes import Prepared
-from pcteleport.sites.libvirt.migration.plan import Aborted, AbortSignal, MigrationFailed, Plan
+from pcteleport.sites.libvirt.migration.plan import (
+    Aborted,
+    AbortSignal,
+    MigrationFailed,
+    Plan,
+    fmt_bytes,
+)
 from pcteleport.sites.libvirt.migration.stats import WanRate, build_sample, progress_line
 from pcteleport.sites.libvirt.site_runtime import WanMeter
+from pcteleport.teleport import events
 
 
 class Transfer:
@@ -25,6 +33,7 @@ class Transfer:
         self.plan, self.journal, self.prepared, self.abort = plan, journal, prepared, abort
         self.called = False  # migrate3 was called: an incoming VM at the destination is ours
         self.migrated = False  # QEMU's migration completed: the VM now runs at the destination
+        self._sized_at = -1.0  # the relay stats the switch-over was last sized from (their t)
 
     def run(self, dom: libvirt.virDomain) -> None:
         """Returns once QEMU's migration completed; raises MigrationFailed or Aborted."""
@@ -56,6 +65,8 @@ class Transfer:
         finally:
             for site in (p.src, p.dst):
                 site.events.remove(self._on_lifecycle)
+            if self.prepared.maps is not None:
+                self.prepared.maps.stop()  # the guest is paused or gone: no more refreshes
         self.migrated = "domain" in outcome
         if "error" in outcome:
             err = outcome["error"]
@@ -106,8 +117,30 @@ class Transfer:
             j.log(progress_line(sample, remaining_min))
             remaining_min = (sample.remaining_bytes if remaining_min is None
                              else min(remaining_min, sample.remaining_bytes))
+            if self.prepared.sizer is not None and relays is not None:
+                self._size_switchover(dom, relays.send.latest)
             problem = relays.failure() if relays is not None else None
             if problem:
                 j.log(problem)
                 with contextlib.suppress(libvirt.libvirtError):
                     dom.abortJob()
+
+    def _size_switchover(self, dom: libvirt.virDomain, latest: object) -> None:
+        """Tell QEMU the WAN's drain rate, from each new stats event of the send relay."""
+        sizer = self.prepared.sizer
+        if sizer is None or not isinstance(latest, events.Stats) or latest.t == self._sized_at:
+            return
+        self._sized_at = latest.t
+        rate = sizer.update(latest)
+        if rate is None or not sizer.worth_telling(rate):
+            return
+        try:
+            switchover.set_rate(dom, int(rate))
+        except libvirt.libvirtError as exc:
+            self.prepared.sizer = None  # once is enough to know
+            self.journal.log(f"could not size the switch-over by the WAN: {exc}")
+            return
+        if sizer.applied is None or abs(rate - sizer.applied) > 0.25 * sizer.applied:
+            self.journal.log(f"switch-over sized at {fmt_bytes(rate)}/s of guest memory "
+                             f"(WAN x {sizer.ratio:.2f} guest bytes per WAN byte)")
+        sizer.applied = rate

@@ -1,0 +1,88 @@
+"""The send relay's maps: the first from the guest agent while the relays start, then
+refreshes while QEMU's passes run, so pages cached after the start are teleported too (a
+database reading its tables into the cache during the migration; issue 14).
+
+A refresh is the module's walk again (tens of ms in the guest for hundreds of MiB of cache);
+only extents the relay has not had yet travel. Every page a map names is still checked against
+the source's disk by the encoder and by hash at the destination, so a refresh can only add
+pages that really are restorable. Refreshes stop at the switch-over: the guest is paused, and
+what it cached afterwards is not in this migration.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from pcteleport.records import Phase
+from pcteleport.sites.guest_agent import GuestAgent
+from pcteleport.sites.libvirt.migration.journal import Journal
+from pcteleport.sites.libvirt.migration.plan import Plan, fmt_bytes
+from pcteleport.sites.libvirt.relays import RelayPair
+from pcteleport.teleport import mapfile
+
+REFRESH_EVERY = 2.0  # seconds from one refresh's start to the next at the earliest
+
+
+class MapFeed:
+    def __init__(self, plan: Plan, journal: Journal, agent: GuestAgent,
+                 relays: RelayPair) -> None:
+        self.plan, self.journal, self.agent, self.relays = plan, journal, agent, relays
+        self.relay_ready = threading.Event()  # the send relay exists: maps may go to it
+        self.stopped = threading.Event()
+        self.refreshes = 0
+        self._known: set[tuple[int, int, int]] = set()
+
+    def start(self) -> None:
+        threading.Thread(target=self._run, daemon=True, name="teleport-maps").start()
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+    def _run(self) -> None:
+        if not self._first():
+            return
+        while not self.stopped.wait(REFRESH_EVERY):
+            if self.journal.current in (Phase.STOP_AND_COPY, Phase.RESUME, Phase.DONE):
+                break
+            try:
+                self._refresh()
+            except Exception as exc:
+                self.journal.log(f"map refresh stopped: {exc}")
+                break
+        self.relays.end_maps()
+
+    def _first(self) -> bool:
+        p, t = self.plan, time.monotonic()
+        try:
+            text, header = self.agent.restorable_map(p.data_serial or p.data_disk)
+        except Exception as exc:  # whatever it is, the run must hear of it
+            self.relays.map_problem = f"teleport: no restorable map from the guest agent: {exc}"
+            self.journal.log(self.relays.map_problem)
+            return False
+        self._known.update(mapfile.parse_text(text).extents)
+        self.relay_ready.wait()  # the send relay exists before its map goes to it
+        self.relays.feed_map(text)
+        pages = int(header.get("pages", 0))
+        self.journal.log(
+            f"restorable map from the guest agent ({header.get('source', '?')}): "
+            f"{pages} pages ({fmt_bytes(pages * 4096)}) of disk {p.data_serial}, taken in "
+            f"{time.monotonic() - t:.1f} s ({header.get('elapsed-ms', '?')} ms of it in the "
+            "guest's walk)")
+        return True
+
+    def _refresh(self) -> None:
+        t = time.monotonic()
+        text, header = self.agent.restorable_map(self.plan.data_serial or self.plan.data_disk)
+        if self.stopped.is_set():
+            return  # the switch-over came meanwhile
+        fresh = [e for e in mapfile.parse_text(text).extents if e not in self._known]
+        self.refreshes += 1
+        if not fresh:
+            return
+        self._known.update(fresh)
+        self.relays.feed_map(mapfile.RestorableMap(extents=fresh).to_text())
+        pages = sum(n for _, _, n in fresh) // 4096
+        self.journal.log(f"map refresh {self.refreshes}: {pages} pages cached since "
+                         f"({fmt_bytes(pages * 4096)}), taken in {time.monotonic() - t:.1f} s "
+                         f"({header.get('elapsed-ms', '?')} ms of it in the guest's walk)")
