@@ -69,10 +69,13 @@ def violations(path: str, source: str) -> list[str]:
                 for line, name in imports(source)
                 if name.split(".")[0] not in sys.stdlib_module_names]
     never = NEVER.get(room_of(path), ())
-    return [f"{path}:{line}: imports {name}: room {room_of(path)!r} must not import {rule}"
-            for line, name in imports(source)
-            for rule in never
-            if (name == rule or name.startswith(rule + ".")) and (path, rule) not in EXCEPTIONS]
+    found: dict[tuple[int, str], str] = {}  # one line per import statement and rule
+    for line, name in imports(source):
+        for rule in never:
+            if (name == rule or name.startswith(rule + ".")) and (path, rule) not in EXCEPTIONS:
+                found.setdefault((line, rule), f"{path}:{line}: imports {name}: room "
+                                               f"{room_of(path)!r} must not import {rule}")
+    return list(found.values())
 
 
 def test_every_module_keeps_its_room():

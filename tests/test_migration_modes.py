@@ -1,0 +1,97 @@
+"""One prepare step per mode (sites/libvirt/migration/modes.py): the migrate3 parameters and
+flags each mode asks libvirt for, on libvirt 11.3 (multifd zstd as a typed parameter) and on
+Debian 12's 9.0 (QEMU's parameter set by hand). The real engine runs these paths in
+tests/test_migrations.py; here both libvirt versions are covered on one machine."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from types import SimpleNamespace
+
+import libvirt
+import pytest
+
+from pcteleport.records import MigrationRecord, Mode
+from pcteleport.sites.libvirt.migration import modes
+from pcteleport.sites.libvirt.migration.journal import Journal
+from pcteleport.sites.libvirt.migration.plan import MigrationFailed
+
+XML = "<domain type='qemu'><name>web</name><devices/></domain>"
+
+
+class Dom:
+    def XMLDesc(self, flags: int = 0) -> str:
+        return XML
+
+
+def plan(mode: Mode, libvirt_version: int, wan_addr: str = "10.77.0.2", **kw):
+    conn = SimpleNamespace(getLibVersion=lambda: libvirt_version)
+    return SimpleNamespace(
+        vm="web", mode=mode, auto_converge=kw.get("auto_converge", False),
+        bandwidth_cap=kw.get("bandwidth_cap"),
+        src=SimpleNamespace(name="tokyo", conn=lambda: conn),
+        dst=SimpleNamespace(name="osaka", config=SimpleNamespace(wan_addr=wan_addr)))
+
+
+def prepare(p) -> tuple[modes.Prepared, Journal]:
+    journal = Journal(MigrationRecord(run_id="r", vm="web", from_site="tokyo", to_site="osaka",
+                                      mode=p.mode), lambda ev: None)
+    out = modes.Prepared()
+    modes.prepare(p, Dom(), journal, lambda site, vm: None, out)  # type: ignore[arg-type]
+    return out, journal
+
+
+def test_stock_goes_straight_over_the_wan():
+    out, _ = prepare(plan(Mode.STOCK, 11_003_000, bandwidth_cap=12 * 2**20))
+    assert out.params[libvirt.VIR_MIGRATE_PARAM_URI] == "tcp://10.77.0.2"
+    assert out.params[libvirt.VIR_MIGRATE_PARAM_LISTEN_ADDRESS] == "10.77.0.2"
+    assert out.params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] == 12  # MiB/s
+    assert out.flags == modes.BASE_FLAGS and out.relays is None
+
+
+def test_zstd_on_libvirt_11_uses_its_typed_parameter(monkeypatch):
+    monkeypatch.setattr(modes.libvirt_qemu, "qemuMonitorCommand",
+                        lambda *a: pytest.fail("no QMP side door where libvirt has the knob"))
+    out, _ = prepare(plan(Mode.ZSTD, 11_003_000, auto_converge=True))
+    assert out.params[libvirt.VIR_MIGRATE_PARAM_COMPRESSION] == "zstd"
+    assert out.flags & libvirt.VIR_MIGRATE_PARALLEL
+    assert out.flags & libvirt.VIR_MIGRATE_AUTO_CONVERGE
+    assert libvirt.VIR_MIGRATE_PARAM_DEST_XML not in out.params
+
+
+def test_zstd_on_libvirt_9_0_sets_qemus_parameter_on_both_ends(monkeypatch):
+    sent = []
+
+    def qmp(dom, cmd, flags):
+        sent.append(json.loads(cmd))
+        return json.dumps({"return": {}})
+
+    monkeypatch.setattr(modes.libvirt_qemu, "qemuMonitorCommand", qmp)
+    out, journal = prepare(plan(Mode.ZSTD, 9_000_000))
+    assert sent == [{"execute": "migrate-set-parameters",
+                     "arguments": {"multifd-compression": "zstd"}}]
+    assert libvirt.VIR_MIGRATE_PARAM_COMPRESSION not in out.params
+    dest = ET.fromstring(out.params[libvirt.VIR_MIGRATE_PARAM_DEST_XML])
+    args = [a.get("value") for a in dest.iter(f"{{{modes.QEMU_NS}}}arg")]
+    assert args == ["-global", "migration.multifd-compression=zstd"]
+    assert any("cannot ask for multifd zstd" in line.text for line in journal.record.log)
+
+
+def test_zstd_refused_by_qemu_is_one_clear_line(monkeypatch):
+    monkeypatch.setattr(modes.libvirt_qemu, "qemuMonitorCommand",
+                        lambda *a: json.dumps({"error": {"desc": "no zstd in this build"}}))
+    with pytest.raises(MigrationFailed, match="QEMU refused multifd zstd: no zstd in this build"):
+        prepare(plan(Mode.ZSTD, 9_000_000))
+
+
+def test_a_site_without_a_wan_address_is_named():
+    with pytest.raises(MigrationFailed, match="site osaka has no wan_addr"):
+        prepare(plan(Mode.STOCK, 11_003_000, wan_addr=""))
+
+
+def test_teleport_without_a_data_disk_says_what_to_do():
+    p = plan(Mode.TELEPORT, 11_003_000)
+    p.data_disk = ""
+    with pytest.raises(MigrationFailed, match="teleport needs one \\(migrate with stock"):
+        prepare(p)
