@@ -213,6 +213,60 @@ def test_secret_and_a_late_map_on_stdin(material):
         recv.kill()
 
 
+def test_map_refreshes_on_stdin_teleport_pages_cached_later(material):
+    """What the migration service does since issue 14: maps framed on stdin, the first, then a
+    refresh naming pages cached after it. QEMU's second pass re-sends those pages, and they are
+    teleported; the relay exits once its stream is done and its stdin has ended."""
+    from pcteleport.teleport.mapfile import frame_update
+
+    m = material
+    data = m["disk"].read_bytes()
+    cached = [("pc.ram", i * PAGE, data[(10 + i) * PAGE:(11 + i) * PAGE]) for i in range(40)]
+    stream = build_stream([cached, cached[20:]])  # pages 20-39 dirtied, sent again
+    first = RestorableMap(extents=[(0, 10 * PAGE, 20 * PAGE)]).to_text().encode()
+    later = RestorableMap(extents=[(20 * PAGE, 30 * PAGE, 20 * PAGE)]).to_binary()
+    qemu_port, wan_port, src_port = free_port(), free_port(), free_port()
+    dest = FakeDestQemu(qemu_port)
+    dest.start()
+    recv = Relay("recv", "--listen", f"127.0.0.1:{wan_port}", "--to", f"127.0.0.1:{qemu_port}",
+                 "--disk", str(m["disk"]), "--secret-file", str(m["secret"]))
+    send = Relay("send", "--listen", f"127.0.0.1:{src_port}", "--to", f"127.0.0.1:{wan_port}",
+                 "--map", "-", "--map-updates", "--disk", str(m["disk"]),
+                 "--secret-file", str(m["secret"]), stdin=True)
+    try:
+        assert send.proc.stdin is not None
+        send.proc.stdin.write(frame_update(first).decode())
+        send.proc.stdin.flush()
+        recv.wait_event("listening")
+        send.wait_event("listening")
+        assert send.wait_event("map")["pages"] == 20
+        sock = socket.create_connection(("127.0.0.1", src_port), timeout=20)
+        split = len(stream) * 6 // 10  # inside the first pass: the second is the last third
+        sock.sendall(stream[:split])
+        send.proc.stdin.buffer.write(frame_update(later))  # type: ignore[attr-defined]
+        send.proc.stdin.flush()
+        deadline = time.monotonic() + 20
+        while not any(e["event"] == "map" and e.get("refresh") == 1 for e in send.events):
+            assert time.monotonic() < deadline, send.events
+            time.sleep(0.02)
+        time.sleep(0.3)  # the encoder merges it before its next page
+        sock.sendall(stream[split:])
+        sock.shutdown(socket.SHUT_WR)
+        summary = send.wait_event("summary")
+        assert send.proc.poll() is None  # waits for the end of its maps...
+        send.proc.stdin.close()  # ...which the service sends when QEMU's transfer ends
+        assert send.finish() == 0, send.stderr()
+        sock.close()
+        assert recv.finish() == 0, recv.stderr()
+        dest.join(10)
+        assert bytes(dest.received) == stream
+        assert summary["pages_teleported_later"] >= 20  # the second pass, at least
+        assert summary["pages_teleported"] == 20 + summary["pages_teleported_later"]
+    finally:
+        send.kill()
+        recv.kill()
+
+
 def test_diverged_replica_pages_come_over_the_back_channel(material):
     m = material
     replica = m["tmp"] / "replica.raw"

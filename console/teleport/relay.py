@@ -217,7 +217,10 @@ class SendRelay:
             encoder = Encoder(writer, self.rmap, self.disk)
             encoder.hello()
             if self.more_maps is not None:
-                threading.Thread(target=self._refreshes, args=(encoder,), daemon=True,
+                # Not a daemon: one blocked in stdin's read at exit kills the interpreter
+                # ("could not acquire lock for <stdin>"). It ends when stdin does, which the
+                # console closes when QEMU's transfer ends.
+                threading.Thread(target=self._refreshes, args=(encoder,),
                                  name="map-refreshes").start()
             back = threading.Thread(
                 target=self._back_channel, args=(wan_sock, qemu, writer, encoder), daemon=True

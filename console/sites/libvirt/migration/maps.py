@@ -37,14 +37,17 @@ class MapFeed:
         threading.Thread(target=self._run, daemon=True, name="teleport-maps").start()
 
     def stop(self) -> None:
+        """No more refreshes; the relay hears it at once (its stdin ends), even while a
+        refresh still waits for the guest."""
         self.stopped.set()
+        self.relays.end_maps()
 
     def _run(self) -> None:
         if not self._first():
             return
         while not self.stopped.wait(REFRESH_EVERY):
             if self.journal.current in (Phase.STOP_AND_COPY, Phase.RESUME, Phase.DONE):
-                break
+                break  # the guest is paused: what it caches now is not in this migration
             try:
                 self._refresh()
             except Exception as exc:
