@@ -21,7 +21,9 @@ from pcteleport.sites.libvirt.migration.plan import Plan, fmt_bytes
 from pcteleport.sites.libvirt.relays import RelayPair
 from pcteleport.teleport import mapfile
 
-REFRESH_EVERY = 2.0  # seconds from one refresh's start to the next at the earliest
+REFRESH_EVERY = 2.0  # seconds between refreshes at the least...
+# ...and at least as long as the last one took: a guest whose walk is slow (a busy vCPU, a
+# huge cache) spends at most half its time on refreshes
 
 
 class MapFeed:
@@ -45,14 +47,17 @@ class MapFeed:
     def _run(self) -> None:
         if not self._first():
             return
-        while not self.stopped.wait(REFRESH_EVERY):
+        pause = REFRESH_EVERY
+        while not self.stopped.wait(pause):
             if self.journal.current in (Phase.STOP_AND_COPY, Phase.RESUME, Phase.DONE):
                 break  # the guest is paused: what it caches now is not in this migration
+            t = time.monotonic()
             try:
                 self._refresh()
             except Exception as exc:
                 self.journal.log(f"map refresh stopped: {exc}")
                 break
+            pause = max(REFRESH_EVERY, time.monotonic() - t)
         self.relays.end_maps()
 
     def _first(self) -> bool:
