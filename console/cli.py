@@ -136,6 +136,9 @@ def _add_relay(sub: argparse._SubParsersAction) -> None:
     recv.add_argument("--secret-file",
                       help="file holding this migration's shared secret ('-': stdin's first line)")
     recv.add_argument("--stats-interval", type=float, default=1.0, metavar="S")
+    recv.add_argument("--wait", type=positive_number, default=600.0, metavar="S",
+                      help="give up when no source relay has authenticated after S seconds "
+                      "(default 600)")
     recv.set_defaults(handler=_relay_recv)
 
 

@@ -23,6 +23,7 @@ import argparse
 import contextlib
 import dataclasses
 import os
+import queue
 import socket
 import struct
 import sys
@@ -49,6 +50,9 @@ ID = struct.Struct(">Q")
 QEMU_RCVBUF = 256 << 10
 WAN_NOTSENT_LOWAT = 128 << 10  # unsent bytes only: in-flight data still fills the WAN's BDP
 CONNECT_TIMEOUT = 20.0
+HELLO_TIMEOUT = 10.0  # a WAN client has this long to authenticate
+MAX_REFUSED = 16  # connections turned away before the recv relay gives up
+WAIT_FOR_SOURCE = 600.0  # for the source relay's connection (the map may take minutes)
 DRAIN_TIMEOUT = 30.0  # after the stream, how long to wait for the return path to close
 
 
@@ -335,9 +339,11 @@ class RecvRelay:
         emit: Emitter,
         stats_interval: float = 1.0,
         fetch_on_mismatch: bool = False,
+        wait_s: float = WAIT_FOR_SOURCE,
     ) -> None:
         self.listen_addr, self.to = listen, to
         self.disk, self.secret = disk, secret
+        self.wait_s = wait_s
         self.fetch_on_mismatch = fetch_on_mismatch
         self.emit = emit
         self.stats_interval = stats_interval
@@ -345,9 +351,16 @@ class RecvRelay:
         self.port = self.server.getsockname()[1]
 
     def _accept_authentic(self) -> tuple[socket.socket, wan.FrameReader, dict]:
-        """The first WAN connection whose HELLO authenticates; others are turned away."""
-        for _ in range(16):
-            sock, peer = self.server.accept()
+        """The first WAN connection whose HELLO authenticates; others are turned away.
+
+        Each connection says hello in a thread of its own, within HELLO_TIMEOUT: a client that
+        connects and sends nothing (or half a frame) cannot hold up the source relay behind it.
+        """
+        found: queue.Queue[tuple[socket.socket, wan.FrameReader, dict, str]] = queue.Queue()
+        refused: list[str] = []
+
+        def handshake(sock: socket.socket, peer: str) -> None:
+            sock.settimeout(HELLO_TIMEOUT)
             reader = wan.FrameReader(wan.socket_read_exact(sock), self.secret)
             try:
                 hello = reader.next()
@@ -355,13 +368,34 @@ class RecvRelay:
                     raise RelayError("no hello")
                 info = hello.json()
             except (PcteleportError, OSError) as exc:
-                self.emit(events.Refused(peer=f"{peer[0]}:{peer[1]}", reason=str(exc)))
+                reason = "said nothing in time" if isinstance(exc, TimeoutError) else str(exc)
+                self.emit(events.Refused(peer=peer, reason=reason))
+                refused.append(peer)
                 _close(sock)
+                return
+            found.put((sock, reader, info, peer))
+
+        deadline = time.monotonic() + self.wait_s
+        self.server.settimeout(0.2)
+        while found.empty():
+            if len(refused) >= MAX_REFUSED:
+                raise RelayError("too many connections failed authentication; giving up")
+            if time.monotonic() > deadline:
+                raise RelayError(
+                    f"no source relay authenticated within {self.wait_s:g} s"
+                    + (f" ({len(refused)} refused: {', '.join(refused[:3])}): check that both "
+                       "ends got the same secret" if refused else ""))
+            try:
+                sock, addr = self.server.accept()
+            except TimeoutError:
                 continue
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self.emit(events.Connected(side="wan", peer=f"{peer[0]}:{peer[1]}"))
-            return sock, reader, info
-        raise RelayError("too many connections failed authentication; giving up")
+            threading.Thread(target=handshake, args=(sock, f"{addr[0]}:{addr[1]}"),
+                             daemon=True).start()
+        sock, reader, info, peer = found.get()
+        sock.settimeout(None)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.emit(events.Connected(side="wan", peer=peer))
+        return sock, reader, info
 
     def run(self) -> CodecCounters:
         emit = self.emit
@@ -505,7 +539,7 @@ def main_recv(args: argparse.Namespace) -> int:
     relay = RecvRelay(
         parse_hostport(args.listen), parse_hostport(args.to), disk,
         read_secret(args.secret_file), emit, args.stats_interval,
-        fetch_on_mismatch=args.on_mismatch == "fetch",
+        fetch_on_mismatch=args.on_mismatch == "fetch", wait_s=args.wait,
     )
     return _run(relay, emit)
 
