@@ -58,7 +58,7 @@ def list_vms(as_json: bool) -> int:
 
 def migrate(vm: str, to: str, mode: str, bandwidth_mib: float | None, as_json: bool,
             verify: str = "sample", auto_converge: bool = False, force: bool = False,
-            compare_ram: bool = False) -> int:
+            compare_ram: bool = False, insecure: bool = False) -> int:
     try:
         mode_v = Mode(mode)
     except ValueError:
@@ -69,7 +69,7 @@ def migrate(vm: str, to: str, mode: str, bandwidth_mib: float | None, as_json: b
                                bandwidth_mib * 2**20 if bandwidth_mib else None,
                                verify_pages=0 if verify == "full" else VERIFY_SAMPLE_PAGES,
                                auto_converge=auto_converge, force=force,
-                               compare_ram=compare_ram)
+                               compare_ram=compare_ram, insecure=insecure)
 
     def on_event(event: object) -> None:
         if isinstance(event, LogLine):

@@ -292,6 +292,9 @@ class MigrationRecord:
     #: because one of them named a page cached after the first map
     map_refreshes: int = 0
     pages_teleported_later: int = 0
+    #: how guest memory crossed the WAN: "aes-256-gcm" (teleport's relays), "none" (QEMU's
+    #: stream in clear), "none (--insecure)" (teleport frames authenticated, in clear)
+    wan_encryption: str = ""
     schema: int = SCHEMA_VERSION
 
     def summary(self) -> dict[str, Any]:
@@ -313,6 +316,7 @@ class MigrationRecord:
                 "teleported_after_refresh": self.pages_teleported_later,
             },
             "map_refreshes": self.map_refreshes,
+            "wan_encryption": self.wan_encryption,
             "runs_at": self.runs_at,
             "guest_crashed": bool(self.guest_console),
             "ram_pages_differing": None if self.ram_check is None else self.ram_check.differing,

@@ -187,7 +187,9 @@ class SendRelay:
         stats_interval: float = 1.0,
         load_map: Callable[[], mapfile.RestorableMap] | None = None,
         more_maps: Iterator[mapfile.RestorableMap] | None = None,
+        insecure: bool = False,
     ) -> None:
+        self.insecure = insecure  # frames authenticated but in clear (for comparison only)
         self.listen_addr, self.to = listen, to
         self.rmap, self.disk, self.secret = rmap, disk, secret
         self.load_map = load_map
@@ -217,7 +219,8 @@ class SendRelay:
                 wan_sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT,
                                     WAN_NOTSENT_LOWAT)
             emit(events.Connected(side="wan", peer=f"{self.to[0]}:{self.to[1]}"))
-            writer = wan.FrameWriter(wan_sock.sendall, self.secret)
+            writer = wan.FrameWriter(wan_sock.sendall, self.secret, wan.FORWARD,
+                                     encrypt=not self.insecure)
             encoder = Encoder(writer, self.rmap, self.disk)
             encoder.hello()
             if self.more_maps is not None:
@@ -277,7 +280,8 @@ class SendRelay:
     def _back_channel(
         self, wan_sock: socket.socket, qemu: socket.socket, writer: wan.FrameWriter, enc: Encoder
     ) -> None:
-        reader = wan.FrameReader(wan.socket_read_exact(wan_sock), self.secret)
+        reader = wan.FrameReader(wan.socket_read_exact(wan_sock), self.secret, wan.BACK,
+                                 encrypt=not self.insecure)
         try:
             first = reader.next()
             if first is None or first.type != wan.HELLO or first.json().get("role") != "decoder":
@@ -340,7 +344,9 @@ class RecvRelay:
         stats_interval: float = 1.0,
         fetch_on_mismatch: bool = False,
         wait_s: float = WAIT_FOR_SOURCE,
+        insecure: bool = False,
     ) -> None:
+        self.insecure = insecure
         self.listen_addr, self.to = listen, to
         self.disk, self.secret = disk, secret
         self.wait_s = wait_s
@@ -361,7 +367,8 @@ class RecvRelay:
 
         def handshake(sock: socket.socket, peer: str) -> None:
             sock.settimeout(HELLO_TIMEOUT)
-            reader = wan.FrameReader(wan.socket_read_exact(sock), self.secret)
+            reader = wan.FrameReader(wan.socket_read_exact(sock), self.secret, wan.FORWARD,
+                                     encrypt=not self.insecure)
             try:
                 hello = reader.next()
                 if hello is None or hello.type != wan.HELLO:
@@ -403,7 +410,8 @@ class RecvRelay:
         wan_sock, reader, hello = self._accept_authentic()
         self.server.close()
         qemu: socket.socket | None = None
-        writer = wan.FrameWriter(wan_sock.sendall, self.secret)
+        writer = wan.FrameWriter(wan_sock.sendall, self.secret, wan.BACK,
+                                 encrypt=not self.insecure)
         source = FrameSource(reader)
         # A diverged replica fails the migration by default: the VM must not go on running
         # on a disk that differs from its own. Fetching the page only repairs the cache.
@@ -528,7 +536,7 @@ def main_send(args: argparse.Namespace) -> int:
     relay = SendRelay(
         parse_hostport(args.listen), parse_hostport(args.to), rmap, disk,
         secret, emit, args.stats_interval, load_map=map_from_stdin if from_stdin else None,
-        more_maps=updates,
+        more_maps=updates, insecure=args.insecure,
     )
     return _run(relay, emit)
 
@@ -540,6 +548,7 @@ def main_recv(args: argparse.Namespace) -> int:
         parse_hostport(args.listen), parse_hostport(args.to), disk,
         read_secret(args.secret_file), emit, args.stats_interval,
         fetch_on_mismatch=args.on_mismatch == "fetch", wait_s=args.wait,
+        insecure=args.insecure,
     )
     return _run(relay, emit)
 

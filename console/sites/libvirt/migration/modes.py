@@ -98,7 +98,7 @@ def prepare_teleport(plan: Plan, dom: libvirt.virDomain, journal: Journal,
             "teleport needs one (migrate with stock instead)"
         )
     journal.phase(Phase.MAP)
-    relays = out.relays = RelayPair(plan.src, plan.dst)
+    relays = out.relays = RelayPair(plan.src, plan.dst, insecure=plan.insecure)
     maps = out.maps = MapFeed(plan, journal, agent_for(plan.src, plan.vm), relays)
     maps.start()  # the map is taken while the relays start and libvirt prepares
     try:

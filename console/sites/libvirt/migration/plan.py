@@ -46,6 +46,8 @@ class Plan:
     compare_ram: bool = False
     #: the VM's serial console file (the same path at every site), checked for crashes
     console_log: str = ""
+    #: teleport frames in clear (authenticated only), for comparison
+    insecure: bool = False
 
 
 def fmt_bytes(n: float) -> str:
@@ -74,7 +76,8 @@ def ram_layout(dom: libvirt.virDomain) -> RamLayout:
 def plan_for(vm: str, src: SiteRuntime, dst: SiteRuntime, mode: Mode,
              bandwidth_cap: float | None, data_disk: str = "",
              wan: WanLink | None = None, verify_pages: int = VERIFY_SAMPLE_PAGES,
-             auto_converge: bool = False, compare_ram: bool = False) -> Plan:
+             auto_converge: bool = False, compare_ram: bool = False, *,
+             insecure: bool = False) -> Plan:
     dom = src.domain(vm)
     chosen = data_disk_of(dom, data_disk)
     return Plan(
@@ -82,7 +85,7 @@ def plan_for(vm: str, src: SiteRuntime, dst: SiteRuntime, mode: Mode,
         bandwidth_cap=bandwidth_cap, data_disk=chosen.path if chosen else "",
         data_serial=chosen.serial if chosen else "", wan=wan, verify_pages=verify_pages,
         auto_converge=auto_converge, compare_ram=compare_ram,
-        console_log=guest_health.console_log_of(dom.XMLDesc(0)),
+        console_log=guest_health.console_log_of(dom.XMLDesc(0)), insecure=insecure,
     )
 
 
