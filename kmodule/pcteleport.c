@@ -17,7 +17,8 @@
  * types in the fstypes parameter); reads then page through that snapshot by position, so
  * a reader resumes in O(1) however many pages there are. The walk takes no lock across
  * sleeping calls: inodes are pinned with __iget() like fs/drop_caches.c, folios through
- * filemap_get_folios(), and it calls cond_resched() per inode and per folio batch.
+ * filemap_get_folios(), and it calls cond_resched() per inode and per folio batch, and
+ * also among inodes it skips whenever another task is waiting (see pct_walk_sb()).
  *
  * Block lookup: through the filesystem's ->fiemap (ext4, xfs), into a small buffer mapped in
  * the reading process for the duration of the walk, without FIEMAP_FLAG_SYNC, so it never
@@ -78,6 +79,7 @@ struct pct_counters {
 	u64 superblocks, inodes;
 	u64 cached, dirty, writeback, not_uptodate, clean;
 	u64 in_dirty_file, unmappable, restorable_estimate;
+	u64 lock_breaks;	/* inode list lock dropped at a skipped inode to reschedule */
 	u64 restorable, unmapped, unaligned, tail, via_fiemap, via_bmap;
 };
 
@@ -350,11 +352,22 @@ static void pct_note_sb(struct pct_snapshot *s, struct super_block *sb)
 	info->start = (u64)bdev->bd_start_sect << SECTOR_SHIFT;
 }
 
-/* Called by iterate_supers_type() with sb->s_umount held for reading (sleeping is fine). */
+/*
+ * Called by iterate_supers_type() with sb->s_umount held for reading (sleeping is fine).
+ *
+ * s_inode_list_lock is a spinlock: while it is held this CPU cannot reschedule. The lock is
+ * dropped around each inode the walk works on, pinned by __iget() so that its place in
+ * s_inodes stays valid. Inodes with nothing to walk are skipped under the lock, and a
+ * filesystem can hold a very long run of them (empty or stat'ed files, directories, inodes
+ * whose pages were evicted): when need_resched() says another task waits, the skipped inode
+ * is pinned too and the lock dropped for cond_resched(), as drop_pagecache_sb() in
+ * fs/drop_caches.c does, so that no run of skipped inodes can become a soft lockup.
+ */
 static void pct_walk_sb(struct super_block *sb, void *arg)
 {
 	struct pct_snapshot *s = arg;
 	struct inode *inode, *toput = NULL;
+	bool walk;
 
 	if (!sb->s_bdev)
 		return;
@@ -364,8 +377,13 @@ static void pct_walk_sb(struct super_block *sb, void *arg)
 	spin_lock(&sb->s_inode_list_lock);
 	list_for_each_entry(inode, &sb->s_inodes, i_sb_list) {
 		spin_lock(&inode->i_lock);
-		if ((inode->i_state & (I_FREEING | I_WILL_FREE | I_NEW)) ||
-		    !S_ISREG(inode->i_mode) || !inode->i_mapping->nrpages) {
+		/* Being set up or torn down: cannot be pinned, so always skipped. */
+		if (inode->i_state & (I_FREEING | I_WILL_FREE | I_NEW)) {
+			spin_unlock(&inode->i_lock);
+			continue;
+		}
+		walk = S_ISREG(inode->i_mode) && inode->i_mapping->nrpages;
+		if (!walk && !need_resched()) {
 			spin_unlock(&inode->i_lock);
 			continue;
 		}
@@ -374,9 +392,12 @@ static void pct_walk_sb(struct super_block *sb, void *arg)
 		spin_unlock(&inode->i_lock);
 		spin_unlock(&sb->s_inode_list_lock);
 
-		iput(toput);
+		iput(toput);	/* the previous one: iput() may sleep, so not under the lock */
 		toput = inode;
-		pct_walk_inode(s, inode);
+		if (walk)
+			pct_walk_inode(s, inode);
+		else
+			s->c.lock_breaks++;
 		cond_resched();
 
 		spin_lock(&sb->s_inode_list_lock);
@@ -463,8 +484,8 @@ static void pct_show_counters(struct seq_file *m, const struct pct_snapshot *s,
 		   prefix, c->dirty, prefix, c->writeback);
 	seq_printf(m, "%snot_uptodate %llu\n%sclean %llu\n%sin_dirty_file %llu\n", prefix,
 		   c->not_uptodate, prefix, c->clean, prefix, c->in_dirty_file);
-	seq_printf(m, "%sunmappable %llu\n%srestorable_estimate %llu\n", prefix, c->unmappable,
-		   prefix, c->restorable_estimate);
+	seq_printf(m, "%sunmappable %llu\n%srestorable_estimate %llu\n%slock_breaks %llu\n",
+		   prefix, c->unmappable, prefix, c->restorable_estimate, prefix, c->lock_breaks);
 	if (s->want_map)
 		seq_printf(m, "%srestorable %llu\n%sunmapped %llu\n%sunaligned %llu\n%stail %llu\n"
 			   "%svia_fiemap %llu\n%svia_bmap %llu\n%sextents %zu\n", prefix,
