@@ -47,13 +47,17 @@ import time
 
 PAGE = 4096
 PROC_DIR = "/proc/pcteleport"
+PARAM_DIR = "/sys/module/pcteleport/parameters"
+PROC_FILESYSTEMS = "/proc/filesystems"
 MAP_MAGIC = b"PCTMAP1\n"
 PROTOCOL_VERSION = 1
 SEND_TIMEOUT_S = 5.0  # with no byte taken for this long, the host has gone
-# Filesystems whose files FIEMAP maps to blocks of their own device (the fallback's reach).
+# Filesystems whose files FIEMAP (FIBMAP on vfat) maps to blocks of their own device: what the
+# userspace fallback maps and verify checks. With the module loaded the agent uses the module's
+# own list (its read-only parameter "supported", module_fstypes()). The fallback keeps this one
+# because it runs precisely when there is no module to ask, and reads FIEMAP itself; the rule is
+# the module's, and tests/test_kmodule_rules.py checks in a guest that both lists are equal.
 FALLBACK_FSTYPES = ("ext4", "ext3", "ext2", "xfs", "vfat", "msdos")
-# ...and those the kernel module can walk (its fstypes parameter).
-MODULE_FSTYPES = ("ext4", "ext3", "ext2", "xfs", "vfat", "msdos")
 
 
 class AgentError(Exception):
@@ -191,11 +195,31 @@ def _module_counters(text):
     return counters, sbs
 
 
+def parse_fstypes(text):
+    """("ext4", "xfs", ...) from a comma-separated list, the form of the module's parameters."""
+    return tuple(t for t in (w.strip() for w in text.split(",")) if t)
+
+
+def module_fstypes():
+    """The filesystem types the loaded module can map, from its read-only parameter
+    "supported"; None without the module, or with a module older than that parameter."""
+    text = _read(PARAM_DIR + "/supported", None)
+    return None if text is None else parse_fstypes(text)
+
+
+def fstypes_to_walk(supported, proc_filesystems):
+    """The value for the module's fstypes: the supported types the kernel has registered, in
+    the module's order (naming one that is not registered makes the kernel load its driver)."""
+    registered = {line.split()[-1] for line in proc_filesystems.splitlines() if line.strip()}
+    return ",".join(t for t in supported if t in registered)
+
+
 def _set_module_fstypes():
-    """Walk only the types that are registered: naming others would make the kernel load them."""
-    registered = {line.split()[-1] for line in _read("/proc/filesystems").splitlines() if line}
-    wanted = ",".join(t for t in MODULE_FSTYPES if t in registered)
-    path = "/sys/module/pcteleport/parameters/fstypes"
+    supported = module_fstypes()
+    if not supported:
+        return  # a module without "supported" keeps its default (the ext4 family)
+    wanted = fstypes_to_walk(supported, _read(PROC_FILESYSTEMS))
+    path = PARAM_DIR + "/fstypes"
     try:
         if _read(path) != wanted:
             with open(path, "w") as f:
@@ -839,13 +863,19 @@ class Server:
             return {}
         if method == "hello":
             warnings = []
-            if not module_loaded():
+            loaded = module_loaded()
+            fstypes = module_fstypes() if loaded else FALLBACK_FSTYPES
+            if not loaded:
                 warnings.append("pcteleport kernel module not loaded: using the userspace "
                                 "fallback (composition from /proc/meminfo)")
+            elif fstypes is None:
+                warnings.append("the pcteleport module does not list the filesystems it "
+                                "supports (older than this agent): it walks its default ones")
             if os.geteuid() != 0:
                 warnings.append("agent is not root: maps are unavailable")
             return {"agent": "pcteleport", "protocol": PROTOCOL_VERSION, "pid": os.getpid(),
-                    "source": "module" if module_loaded() else "fallback",
+                    "source": "module" if loaded else "fallback",
+                    "fstypes": list(fstypes) if fstypes is not None else None,
                     "python": sys.version.split()[0], "warnings": warnings}
         if method == "composition":
             return self.composition.snapshot()

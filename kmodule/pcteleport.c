@@ -12,6 +12,8 @@
  *                         after "#" header lines naming the walked super blocks and counters.
  * /proc/pcteleport/stats  "name value" counters from a cheaper walk that does not look up
  *                         disk blocks (restorable_estimate = pages the map would consider).
+ * /sys/module/pcteleport/parameters/supported  (read-only) the filesystem types the walk
+ *                         can map: the one list of them, which the guest agent reads.
  *
  * Each open of a file takes one snapshot (a walk of every super block of the filesystem
  * types in the fstypes parameter); reads then page through that snapshot by position, so
@@ -28,10 +30,11 @@
  * (counted as in_dirty_file): ext4's bmap writes back a file with dirty delalloc pages.
  *
  * Works with: ext4 (and ext2/ext3 through the ext4 driver) and xfs (->fiemap), vfat and
- * msdos (->bmap); only these are walked, whatever fstypes names. Not btrfs: its FIEMAP
- * addresses are not device offsets and its data may be compressed. Not encrypted files, not
- * DAX. Block devices stacked on others (dm, md) are reported with their own major:minor.
- * Pages of block device inodes (metadata in the buffer cache, raw reads) are not listed.
+ * msdos (->bmap), the list pct_supported[]; only these are walked, whatever fstypes names.
+ * Not btrfs: its FIEMAP addresses are not device offsets and its data may be compressed. Not
+ * encrypted files, not DAX. Block devices stacked on others (dm, md) are reported with their
+ * own major:minor. Pages of block device inodes (metadata in the buffer cache, raw reads) are
+ * not listed.
  */
 #include <linux/module.h>
 #include <linux/fs.h>
@@ -55,14 +58,42 @@
 			     FIEMAP_EXTENT_NOT_ALIGNED | FIEMAP_EXTENT_DATA_INLINE | \
 			     FIEMAP_EXTENT_DATA_TAIL | FIEMAP_EXTENT_UNWRITTEN)
 
-/* Filesystems whose FIEMAP/bmap block numbers are offsets on their own block device. */
+/*
+ * Filesystems whose FIEMAP/bmap block numbers are offsets on their own block device. This is
+ * the only copy of the list: the parameter "supported" shows it read-only, and the guest
+ * agent reads it there before it sets fstypes (so before any walk, and without root).
+ */
 static const char * const pct_supported[] = { "ext4", "ext3", "ext2", "xfs", "vfat", "msdos" };
+
+static int pct_supported_get(char *buf, const struct kernel_param *kp)
+{
+	unsigned int i;
+	int len = 0;
+
+	for (i = 0; i < ARRAY_SIZE(pct_supported); i++)
+		len += scnprintf(buf + len, PAGE_SIZE - len, "%s%s", i ? "," : "",
+				 pct_supported[i]);
+	return len + scnprintf(buf + len, PAGE_SIZE - len, "\n");
+}
+
+/* insmod calls ->set for a parameter given on its command line: there must be one. */
+static int pct_supported_set(const char *val, const struct kernel_param *kp)
+{
+	return -EPERM;	/* what the code can map, not a setting */
+}
+
+static const struct kernel_param_ops pct_supported_ops = {
+	.set = pct_supported_set,
+	.get = pct_supported_get,
+};
+module_param_cb(supported, &pct_supported_ops, NULL, 0444);
+MODULE_PARM_DESC(supported, "filesystem types the walk can map (read-only)");
 
 static char *fstypes = "ext4,ext3,ext2";
 module_param(fstypes, charp, 0644);
 MODULE_PARM_DESC(fstypes,
-		 "comma-separated filesystem types to walk, among ext4,ext3,ext2,xfs,vfat,msdos "
-		 "(naming one that is not registered makes the kernel try to load it)");
+		 "comma-separated filesystem types to walk, among those in supported; others are "
+		 "ignored (naming one that is not registered makes the kernel try to load it)");
 
 static unsigned long max_extents = 1UL << 24;
 module_param(max_extents, ulong, 0644);

@@ -1,11 +1,13 @@
-"""The kernel module's rules (issue 12, item 6).
+"""The kernel module's rules (issue 12, item 6), and the agent's side of them.
 
 - The walk reschedules among the inodes it skips: a filesystem with very many page-less
   inodes must not hold s_inode_list_lock (a spinlock, so no rescheduling) from one end of its
   inode list to the other while another task waits to run.
+- The module holds the one list of filesystem types it can map (read-only parameter
+  "supported"); the agent reads it there, and its fallback's own list is the same.
 
-The guest tests boot one Debian guest (TCG) with the module built from kmodule/ and run in CI
-(they never skip there).
+The pure-Python tests run anywhere; the guest tests boot one Debian guest (TCG) with the
+module built from kmodule/ and run in CI (they never skip there).
 """
 
 from __future__ import annotations
@@ -27,6 +29,71 @@ PAGE = 4096
 MANY_FILES = 100_000  # empty files on the "many" disk: inodes without a page-cache page
 # The guest kernel's complaints that must never follow a walk.
 KERNEL_COMPLAINTS = r"soft lockup|hard LOCKUP|BUG|Oops|WARNING|rcu.*stall|blocked for more"
+
+
+# --- pure Python: the agent's reading of the module ---------------------------------------
+
+
+def test_parse_fstypes_takes_the_parameters_form() -> None:
+    assert agent.parse_fstypes("ext4,ext3,ext2,xfs,vfat,msdos\n") == (
+        "ext4", "ext3", "ext2", "xfs", "vfat", "msdos")
+    assert agent.parse_fstypes(" ext4 , xfs,\n") == ("ext4", "xfs")
+    assert agent.parse_fstypes("") == ()
+
+
+def test_fstypes_to_walk_are_the_registered_supported_ones_in_the_modules_order() -> None:
+    proc_filesystems = "nodev\tsysfs\nnodev\ttmpfs\n\tvfat\n\text3\n\text4\nnodev\tbtrfs\n"
+    supported = ("ext4", "ext3", "ext2", "xfs", "vfat", "msdos")
+    assert agent.fstypes_to_walk(supported, proc_filesystems) == "ext4,ext3,vfat"
+    # btrfs is registered but not supported: never named.
+    assert agent.fstypes_to_walk(("ext4", "btrfs"), "\text4\n") == "ext4"
+    assert agent.fstypes_to_walk(supported, "") == ""
+
+
+def _fake_module(tmp: Path, monkeypatch, supported: str | None, registered: str) -> Path:
+    """PROC_DIR, PARAM_DIR and /proc/filesystems of a pretend module in ``tmp``."""
+    proc, params = tmp / "proc", tmp / "params"
+    proc.mkdir()
+    params.mkdir()
+    (params / "fstypes").write_text("ext4,ext3,ext2\n")
+    if supported is not None:
+        (params / "supported").write_text(supported)
+    (tmp / "filesystems").write_text(registered)
+    monkeypatch.setattr(agent, "PROC_DIR", str(proc))
+    monkeypatch.setattr(agent, "PARAM_DIR", str(params))
+    monkeypatch.setattr(agent, "PROC_FILESYSTEMS", str(tmp / "filesystems"))
+    return params
+
+
+def test_agent_sets_fstypes_from_the_modules_supported_list(tmp_path, monkeypatch) -> None:
+    params = _fake_module(tmp_path, monkeypatch, "ext4,xfs,vfat\n", "\text4\n\tvfat\n\txfs\n")
+    assert agent.module_fstypes() == ("ext4", "xfs", "vfat")
+    agent._set_module_fstypes()
+    assert (params / "fstypes").read_text() == "ext4,xfs,vfat"
+    # Whatever the module lists is what the agent asks for: the agent has no list of its own.
+    (params / "supported").write_text("xfs\n")
+    agent._set_module_fstypes()
+    assert (params / "fstypes").read_text() == "xfs"
+
+
+def test_a_module_without_supported_keeps_its_fstypes(tmp_path, monkeypatch) -> None:
+    params = _fake_module(tmp_path, monkeypatch, None, "\text4\n\tvfat\n")
+    assert agent.module_fstypes() is None
+    agent._set_module_fstypes()
+    assert (params / "fstypes").read_text() == "ext4,ext3,ext2\n"
+    hello = agent.Server(0, 1, reconnecting=False).dispatch("hello", {})
+    assert hello["source"] == "module" and hello["fstypes"] is None
+    assert any("does not list the filesystems" in w for w in hello["warnings"])
+
+
+def test_hello_names_the_fstypes_of_the_source_in_use(tmp_path, monkeypatch) -> None:
+    _fake_module(tmp_path, monkeypatch, "ext4,xfs\n", "\text4\n")
+    server = agent.Server(0, 1, reconnecting=False)
+    assert server.dispatch("hello", {})["fstypes"] == ["ext4", "xfs"]
+    monkeypatch.setattr(agent, "PROC_DIR", str(tmp_path / "no-module"))
+    hello = server.dispatch("hello", {})
+    assert hello["source"] == "fallback"
+    assert hello["fstypes"] == list(agent.FALLBACK_FSTYPES)
 
 
 # --- in a guest -------------------------------------------------------------------------------
@@ -84,6 +151,38 @@ def guest(tmp_path_factory: pytest.TempPathFactory):
             yield Guest(qemu, client)
         finally:
             client.close()
+
+
+@pytest.mark.qemu
+@pytest.mark.slow
+def test_supported_is_the_one_fstype_list(guest: Guest) -> None:
+    q = guest.qemu
+    param = "/sys/module/pcteleport/parameters/supported"
+    assert q.run(f"stat -c %a {param}").strip() == "444"
+    supported = agent.parse_fstypes(q.run(f"cat {param}"))
+    assert "ext4" in supported and "btrfs" not in supported  # no device offsets in its FIEMAP
+    assert q.run(f"echo ext4 > {param}", check=False).status != 0  # read-only, even for root
+    assert agent.parse_fstypes(q.run(f"cat {param}")) == supported
+    # The agent's lists are the module's: what hello names, and the fallback's own.
+    assert guest.agent.hello()["fstypes"] == list(supported)
+    assert supported == agent.FALLBACK_FSTYPES
+    # After a walk the module walks the registered supported types, in the module's order.
+    guest.agent.map("data")
+    want = agent.fstypes_to_walk(supported, q.run("cat /proc/filesystems"))
+    assert "ext4" in want.split(",")
+    assert q.run("cat /sys/module/pcteleport/parameters/fstypes").strip() == want
+    # Not settable at load time either; without the module, hello names the fallback's list.
+    ko = "/lib/modules/$(uname -r)/extra/pcteleport.ko"
+    q.run("rmmod pcteleport")
+    try:
+        refused = q.run(f"insmod {ko} supported=ext4,btrfs", check=False)
+        assert refused.status != 0 and not q.run("ls /sys/module | grep -x pcteleport",
+                                                  check=False).output, refused
+        hello = guest.agent.hello()
+        assert hello["source"] == "fallback" and hello["fstypes"] == list(supported)
+    finally:
+        q.run(f"insmod {ko}")
+    assert guest.agent.hello()["fstypes"] == list(supported)
 
 
 @pytest.mark.qemu
