@@ -12,6 +12,8 @@
  *                         after "#" header lines naming the walked super blocks and counters.
  * /proc/pcteleport/stats  "name value" counters from a cheaper walk that does not look up
  *                         disk blocks (restorable_estimate = pages the map would consider).
+ * Both are root only (0400): every open is a walk of all cached inodes, and the map gives
+ * away page frame numbers.
  * /sys/module/pcteleport/parameters/supported  (read-only) the filesystem types the walk
  *                         can map: the one list of them, which the guest agent reads.
  *
@@ -660,8 +662,12 @@ static int __init pct_init(void)
 	pct_dir = proc_mkdir("pcteleport", NULL);
 	if (!pct_dir)
 		return -ENOMEM;
+	/*
+	 * Root only, both: an open is a walk of every cached inode (any user could otherwise
+	 * keep a CPU busy with it), and the map names page frame numbers.
+	 */
 	if (!proc_create("map", 0400, pct_dir, &pct_map_fops) ||
-	    !proc_create("stats", 0444, pct_dir, &pct_stats_fops)) {
+	    !proc_create("stats", 0400, pct_dir, &pct_stats_fops)) {
 		proc_remove(pct_dir);
 		return -ENOMEM;
 	}

@@ -3,6 +3,8 @@
 - The walk reschedules among the inodes it skips: a filesystem with very many page-less
   inodes must not hold s_inode_list_lock (a spinlock, so no rescheduling) from one end of its
   inode list to the other while another task waits to run.
+- /proc/pcteleport/map and /stats are root only; the agent, run as another user, says so in one
+  line instead of failing with a traceback.
 - The module holds the one list of filesystem types it can map (read-only parameter
   "supported"); the agent reads it there, and its fallback's own list is the same.
 
@@ -12,6 +14,7 @@ module built from kmodule/ and run in CI (they never skip there).
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
@@ -26,7 +29,9 @@ from qemu_guest import Disk, QemuGuest, make_ext4
 from guest import agent
 
 PAGE = 4096
+AGENT = "/usr/lib/pcteleport/agent.py"
 MANY_FILES = 100_000  # empty files on the "many" disk: inodes without a page-cache page
+NOBODY = 65534
 # The guest kernel's complaints that must never follow a walk.
 KERNEL_COMPLAINTS = r"soft lockup|hard LOCKUP|BUG|Oops|WARNING|rcu.*stall|blocked for more"
 
@@ -96,12 +101,56 @@ def test_hello_names_the_fstypes_of_the_source_in_use(tmp_path, monkeypatch) -> 
     assert hello["fstypes"] == list(agent.FALLBACK_FSTYPES)
 
 
+def test_composition_reads_the_stats_walk(tmp_path, monkeypatch) -> None:
+    _fake_module(tmp_path, monkeypatch, "ext4\n", "\text4\n")
+    (Path(agent.PROC_DIR) / "stats").write_text(
+        "superblocks 2\ninodes 9\nrestorable_estimate 25\nlock_breaks 3\nwalk_ns 1000\n"
+        "sb ext4 vda 254:0 disk vda 254:0 start 0\n")
+    comp = agent.Composition()
+    snap = comp.snapshot()
+    assert snap["source"] == "module" and snap["restorable"] == 25 * PAGE
+    assert comp.warning is None
+    counters, sbs = agent._module_counters((Path(agent.PROC_DIR) / "stats").read_text())
+    assert counters["lock_breaks"] == 3 and sbs[0]["fstype"] == "ext4"
+
+
+def test_composition_without_root_says_why_restorable_is_missing(tmp_path, monkeypatch,
+                                                                 capsys) -> None:
+    """The stats file is root only: a non-root agent gets EACCES (a root test process would
+    not, so the refusal is simulated) and must say so, once, rather than fail."""
+    _fake_module(tmp_path, monkeypatch, "ext4\n", "\text4\n")
+    stats = str(Path(agent.PROC_DIR) / "stats")
+    Path(stats).write_text("restorable_estimate 25\n")
+    real_open = open
+
+    def refusing_open(path, *args, **kwargs):
+        if str(path) == stats:
+            raise PermissionError(13, "Permission denied", stats)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(agent, "open", refusing_open, raising=False)
+    comp = agent.Composition()
+    snap = comp.snapshot()
+    assert snap["restorable"] is None and snap["source"] == "module"
+    assert comp.warning == agent.NOT_ROOT_RESTORABLE
+    assert agent.main(["composition", "--count", "3", "--interval", "0"]) == 0
+    out, err = capsys.readouterr()
+    assert [json.loads(line)["restorable"] for line in out.splitlines()] == [None] * 3
+    assert err.count("pcteleport-agent: not root:") == 1, err
+
+
 # --- in a guest -------------------------------------------------------------------------------
 
 
 class Guest:
     def __init__(self, qemu: QemuGuest, agent_client) -> None:
         self.qemu, self.agent = qemu, agent_client
+
+    def as_nobody(self, script: str):
+        """Run a Python script in the guest as uid/gid 65534 (no capabilities left)."""
+        wrapped = (f"import os\nos.setgroups([])\nos.setgid({NOBODY})\nos.setuid({NOBODY})\n"
+                   + script)
+        return self.qemu.run(f"python3 - <<'PYEOF'\n{wrapped}\nPYEOF", check=False)
 
 
 def _many_empty_files(tmp: Path, count: int) -> Path:
@@ -151,6 +200,62 @@ def guest(tmp_path_factory: pytest.TempPathFactory):
             yield Guest(qemu, client)
         finally:
             client.close()
+
+
+@pytest.mark.qemu
+@pytest.mark.slow
+def test_proc_files_are_root_only(guest: Guest) -> None:
+    modes = guest.qemu.run("stat -c '%a %u %n' /proc/pcteleport/map /proc/pcteleport/stats")
+    assert modes.split("\n")[:2] == ["400 0 /proc/pcteleport/map",
+                                     "400 0 /proc/pcteleport/stats"], modes
+    res = guest.as_nobody(
+        "import errno\n"
+        "for name in ('map', 'stats'):\n"
+        "    try:\n"
+        "        open('/proc/pcteleport/' + name).read()\n"
+        "        print(name, 'READ')\n"
+        "    except OSError as exc:\n"
+        "        print(name, errno.errorcode[exc.errno])\n")
+    assert res.status == 0 and res.output.split("\n")[:2] == ["map EACCES", "stats EACCES"], res
+    # root still reads both
+    assert re.search(r"^restorable_estimate \d+$",
+                     guest.qemu.run("cat /proc/pcteleport/stats"), re.M)
+    assert guest.qemu.run("head -1 /proc/pcteleport/map").startswith("# pcteleport map v1")
+
+
+@pytest.mark.qemu
+@pytest.mark.slow
+def test_the_agent_as_another_user_fails_in_one_clear_line(guest: Guest) -> None:
+    run_agent = ("import runpy, sys\nsys.argv = ['agent'] + %r\n"
+                 f"runpy.run_path('{AGENT}', run_name='__main__')\n")
+    for args, code in ((["map", "--disk", "data"], "not-root"),
+                       (["map", "--disk", "data", "--source", "module"], "not-root"),
+                       (["map", "--disk", "data", "--source", "fallback"], "not-root")):
+        res = guest.as_nobody(run_agent % args)
+        assert res.status == 2, (args, res)
+        assert f"pcteleport-agent: {code}:" in res.output and "Traceback" not in res.output, res
+    # composition works without root, with no restorable figure and a one-line reason
+    res = guest.as_nobody(run_agent % ["composition", "--count", "2", "--interval", "0.1"])
+    assert res.status == 0 and "Traceback" not in res.output, res
+    lines = res.output.splitlines()
+    snaps = [json.loads(line) for line in lines if line.startswith("{")]
+    assert len(snaps) == 2 and all(s["restorable"] is None and s["source"] == "module"
+                                   for s in snaps), res
+    assert [line for line in lines if not line.startswith("{")] == [
+        "pcteleport-agent: " + agent.NOT_ROOT_RESTORABLE], res
+    # served requests: errors with a code, the agent keeps serving
+    requests = "".join(json.dumps({"id": i, "method": m, "params": p}) + "\n" for i, (m, p) in
+                       enumerate((("hello", {}), ("map", {"disk": "data"}),
+                                  ("verify", {"disk": "data"}), ("ping", {}))))
+    res = guest.as_nobody(
+        "import subprocess, sys\n"
+        f"p = subprocess.run([sys.executable, '{AGENT}', 'serve', '--stdio'], input={requests!r},"
+        " capture_output=True, text=True)\n"
+        "print(p.stdout, end='')\nprint(p.stderr, end='')\n")
+    assert "Traceback" not in res.output, res
+    replies = [json.loads(line) for line in res.output.splitlines()]
+    assert any("not root" in w for w in replies[0]["result"]["warnings"])
+    assert [r.get("error", {}).get("code") for r in replies[1:]] == ["not-root", "not-root", None]
 
 
 @pytest.mark.qemu
