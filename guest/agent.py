@@ -51,6 +51,7 @@ PARAM_DIR = "/sys/module/pcteleport/parameters"
 PROC_FILESYSTEMS = "/proc/filesystems"
 MAP_MAGIC = b"PCTMAP1\n"
 PROTOCOL_VERSION = 1
+MAX_WATCH_INTERVAL = 3600.0  # longer would overflow select() (1e300) and serves no one
 SEND_TIMEOUT_S = 5.0  # with no byte taken for this long, the host has gone
 # Filesystems whose files FIEMAP (FIBMAP on vfat) maps to blocks of their own device: what the
 # userspace fallback maps and verify checks. With the module loaded the agent uses the module's
@@ -856,7 +857,7 @@ class Server:
     def handle(self, line):
         try:
             req = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nesting deeper than the stack
             self.send({"id": None, "error": {"code": "bad-request",
                                              "message": "not a JSON object: %r" % line[:80]}})
             return
@@ -865,6 +866,8 @@ class Server:
             if not isinstance(req, dict) or not isinstance(req.get("method"), str):
                 raise AgentError("bad-request", "a request needs a string 'method'")
             params = req.get("params") or {}
+            if not isinstance(params, dict):
+                raise AgentError("bad-request", "'params' must be a JSON object")
             with at_nice(NICE_FOR.get(req["method"])):  # the answer's writing included
                 self.send({"id": rid, "result": self.dispatch(req["method"], params)})
         except AgentError as exc:
@@ -917,9 +920,13 @@ class Server:
         if method == "drop_caches":
             return drop_caches(bool(params.get("zero_free", True)))
         if method == "watch":
-            interval = float(params.get("interval", 1.0))
-            if interval < 0.05:
-                raise AgentError("bad-request", "watch interval must be >= 0.05 s")
+            try:
+                interval = float(params.get("interval", 1.0))
+            except (TypeError, ValueError):
+                interval = float("nan")
+            if not 0.05 <= interval <= MAX_WATCH_INTERVAL:  # also NaN and Infinity
+                raise AgentError("bad-request", "watch interval must be a number of seconds "
+                                 "from 0.05 to %g" % MAX_WATCH_INTERVAL)
             self.watch_interval = interval
             self.next_event = time.monotonic()
             return {"interval": interval}

@@ -26,7 +26,7 @@ import pytest
 from conftest import require
 from qemu_guest import Disk, QemuGuest, make_ext4
 
-from guest import agent
+from pcteleport.guest import agent
 
 PAGE = 4096
 AGENT = "/usr/lib/pcteleport/agent.py"
@@ -170,9 +170,9 @@ def _many_empty_files(tmp: Path, count: int) -> Path:
 
 @pytest.fixture(scope="module")
 def guest(tmp_path_factory: pytest.TempPathFactory):
-    from console.errors import PcteleportError
-    from console.sites import guestimage
-    from console.sites.agent_client import AgentClient
+    from pcteleport import guestimage
+    from pcteleport.errors import PcteleportError
+    from pcteleport.sites.agent_client import AgentClient
 
     require(shutil.which("qemu-system-x86_64") is not None, "qemu-system-x86_64 is not installed")
     require(os.geteuid() == 0, "needs root (chroot to build the guest root filesystem)")
