@@ -139,3 +139,30 @@ def test_the_map_update_stream_on_anything(frames, junk):
 def test_the_relay_event_reader_on_anything(line):
     ev = events.decode(line)
     assert ev is None or events.decode(events.encode(ev)) == ev
+
+
+@settings(max_examples=200, deadline=5000)
+@given(line=st.one_of(
+    st.text(max_size=300),
+    st.fixed_dictionaries(
+        {"id": st.one_of(st.none(), st.integers(), st.text(max_size=5)),
+         "method": st.one_of(st.sampled_from(["ping", "hello", "watch", "unwatch", "map",
+                                              "no-such"]), st.integers(), st.none()),
+         "params": st.one_of(st.none(), st.lists(st.integers(), max_size=2),
+                             st.dictionaries(st.sampled_from(["interval", "disk", "format"]),
+                                             st.one_of(st.floats(), st.text(max_size=8),
+                                                       st.integers(), st.none()),
+                                             max_size=3))}).map(__import__("json").dumps)))
+def test_the_agents_request_reader_on_anything(line):
+    """One bad request gets one answer and the agent goes on (guest/agent.py Server.handle)."""
+    from pcteleport.guest import agent
+
+    server = agent.Server.__new__(agent.Server)  # no file descriptors: answers are kept
+    server.watch_interval, server.next_event = None, 0.0
+    server.composition = None
+    sent: list[dict] = []
+    server.send = sent.append
+    if '"map"' in line and '"disk"' in line:
+        line = line.replace('"disk"', '"nodisk"')  # no walk of the host's disks in a unit test
+    server.handle(line)
+    assert len(sent) == 1 and ("result" in sent[0] or "error" in sent[0]), sent
