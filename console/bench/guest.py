@@ -54,6 +54,9 @@ class LabGuest:
         returns its pid."""
         out = f"{GUEST_DIR}/{name}.jsonl"
         cmd = " ".join(shlex.quote(a) for a in argv)
+        # One left running by an interrupted bench would compete with the new one (tpcc's
+        # SQLite: "database is locked"). "[-]-out" matches it, not this shell's own line.
+        self.run(site, f"pkill -f '[-]-out {out}' 2>/dev/null; sleep 0.3; true")
         text = self.run(site, f"cd {GUEST_DIR} && rm -f {out} && "
                               f"python3 {cmd} --out {out} > {GUEST_DIR}/{name}.err 2>&1 &\n"
                               "echo $!")
