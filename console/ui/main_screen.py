@@ -13,7 +13,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Input, Static
 
 from pcteleport.records import VM, Composition, ConnectionState, Site, VMState
-from pcteleport.ui import units
+from pcteleport.ui import palette, units
 from pcteleport.ui.composition_bar import composition_bar, legend
 from pcteleport.ui.failures import describe
 from pcteleport.ui.messages import InventoryFailed, InventoryLoaded, SitesFailed, SitesLoaded
@@ -26,17 +26,17 @@ BAR_WIDTH = 14
 SIDE_BY_SIDE_WIDTH = 150  # two VM tables (~75 columns each) fit without scrolling
 SORTS = ("name", "state", "memory", "restorable")
 STATE_STYLE = {
-    VMState.RUNNING: "bold #2ea043",
-    VMState.MIGRATING: "bold #d29922",
-    VMState.PAUSED: "#d29922",
-    VMState.CRASHED: "bold #e5534b",
+    VMState.RUNNING: f"bold {palette.OK.hex}",
+    VMState.MIGRATING: f"bold {palette.WARN.hex}",
+    VMState.PAUSED: palette.WARN.hex,
+    VMState.CRASHED: f"bold {palette.ERROR.hex}",
 }
 CONNECTION_STYLE = {
-    ConnectionState.CONNECTED: "#2ea043",
-    ConnectionState.REPLAY: "#3b82c4",
-    ConnectionState.CONNECTING: "#d29922",
-    ConnectionState.DISCONNECTED: "#e5534b",
-    ConnectionState.ERROR: "bold #e5534b",
+    ConnectionState.CONNECTED: palette.OK.hex,
+    ConnectionState.REPLAY: palette.INFO.hex,
+    ConnectionState.CONNECTING: palette.WARN.hex,
+    ConnectionState.DISCONNECTED: palette.ERROR.hex,
+    ConnectionState.ERROR: f"bold {palette.ERROR.hex}",
 }
 
 
@@ -58,7 +58,7 @@ def site_header(site: Site, peers: list[str]) -> Text:
         if link.profile:
             t.append(f"  ({link.profile})", style="dim")
     if site.error:
-        t.append(f"\n{site.error}", style="bold #e5534b")
+        t.append(f"\n{site.error}", style=f"bold {palette.ERROR.hex}")
     return t
 
 
@@ -174,11 +174,11 @@ class SitePane(Vertical):
     def _row(self, vm: VM) -> list[Text | str]:
         comp = self.compositions.get(vm.uuid)
         if vm.uuid in self.problems:
-            agent = Text("no agent", style="#e5534b")
+            agent = Text("no agent", style=palette.ERROR.hex)
         elif comp is None:
             agent = Text("–", style="dim")
         elif comp.error:
-            agent = Text(f"{comp.source}!", style="#d29922")
+            agent = Text(f"{comp.source}!", style=palette.WARN.hex)
         else:
             agent = Text(str(comp.source))
         return [
@@ -328,7 +328,7 @@ class MainScreen(Screen[None]):
         t.append_text(legend())
         t.append(f"│ every {self.papp.refresh_s:g} s", style="dim")
         if self.papp.paused:
-            t.append("  PAUSED", style="bold #d29922")
+            t.append("  PAUSED", style=f"bold {palette.WARN.hex}")
         t.append(f"  sort: {self.sort_by}", style="dim")
         if self.filter_text:
             t.append(f"  filter: {self.filter_text}", style="bold")

@@ -30,15 +30,14 @@ from pcteleport.records import (
     WanLink,
     log_stamp,
 )
-from pcteleport.ui import units
+from pcteleport.ui import palette, units
 from pcteleport.ui.failures import describe
 from pcteleport.ui.messages import MigrationCouldNotStart, MigrationFinished, MigrationProgress
 
 if TYPE_CHECKING:
     from pcteleport.ui.app import PcteleportApp
 
-RESULT_STYLE = {Result.OK: "bold #2ea043", Result.FAILED: "bold #e5534b",
-                Result.ABORTED: "bold #d29922"}
+RESULT_STYLE = {result: f"bold {colour.hex}" for result, colour in palette.RESULT.items()}
 ETA_WINDOW = 3  # samples averaged for the ETA
 
 
@@ -64,7 +63,7 @@ def phase_timeline(marks: list[PhaseMark], iteration: int, finished: Result | No
         if phase is current and finished is None:
             t.append(f" {label} ", style="bold reverse")
         elif phase in reached:
-            t.append(f"✓ {label} {reached[phase].t:.0f}s", style="#2ea043")
+            t.append(f"✓ {label} {reached[phase].t:.0f}s", style=palette.PHASE_REACHED.hex)
         else:
             t.append(label, style="dim")
     return t
@@ -267,7 +266,8 @@ class MigrationView(Screen[None]):
         if final is not None and final.error:
             note = final.error + where_it_runs(final)
         self.query_one("#mig-note", Static).update(
-            Text(note, style="bold #e5534b" if final and final.error else "#d29922"))
+            Text(note, style=f"bold {palette.ERROR.hex}" if final and final.error
+                 else palette.WARN.hex))
         self.render_counters(last)
         self.render_downtime(last)
         self.plot()
@@ -276,10 +276,10 @@ class MigrationView(Screen[None]):
         pages = self.final.pages if self.final is not None else (
             last.pages if last else self.builder.record.pages)
         t = Text()
-        for label, n, style in (("teleported", pages.teleported, "#2ea043"),
-                                ("zero", pages.zero, "#8b8b8b"),
-                                ("sent", pages.sent, "#3b82c4")):
-            t.append(f"{label:>10} ", style=style)
+        for label, n, colour in (("teleported", pages.teleported, palette.TELEPORTED),
+                                 ("zero", pages.zero, palette.ZERO),
+                                 ("sent", pages.sent, palette.SENT)):
+            t.append(f"{label:>10} ", style=colour.hex)
             t.append(f"{units.count(n):>11}", style="bold")
             t.append(f" {units.size(n * PAGE_SIZE)}\n", style="dim")
         if last is not None:
@@ -320,9 +320,9 @@ class MigrationView(Screen[None]):
         if samples:
             xs = [s.t for s in samples]
             plt.plot(xs, [s.guest_rate_bytes_per_s / 2**20 for s in samples],
-                     label="guest", color=(168, 85, 199), marker="braille")
+                     label="guest", color=palette.GUEST_RATE.rgb, marker="braille")
             plt.plot(xs, [s.wan_rate_bytes_per_s / 2**20 for s in samples],
-                     label="WAN", color=(59, 130, 196), marker="braille")
+                     label="WAN", color=palette.WAN_RATE.rgb, marker="braille")
         widget.refresh()
 
     # --- actions ---------------------------------------------------------------------------
@@ -342,7 +342,7 @@ class MigrationView(Screen[None]):
     def _confirmed_abort(self, yes: bool | None) -> None:
         if yes and self.running:
             self.query_one(RichLog).write(Text(f"{log_stamp()} abort requested by the operator",
-                                               style="bold #d29922"))
+                                               style=f"bold {palette.WARN.hex}"))
             self.send_abort()
 
     @work(thread=True, group="abort")

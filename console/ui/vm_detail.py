@@ -17,7 +17,7 @@ from textual.widgets import DataTable, Footer, Header, Static
 from textual_plotext import PlotextPlot
 
 from pcteleport.records import VM, Composition, Disk, ReplicaState, Site
-from pcteleport.ui import units
+from pcteleport.ui import palette, units
 from pcteleport.ui.composition_bar import SEGMENTS, composition_bar, segment_sizes
 from pcteleport.ui.failures import describe
 from pcteleport.ui.messages import CompositionLoaded, ReplicasLoaded
@@ -27,9 +27,9 @@ if TYPE_CHECKING:
 
 HISTORY = 600  # samples kept for the plot
 REPLICA_STYLE = {
-    ReplicaState.IN_SYNC: "#2ea043",
-    ReplicaState.DIFFERS: "bold #e5534b",
-    ReplicaState.MISSING: "bold #e5534b",
+    ReplicaState.IN_SYNC: palette.OK.hex,
+    ReplicaState.DIFFERS: f"bold {palette.ERROR.hex}",
+    ReplicaState.MISSING: f"bold {palette.ERROR.hex}",
     ReplicaState.UNKNOWN: "dim",
 }
 
@@ -39,9 +39,9 @@ def composition_table(c: Composition) -> Table:
     table.add_column()
     table.add_column(justify="right")
     table.add_column(justify="right")
-    for (label, glyph, style), size in zip(SEGMENTS, segment_sizes(c), strict=True):
+    for (label, glyph, colour), size in zip(SEGMENTS, segment_sizes(c), strict=True):
         share = size / c.total if c.total else 0.0
-        table.add_row(Text(f"{glyph} {label}", style=style), units.size(size),
+        table.add_row(Text(f"{glyph} {label}", style=colour.hex), units.size(size),
                       units.percent(share))
     table.add_row(Text("total", style="bold"), units.size(c.total), "")
     return table
@@ -194,8 +194,10 @@ class VMDetailScreen(Screen[None]):
         if c is None:
             bar.update(Text("no composition yet", style="dim"))
         else:
-            share = Text.assemble(("restorable ", "bold"), (units.percent(c.restorable_share),
-                                  "bold #2ea043"), f" of {units.size(c.total)}  ·  agent: ",
+            share = Text.assemble(("restorable ", "bold"),
+                                  (units.percent(c.restorable_share),
+                                   f"bold {palette.RESTORABLE.hex}"),
+                                  f" of {units.size(c.total)}  ·  agent: ",
                                   (str(c.source), "bold"))
             if c.restorable_age_s is not None:
                 share.append(f"  ·  restorable count {c.restorable_age_s:.0f} s old",
@@ -205,7 +207,7 @@ class VMDetailScreen(Screen[None]):
             self.query_one("#vm-numbers", Static).update(composition_table(c))
         agent = self.query_one("#vm-agent", Static)
         problem = self.error or (c.error if c else None)
-        agent.update(Text(f"agent: {problem}", style="bold #e5534b") if problem
+        agent.update(Text(f"agent: {problem}", style=f"bold {palette.ERROR.hex}") if problem
                      else Text("agent: no errors", style="dim"))
         self.plot()
 
@@ -218,11 +220,11 @@ class VMDetailScreen(Screen[None]):
         plt.xlabel("s")
         if len(self.history) >= 1:
             xs = [t for t, _ in self.history]
-            for (label, _, style), i in zip(SEGMENTS[:4], range(4), strict=True):
+            for (label, _, colour), i in zip(SEGMENTS[:4], range(4), strict=True):
                 ys = [segment_sizes(c)[i] / 2**20 for _, c in self.history]
-                plt.plot(xs, ys, label=label, color=_rgb(style), marker="braille")
+                plt.plot(xs, ys, label=label, color=colour.rgb, marker="braille")
             ys = [c.free / 2**20 for _, c in self.history]
-            plt.plot(xs, ys, label="free", color=_rgb("#8b8b8b"), marker="braille")
+            plt.plot(xs, ys, label="free", color=palette.FREE.rgb, marker="braille")
         widget.refresh()
 
     def action_migrate(self) -> None:
@@ -242,7 +244,3 @@ class VMDetailScreen(Screen[None]):
         self.app.push_screen(MigrateDialog(self.vm, source, self.sites, self.composition),
                              callback=start)
 
-
-def _rgb(hex_colour: str) -> tuple[int, int, int]:
-    h = hex_colour.lstrip("#")
-    return (int(h[0:2], 16), int(h[2:4], 16), int(h[4:6], 16))
