@@ -11,6 +11,7 @@ from textual.reactive import reactive
 from textual.screen import Screen
 
 from pcteleport.backend import Backend
+from pcteleport.ui.console_screen import ConsoleScreen
 
 REFRESH_STEPS = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 
@@ -95,28 +96,16 @@ class PcteleportApp(App[None]):
     def action_toggle_pause(self) -> None:
         self.paused = not self.paused
 
+    # Screens and poll schedules watch `refresh_s` and `paused` themselves (polling.py).
+
     def watch_refresh_s(self, value: float) -> None:
         if self.is_mounted:
             self.notify(f"refreshing every {value:g} s", timeout=2)
-            self._refresh_status()
 
     def watch_paused(self, paused: bool) -> None:
-        if not self.is_mounted:
-            return
-        self.notify("polling paused (space resumes)" if paused else "polling resumed", timeout=2)
-        self._refresh_status()
-        if not paused:
-            # Polls that came due while paused did not reschedule themselves: restart them.
-            for screen in self.screen_stack:
-                resume = getattr(screen, "resume_polling", None)
-                if resume is not None:
-                    resume()
-
-    def _refresh_status(self) -> None:
-        for screen in self.screen_stack:
-            update = getattr(screen, "update_status", None)
-            if update is not None:
-                update()
+        if self.is_mounted:
+            self.notify("polling paused (space resumes)" if paused else "polling resumed",
+                        timeout=2)
 
     def get_system_commands(self, screen: Screen) -> Iterable[SystemCommand]:
         yield from super().get_system_commands(screen)
@@ -126,8 +115,8 @@ class PcteleportApp(App[None]):
                             self.action_toggle_pause)
         yield SystemCommand("Refresh faster", "Shorter refresh interval", self.action_faster)
         yield SystemCommand("Refresh slower", "Longer refresh interval", self.action_slower)
-        for title, help_text, action in getattr(screen, "COMMANDS_HERE", ()):
-            yield SystemCommand(title, help_text, getattr(screen, f"action_{action}"))
+        if isinstance(screen, ConsoleScreen):
+            yield from screen.commands_here()
 
 
 def create_app(backend: Backend, **kwargs: object) -> PcteleportApp:

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
 from rich.text import Text
 from textual import on, work
-from textual.app import ComposeResult
+from textual.app import ComposeResult, SystemCommand
 from textual.binding import Binding
-from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
 from pcteleport.compare import (
@@ -24,6 +24,7 @@ from pcteleport.compare import (
 from pcteleport.record_store import LoadResult
 from pcteleport.records import MigrationRecord, Mode, Result
 from pcteleport.ui import palette, units
+from pcteleport.ui.console_screen import ConsoleScreen
 from pcteleport.ui.failures import describe
 from pcteleport.ui.messages import Exported, RecordsLoaded
 
@@ -75,7 +76,7 @@ def bar_chart(runs: list[MigrationRecord], metric: Metric, width: int) -> Text:
     return out
 
 
-class CompareScreen(Screen[None]):
+class CompareScreen(ConsoleScreen):
     BINDINGS = [
         Binding("escape", "app.pop_screen", "Back"),
         Binding("v", "next_vm", "VM"),
@@ -83,10 +84,6 @@ class CompareScreen(Screen[None]):
         Binding("g", "next_metric", "Chart"),
         Binding("e", "export", "Export"),
     ]
-    COMMANDS_HERE = (
-        ("Export runs as CSV and Markdown", "Writes both files to the export folder", "export"),
-        ("Chart the next metric", "Total time, WAN bytes, downtime, throughput", "next_metric"),
-    )
 
     def __init__(self) -> None:
         super().__init__()
@@ -99,6 +96,12 @@ class CompareScreen(Screen[None]):
     @property
     def papp(self) -> PcteleportApp:
         return cast("PcteleportApp", self.app)
+
+    def commands_here(self) -> Iterable[SystemCommand]:
+        yield SystemCommand("Export runs as CSV and Markdown",
+                            "Writes both files to the export folder", self.action_export)
+        yield SystemCommand("Chart the next metric",
+                            "Total time, WAN bytes, downtime, throughput", self.action_next_metric)
 
     def compose(self) -> ComposeResult:
         yield Header()

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
 from rich.text import Text
 from textual import on, work
-from textual.app import ComposeResult
+from textual.app import ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.containers import Container, Vertical
-from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Input, Static
 
 from pcteleport.records import VM, Composition, ConnectionState, Site, VMState
 from pcteleport.ui import palette, units
 from pcteleport.ui.composition_bar import composition_bar, legend
+from pcteleport.ui.console_screen import ConsoleScreen
 from pcteleport.ui.failures import describe
 from pcteleport.ui.messages import InventoryFailed, InventoryLoaded, SitesFailed, SitesLoaded
 from pcteleport.ui.polling import PollSchedule
@@ -38,6 +41,17 @@ CONNECTION_STYLE = {
     ConnectionState.DISCONNECTED: palette.ERROR.hex,
     ConnectionState.ERROR: f"bold {palette.ERROR.hex}",
 }
+
+
+@dataclass(frozen=True)
+class RowOrder:
+    """Which VMs a pane lists and in what order; the main screen owns it and hands it down."""
+
+    sort_by: str = SORTS[0]
+    filter_text: str = ""
+
+    def shows(self, vm: VM) -> bool:
+        return self.filter_text.lower() in vm.name.lower()
 
 
 def site_header(site: Site, peers: list[str]) -> Text:
@@ -66,16 +80,16 @@ class SitePane(Vertical):
     """A site's header and VM table. It polls its own site, one poll at a time: the next poll is
     scheduled only when the previous one has finished (a slow site never piles up requests)."""
 
-    def __init__(self, site: Site) -> None:
+    def __init__(self, site: Site, peers: list[str], order: RowOrder) -> None:
         super().__init__(id=f"site-{site.name}", classes="site-pane")
         self.site = site
-        self.peers: list[str] = []
+        self.peers = peers
+        self.order = order
         self.vms: dict[str, VM] = {}
         self.compositions: dict[str, Composition] = {}
         self.problems: dict[str, str] = {}
         self.error: str | None = None
-        self._schedule = PollSchedule(self, lambda: self.poll(), lambda: self.papp.paused,
-                                      lambda: self.papp.refresh_s)
+        self._schedule = PollSchedule(self, lambda: self.poll())
 
     @property
     def papp(self) -> PcteleportApp:
@@ -99,11 +113,15 @@ class SitePane(Vertical):
         # The first site's table takes the keys (focus() is deferred: ask who is first).
         if self.screen.focused is None and self.screen.query(SitePane).first() is self:
             self.table.focus()
-        self.poll()
+        self._schedule.start(self.papp)
 
     def set_site(self, site: Site, peers: list[str]) -> None:
         self.site, self.peers = site, peers
         self.query_one(".site-header", Static).update(site_header(site, peers))
+
+    def set_order(self, order: RowOrder) -> None:
+        self.order = order
+        self.render_rows()
 
     # --- polling ---------------------------------------------------------------------------
 
@@ -128,9 +146,6 @@ class SitePane(Vertical):
 
     def _schedule_next(self) -> None:
         self._schedule.next()
-
-    def resume_polling(self) -> None:
-        self._schedule.resume()
 
     @on(InventoryLoaded)
     def _loaded(self, message: InventoryLoaded) -> None:
@@ -192,7 +207,7 @@ class SitePane(Vertical):
         ]
 
     def _sort_key(self, vm: VM) -> tuple[object, ...]:
-        by = cast("MainScreen", self.screen).sort_by
+        by = self.order.sort_by
         comp = self.compositions.get(vm.uuid)
         if by == "state":
             return (str(vm.state), vm.name)
@@ -206,9 +221,7 @@ class SitePane(Vertical):
         """Bring the table in line with self.vms, keeping the cursor on the same VM."""
         if not self.ready:
             return  # its first poll renders it
-        screen = cast("MainScreen", self.screen)
-        needle = screen.filter_text.lower()
-        wanted = sorted((vm for vm in self.vms.values() if needle in vm.name.lower()),
+        wanted = sorted((vm for vm in self.vms.values() if self.order.shows(vm)),
                         key=self._sort_key)
         table = self.table
         keep = self.selected_uuid()
@@ -229,7 +242,7 @@ class SitePane(Vertical):
                        "-error")
 
 
-class MainScreen(Screen[None]):
+class MainScreen(ConsoleScreen):
     BINDINGS = [
         Binding("enter", "details", "Details"),
         Binding("m", "migrate", "Migrate"),
@@ -239,24 +252,32 @@ class MainScreen(Screen[None]):
         Binding("r", "refresh", "Refresh", show=False),
         Binding("escape", "clear_filter", "Clear filter", show=False),
     ]
-    COMMANDS_HERE = (
-        ("Migrate selected VM", "Choose destination, mode and bandwidth cap", "migrate"),
-        ("Show VM details", "Composition history, disks and replicas", "details"),
-        ("Filter VMs", "Show only VMs whose name matches", "filter"),
-        ("Sort VMs", "Cycle the sort order", "sort"),
-    )
 
     def __init__(self) -> None:
         super().__init__()
-        self.sort_by = SORTS[0]
-        self.filter_text = ""
+        self.order = RowOrder()
         self.sites: list[Site] = []
-        self._schedule = PollSchedule(self, lambda: self.poll_sites(),
-                                      lambda: self.papp.paused, lambda: self.papp.refresh_s)
+        self._schedule = PollSchedule(self, lambda: self.poll_sites())
 
     @property
     def papp(self) -> PcteleportApp:
         return cast("PcteleportApp", self.app)
+
+    @property
+    def sort_by(self) -> str:
+        return self.order.sort_by
+
+    @property
+    def filter_text(self) -> str:
+        return self.order.filter_text
+
+    def commands_here(self) -> Iterable[SystemCommand]:
+        yield SystemCommand("Migrate selected VM", "Choose destination, mode and bandwidth cap",
+                            self.action_migrate)
+        yield SystemCommand("Show VM details", "Composition history, disks and replicas",
+                            self.action_details)
+        yield SystemCommand("Filter VMs", "Show only VMs whose name matches", self.action_filter)
+        yield SystemCommand("Sort VMs", "Cycle the sort order", self.action_sort)
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -268,8 +289,14 @@ class MainScreen(Screen[None]):
         yield Footer()
 
     def on_mount(self) -> None:
+        # The status line says how often and whether it polls: follow the App's settings.
+        self.watch(self.papp, "refresh_s", self._settings_changed, init=False)
+        self.watch(self.papp, "paused", self._settings_changed, init=False)
         self.update_status()
-        self.poll_sites()
+        self._schedule.start(self.papp)
+
+    def _settings_changed(self) -> None:
+        self.update_status()
 
     def on_resize(self) -> None:
         # Side by side where there is room, stacked on an 80-column terminal.
@@ -290,12 +317,6 @@ class MainScreen(Screen[None]):
     def _schedule_next(self) -> None:
         self._schedule.next()
 
-    def resume_polling(self) -> None:
-        self._schedule.resume()
-        for pane in self.query(SitePane):
-            pane.resume_polling()
-        self.update_status()
-
     @on(SitesLoaded)
     def _sites_loaded(self, message: SitesLoaded) -> None:
         self.sites = message.sites
@@ -309,9 +330,7 @@ class MainScreen(Screen[None]):
             if panes:
                 panes[0].set_site(site, peers)
             else:
-                pane = SitePane(site)
-                pane.peers = peers
-                container.mount(pane)
+                container.mount(SitePane(site, peers, self.order))
         if not message.sites:
             container.mount(Static("no sites configured", id="sites-message"))
         self.on_resize()
@@ -437,12 +456,16 @@ class MainScreen(Screen[None]):
         box.add_class("-visible")
         box.focus()
 
+    def set_order(self, order: RowOrder) -> None:
+        """Sort or filter changed: hand the new order to every pane."""
+        self.order = order
+        for pane in self.query(SitePane):
+            pane.set_order(order)
+        self.update_status()
+
     @on(Input.Changed, "#filter")
     def _filter_changed(self, event: Input.Changed) -> None:
-        self.filter_text = event.value.strip()
-        for pane in self.query(SitePane):
-            pane.render_rows()
-        self.update_status()
+        self.set_order(dataclasses.replace(self.order, filter_text=event.value.strip()))
 
     @on(Input.Submitted, "#filter")
     def _filter_done(self, _: Input.Submitted) -> None:
@@ -463,10 +486,8 @@ class MainScreen(Screen[None]):
             pane.table.focus()
 
     def action_sort(self) -> None:
-        self.sort_by = SORTS[(SORTS.index(self.sort_by) + 1) % len(SORTS)]
-        for pane in self.query(SitePane):
-            pane.render_rows()
-        self.update_status()
+        following = SORTS[(SORTS.index(self.sort_by) + 1) % len(SORTS)]
+        self.set_order(dataclasses.replace(self.order, sort_by=following))
 
     def action_refresh(self) -> None:
         self.poll_sites()

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, cast
 
 from rich.text import Text
 from textual import on, work
-from textual.app import ComposeResult
+from textual.app import ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
-from textual.screen import Screen
 from textual.widgets import Digits, Footer, Header, Label, ProgressBar, RichLog, Static
 from textual_plotext import PlotextPlot
 
@@ -31,6 +31,7 @@ from pcteleport.records import (
     log_stamp,
 )
 from pcteleport.ui import palette, units
+from pcteleport.ui.console_screen import ConsoleScreen
 from pcteleport.ui.failures import describe
 from pcteleport.ui.messages import MigrationCouldNotStart, MigrationFinished, MigrationProgress
 
@@ -93,12 +94,11 @@ def view_name(vm_uuid: str) -> str:
     return f"migration:{vm_uuid}"
 
 
-class MigrationView(Screen[None]):
+class MigrationView(ConsoleScreen):
     BINDINGS = [
         Binding("a", "abort", "Abort"),
         Binding("escape", "leave", "Back"),
     ]
-    COMMANDS_HERE = (("Abort this migration", "Stop it; the source keeps running", "abort"),)
 
     def __init__(self, request: MigrationRequest) -> None:
         super().__init__()
@@ -120,6 +120,10 @@ class MigrationView(Screen[None]):
     @property
     def running(self) -> bool:
         return self.final is None
+
+    def commands_here(self) -> Iterable[SystemCommand]:
+        yield SystemCommand("Abort this migration", "Stop it; the source keeps running",
+                            self.action_abort)
 
     def compose(self) -> ComposeResult:
         yield Header()

@@ -4,23 +4,24 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, cast
 
 from rich.table import Table
 from rich.text import Text
 from textual import on, work
-from textual.app import ComposeResult
+from textual.app import ComposeResult, SystemCommand
 from textual.binding import Binding
-from textual.screen import Screen
-from textual.timer import Timer
 from textual.widgets import DataTable, Footer, Header, Static
 from textual_plotext import PlotextPlot
 
 from pcteleport.records import VM, Composition, Disk, ReplicaState, Site
 from pcteleport.ui import palette, units
 from pcteleport.ui.composition_bar import SEGMENTS, composition_bar, segment_sizes
+from pcteleport.ui.console_screen import ConsoleScreen
 from pcteleport.ui.failures import describe
 from pcteleport.ui.messages import CompositionLoaded, ReplicasLoaded
+from pcteleport.ui.polling import PollSchedule
 
 if TYPE_CHECKING:
     from pcteleport.ui.app import PcteleportApp
@@ -47,7 +48,7 @@ def composition_table(c: Composition) -> Table:
     return table
 
 
-class VMDetailScreen(Screen[None]):
+class VMDetailScreen(ConsoleScreen):
     BINDINGS = [
         Binding("escape", "app.pop_screen", "Back"),
         Binding("m", "migrate", "Migrate"),
@@ -63,14 +64,19 @@ class VMDetailScreen(Screen[None]):
         self.history: deque[tuple[float, Composition]] = deque(maxlen=HISTORY)
         self._start = time.monotonic()
         self._first_taken: float | None = None
-        self._due = False
-        self._timer: Timer | None = None
+        self._schedule = PollSchedule(self, lambda: self.poll())
         if composition is not None:
             self.remember(composition)
 
     @property
     def papp(self) -> PcteleportApp:
         return cast("PcteleportApp", self.app)
+
+    def commands_here(self) -> Iterable[SystemCommand]:
+        yield SystemCommand("Migrate this VM", "Choose destination, mode and bandwidth cap",
+                            self.action_migrate)
+        yield SystemCommand("Check replicas", "Compare the VM's disks with their replicas",
+                            self.action_check_replicas)
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -95,7 +101,7 @@ class VMDetailScreen(Screen[None]):
             f"  {vm.vcpus} vCPU  {units.size(vm.memory_bytes)}"))
         self.show_disks(vm.disks, None)
         self.show()
-        self.poll()
+        self._schedule.start(self.papp)
         self.action_check_replicas()
 
     def show_disks(self, disks: list[Disk], note: str | None) -> None:
@@ -159,12 +165,7 @@ class VMDetailScreen(Screen[None]):
             self.composition = message.composition
             self.remember(message.composition)
         self.show()
-        if self._timer is not None:
-            self._timer.stop()
-        if self.papp.paused:
-            self._due = True
-        else:
-            self._timer = self.set_timer(self.papp.refresh_s, self.poll)
+        self._schedule.next()
 
     def remember(self, c: Composition) -> None:
         # Plot against the agent's own clock when it gives one (a stalled agent then shows as a
@@ -179,11 +180,6 @@ class VMDetailScreen(Screen[None]):
             self.history[-1] = (x, c)  # the same reading again
         else:
             self.history.append((x, c))
-
-    def resume_polling(self) -> None:
-        if self._due:
-            self._due = False
-            self.poll()
 
     # --- rendering -------------------------------------------------------------------------
 
