@@ -1,10 +1,15 @@
-"""The console app and its factory (tests, screenshots and the CLI all build it the same way)."""
+"""The console app and its factory (tests, screenshots and the CLI all build it the same way).
+
+The App owns what outlives a screen: the backend, the polling settings every poll schedule
+watches (`refresh_s`, `paused`), and the MigrationTracker. Screens get what they show as
+arguments and through the tracker's messages; the App never reaches into a screen."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
 
+from textual import on
 from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.reactive import reactive
@@ -12,6 +17,14 @@ from textual.screen import Screen
 
 from pcteleport.backend import Backend
 from pcteleport.ui.console_screen import ConsoleScreen
+from pcteleport.ui.messages import (
+    AbortFailed,
+    MigrationCouldNotStart,
+    MigrationFinished,
+    MigrationProgress,
+    MigrationTargetFound,
+)
+from pcteleport.ui.tracker import MigrationTracker
 
 REFRESH_STEPS = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 
@@ -37,19 +50,41 @@ class PcteleportApp(App[None]):
         self.backend = backend
         self.export_dir = export_dir if export_dir is not None else Path.cwd()
         self._autoplay = autoplay
-        self.kept_migrations: set[str] = set()  # names of migration views left while running
+        self.tracker = MigrationTracker(self, backend)
         self.set_reactive(PcteleportApp.refresh_s, refresh_s)
         self.sub_title = backend.title
 
     def on_mount(self) -> None:
         from pcteleport.ui.main_screen import MainScreen
 
-        self.push_screen(MainScreen())
+        self.push_screen(MainScreen(self.tracker))
         request = self.backend.autoplay() if self._autoplay else None
         if request is not None:
             from pcteleport.ui.migration_view import MigrationView
 
-            self.push_screen(MigrationView(request))
+            self.push_screen(MigrationView(self.tracker.start(request), self.tracker))
+
+    # --- migration workers report here; the tracker keeps what they say --------------------
+
+    @on(MigrationTargetFound)
+    def _target_found(self, message: MigrationTargetFound) -> None:
+        self.tracker.target_found(message)
+
+    @on(MigrationProgress)
+    def _progress(self, message: MigrationProgress) -> None:
+        self.tracker.progress(message)
+
+    @on(MigrationFinished)
+    def _finished(self, message: MigrationFinished) -> None:
+        self.tracker.finished(message)
+
+    @on(MigrationCouldNotStart)
+    def _could_not_start(self, message: MigrationCouldNotStart) -> None:
+        self.tracker.could_not_start(message)
+
+    @on(AbortFailed)
+    def _abort_failed(self, message: AbortFailed) -> None:
+        self.tracker.abort_failed(message)
 
     # --- app-wide actions ------------------------------------------------------------------
 
@@ -67,12 +102,8 @@ class PcteleportApp(App[None]):
 
     async def action_quit(self) -> None:
         from pcteleport.ui.confirm import ConfirmScreen
-        from pcteleport.ui.migration_view import MigrationView
 
-        kept = [self.get_screen(name) for name in self.kept_migrations]
-        running = [s for s in [*self.screen_stack, *kept]
-                   if isinstance(s, MigrationView) and s.running]
-        if not running:
+        if not self.tracker.running():
             self.exit()
             return
 

@@ -1,4 +1,5 @@
-"""The main screen: one pane per site, each with its header and its VM table."""
+"""The main screen: one pane per site, each with its header and its VM table, and the
+migrations this console runs (from the App's tracker)."""
 
 from __future__ import annotations
 
@@ -19,8 +20,17 @@ from pcteleport.ui import palette, units
 from pcteleport.ui.composition_bar import composition_bar, legend
 from pcteleport.ui.console_screen import ConsoleScreen
 from pcteleport.ui.failures import describe
-from pcteleport.ui.messages import InventoryFailed, InventoryLoaded, SitesFailed, SitesLoaded
+from pcteleport.ui.messages import (
+    InventoryFailed,
+    InventoryLoaded,
+    SitesFailed,
+    SitesLoaded,
+    TrackedMigrationChanged,
+    TrackedMigrationEnded,
+    TrackedMigrationStarted,
+)
 from pcteleport.ui.polling import PollSchedule
+from pcteleport.ui.tracker import MigrationTracker
 
 if TYPE_CHECKING:
     from pcteleport.ui.app import PcteleportApp
@@ -253,8 +263,9 @@ class MainScreen(ConsoleScreen):
         Binding("escape", "clear_filter", "Clear filter", show=False),
     ]
 
-    def __init__(self) -> None:
+    def __init__(self, tracker: MigrationTracker) -> None:
         super().__init__()
+        self.tracker = tracker
         self.order = RowOrder()
         self.sites: list[Site] = []
         self._schedule = PollSchedule(self, lambda: self.poll_sites())
@@ -282,6 +293,7 @@ class MainScreen(ConsoleScreen):
     def compose(self) -> ComposeResult:
         yield Header()
         yield Container(Static("connecting to sites…", id="sites-message"), id="sites")
+        yield Static(id="migrations")
         # Disabled while hidden, so it never takes the focus (or the keys) from the tables.
         yield Input(placeholder="filter VMs by name (enter keeps it, esc clears)", id="filter",
                     disabled=True)
@@ -289,11 +301,16 @@ class MainScreen(ConsoleScreen):
         yield Footer()
 
     def on_mount(self) -> None:
+        self.tracker.observe(self)
         # The status line says how often and whether it polls: follow the App's settings.
         self.watch(self.papp, "refresh_s", self._settings_changed, init=False)
         self.watch(self.papp, "paused", self._settings_changed, init=False)
         self.update_status()
+        self.show_migrations()
         self._schedule.start(self.papp)
+
+    def on_unmount(self) -> None:
+        self.tracker.unobserve(self)
 
     def _settings_changed(self) -> None:
         self.update_status()
@@ -372,6 +389,39 @@ class MainScreen(ConsoleScreen):
             return None
         return pane, pane.vms[uuid]
 
+    # --- the tracker's migrations ----------------------------------------------------------
+
+    def show_migrations(self) -> None:
+        """The migrations that want the operator's eyes: running, or ended unseen."""
+        from pcteleport.ui.migration_view import migration_summary
+
+        lines = [m for m in self.tracker.migrations() if m.wants_attention]
+        strip = self.query_one("#migrations", Static)
+        strip.set_class(bool(lines), "-visible")
+        t = Text()
+        for i, m in enumerate(lines):
+            if i:
+                t.append("\n")
+            t.append("⇄ " if m.running else "■ ", style="bold")
+            t.append_text(migration_summary(m))
+            t.append("  (enter on the VM: " + ("watch it)" if m.running else "see how it ended)"),
+                     style="dim")
+        strip.update(t)
+
+    @on(TrackedMigrationStarted)
+    @on(TrackedMigrationChanged)
+    def _migration_news(self) -> None:
+        self.show_migrations()
+
+    @on(TrackedMigrationEnded)
+    def _migration_ended(self, message: TrackedMigrationEnded) -> None:
+        self.show_migrations()
+        # The VM has moved (or not): ask both sites now rather than at the next poll.
+        r = message.migration.record
+        for pane in self.query(SitePane):
+            if pane.site.name in (r.from_site, r.to_site):
+                pane.poll()
+
     @on(DataTable.RowSelected)
     def _row_selected(self, _: DataTable.RowSelected) -> None:
         self.action_details()
@@ -379,7 +429,7 @@ class MainScreen(ConsoleScreen):
     # --- actions ---------------------------------------------------------------------------
 
     def action_details(self) -> None:
-        from pcteleport.ui.migration_view import view_name
+        from pcteleport.ui.migration_view import MigrationView
         from pcteleport.ui.vm_detail import VMDetailScreen
 
         picked = self.selected()
@@ -387,10 +437,12 @@ class MainScreen(ConsoleScreen):
             self.notify("no VM selected", severity="warning")
             return
         pane, vm = picked
-        if view_name(vm.uuid) in self.papp.kept_migrations:  # its migration, left while running
-            self.app.push_screen(view_name(vm.uuid))
+        migration = self.tracker.latest(vm.uuid)
+        if migration is not None and migration.wants_attention:  # running, or ended unseen
+            self.app.push_screen(MigrationView(migration, self.tracker))
             return
-        self.app.push_screen(VMDetailScreen(vm, self.sites, pane.compositions.get(vm.uuid)))
+        self.app.push_screen(VMDetailScreen(vm, self.sites, pane.compositions.get(vm.uuid),
+                                            self.tracker))
 
     def action_migrate(self) -> None:
         from pcteleport.ui.migrate_dialog import MigrateDialog
@@ -410,45 +462,30 @@ class MainScreen(ConsoleScreen):
 
     def _start_migration(self, request: object) -> None:
         from pcteleport.backend import MigrationRequest
-        from pcteleport.ui.migration_view import MigrationView, view_name
+        from pcteleport.ui.migration_view import open_new_migration
 
-        if not isinstance(request, MigrationRequest):
-            return
-        name = view_name(request.vm_uuid)
-        if name in self.papp.kept_migrations:  # an earlier run's view, left: this one replaces it
-            old = self.app.get_screen(name)
-            if isinstance(old, MigrationView) and old.running:
-                self.notify("this VM's migration still runs: Enter shows it", severity="warning")
-                return
-            self.app.uninstall_screen(name)
-            self.papp.kept_migrations.discard(name)
-            old.remove()
-        self.app.push_screen(MigrationView(request))
+        if isinstance(request, MigrationRequest):
+            open_new_migration(self, self.tracker, request)
 
     def action_abort(self) -> None:
-        """Abort a migration of the selected VM, even one started elsewhere (CLI, another
-        console): the backend knows which runs are in flight."""
+        """Abort a migration of the selected VM: one this console runs, or one started elsewhere
+        (CLI, another console) — the backend knows which runs are in flight."""
         from pcteleport.ui.confirm import ConfirmScreen
 
         picked = self.selected()
-        if picked is None or picked[1].state is not VMState.MIGRATING:
+        ours = self.tracker.latest(picked[1].uuid) if picked is not None else None
+        if picked is None or (picked[1].state is not VMState.MIGRATING
+                              and not (ours is not None and ours.running)):
             self.notify("no migrating VM selected", severity="warning")
             return
         vm = picked[1]
 
         def answer(yes: bool | None) -> None:
             if yes:
-                self.send_abort(vm.uuid)
+                self.tracker.abort(vm.uuid)
 
         self.app.push_screen(ConfirmScreen(f"Abort the migration of {vm.name}?",
                                            "The source keeps running."), callback=answer)
-
-    @work(thread=True, group="abort")
-    def send_abort(self, vm_uuid: str) -> None:
-        try:
-            self.papp.backend.abort(vm_uuid)
-        except Exception as exc:  # any failure is shown; the console stays up
-            self.app.call_from_thread(self.notify, describe(exc), severity="error")
 
     def action_filter(self) -> None:
         box = self.query_one("#filter", Input)

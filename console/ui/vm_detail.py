@@ -1,4 +1,5 @@
-"""VM detail: live composition (stacked bar and history plot), disks and replicas, agent errors."""
+"""VM detail: live composition (stacked bar and history plot), disks and replicas, agent errors,
+and the VM's migration in this console, if it has one (from the App's tracker)."""
 
 from __future__ import annotations
 
@@ -20,8 +21,15 @@ from pcteleport.ui import palette, units
 from pcteleport.ui.composition_bar import SEGMENTS, composition_bar, segment_sizes
 from pcteleport.ui.console_screen import ConsoleScreen
 from pcteleport.ui.failures import describe
-from pcteleport.ui.messages import CompositionLoaded, ReplicasLoaded
+from pcteleport.ui.messages import (
+    CompositionLoaded,
+    ReplicasLoaded,
+    TrackedMigrationChanged,
+    TrackedMigrationEnded,
+    TrackedMigrationStarted,
+)
 from pcteleport.ui.polling import PollSchedule
+from pcteleport.ui.tracker import MigrationTracker
 
 if TYPE_CHECKING:
     from pcteleport.ui.app import PcteleportApp
@@ -55,11 +63,13 @@ class VMDetailScreen(ConsoleScreen):
         Binding("r", "check_replicas", "Check replicas"),
     ]
 
-    def __init__(self, vm: VM, sites: list[Site], composition: Composition | None) -> None:
+    def __init__(self, vm: VM, sites: list[Site], composition: Composition | None,
+                 tracker: MigrationTracker) -> None:
         super().__init__()
         self.vm = vm
         self.sites = sites
         self.composition = composition
+        self.tracker = tracker
         self.error: str | None = None
         self.history: deque[tuple[float, Composition]] = deque(maxlen=HISTORY)
         self._start = time.monotonic()
@@ -81,6 +91,7 @@ class VMDetailScreen(ConsoleScreen):
     def compose(self) -> ComposeResult:
         yield Header()
         yield Static(id="vm-title")
+        yield Static(id="vm-migration")
         yield Static(id="vm-bar")
         yield Static(id="vm-numbers")
         yield PlotextPlot(id="vm-history")
@@ -101,8 +112,38 @@ class VMDetailScreen(ConsoleScreen):
             f"  {vm.vcpus} vCPU  {units.size(vm.memory_bytes)}"))
         self.show_disks(vm.disks, None)
         self.show()
+        self.tracker.observe(self)
+        self.show_migration()
         self._schedule.start(self.papp)
         self.action_check_replicas()
+
+    def on_unmount(self) -> None:
+        self.tracker.unobserve(self)
+
+    # --- its migration in this console -----------------------------------------------------
+
+    def show_migration(self) -> None:
+        from pcteleport.ui.migration_view import migration_summary
+
+        line = self.query_one("#vm-migration", Static)
+        migration = self.tracker.latest(self.vm.uuid)
+        line.set_class(migration is not None, "-visible")
+        if migration is None:
+            return
+        t = Text("migrating: " if migration.running else "last migration: ", style="bold")
+        t.append_text(migration_summary(migration))
+        final = migration.final
+        if final is not None and final.error:
+            t.append(f"\n{final.error}", style=palette.ERROR.hex)
+        line.update(t)
+
+    @on(TrackedMigrationStarted)
+    @on(TrackedMigrationChanged)
+    @on(TrackedMigrationEnded)
+    def _migration_news(self, message: TrackedMigrationStarted | TrackedMigrationChanged
+                        | TrackedMigrationEnded) -> None:
+        if message.migration.request.vm_uuid == self.vm.uuid:
+            self.show_migration()
 
     def show_disks(self, disks: list[Disk], note: str | None) -> None:
         table = self.query_one("#vm-disks", DataTable)
@@ -225,7 +266,7 @@ class VMDetailScreen(ConsoleScreen):
 
     def action_migrate(self) -> None:
         from pcteleport.ui.migrate_dialog import MigrateDialog
-        from pcteleport.ui.migration_view import MigrationView
+        from pcteleport.ui.migration_view import open_new_migration
 
         source = next((s for s in self.sites if s.name == self.vm.site), None)
         if source is None:
@@ -234,8 +275,8 @@ class VMDetailScreen(ConsoleScreen):
         def start(request: object) -> None:
             from pcteleport.backend import MigrationRequest
 
-            if isinstance(request, MigrationRequest):
-                self.app.switch_screen(MigrationView(request))
+            if isinstance(request, MigrationRequest):  # the view takes this screen's place
+                open_new_migration(self, self.tracker, request, replace=True)
 
         self.app.push_screen(MigrateDialog(self.vm, source, self.sites, self.composition),
                              callback=start)
