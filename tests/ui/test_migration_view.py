@@ -22,9 +22,10 @@ def text(view: MigrationView, selector: str) -> str:
     return str(view.query_one(selector, Static).render())
 
 
-async def start(pilot, app) -> MigrationView:  # type: ignore[no-untyped-def]
+async def start(pilot, app, request: MigrationRequest = REQUEST) -> MigrationView:  # type: ignore[no-untyped-def]
+    """Start a migration on the app's tracker and open its view, as the dialog does."""
     await pilot.pause(0.05)
-    view = MigrationView(REQUEST)
+    view = MigrationView(app.tracker.start(request), app.tracker)
     await app.push_screen(view)
     return view
 
@@ -96,8 +97,6 @@ async def test_a_request_the_backend_refuses_is_shown_as_failed() -> None:
     backend = populated_backend()
     app = create_app(backend, refresh_s=60)
     async with app.run_test(size=(100, 32)) as pilot:
-        await pilot.pause(0.05)
-        view = MigrationView(MigrationRequest("u-nowhere", "osaka", Mode.STOCK))
         backend.vms_by_site = {"tokyo": []}
 
         def refuse(request, on_event):  # type: ignore[no-untyped-def]
@@ -106,7 +105,7 @@ async def test_a_request_the_backend_refuses_is_shown_as_failed() -> None:
             raise ServiceError("no VM u-nowhere at any site")
 
         backend.migrate = refuse  # type: ignore[method-assign]
-        await app.push_screen(view)
+        view = await start(pilot, app, MigrationRequest("u-nowhere", "osaka", Mode.STOCK))
         await wait_for(pilot, lambda: view.final is not None)
         assert view.final.result is Result.FAILED
         assert "no VM u-nowhere" in text(view, "#mig-note")
@@ -140,39 +139,54 @@ async def test_quitting_during_a_migration_asks_first(left: bool) -> None:
         await wait_for(pilot, lambda: not app.is_running, what="quit after the run")
 
 
+async def select(pilot, main, uuid: str) -> None:  # type: ignore[no-untyped-def]
+    """Put the cursor of the main screen on the VM `uuid`."""
+    from pcteleport.ui.main_screen import SitePane
+
+    await wait_for(pilot, lambda: any(p.ready and uuid in {k.value for k in p.table.rows}
+                                      for p in main.query(SitePane)), what=f"{uuid} listed")
+    pane = next(p for p in main.query(SitePane) if uuid in {k.value for k in p.table.rows})
+    pane.table.focus()
+    pane.table.move_cursor(row=pane.table.get_row_index(uuid), animate=False)
+    await pilot.pause(0.02)
+    assert main.selected()[1].uuid == uuid
+
+
 async def test_leaving_a_running_migration_and_coming_back() -> None:
-    """Esc while it runs: back to the list, the run goes on; Enter on the VM shows it again,
-    with everything that happened meanwhile; Esc after the end lets the view go."""
-    from pcteleport.ui.main_screen import MainScreen, SitePane
-    from pcteleport.ui.migration_view import view_name
+    """Esc while it runs: back to the list, the view is gone but the run goes on (the App's
+    tracker runs it); Enter on the VM opens a view with everything that happened meanwhile;
+    after its end has been seen, Enter shows the VM's details again."""
+    from pcteleport.ui.main_screen import MainScreen
+    from pcteleport.ui.vm_detail import VMDetailScreen
 
     backend = populated_backend(step_by_step=True)
     app = create_app(backend, refresh_s=60)
     async with app.run_test(size=(100, 32)) as pilot:
         view = await start(pilot, app)
+        migration = view.migration
         backend.release(5)
-        await wait_for(pilot, lambda: len(view.builder.record.samples) == 1)
+        await wait_for(pilot, lambda: len(migration.record.samples) == 1)
         await pilot.press("escape")
-        assert isinstance(app.screen, MainScreen)
-        assert app.is_screen_installed(view_name("u-web"))
-        backend.release(100)  # the run ends while nobody watches it
-        await wait_for(pilot, lambda: view.final is not None, what="the end, unwatched")
-        assert view.final.result is Result.OK and len(view.builder.record.samples) > 1
         main = app.screen
-        await wait_for(pilot, lambda: any(p.ready and p.table.row_count
-                                          for p in main.query(SitePane)))
-        tokyo = next(p for p in main.query(SitePane) if p.site.name == "tokyo")
-        tokyo.table.focus()
-        for _ in range(tokyo.table.row_count):
-            picked = main.selected()
-            if picked is not None and picked[1].uuid == "u-web":
-                break
-            await pilot.press("down")
+        assert isinstance(main, MainScreen)
+        assert not view.is_attached and view not in app.screen_stack  # the view is gone...
+        assert app.tracker.running() == [migration]  # ...the migration is not
+        backend.release(100)  # the run ends while nobody watches it
+        await wait_for(pilot, lambda: migration.final is not None, what="the end, unwatched")
+        assert migration.final.result is Result.OK and len(migration.record.samples) > 1
+        await select(pilot, main, "u-web")
         await pilot.press("enter")
-        assert app.screen is view  # the same view, with the whole run
-        assert "OK" in text(view, "#mig-title")
+        again = app.screen
+        assert isinstance(again, MigrationView) and again is not view
+        assert again.migration is migration  # a new view of the same migration
+        assert "OK" in text(again, "#mig-title") and again.query_one(ProgressBar).progress == 100
+        log_lines = [str(line.text) for line in again.query_one(RichLog).lines]
+        assert log_lines == [entry.text for entry in migration.lines]
+        assert log_lines[-1] == "2025-11-24 16:00:06 migration finished successfully"
         await pilot.press("escape")
-        assert app.screen is main and not app.is_screen_installed(view_name("u-web"))
+        assert app.screen is main
+        await pilot.press("enter")  # its end was seen: the VM's details now
+        await wait_for(pilot, lambda: isinstance(app.screen, VMDetailScreen))
 
 
 async def test_a_guest_that_died_after_the_switch_over_is_shown_running_nowhere() -> None:
@@ -183,9 +197,7 @@ async def test_a_guest_that_died_after_the_switch_over_is_shown_running_nowhere(
         "guest_console": ["Kernel panic - not syncing: Fatal exception in interrupt"]})
     app = create_app(backend, refresh_s=60)
     async with app.run_test(size=(100, 32)) as pilot:
-        await pilot.pause(0.05)
-        view = MigrationView(MigrationRequest("u-web", "osaka", Mode.TELEPORT))
-        await app.push_screen(view)
+        view = await start(pilot, app)
         await wait_for(pilot, lambda: view.final is not None)
         note = text(view, "#mig-note")
         assert "crashed at osaka after the switch-over" in note

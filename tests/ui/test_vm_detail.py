@@ -73,3 +73,19 @@ async def test_detail_polls_and_shows_the_agents_error() -> None:
         backend.agent_down.add("u-web")
         await wait_for(pilot, lambda: screen.error is not None, what="agent down")
         assert "does not answer" in str(screen.query_one("#vm-agent", Static).render())
+
+
+async def test_detail_polls_wait_while_paused_and_resume_after() -> None:
+    backend = populated_backend()
+    app = create_app(backend, refresh_s=0.05)
+    async with app.run_test(size=(120, 40)) as pilot:
+        screen = await open_detail(pilot, app)
+        await pilot.press("space")
+        await pilot.pause(0.3)  # a poll in flight when paused may still land
+        readings = len(screen.history)
+        base = backend.compositions["u-web"]
+        backend.compositions["u-web"] = dataclasses.replace(base, taken_at=base.taken_at + 5)
+        await pilot.pause(0.4)
+        assert len(screen.history) == readings  # paused: the new reading is not asked for
+        await pilot.press("space")
+        await wait_for(pilot, lambda: len(screen.history) == readings + 1, what="polls resume")
