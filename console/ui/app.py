@@ -113,7 +113,8 @@ class PcteleportApp(App[None]):
 
         self.push_screen(ConfirmScreen(
             "A migration is running. Quit the console anyway?",
-            "It goes on without the console; to stop it, answer n and abort it with a."),
+            "The console drives it (libvirt's client-managed migration): it closes once the "
+            "migration has ended. To stop it now, answer n and abort it with a."),
             callback=answer)
 
     def action_faster(self) -> None:
