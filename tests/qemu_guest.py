@@ -55,6 +55,26 @@ from pcteleport.guestimage import GuestBoot, guestinit
 QEMU = "qemu-system-x86_64"
 
 
+def debian_guest_boot(*tools: str) -> GuestBoot:
+    """The Debian guest's boot material for a test, or why the test cannot run (`require`:
+    a skip outside CI, a failure under CI=true). `tools`: host commands the test needs too."""
+    import shutil
+
+    from pcteleport import guestimage
+    from pcteleport.errors import PcteleportError
+    from tests.conftest import require
+
+    require(shutil.which("qemu-system-x86_64") is not None, "qemu-system-x86_64 is not installed")
+    require(os.geteuid() == 0, "needs root (chroot to build the guest root filesystem)")
+    for tool in tools:
+        require(shutil.which(tool) is not None, f"{tool} is not installed (scripts/setup.sh)")
+    try:
+        return guestimage.debian_boot()
+    except PcteleportError as exc:
+        require(False, str(exc))
+        raise  # (require raised already)
+
+
 class GuestError(AssertionError):
     """The guest did not do what the test waited for (with the console's tail)."""
 
