@@ -140,9 +140,11 @@ def test_every_mode_migrates_there_and_back(backend) -> None:
         assert_intact_at(backend, "tokyo")
         summary = there.summary()
         assert set(summary) == {"vm", "from", "to", "mode", "result", "total_s", "downtime_ms",
-                                "wan_bytes", "guest_bytes", "pages", "runs_at", "guest_crashed",
+                                "wan_bytes", "guest_bytes", "pages", "map_refreshes",
+                                "wan_encryption", "runs_at", "guest_crashed",
                                 "ram_pages_differing"}
         assert summary["runs_at"] == "osaka" and summary["guest_crashed"] is False
+        assert summary["wan_encryption"] == ("aes-256-gcm" if mode is Mode.TELEPORT else "none")
     # Teleport saves at least the restorable share the agent reported; the others save too.
     assert wan[Mode.TELEPORT] <= wan[Mode.STOCK] - restorable
     assert wan[Mode.ZSTD] < wan[Mode.STOCK]
