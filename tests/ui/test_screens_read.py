@@ -94,3 +94,9 @@ def test_labels_stand_apart_from_their_values(screens: dict[str, str]) -> None:
 def test_snapshots_read_the_same_in_any_viewer(path: Path) -> None:
     # Every size and state the snapshot tests keep (80×24, 160×48, light theme, three sites).
     assert differences(path.read_text(encoding="utf-8")) == [], "run `make snapshots`"
+@pytest.mark.parametrize("path", sorted((ROOT / "screenshots").glob("*.svg")),
+                         ids=lambda p: p.name)
+def test_shipped_screenshots_read_the_same_in_any_viewer(path: Path) -> None:
+    assert differences(path.read_text(encoding="utf-8")) == [], "run `make screenshots`"
+
+
