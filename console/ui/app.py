@@ -24,6 +24,7 @@ from pcteleport.ui.messages import (
     MigrationProgress,
     MigrationTargetFound,
 )
+from pcteleport.ui.svg_export import legible_svg
 from pcteleport.ui.tracker import MigrationTracker
 
 REFRESH_STEPS = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
@@ -63,6 +64,11 @@ class PcteleportApp(App[None]):
             from pcteleport.ui.migration_view import MigrationView
 
             self.push_screen(MigrationView(self.tracker.start(request), self.tracker))
+
+    def export_screenshot(self, *, title: str | None = None, simplify: bool = False) -> str:
+        """Textual's SVG screenshot (screenshots, snapshots, the palette's "Save screenshot"),
+        with every word where the terminal shows it in any SVG viewer (svg_export.py)."""
+        return legible_svg(super().export_screenshot(title=title, simplify=simplify))
 
     # --- migration workers report here; the tracker keeps what they say --------------------
 

@@ -35,6 +35,9 @@ from pcteleport.ui.tracker import LogEntry, MigrationRunning, MigrationTracker, 
 
 RESULT_STYLE = {result: f"bold {colour.hex}" for result, colour in palette.RESULT.items()}
 ETA_WINDOW = 3  # samples averaged for the ETA
+#: phases marked on the rate plot, each where it began (later precopy iterations are not)
+PLOTTED_PHASES = (Phase.MAP, Phase.ITERATIVE, Phase.STOP_AND_COPY, Phase.RESUME)
+PLOT_HEADROOM = 1.3  # the y axis goes this far above the highest rate: room for phase names
 
 
 def phase_timeline(marks: list[PhaseMark], iteration: int, finished: Result | None) -> Text:
@@ -54,6 +57,52 @@ def phase_timeline(marks: list[PhaseMark], iteration: int, finished: Result | No
         else:
             t.append(label, style="dim")
     return t
+
+
+def plot_end(record: MigrationRecord, final: MigrationRecord | None) -> float:
+    """Where the rate plot's x axis ends; it starts at the request (t = 0). A finished run ends
+    at its total time (the VM resumed at the destination), a running one at its latest news."""
+    if final is not None and final.total_s:
+        return final.total_s
+    latest = max([s.t for s in record.samples] + [m.t for m in record.phases], default=0.0)
+    return latest if latest > 0 else 1.0
+
+
+def phase_lines(marks: list[PhaseMark], end: float) -> list[tuple[float, str]]:
+    """(t, name) of each plotted phase's start within (0, end]."""
+    first: dict[Phase, float] = {}
+    for mark in marks:
+        first.setdefault(mark.phase, mark.t)
+    return [(first[p], str(p)) for p in PLOTTED_PHASES if p in first and 0 < first[p] <= end]
+
+
+def place_labels(lines: list[tuple[float, str]], end: float, columns: int,
+                 rows: int = 2) -> list[tuple[float, str, int, bool]]:
+    """Where each phase name goes on a plot `columns` wide: (t, name, row from the top, right
+    aligned). A name stands right of its line, or left of it where it would leave the plot; in
+    the first row where it overlaps no other name, clear of other lines if any row allows it;
+    it is left out when no row has room."""
+    def column(t: float) -> int:
+        return round(t / end * (columns - 1))
+
+    walls = [column(t) for t, _ in lines]
+    taken: list[list[tuple[int, int]]] = [[] for _ in range(rows)]
+    placed = []
+    for t, name in lines:
+        col = column(t)
+        sides = [(False, (col + 1, col + len(name))), (True, (col - len(name), col - 1))]
+        inside = [(right, span) for right, span in sides if span[0] >= 0 and span[1] < columns]
+        # Clear of other lines if it can be, else over one of them in a single row.
+        ranked = sorted(((any(span[0] <= w <= span[1] for w in walls), row, right, span)
+                         for row in range(rows) for right, span in inside),
+                        key=lambda c: (c[0], c[1]))
+        spot = next(((row, right, span) for _, row, right, span in ranked
+                     if all(span[1] < a - 1 or span[0] > b + 1 for a, b in taken[row])), None)
+        if spot is not None:
+            row, right, span = spot
+            taken[row].append(span)
+            placed.append((t, name, row, right))
+    return placed
 
 
 def where_it_runs(record: MigrationRecord) -> str:
@@ -164,7 +213,9 @@ class MigrationView(ConsoleScreen):
                 with Horizontal(id="mig-downtime-row"):
                     yield Digits("–", id="mig-downtime")
                     yield Label("ms", id="mig-downtime-unit")
-            yield PlotextPlot(id="mig-rates")
+            with Vertical(id="mig-plot"):
+                yield Static(rates_legend(), id="mig-rates-legend")
+                yield PlotextPlot(id="mig-rates")
         yield RichLog(id="mig-log", wrap=True, markup=False, max_lines=2000)
         yield Footer()
 
@@ -289,18 +340,38 @@ class MigrationView(ConsoleScreen):
             digits.update("–" if expected is None else f"{expected:.0f}")
 
     def plot(self) -> None:
+        """Guest-memory and WAN rates over the whole run, from the request to the resume (or
+        to the latest sample while it runs), with a line where each phase began."""
         widget = self.query_one("#mig-rates", PlotextPlot)
         plt = widget.plt
         plt.clear_data()
         plt.clear_figure()
-        plt.title("guest memory vs WAN (MiB/s)")
-        samples = self.migration.record.samples
+        record = self.migration.record
+        samples = record.samples
+        end = plot_end(record, self.migration.final)
+        plt.xlim(0, end)
+        plt.xlabel("s since the request")
+        top = max([s.guest_rate_bytes_per_s / 2**20 for s in samples]
+                  + [s.wan_rate_bytes_per_s / 2**20 for s in samples], default=0.0) or 1.0
+        ymax = top * PLOT_HEADROOM
+        plt.ylim(0, ymax)
         if samples:
             xs = [s.t for s in samples]
             plt.plot(xs, [s.guest_rate_bytes_per_s / 2**20 for s in samples],
-                     label="guest", color=palette.GUEST_RATE.rgb, marker="braille")
+                     color=palette.GUEST_RATE.rgb, marker="braille")
             plt.plot(xs, [s.wan_rate_bytes_per_s / 2**20 for s in samples],
-                     label="WAN", color=palette.WAN_RATE.rgb, marker="braille")
+                     color=palette.WAN_RATE.rgb, marker="braille")
+        lines = phase_lines(record.phases, end)
+        for t, _ in lines:
+            plt.vline(t, color=palette.MUTED.rgb)
+        # The canvas: the widget less the y axis's numbers and the frame; rows under the title.
+        columns = max(10, widget.size.width - 8)
+        canvas_rows = max(4, widget.size.height - 4)
+        label_rows = 2 if canvas_rows >= 8 else 1  # a short plot keeps its rows for the rates
+        for t, name, row, right in place_labels(lines, end, columns, label_rows):
+            step = end / max(1, columns - 1)
+            plt.text(name, t - step if right else t + step, ymax * (1 - row / canvas_rows),
+                     color=palette.MUTED.rgb, alignment="right" if right else "left")
         widget.refresh()
 
     # --- actions ---------------------------------------------------------------------------
@@ -327,6 +398,13 @@ class MigrationView(ConsoleScreen):
         if self.running:
             self.app.notify(f"{self.migration.record.vm}: the migration goes on; select the VM "
                             "and press Enter to watch it again", timeout=5)
+
+
+def rates_legend() -> Text:
+    """The rate plot's title: its unit and what each line is, in its colour."""
+    return Text.assemble(("MiB/s", "dim"), "  ", ("⣿⣿", palette.GUEST_RATE.hex), " guest  ",
+                         ("⣿⣿", palette.WAN_RATE.hex), " WAN  ", ("│", palette.MUTED.hex),
+                         " phases")
 
 
 def log_text(entry: LogEntry) -> Text:

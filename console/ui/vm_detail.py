@@ -56,6 +56,16 @@ def composition_table(c: Composition) -> Table:
     return table
 
 
+def history_legend() -> Text:
+    """The history plot's title: its unit and each line, in its colour."""
+    t = Text.assemble(("MiB over time", "dim"))
+    for label, _, colour in (*SEGMENTS[:4], ("free", "", palette.FREE)):
+        t.append("  ")
+        t.append("⣿⣿", style=colour.hex)
+        t.append(f" {label}")
+    return t
+
+
 class VMDetailScreen(ConsoleScreen):
     BINDINGS = [
         Binding("escape", "app.pop_screen", "Back"),
@@ -94,6 +104,7 @@ class VMDetailScreen(ConsoleScreen):
         yield Static(id="vm-migration")
         yield Static(id="vm-bar")
         yield Static(id="vm-numbers")
+        yield Static(history_legend(), id="vm-history-legend")
         yield PlotextPlot(id="vm-history")
         disks: DataTable[Text | str] = DataTable(id="vm-disks", cursor_type="none")
         disks.add_column("disk", key="disk")
@@ -249,19 +260,27 @@ class VMDetailScreen(ConsoleScreen):
         self.plot()
 
     def plot(self) -> None:
+        """The readings so far against the agent's clock; with one reading there is no line
+        yet, and the plot says when the next comes instead of drawing an axis around a dot."""
         widget = self.query_one(PlotextPlot)
         plt = widget.plt
         plt.clear_data()
         plt.clear_figure()
-        plt.title("composition over time (MiB)")
-        plt.xlabel("s")
-        if len(self.history) >= 1:
+        plt.xlabel("s since the first reading")
+        if len(self.history) < 2:
+            plt.xlim(0, 1)
+            plt.ylim(0, 1)
+            plt.xticks([])
+            plt.yticks([])
+            plt.text("one reading so far: the lines start with the next", 0.5, 0.5,
+                     color=palette.MUTED.rgb, alignment="center")
+        else:
             xs = [t for t, _ in self.history]
-            for (label, _, colour), i in zip(SEGMENTS[:4], range(4), strict=True):
-                ys = [segment_sizes(c)[i] / 2**20 for _, c in self.history]
-                plt.plot(xs, ys, label=label, color=colour.rgb, marker="braille")
-            ys = [c.free / 2**20 for _, c in self.history]
-            plt.plot(xs, ys, label="free", color=palette.FREE.rgb, marker="braille")
+            sizes = [segment_sizes(c) for _, c in self.history]
+            for (_, _, colour), i in zip(SEGMENTS[:4], range(4), strict=True):
+                plt.plot(xs, [s[i] / 2**20 for s in sizes], color=colour.rgb, marker="braille")
+            plt.plot(xs, [c.free / 2**20 for _, c in self.history], color=palette.FREE.rgb,
+                     marker="braille")
         widget.refresh()
 
     def action_migrate(self) -> None:
