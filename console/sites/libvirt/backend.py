@@ -16,11 +16,14 @@ from pcteleport.errors import PcteleportError
 from pcteleport.record_store import LoadResult, RecordStore
 from pcteleport.records import (
     VM,
+    BaseImage,
     Composition,
     ConnectionState,
     Disk,
+    DiskMove,
     LogLine,
     MigrationRecord,
+    Mode,
     Replica,
     ReplicaState,
     Site,
@@ -28,9 +31,10 @@ from pcteleport.records import (
     WanLink,
 )
 from pcteleport.sites import config as sites_config
+from pcteleport.sites import images as site_images
 from pcteleport.sites.guest_agent import AgentUnavailable, GuestAgent
 from pcteleport.sites.libvirt.lifecycle import use_event_loop
-from pcteleport.sites.libvirt.migration import MigrationRun, plan_for
+from pcteleport.sites.libvirt.migration import MigrationRun, plan_for, storage
 from pcteleport.sites.libvirt.site_runtime import SiteRuntime, domain_disks, is_tcg
 from pcteleport.sites.remote import LoopThread
 
@@ -197,6 +201,34 @@ class LibvirtBackend(Backend):
                 disk.size_bytes = disk.size_bytes or size
                 disk.replicas.append(Replica(other.name, ReplicaState.IN_SYNC, f"{size} bytes"))
             out.append(disk)
+        return out
+
+    # -- disks and the image caches ---------------------------------------------------------
+
+    def disk_plan(self, vm_uuid: str, to_site: str) -> list[DiskMove]:
+        src, dom = self._locate(vm_uuid)
+        dst = self._site(to_site)
+        if dst is src:
+            raise ServiceError(f"VM {dom.name()} already runs at {dst.name}")
+        vm_cfg = self.cfg.vm(dom.name())
+        try:
+            plan = plan_for(dom.UUIDString(), src, dst, Mode.TELEPORT, None,
+                            vm_cfg.data_disk if vm_cfg else "")
+        except libvirt.libvirtError as exc:
+            raise ServiceError(f"VM {dom.name()} at {src.name}: {exc.get_error_message()}"
+                               ) from None
+        storage.check_bases(plan)
+        return plan.disks
+
+    def images(self, verify: bool = False) -> list[BaseImage]:
+        out = []
+        for rt in self.sites_rt.values():
+            try:
+                found = site_images.scan(rt, verify=verify)
+            except PcteleportError as exc:
+                raise ServiceError(str(exc)) from None
+            out += [BaseImage(rt.name, i.name, i.size, i.sha256, i.checksum, i.allocated)
+                    for i in found]
         return out
 
     # -- migration --------------------------------------------------------------------------

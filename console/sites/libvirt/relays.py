@@ -95,7 +95,8 @@ class RelayPair:
 
         The send relay listens and waits for its map (`feed_map`, also on stdin); QEMU's
         connection waits in its listen backlog meanwhile, so the map may be taken while
-        libvirt prepares the destination.
+        libvirt prepares the destination. Without a disk (`source_disk` ""), there is no map:
+        every page goes whole (zstd-compressed) through the relays.
         """
         if not self.dst.config.wan_addr:
             raise RelayFailure(f"site {self.dst.name} has no wan_addr in the sites config")
@@ -133,16 +134,18 @@ class RelayPair:
     def _spawn_recv(self, wan_port: int, replica_disk: str) -> None:
         argv = self._relay_argv(self.dst, "recv",
                                 "--listen", f"{self.dst.config.wan_addr}:{wan_port}",
-                                "--to", f"127.0.0.1:{self.qemu_port}", "--disk", replica_disk)
+                                "--to", f"127.0.0.1:{self.qemu_port}",
+                                *(("--disk", replica_disk) if replica_disk else ()))
         self.recv.proc = self.dst.host.spawn(argv, self.recv.on_line,
                                              stdin=self.secret + "\n", close_stdin=True)
 
     def _spawn_send(self, wan_port: int, source_disk: str) -> None:
+        with_map = ("--map", "-", "--map-updates", "--disk", source_disk) if source_disk else ()
         argv = self._relay_argv(self.src, "send",
                                 "--listen", f"127.0.0.1:{self.qemu_port}",
-                                "--to", f"{self.dst.config.wan_addr}:{wan_port}",
-                                "--map", "-", "--map-updates", "--disk", source_disk)
-        self.send.proc = self.src.host.spawn(argv, self.send.on_line, stdin=self.secret + "\n")
+                                "--to", f"{self.dst.config.wan_addr}:{wan_port}", *with_map)
+        self.send.proc = self.src.host.spawn(argv, self.send.on_line, stdin=self.secret + "\n",
+                                             close_stdin=not source_disk)
 
     def failure(self) -> str | None:
         return self.map_problem or self.recv.failure() or self.send.failure()

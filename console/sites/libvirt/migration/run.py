@@ -4,6 +4,7 @@ destination — and, whatever happens, an honest end (see the package docstring)
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import threading
 import time
 import uuid
@@ -21,7 +22,7 @@ from pcteleport.records import (
     PhaseMark,
     Result,
 )
-from pcteleport.sites.libvirt.migration import modes, outcome, stats
+from pcteleport.sites.libvirt.migration import modes, outcome, stats, storage
 from pcteleport.sites.libvirt.migration.destination import Destination
 from pcteleport.sites.libvirt.migration.journal import Journal
 from pcteleport.sites.libvirt.migration.plan import (
@@ -150,22 +151,35 @@ class MigrationRun:
         if summary is not None and self.prepared.maps is not None:
             rec.map_refreshes = self.prepared.maps.refreshes
             rec.pages_teleported_later = summary.counters.pages_teleported_later
-        self._account_wan(wan_before)
+        self._account_wan(wan_before, completed)
         self.destination.check()
         if ram_problem:
             raise MigrationFailed(ram_problem)
         self.destination.verify(self.agent_for(p.dst, p.vm))
         self.destination.check()  # once more: a guest can die while it is being verified
         rec.runs_at, rec.result = p.dst.name, Result.OK
+        storage.drop_source_layers(p, self.prepared.storage, self.log)
         self.journal.phase(Phase.DONE)
+        split = (f": disks {fmt_bytes(rec.disk_wan_bytes)}, memory "
+                 f"{fmt_bytes(rec.memory_wan_bytes)}" if rec.disk_wan_bytes else "")
         self.log(f"migration finished successfully (duration {rec.total_s:.1f} s, downtime "
                  f"{rec.downtime_ms if rec.downtime_ms is not None else '?'} ms, WAN "
-                 f"{fmt_bytes(rec.wan_bytes)})")
+                 f"{fmt_bytes(rec.wan_bytes)}{split})")
 
-    def _account_wan(self, wan_before: int | None) -> None:
+    def _account_wan(self, wan_before: int | None, completed: dict | None = None) -> None:
+        rec, relays = self.record, self.prepared.relays
         after = self.plan.src.wan_tx_bytes()
         if wan_before is not None and after is not None:
-            self.record.wan_bytes = after - wan_before
+            rec.wan_bytes = after - wan_before
+        latest = relays.send.latest if relays is not None else None
+        done = completed or {}
+        disk = max(int(done.get("disk_processed", 0) or 0), self.transfer.disk_processed)
+        memory = int(done.get("memory_processed", 0) or 0) or self.transfer.memory_processed
+        rec.disk_wan_bytes, rec.memory_wan_bytes = stats.split_wan(
+            rec.wan_bytes, memory, latest.counters.wan_bytes if latest is not None else None,
+            disk)
+        rec.disks = [dataclasses.replace(d, pages_teleported=rec.pages.teleported
+                                         if d.teleport else 0) for d in self.plan.disks]
 
     def _fail(self, result: Result, message: str, wan_before: int | None) -> None:
         rec = self.record
@@ -175,6 +189,9 @@ class MigrationRun:
         where = outcome.conclude(self.plan, rec, self.destination,
                                  migrated=self.transfer.migrated,
                                  migrate_called=self.transfer.called)
+        if not self.transfer.migrated:  # the source runs on its own disks: ours go
+            with contextlib.suppress(PcteleportError):
+                storage.discard_destination(self.plan, self.prepared.storage, self.log)
         self.log(f"migration {result}: {message}; {where}")
 
 
