@@ -72,8 +72,8 @@ def compare_bases(src: SiteRuntime, dst: SiteRuntime, paths: list[str]) -> dict[
     def ask(site: SiteRuntime) -> None:
         try:
             found[site.name] = scan(site, paths)
-        except PcteleportError as exc:
-            found[site.name] = exc
+        except Exception as exc:  # whatever it is, the check says "unknown" with it
+            found[site.name] = PcteleportError(str(exc) or type(exc).__name__)
 
     asking = [threading.Thread(target=ask, args=(site,), daemon=True) for site in (src, dst)]
     for t in asking:

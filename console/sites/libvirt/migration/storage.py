@@ -79,7 +79,7 @@ def check_bases(plan: Plan) -> None:
                             "teleport may still read from it")
     teleported = next((d for d in plan.disks if d.teleport), None)
     if teleported is None:
-        plan.data_disk = plan.data_serial = plan.data_target = ""
+        plan.data_disk = ""  # (its serial stays: the guest still checks that disk after)
 
 
 def prepare(plan: Plan, dom: libvirt.virDomain, log: Log, out: Storage) -> None:
@@ -110,10 +110,11 @@ def prepare(plan: Plan, dom: libvirt.virDomain, log: Log, out: Storage) -> None:
     # crosses the WAN, and the memory stream may still go through the relays on 127.0.0.1
     out.params[libvirt.VIR_MIGRATE_PARAM_DISKS_URI] = f"tcp://{plan.dst.config.wan_addr}"
     total = sum(d.overlay_bytes for d in moving)
-    how = ("whole (every allocated block of each disk)" if out.whole
-           else "their writable layers (qcow2 overlays; the bases are at both sites)")
+    how = ("whole (every block of each disk that holds data)" if out.whole
+           else "as their writable layers (qcow2 overlays; the bases are at both sites)")
+    held = "" if out.whole else f"; the overlays hold {fmt_bytes(total)}"
     log(f"storage: {', '.join(d.target for d in moving)} go {how} over NBD to "
-        f"{plan.dst.name} {plan.dst.config.wan_addr}; overlays hold {fmt_bytes(total)}")
+        f"{plan.dst.name} {plan.dst.config.wan_addr}{held}")
 
 
 def destination_xml(dom: libvirt.virDomain, plan: Plan, base_xml: str | None = None) -> str:
