@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -54,8 +55,11 @@ def libvirt_uri(paths: LabPaths, s: Site) -> str:
 
 
 def relay_command() -> list[str]:
-    """Site hosts are namespaces of this host: they run this very installation's pcteleport."""
-    return [sys.executable, "-m", "pcteleport.cli"]
+    """Site hosts are namespaces of this host: they run this very installation's pcteleport
+    (PCTELEPORT_LAB_RELAY_COMMAND, a command line, names another: the tests run from a git
+    worktree give one that imports the worktree's code)."""
+    other = os.environ.get("PCTELEPORT_LAB_RELAY_COMMAND", "").strip()
+    return shlex.split(other) if other else [sys.executable, "-m", "pcteleport.cli"]
 
 
 def _str(v: str) -> str:
