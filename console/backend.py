@@ -65,6 +65,9 @@ class MigrationRequest:
     force: bool = False
     #: compare guest RAM page by page across the switch-over (console/sites/libvirt/ramcheck.py)
     compare_ram: bool = False
+    #: teleport's relays authenticate their frames but do not encrypt them (for comparison
+    #: only; the record says so)
+    insecure: bool = False
 
 
 class Backend(ABC):

@@ -120,6 +120,8 @@ def _add_relay(sub: argparse._SubParsersAction) -> None:
     send.add_argument("--secret-file",
                       help="file holding this migration's shared secret ('-': stdin's first line)")
     send.add_argument("--stats-interval", type=float, default=1.0, metavar="S")
+    send.add_argument("--insecure", action="store_true",
+                      help="frames authenticated but NOT encrypted (for comparison only)")
     send.add_argument("--once", action="store_true", default=True, help=argparse.SUPPRESS)
     send.set_defaults(handler=_relay_send)
 
@@ -137,6 +139,11 @@ def _add_relay(sub: argparse._SubParsersAction) -> None:
     recv.add_argument("--secret-file",
                       help="file holding this migration's shared secret ('-': stdin's first line)")
     recv.add_argument("--stats-interval", type=float, default=1.0, metavar="S")
+    recv.add_argument("--insecure", action="store_true",
+                      help="frames authenticated but NOT encrypted (for comparison only)")
+    recv.add_argument("--wait", type=positive_number, default=600.0, metavar="S",
+                      help="give up when no source relay has authenticated after S seconds "
+                      "(default 600)")
     recv.set_defaults(handler=_relay_recv)
 
 
@@ -284,6 +291,9 @@ def _add_sites(sub: argparse._SubParsersAction) -> None:
     mig.add_argument("--compare-ram", action="store_true",
                      help="keep the destination paused until its RAM was compared page by page"
                           " with the source's at the switch-over (needs memfd-backed RAM)")
+    mig.add_argument("--insecure", action="store_true",
+                     help="teleport: the relays authenticate but do NOT encrypt guest memory "
+                          "on the WAN (for comparison only; the record says so)")
     mig.set_defaults(handler=_migrate)
 
     ab = sub.add_parser("abort", help="abort the running migration of a VM")
@@ -301,7 +311,8 @@ def _migrate(args: argparse.Namespace) -> int:
     from pcteleport import headless as commands
 
     return commands.migrate(args.vm, args.to, args.mode, args.bandwidth, args.json,
-                            args.verify, args.auto_converge, args.force, args.compare_ram)
+                            args.verify, args.auto_converge, args.force, args.compare_ram,
+                            args.insecure)
 
 
 def _abort(args: argparse.Namespace) -> int:

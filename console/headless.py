@@ -59,7 +59,7 @@ def list_vms(as_json: bool) -> int:
 
 def migrate(vm: str, to: str, mode: str, bandwidth_mib: float | None, as_json: bool,
             verify: str = "sample", auto_converge: bool = False, force: bool = False,
-            compare_ram: bool = False) -> int:
+            compare_ram: bool = False, insecure: bool = False) -> int:
     try:
         mode_v = Mode(mode)
     except ValueError:
@@ -70,7 +70,7 @@ def migrate(vm: str, to: str, mode: str, bandwidth_mib: float | None, as_json: b
                                bandwidth_mib * 2**20 if bandwidth_mib else None,
                                verify_pages=0 if verify == "full" else VERIFY_SAMPLE_PAGES,
                                auto_converge=auto_converge, force=force,
-                               compare_ram=compare_ram)
+                               compare_ram=compare_ram, insecure=insecure)
 
     try:  # before the start: a disk whose base keeps teleport off (the run still goes)
         warnings = backend.disk_warnings(vm, to)

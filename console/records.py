@@ -336,6 +336,9 @@ class MigrationRecord:
     #: because one of them named a page cached after the first map
     map_refreshes: int = 0
     pages_teleported_later: int = 0
+    #: how guest memory crossed the WAN: "aes-256-gcm" (teleport's relays), "none" (QEMU's
+    #: stream in clear), "none (--insecure)" (teleport frames authenticated, in clear)
+    wan_encryption: str = ""
     #: wan_bytes split: the disks' storage migration and the memory stream (how each is
     #: measured: sites/libvirt/migration/stats.py split_wan)
     disk_wan_bytes: int = 0
@@ -362,6 +365,7 @@ class MigrationRecord:
                 "teleported_after_refresh": self.pages_teleported_later,
             },
             "map_refreshes": self.map_refreshes,
+            "wan_encryption": self.wan_encryption,
             "disk_wan_bytes": self.disk_wan_bytes,
             "memory_wan_bytes": self.memory_wan_bytes,
             "disks": [{"target": d.target, "base": d.base, "overlay_bytes": d.overlay_bytes,

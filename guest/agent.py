@@ -47,13 +47,20 @@ import time
 
 PAGE = 4096
 PROC_DIR = "/proc/pcteleport"
+PARAM_DIR = "/sys/module/pcteleport/parameters"
+PROC_FILESYSTEMS = "/proc/filesystems"
 MAP_MAGIC = b"PCTMAP1\n"
 PROTOCOL_VERSION = 1
+MAX_WATCH_INTERVAL = 3600.0  # longer would overflow select() (1e300) and serves no one
 SEND_TIMEOUT_S = 5.0  # with no byte taken for this long, the host has gone
-# Filesystems whose files FIEMAP maps to blocks of their own device (the fallback's reach).
+# Filesystems whose files FIEMAP (FIBMAP on vfat) maps to blocks of their own device: what the
+# userspace fallback maps and verify checks. With the module loaded the agent uses the module's
+# own list (its read-only parameter "supported", module_fstypes()). The fallback keeps this one
+# because it runs precisely when there is no module to ask, and reads FIEMAP itself; the rule is
+# the module's, and tests/test_kmodule_rules.py checks in a guest that both lists are equal.
 FALLBACK_FSTYPES = ("ext4", "ext3", "ext2", "xfs", "vfat", "msdos")
-# ...and those the kernel module can walk (its fstypes parameter).
-MODULE_FSTYPES = ("ext4", "ext3", "ext2", "xfs", "vfat", "msdos")
+NOT_ROOT_RESTORABLE = ("not root: %s/stats is root-only, so there is no restorable figure "
+                       "(run the agent as root)" % PROC_DIR)
 
 
 class AgentError(Exception):
@@ -191,11 +198,31 @@ def _module_counters(text):
     return counters, sbs
 
 
+def parse_fstypes(text):
+    """("ext4", "xfs", ...) from a comma-separated list, the form of the module's parameters."""
+    return tuple(t for t in (w.strip() for w in text.split(",")) if t)
+
+
+def module_fstypes():
+    """The filesystem types the loaded module can map, from its read-only parameter
+    "supported"; None without the module, or with a module older than that parameter."""
+    text = _read(PARAM_DIR + "/supported", None)
+    return None if text is None else parse_fstypes(text)
+
+
+def fstypes_to_walk(supported, proc_filesystems):
+    """The value for the module's fstypes: the supported types the kernel has registered, in
+    the module's order (naming one that is not registered makes the kernel load its driver)."""
+    registered = {line.split()[-1] for line in proc_filesystems.splitlines() if line.strip()}
+    return ",".join(t for t in supported if t in registered)
+
+
 def _set_module_fstypes():
-    """Walk only the types that are registered: naming others would make the kernel load them."""
-    registered = {line.split()[-1] for line in _read("/proc/filesystems").splitlines() if line}
-    wanted = ",".join(t for t in MODULE_FSTYPES if t in registered)
-    path = "/sys/module/pcteleport/parameters/fstypes"
+    supported = module_fstypes()
+    if not supported:
+        return  # a module without "supported" keeps its default (the ext4 family)
+    wanted = fstypes_to_walk(supported, _read(PROC_FILESYSTEMS))
+    path = PARAM_DIR + "/fstypes"
     try:
         if _read(path) != wanted:
             with open(path, "w") as f:
@@ -216,6 +243,7 @@ class Composition:
         self.restorable_every = restorable_every
         self.restorable = None  # (bytes, time.monotonic() when measured, source)
         self._next_walk = 0.0
+        self.warning = None  # why restorable is missing, when the agent can tell
 
     def note_fallback_map(self, pages):
         """Without the module, the last fallback map's size is the best figure there is."""
@@ -231,7 +259,15 @@ class Composition:
         if r is not None and r[2] == "module" and now < self._next_walk:
             return
         _set_module_fstypes()
-        counters, _ = _module_counters(_read(PROC_DIR + "/stats"))
+        try:
+            with open(PROC_DIR + "/stats") as f:
+                text = f.read()
+        except PermissionError:  # EACCES comes before any walk: trying again costs nothing
+            self.warning = NOT_ROOT_RESTORABLE
+            return
+        except OSError:
+            return  # the module went away meanwhile
+        counters, _ = _module_counters(text)
         if "restorable_estimate" in counters:
             self.restorable = (counters["restorable_estimate"] * PAGE, now, "module")
             walk_s = counters.get("walk_ns", 0) / 1e9
@@ -581,14 +617,18 @@ def verify_cache(disk_spec, limit=20, sample=0):
         raise AgentError("not-mounted", "no mounted filesystem on %s to verify" % disk["name"])
     libc = _Libc()
     t0 = time.monotonic()
-    files = [(path, fstype, start) for mnt, fstype, start, dev in covered
-             for path in _files_on(mnt, dev)]
-    if sample:
-        random.shuffle(files)
-    dev_fd = os.open("/dev/" + disk["name"], os.O_RDONLY | getattr(os, "O_DIRECT", 0))
+    try:  # first: without root, say so before listing every file
+        dev_fd = os.open("/dev/" + disk["name"], os.O_RDONLY | getattr(os, "O_DIRECT", 0))
+    except PermissionError:
+        raise AgentError("not-root", "verify reads /dev/%s past the page cache: run the agent "
+                         "as root" % disk["name"]) from None
     buf = mmap.mmap(-1, 256 * PAGE)  # page aligned, as O_DIRECT wants; one read's most
     mismatches, checked, with_cache = [], 0, 0
     try:
+        files = [(path, fstype, start) for mnt, fstype, start, dev in covered
+                 for path in _files_on(mnt, dev)]
+        if sample:
+            random.shuffle(files)
         for path, fstype, start in files:
             if sample and checked >= sample:
                 break
@@ -817,7 +857,7 @@ class Server:
     def handle(self, line):
         try:
             req = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nesting deeper than the stack
             self.send({"id": None, "error": {"code": "bad-request",
                                              "message": "not a JSON object: %r" % line[:80]}})
             return
@@ -826,6 +866,8 @@ class Server:
             if not isinstance(req, dict) or not isinstance(req.get("method"), str):
                 raise AgentError("bad-request", "a request needs a string 'method'")
             params = req.get("params") or {}
+            if not isinstance(params, dict):
+                raise AgentError("bad-request", "'params' must be a JSON object")
             with at_nice(NICE_FOR.get(req["method"])):  # the answer's writing included
                 self.send({"id": rid, "result": self.dispatch(req["method"], params)})
         except AgentError as exc:
@@ -839,13 +881,20 @@ class Server:
             return {}
         if method == "hello":
             warnings = []
-            if not module_loaded():
+            loaded = module_loaded()
+            fstypes = module_fstypes() if loaded else FALLBACK_FSTYPES
+            if not loaded:
                 warnings.append("pcteleport kernel module not loaded: using the userspace "
                                 "fallback (composition from /proc/meminfo)")
+            elif fstypes is None:
+                warnings.append("the pcteleport module does not list the filesystems it "
+                                "supports (older than this agent): it walks its default ones")
             if os.geteuid() != 0:
-                warnings.append("agent is not root: maps are unavailable")
+                warnings.append("agent is not root: maps and the restorable figure are "
+                                "unavailable")
             return {"agent": "pcteleport", "protocol": PROTOCOL_VERSION, "pid": os.getpid(),
-                    "source": "module" if module_loaded() else "fallback",
+                    "source": "module" if loaded else "fallback",
+                    "fstypes": list(fstypes) if fstypes is not None else None,
                     "python": sys.version.split()[0], "warnings": warnings}
         if method == "composition":
             return self.composition.snapshot()
@@ -871,9 +920,13 @@ class Server:
         if method == "drop_caches":
             return drop_caches(bool(params.get("zero_free", True)))
         if method == "watch":
-            interval = float(params.get("interval", 1.0))
-            if interval < 0.05:
-                raise AgentError("bad-request", "watch interval must be >= 0.05 s")
+            try:
+                interval = float(params.get("interval", 1.0))
+            except (TypeError, ValueError):
+                interval = float("nan")
+            if not 0.05 <= interval <= MAX_WATCH_INTERVAL:  # also NaN and Infinity
+                raise AgentError("bad-request", "watch interval must be a number of seconds "
+                                 "from 0.05 to %g" % MAX_WATCH_INTERVAL)
             self.watch_interval = interval
             self.next_event = time.monotonic()
             return {"interval": interval}
@@ -937,9 +990,12 @@ def main(argv=None):
     try:
         if args.cmd == "composition":
             comp_state = Composition()
-            n = 0
+            n, warned = 0, None
             while True:
                 print(json.dumps(comp_state.snapshot()), flush=True)
+                if comp_state.warning != warned:  # once, not once a line
+                    warned = comp_state.warning
+                    print("pcteleport-agent: %s" % warned, file=sys.stderr)
                 n += 1
                 if args.count and n >= args.count:
                     return 0

@@ -12,12 +12,17 @@
  *                         after "#" header lines naming the walked super blocks and counters.
  * /proc/pcteleport/stats  "name value" counters from a cheaper walk that does not look up
  *                         disk blocks (restorable_estimate = pages the map would consider).
+ * Both are root only (0400): every open is a walk of all cached inodes, and the map gives
+ * away page frame numbers.
+ * /sys/module/pcteleport/parameters/supported  (read-only) the filesystem types the walk
+ *                         can map: the one list of them, which the guest agent reads.
  *
  * Each open of a file takes one snapshot (a walk of every super block of the filesystem
  * types in the fstypes parameter); reads then page through that snapshot by position, so
  * a reader resumes in O(1) however many pages there are. The walk takes no lock across
  * sleeping calls: inodes are pinned with __iget() like fs/drop_caches.c, folios through
- * filemap_get_folios(), and it calls cond_resched() per inode and per folio batch.
+ * filemap_get_folios(), and it calls cond_resched() per inode and per folio batch, and
+ * also among inodes it skips whenever another task is waiting (see pct_walk_sb()).
  *
  * Block lookup: through the filesystem's ->fiemap (ext4, xfs), into a small buffer mapped in
  * the reading process for the duration of the walk, without FIEMAP_FLAG_SYNC, so it never
@@ -27,10 +32,11 @@
  * (counted as in_dirty_file): ext4's bmap writes back a file with dirty delalloc pages.
  *
  * Works with: ext4 (and ext2/ext3 through the ext4 driver) and xfs (->fiemap), vfat and
- * msdos (->bmap); only these are walked, whatever fstypes names. Not btrfs: its FIEMAP
- * addresses are not device offsets and its data may be compressed. Not encrypted files, not
- * DAX. Block devices stacked on others (dm, md) are reported with their own major:minor.
- * Pages of block device inodes (metadata in the buffer cache, raw reads) are not listed.
+ * msdos (->bmap), the list pct_supported[]; only these are walked, whatever fstypes names.
+ * Not btrfs: its FIEMAP addresses are not device offsets and its data may be compressed. Not
+ * encrypted files, not DAX. Block devices stacked on others (dm, md) are reported with their
+ * own major:minor. Pages of block device inodes (metadata in the buffer cache, raw reads) are
+ * not listed.
  */
 #include <linux/module.h>
 #include <linux/fs.h>
@@ -54,14 +60,42 @@
 			     FIEMAP_EXTENT_NOT_ALIGNED | FIEMAP_EXTENT_DATA_INLINE | \
 			     FIEMAP_EXTENT_DATA_TAIL | FIEMAP_EXTENT_UNWRITTEN)
 
-/* Filesystems whose FIEMAP/bmap block numbers are offsets on their own block device. */
+/*
+ * Filesystems whose FIEMAP/bmap block numbers are offsets on their own block device. This is
+ * the only copy of the list: the parameter "supported" shows it read-only, and the guest
+ * agent reads it there before it sets fstypes (so before any walk, and without root).
+ */
 static const char * const pct_supported[] = { "ext4", "ext3", "ext2", "xfs", "vfat", "msdos" };
+
+static int pct_supported_get(char *buf, const struct kernel_param *kp)
+{
+	unsigned int i;
+	int len = 0;
+
+	for (i = 0; i < ARRAY_SIZE(pct_supported); i++)
+		len += scnprintf(buf + len, PAGE_SIZE - len, "%s%s", i ? "," : "",
+				 pct_supported[i]);
+	return len + scnprintf(buf + len, PAGE_SIZE - len, "\n");
+}
+
+/* insmod calls ->set for a parameter given on its command line: there must be one. */
+static int pct_supported_set(const char *val, const struct kernel_param *kp)
+{
+	return -EPERM;	/* what the code can map, not a setting */
+}
+
+static const struct kernel_param_ops pct_supported_ops = {
+	.set = pct_supported_set,
+	.get = pct_supported_get,
+};
+module_param_cb(supported, &pct_supported_ops, NULL, 0444);
+MODULE_PARM_DESC(supported, "filesystem types the walk can map (read-only)");
 
 static char *fstypes = "ext4,ext3,ext2";
 module_param(fstypes, charp, 0644);
 MODULE_PARM_DESC(fstypes,
-		 "comma-separated filesystem types to walk, among ext4,ext3,ext2,xfs,vfat,msdos "
-		 "(naming one that is not registered makes the kernel try to load it)");
+		 "comma-separated filesystem types to walk, among those in supported; others are "
+		 "ignored (naming one that is not registered makes the kernel try to load it)");
 
 static unsigned long max_extents = 1UL << 24;
 module_param(max_extents, ulong, 0644);
@@ -78,6 +112,7 @@ struct pct_counters {
 	u64 superblocks, inodes;
 	u64 cached, dirty, writeback, not_uptodate, clean;
 	u64 in_dirty_file, unmappable, restorable_estimate;
+	u64 lock_breaks;	/* inode list lock dropped at a skipped inode to reschedule */
 	u64 restorable, unmapped, unaligned, tail, via_fiemap, via_bmap;
 };
 
@@ -350,11 +385,22 @@ static void pct_note_sb(struct pct_snapshot *s, struct super_block *sb)
 	info->start = (u64)bdev->bd_start_sect << SECTOR_SHIFT;
 }
 
-/* Called by iterate_supers_type() with sb->s_umount held for reading (sleeping is fine). */
+/*
+ * Called by iterate_supers_type() with sb->s_umount held for reading (sleeping is fine).
+ *
+ * s_inode_list_lock is a spinlock: while it is held this CPU cannot reschedule. The lock is
+ * dropped around each inode the walk works on, pinned by __iget() so that its place in
+ * s_inodes stays valid. Inodes with nothing to walk are skipped under the lock, and a
+ * filesystem can hold a very long run of them (empty or stat'ed files, directories, inodes
+ * whose pages were evicted): when need_resched() says another task waits, the skipped inode
+ * is pinned too and the lock dropped for cond_resched(), as drop_pagecache_sb() in
+ * fs/drop_caches.c does, so that no run of skipped inodes can become a soft lockup.
+ */
 static void pct_walk_sb(struct super_block *sb, void *arg)
 {
 	struct pct_snapshot *s = arg;
 	struct inode *inode, *toput = NULL;
+	bool walk;
 
 	if (!sb->s_bdev)
 		return;
@@ -364,8 +410,13 @@ static void pct_walk_sb(struct super_block *sb, void *arg)
 	spin_lock(&sb->s_inode_list_lock);
 	list_for_each_entry(inode, &sb->s_inodes, i_sb_list) {
 		spin_lock(&inode->i_lock);
-		if ((inode->i_state & (I_FREEING | I_WILL_FREE | I_NEW)) ||
-		    !S_ISREG(inode->i_mode) || !inode->i_mapping->nrpages) {
+		/* Being set up or torn down: cannot be pinned, so always skipped. */
+		if (inode->i_state & (I_FREEING | I_WILL_FREE | I_NEW)) {
+			spin_unlock(&inode->i_lock);
+			continue;
+		}
+		walk = S_ISREG(inode->i_mode) && inode->i_mapping->nrpages;
+		if (!walk && !need_resched()) {
 			spin_unlock(&inode->i_lock);
 			continue;
 		}
@@ -374,9 +425,12 @@ static void pct_walk_sb(struct super_block *sb, void *arg)
 		spin_unlock(&inode->i_lock);
 		spin_unlock(&sb->s_inode_list_lock);
 
-		iput(toput);
+		iput(toput);	/* the previous one: iput() may sleep, so not under the lock */
 		toput = inode;
-		pct_walk_inode(s, inode);
+		if (walk)
+			pct_walk_inode(s, inode);
+		else
+			s->c.lock_breaks++;
 		cond_resched();
 
 		spin_lock(&sb->s_inode_list_lock);
@@ -463,8 +517,8 @@ static void pct_show_counters(struct seq_file *m, const struct pct_snapshot *s,
 		   prefix, c->dirty, prefix, c->writeback);
 	seq_printf(m, "%snot_uptodate %llu\n%sclean %llu\n%sin_dirty_file %llu\n", prefix,
 		   c->not_uptodate, prefix, c->clean, prefix, c->in_dirty_file);
-	seq_printf(m, "%sunmappable %llu\n%srestorable_estimate %llu\n", prefix, c->unmappable,
-		   prefix, c->restorable_estimate);
+	seq_printf(m, "%sunmappable %llu\n%srestorable_estimate %llu\n%slock_breaks %llu\n",
+		   prefix, c->unmappable, prefix, c->restorable_estimate, prefix, c->lock_breaks);
 	if (s->want_map)
 		seq_printf(m, "%srestorable %llu\n%sunmapped %llu\n%sunaligned %llu\n%stail %llu\n"
 			   "%svia_fiemap %llu\n%svia_bmap %llu\n%sextents %zu\n", prefix,
@@ -608,8 +662,12 @@ static int __init pct_init(void)
 	pct_dir = proc_mkdir("pcteleport", NULL);
 	if (!pct_dir)
 		return -ENOMEM;
+	/*
+	 * Root only, both: an open is a walk of every cached inode (any user could otherwise
+	 * keep a CPU busy with it), and the map names page frame numbers.
+	 */
 	if (!proc_create("map", 0400, pct_dir, &pct_map_fops) ||
-	    !proc_create("stats", 0444, pct_dir, &pct_stats_fops)) {
+	    !proc_create("stats", 0400, pct_dir, &pct_stats_fops)) {
 		proc_remove(pct_dir);
 		return -ENOMEM;
 	}

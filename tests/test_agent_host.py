@@ -98,6 +98,30 @@ def test_serve_stdio_answers_and_keeps_serving_after_errors() -> None:
     assert isinstance(replies[6]["result"]["disks"], list)
 
 
+def test_bad_requests_found_by_the_probe_get_an_error_and_the_agent_keeps_serving() -> None:
+    """Issue 16: an interval of Infinity or 1e300 (select() overflowed) and a 100,000-deep
+    request (RecursionError) made the agent exit, for every later caller."""
+    deep = "[" * 100_000 + "]" * 100_000
+    requests = [
+        {"id": 1, "method": "watch", "params": {"interval": float("inf")}},
+        {"id": 2, "method": "watch", "params": {"interval": 1e300}},
+        {"id": 3, "method": "watch", "params": {"interval": "NaN"}},
+        {"id": 4, "method": "watch", "params": {"interval": [1]}},
+        deep,
+        '{"id": 5, "method": "ping", "params": ' + deep + "}",
+        {"id": 6, "method": "map", "params": ["disk"]},
+        {"id": 7, "method": "ping"},
+    ]
+    text = "".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in requests)
+    out = _agent("serve", "--stdio", stdin=text)
+    assert out.returncode == 0, out.stderr[-2000:]
+    replies = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [r.get("id") for r in replies] == [1, 2, 3, 4, None, None, 6, 7]
+    assert all(r["error"]["code"] == "bad-request" for r in replies[:7]), replies
+    assert "from 0.05 to 3600" in replies[0]["error"]["message"]
+    assert replies[7]["result"] == {}
+
+
 async def test_async_client_over_a_subprocess() -> None:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, str(AGENT), "serve", "--stdio",

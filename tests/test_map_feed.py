@@ -101,3 +101,19 @@ def test_no_first_map_is_the_runs_problem(monkeypatch, problem):
     wait(lambda: relays.map_problem is not None)
     assert relays.map_problem.startswith("teleport: no restorable map from the guest agent")
     assert relays.fed == []
+
+
+def test_a_refresh_cut_by_the_switch_over_says_so(monkeypatch):
+    f, relays, journal = feed([[(0, 0, PAGE)]], monkeypatch)
+
+    def paused_mid_answer(disk):
+        journal.phase(Phase.STOP_AND_COPY, 3)
+        raise RuntimeError("the answer arrived cut short after 458752 bytes")
+
+    f.start()
+    wait(lambda: relays.fed)
+    f.agent.restorable_map = paused_mid_answer
+    assert relays.ended.wait(2)
+    lines = [line.text for line in journal.record.log]
+    assert any("map refresh 1 cut short by the switch-over" in x for x in lines), lines
+    assert not any("cut short after" in x for x in lines)

@@ -49,7 +49,7 @@ def test_inventory_records_round_trip(site: Site, vm: VM, comp: Composition) -> 
     assert from_json(Composition, to_json(comp)) == comp
 
 
-def test_summary_has_exactly_the_issue_5_11_and_14_keys() -> None:
+def test_summary_has_exactly_the_issue_5_11_14_and_16_keys() -> None:
     r = MigrationRecord(run_id="r1", vm="web", from_site="tokyo", to_site="osaka",
                         mode=Mode.TELEPORT, result=Result.OK, total_s=11.5, downtime_ms=306.0,
                         wan_bytes=134_000_000, guest_bytes=2**30,
@@ -57,9 +57,9 @@ def test_summary_has_exactly_the_issue_5_11_and_14_keys() -> None:
                         map_refreshes=4, pages_teleported_later=1_500)
     s = r.summary()
     assert list(s) == ["vm", "from", "to", "mode", "result", "total_s", "downtime_ms",
-                       "wan_bytes", "guest_bytes", "pages", "map_refreshes", "disk_wan_bytes",
-                       "memory_wan_bytes", "disks", "runs_at", "guest_crashed",
-                       "ram_pages_differing"]
+                       "wan_bytes", "guest_bytes", "pages", "map_refreshes", "wan_encryption",
+                       "disk_wan_bytes", "memory_wan_bytes", "disks", "runs_at",
+                       "guest_crashed", "ram_pages_differing"]
     assert s["disks"] == [] and s["disk_wan_bytes"] == s["memory_wan_bytes"] == 0
     assert s["pages"] == {"teleported": 70_000, "zero": 120_000, "sent": 40_000,
                           "teleported_after_refresh": 1_500}

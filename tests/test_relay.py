@@ -326,6 +326,48 @@ def test_wrong_secret_is_turned_away(material):
         recv.kill()
 
 
+def test_the_recv_relay_gives_up_on_a_wrong_secret_and_says_why(material):
+    """Issue 16: with mismatched secrets the recv relay used to wait for ever."""
+    m = material
+    other = m["tmp"] / "other-secret"
+    other.write_text("x" * 32)
+    send, recv, _dest, port = start_pair(m, None, other, "--wait", "3")
+    try:
+        threading.Thread(target=source_qemu, args=(port, m["stream"]), daemon=True).start()
+        assert recv.finish(timeout=30) != 0
+        message = recv.wait_event("error")["message"]
+        assert "no source relay authenticated within 3 s (1 refused" in message
+        assert "same secret" in message
+    finally:
+        send.kill()
+        recv.kill()
+
+
+@pytest.mark.parametrize("squat", [b"", b"\x00" * 5, b"\xff" * 64])
+def test_a_silent_client_on_the_wan_port_does_not_hold_up_the_migration(material, squat):
+    """Issue 16: a client that connects to the recv relay's WAN port first and sends nothing,
+    half a header or garbage must not stall the real source relay behind it: the migration
+    completes while the squatter is still connected and has not yet been turned away."""
+    m = material
+    send, recv, dest, port = start_pair(m)
+    wan_port = int(recv.wait_event("listening")["address"].rsplit(":", 1)[1])
+    squatter = socket.create_connection(("127.0.0.1", wan_port))
+    try:
+        squatter.sendall(squat)
+        time.sleep(0.3)  # it is connected before the real relay
+        back = source_qemu(port, m["stream"])
+        assert send.finish() == 0, send.stderr()
+        assert recv.finish() == 0, recv.stderr()
+        dest.join(10)
+        assert bytes(dest.received) == m["stream"] and back == b"PONG-SHUT"
+        turned_away = [e for e in recv.events if e["event"] == "refused"]
+        assert not turned_away or squat, turned_away  # silence is waited out, not trusted
+    finally:
+        squatter.close()
+        send.kill()
+        recv.kill()
+
+
 def test_source_vanishing_mid_stream_fails_both_ends_clearly(material):
     m = material
     send, recv, dest, port = start_pair(m)

@@ -23,6 +23,7 @@ import argparse
 import contextlib
 import dataclasses
 import os
+import queue
 import socket
 import struct
 import sys
@@ -49,6 +50,9 @@ ID = struct.Struct(">Q")
 QEMU_RCVBUF = 256 << 10
 WAN_NOTSENT_LOWAT = 128 << 10  # unsent bytes only: in-flight data still fills the WAN's BDP
 CONNECT_TIMEOUT = 20.0
+HELLO_TIMEOUT = 10.0  # a WAN client has this long to authenticate
+MAX_REFUSED = 16  # connections turned away before the recv relay gives up
+WAIT_FOR_SOURCE = 600.0  # for the source relay's connection (the map may take minutes)
 DRAIN_TIMEOUT = 30.0  # after the stream, how long to wait for the return path to close
 
 
@@ -183,7 +187,9 @@ class SendRelay:
         stats_interval: float = 1.0,
         load_map: Callable[[], mapfile.RestorableMap] | None = None,
         more_maps: Iterator[mapfile.RestorableMap] | None = None,
+        insecure: bool = False,
     ) -> None:
+        self.insecure = insecure  # frames authenticated but in clear (for comparison only)
         self.listen_addr, self.to = listen, to
         self.rmap, self.disk, self.secret = rmap, disk, secret
         self.load_map = load_map
@@ -213,7 +219,8 @@ class SendRelay:
                 wan_sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT,
                                     WAN_NOTSENT_LOWAT)
             emit(events.Connected(side="wan", peer=f"{self.to[0]}:{self.to[1]}"))
-            writer = wan.FrameWriter(wan_sock.sendall, self.secret)
+            writer = wan.FrameWriter(wan_sock.sendall, self.secret, wan.FORWARD,
+                                     encrypt=not self.insecure)
             encoder = Encoder(writer, self.rmap, self.disk)
             encoder.hello()
             if self.more_maps is not None:
@@ -273,7 +280,8 @@ class SendRelay:
     def _back_channel(
         self, wan_sock: socket.socket, qemu: socket.socket, writer: wan.FrameWriter, enc: Encoder
     ) -> None:
-        reader = wan.FrameReader(wan.socket_read_exact(wan_sock), self.secret)
+        reader = wan.FrameReader(wan.socket_read_exact(wan_sock), self.secret, wan.BACK,
+                                 encrypt=not self.insecure)
         try:
             first = reader.next()
             if first is None or first.type != wan.HELLO or first.json().get("role") != "decoder":
@@ -335,9 +343,13 @@ class RecvRelay:
         emit: Emitter,
         stats_interval: float = 1.0,
         fetch_on_mismatch: bool = False,
+        wait_s: float = WAIT_FOR_SOURCE,
+        insecure: bool = False,
     ) -> None:
+        self.insecure = insecure
         self.listen_addr, self.to = listen, to
         self.disk, self.secret = disk, secret
+        self.wait_s = wait_s
         self.fetch_on_mismatch = fetch_on_mismatch
         self.emit = emit
         self.stats_interval = stats_interval
@@ -345,23 +357,52 @@ class RecvRelay:
         self.port = self.server.getsockname()[1]
 
     def _accept_authentic(self) -> tuple[socket.socket, wan.FrameReader, dict]:
-        """The first WAN connection whose HELLO authenticates; others are turned away."""
-        for _ in range(16):
-            sock, peer = self.server.accept()
-            reader = wan.FrameReader(wan.socket_read_exact(sock), self.secret)
+        """The first WAN connection whose HELLO authenticates; others are turned away.
+
+        Each connection says hello in a thread of its own, within HELLO_TIMEOUT: a client that
+        connects and sends nothing (or half a frame) cannot hold up the source relay behind it.
+        """
+        found: queue.Queue[tuple[socket.socket, wan.FrameReader, dict, str]] = queue.Queue()
+        refused: list[str] = []
+
+        def handshake(sock: socket.socket, peer: str) -> None:
+            sock.settimeout(HELLO_TIMEOUT)
+            reader = wan.FrameReader(wan.socket_read_exact(sock), self.secret, wan.FORWARD,
+                                     encrypt=not self.insecure)
             try:
                 hello = reader.next()
                 if hello is None or hello.type != wan.HELLO:
                     raise RelayError("no hello")
                 info = hello.json()
             except (PcteleportError, OSError) as exc:
-                self.emit(events.Refused(peer=f"{peer[0]}:{peer[1]}", reason=str(exc)))
+                reason = "said nothing in time" if isinstance(exc, TimeoutError) else str(exc)
+                self.emit(events.Refused(peer=peer, reason=reason))
+                refused.append(peer)
                 _close(sock)
+                return
+            found.put((sock, reader, info, peer))
+
+        deadline = time.monotonic() + self.wait_s
+        self.server.settimeout(0.2)
+        while found.empty():
+            if len(refused) >= MAX_REFUSED:
+                raise RelayError("too many connections failed authentication; giving up")
+            if time.monotonic() > deadline:
+                raise RelayError(
+                    f"no source relay authenticated within {self.wait_s:g} s"
+                    + (f" ({len(refused)} refused: {', '.join(refused[:3])}): check that both "
+                       "ends got the same secret" if refused else ""))
+            try:
+                sock, addr = self.server.accept()
+            except TimeoutError:
                 continue
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self.emit(events.Connected(side="wan", peer=f"{peer[0]}:{peer[1]}"))
-            return sock, reader, info
-        raise RelayError("too many connections failed authentication; giving up")
+            threading.Thread(target=handshake, args=(sock, f"{addr[0]}:{addr[1]}"),
+                             daemon=True).start()
+        sock, reader, info, peer = found.get()
+        sock.settimeout(None)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.emit(events.Connected(side="wan", peer=peer))
+        return sock, reader, info
 
     def run(self) -> CodecCounters:
         emit = self.emit
@@ -369,7 +410,8 @@ class RecvRelay:
         wan_sock, reader, hello = self._accept_authentic()
         self.server.close()
         qemu: socket.socket | None = None
-        writer = wan.FrameWriter(wan_sock.sendall, self.secret)
+        writer = wan.FrameWriter(wan_sock.sendall, self.secret, wan.BACK,
+                                 encrypt=not self.insecure)
         source = FrameSource(reader)
         # A diverged replica fails the migration by default: the VM must not go on running
         # on a disk that differs from its own. Fetching the page only repairs the cache.
@@ -494,7 +536,7 @@ def main_send(args: argparse.Namespace) -> int:
     relay = SendRelay(
         parse_hostport(args.listen), parse_hostport(args.to), rmap, disk,
         secret, emit, args.stats_interval, load_map=map_from_stdin if from_stdin else None,
-        more_maps=updates,
+        more_maps=updates, insecure=args.insecure,
     )
     return _run(relay, emit)
 
@@ -505,7 +547,8 @@ def main_recv(args: argparse.Namespace) -> int:
     relay = RecvRelay(
         parse_hostport(args.listen), parse_hostport(args.to), disk,
         read_secret(args.secret_file), emit, args.stats_interval,
-        fetch_on_mismatch=args.on_mismatch == "fetch",
+        fetch_on_mismatch=args.on_mismatch == "fetch", wait_s=args.wait,
+        insecure=args.insecure,
     )
     return _run(relay, emit)
 

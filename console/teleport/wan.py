@@ -1,13 +1,19 @@
-"""WAN framing between the two relays: versioned, sequenced, every frame checksummed.
+"""WAN framing between the two relays: versioned, sequenced, encrypted and authenticated.
 
-A frame is a 16-byte header, a payload and a 16-byte tag:
+A frame is a 16-byte header, a body (the payload, or its ciphertext: same length) and a
+16-byte tag:
 
-    b"PT" | version u8 | type u8 | payload length u32 | sequence u64 | payload | tag
+    b"PT" | version u8 | type u8 | payload length u32 | sequence u64 | body | tag
 
-The tag covers header and payload. With a per-migration secret it is a keyed BLAKE2b MAC,
-so a relay accepts only the migration it was started for and nobody on the WAN can alter
-a frame unnoticed; without one it is an xxh3-128 checksum against corruption. Each
-direction numbers its frames from 0, so a lost, repeated or reordered frame is caught.
+With a per-migration secret (what the relays always have) the body is the payload sealed
+with AES-256-GCM, the header as associated data, the nonce the frame's sequence number, under
+a key of its own per direction (HKDF-SHA256 of the secret): guest memory never crosses the WAN
+in clear, a relay accepts only the migration it was started for, and nobody on the WAN can
+alter, replay or reorder a frame unnoticed. `encrypt=False` (`--insecure`, for comparison
+only) keeps the payload in clear under a keyed BLAKE2b MAC. Without a secret (files written by
+`codec encode`) the tag is an xxh3-128 checksum against corruption. Each direction numbers its
+frames from 0, so a lost, repeated or reordered frame is caught, and a (key, nonce) pair is
+never used twice.
 """
 
 from __future__ import annotations
@@ -22,11 +28,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import xxhash
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from pcteleport.errors import PcteleportError
 
 MAGIC = b"PT"
-VERSION = 1
+VERSION = 2  # 2: AES-256-GCM frames (1 had MAC-only frames)
 HEADER = struct.Struct(">2sBBIQ")
 TAG_SIZE = 16
 MAX_PAYLOAD = 64 << 20
@@ -42,25 +52,64 @@ PAGE = 7  # be64 reference id + the page, the answer to a FETCH
 NAMES = {HELLO: "hello", DATA: "data", END: "end", ERROR: "error", RETURN: "return",
          FETCH: "fetch", PAGE: "page"}
 
+# Directions: each has its own key, so the two relays never seal under the same nonce.
+FORWARD = "forward"  # send relay -> recv relay (the QEMU stream)
+BACK = "back"  # recv relay -> send relay (return path, fetches)
+
 
 class WanError(PcteleportError):
     pass
 
 
-def _tagger(secret: bytes | None) -> Callable[[bytes, bytes], bytes]:
-    if secret:
-        def mac(header: bytes, payload: bytes) -> bytes:
-            h = hashlib.blake2b(key=secret[:64], digest_size=TAG_SIZE)
+class Sealer:
+    """Seals and opens frame bodies for one direction: AES-256-GCM, a keyed MAC, or a checksum
+    (see the module docstring)."""
+
+    def __init__(self, secret: bytes | None, direction: str, encrypt: bool = True) -> None:
+        if direction not in (FORWARD, BACK):
+            raise ValueError(f"direction {direction!r}")
+        self.keyed = bool(secret)
+        self.encrypting = bool(secret) and encrypt
+        self._aead: AESGCM | None = None
+        self._mac_key = b""
+        if secret:
+            kind = "aes-256-gcm" if encrypt else "blake2b-mac"
+            key = HKDF(algorithm=hashes.SHA256(), length=32, salt=b"pcteleport-wan-v2",
+                       info=f"{kind} {direction}".encode()).derive(secret)
+            if encrypt:
+                self._aead = AESGCM(key)
+            else:
+                self._mac_key = key
+
+    def seal(self, header: bytes, seq: int, payload: bytes) -> bytes:
+        """body + tag"""
+        if self._aead is not None:
+            return self._aead.encrypt(_nonce(seq), payload, header)
+        return payload + self._tag(header, payload)
+
+    def open(self, header: bytes, seq: int, body: bytes) -> bytes | None:
+        """The payload, or None if the body does not open under this key (or was altered)."""
+        if self._aead is not None:
+            try:
+                return self._aead.decrypt(_nonce(seq), body, header)
+            except InvalidTag:
+                return None
+        payload, tag = body[:-TAG_SIZE], body[-TAG_SIZE:]
+        return payload if hmac.compare_digest(tag, self._tag(header, payload)) else None
+
+    def _tag(self, header: bytes, payload: bytes) -> bytes:
+        if self._mac_key:
+            h = hashlib.blake2b(key=self._mac_key, digest_size=TAG_SIZE)
             h.update(header)
             h.update(payload)
             return h.digest()
-        return mac
+        c = xxhash.xxh3_128(header)
+        c.update(payload)
+        return c.digest()
 
-    def checksum(header: bytes, payload: bytes) -> bytes:
-        h = xxhash.xxh3_128(header)
-        h.update(payload)
-        return h.digest()
-    return checksum
+
+def _nonce(seq: int) -> bytes:
+    return b"\0\0\0\0" + seq.to_bytes(8, "big")
 
 
 @dataclass(slots=True)
@@ -82,9 +131,10 @@ class Frame:
 class FrameWriter:
     """Turns payloads into frames; `write` is whatever sends bytes (a socket's sendall)."""
 
-    def __init__(self, write: Callable[[bytes], Any], secret: bytes | None = None) -> None:
+    def __init__(self, write: Callable[[bytes], Any], secret: bytes | None = None,
+                 direction: str = FORWARD, encrypt: bool = True) -> None:
         self._write = write
-        self._tag = _tagger(secret)
+        self._sealer = Sealer(secret, direction, encrypt)
         self.seq = 0
         self.bytes_out = 0
         self._lock = threading.Lock()  # the encoder and the back channel share one socket
@@ -94,8 +144,8 @@ class FrameWriter:
             raise WanError(f"frame payload of {len(payload)} bytes is over the limit")
         with self._lock:
             header = HEADER.pack(MAGIC, VERSION, ftype, len(payload), self.seq)
+            frame = header + self._sealer.seal(header, self.seq, payload)
             self.seq += 1
-            frame = header + payload + self._tag(header, payload)
             self.bytes_out += len(frame)
             self._write(frame)
 
@@ -106,10 +156,10 @@ class FrameWriter:
 class FrameReader:
     """Reads and checks frames; `read_exact(n)` returns n bytes, or fewer at end of stream."""
 
-    def __init__(self, read_exact: Callable[[int], bytes], secret: bytes | None = None) -> None:
+    def __init__(self, read_exact: Callable[[int], bytes], secret: bytes | None = None,
+                 direction: str = FORWARD, encrypt: bool = True) -> None:
         self._read = read_exact
-        self._tag = _tagger(secret)
-        self._keyed = bool(secret)
+        self._sealer = Sealer(secret, direction, encrypt)
         self.seq = 0
         self.bytes_in = 0
 
@@ -130,16 +180,15 @@ class FrameReader:
         body = self._read(length + TAG_SIZE)
         if len(body) < length + TAG_SIZE:
             raise WanError(f"WAN stream truncated inside frame {self.seq}")
-        payload, tag = body[:length], body[length:]
-        if not hmac.compare_digest(tag, self._tag(header, payload)):
-            if self._keyed:
-                raise WanError(
-                    f"WAN frame {self.seq} failed authentication: wrong migration secret "
-                    "or the data was altered in transit"
-                )
-            raise WanError(f"WAN frame {self.seq} has a bad checksum: the data was corrupted")
         if seq != self.seq:
             raise WanError(f"gap in WAN sequence numbers: expected frame {self.seq}, got {seq}")
+        payload = self._sealer.open(header, seq, body)
+        if payload is None:
+            if self._sealer.keyed:
+                raise WanError(
+                    f"WAN frame {self.seq} failed authentication: wrong migration secret, one "
+                    "end --insecure and the other not, or the data was altered in transit")
+            raise WanError(f"WAN frame {self.seq} has a bad checksum: the data was corrupted")
         self.seq += 1
         self.bytes_in += HEADER.size + length + TAG_SIZE
         return Frame(ftype, seq, payload)

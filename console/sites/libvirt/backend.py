@@ -248,7 +248,8 @@ class LibvirtBackend(Backend):
             plan = plan_for(dom.UUIDString(), src, dst, request.mode,
                             request.bandwidth_cap_bytes_per_s,
                             vm_cfg.data_disk if vm_cfg else "", link, request.verify_pages,
-                            request.auto_converge, request.compare_ram)
+                            request.auto_converge, request.compare_ram,
+                            insecure=request.insecure)
         except libvirt.libvirtError as exc:  # e.g. another migration moved it just now
             raise ServiceError(f"VM {dom.name()} changed at {src.name} while this migration was "
                                f"being prepared ({exc.get_error_message()}): see where it runs "

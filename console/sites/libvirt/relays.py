@@ -82,8 +82,9 @@ class RelayEnd:
 
 
 class RelayPair:
-    def __init__(self, src: SiteRuntime, dst: SiteRuntime) -> None:
+    def __init__(self, src: SiteRuntime, dst: SiteRuntime, insecure: bool = False) -> None:
         self.src, self.dst = src, dst
+        self.insecure = insecure  # frames authenticated, not encrypted
         self.secret = secrets.token_hex(32)
         self.send = RelayEnd(src, "send")
         self.recv = RelayEnd(dst, "recv")
@@ -129,7 +130,8 @@ class RelayPair:
             self.send.proc.feed("", eof=True)
 
     def _relay_argv(self, site: SiteRuntime, *args: str) -> list[str]:
-        return [*site.config.relay_command, "relay", *args, "--secret-file", "-"]
+        return [*site.config.relay_command, "relay", *args, "--secret-file", "-",
+                *(["--insecure"] if self.insecure else [])]
 
     def _spawn_recv(self, wan_port: int, replica_disk: str) -> None:
         argv = self._relay_argv(self.dst, "recv",

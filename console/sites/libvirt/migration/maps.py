@@ -54,8 +54,13 @@ class MapFeed:
             t = time.monotonic()
             try:
                 self._refresh()
-            except Exception as exc:
-                self.journal.log(f"map refresh stopped: {exc}")
+            except Exception as exc:  # a refresh is a bonus, never a failure
+                if self.stopped.is_set() or self.journal.current != Phase.ITERATIVE:
+                    # the guest paused for the switch-over in the middle of its answer
+                    self.journal.log(f"map refresh {self.refreshes + 1} cut short by the "
+                                     "switch-over")
+                else:
+                    self.journal.log(f"map refresh stopped: {exc}")
                 break
             pause = max(REFRESH_EVERY, time.monotonic() - t)
         self.relays.end_maps()

@@ -107,7 +107,7 @@ def prepare_teleport(plan: Plan, dom: libvirt.virDomain, journal: Journal,
             )
         # its base is missing or different at the destination (said above): the migration
         # still runs, every page whole through the relays
-        relays = out.relays = RelayPair(plan.src, plan.dst)
+        relays = out.relays = RelayPair(plan.src, plan.dst, insecure=plan.insecure)
         relays.start("", "")
         journal.log("teleport: no disk to teleport from: every page goes whole (zstd) through "
                     f"the relays: {plan.src.name} 127.0.0.1:{relays.qemu_port} -> "
@@ -116,7 +116,7 @@ def prepare_teleport(plan: Plan, dom: libvirt.virDomain, journal: Journal,
         out.params[libvirt.VIR_MIGRATE_PARAM_LISTEN_ADDRESS] = "127.0.0.1"
         return
     journal.phase(Phase.MAP)
-    relays = out.relays = RelayPair(plan.src, plan.dst)
+    relays = out.relays = RelayPair(plan.src, plan.dst, insecure=plan.insecure)
     maps = out.maps = MapFeed(plan, journal, agent_for(plan.src, plan.vm), relays)
     maps.start()  # the map is taken while the relays start and libvirt prepares
     try:

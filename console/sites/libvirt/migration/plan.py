@@ -52,6 +52,8 @@ class Plan:
     compare_ram: bool = False
     #: the VM's serial console file (the same path at every site), checked for crashes
     console_log: str = ""
+    #: teleport frames in clear (authenticated only), for comparison
+    insecure: bool = False
 
 
 def fmt_bytes(n: float) -> str:
@@ -92,7 +94,8 @@ def ram_layout(dom: libvirt.virDomain) -> RamLayout:
 def plan_for(vm: str, src: SiteRuntime, dst: SiteRuntime, mode: Mode,
              bandwidth_cap: float | None, data_disk: str = "",
              wan: WanLink | None = None, verify_pages: int = VERIFY_SAMPLE_PAGES,
-             auto_converge: bool = False, compare_ram: bool = False) -> Plan:
+             auto_converge: bool = False, compare_ram: bool = False, *,
+             insecure: bool = False) -> Plan:
     dom = src.domain(vm)
     xml = dom.XMLDesc(0)
     chosen = data_disk_of(dom, data_disk)
@@ -107,7 +110,7 @@ def plan_for(vm: str, src: SiteRuntime, dst: SiteRuntime, mode: Mode,
         data_serial=chosen.serial if chosen else "",
         data_target=chosen.target if chosen else "", disks=moves, wan=wan,
         verify_pages=verify_pages, auto_converge=auto_converge, compare_ram=compare_ram,
-        console_log=guest_health.console_log_of(xml),
+        console_log=guest_health.console_log_of(xml), insecure=insecure,
     )
 
 

@@ -18,6 +18,7 @@ from pcteleport.records import (
     Composition,
     MigrationEvent,
     MigrationRecord,
+    Mode,
     Phase,
     PhaseMark,
     Result,
@@ -50,6 +51,7 @@ class MigrationRun:
             run_id=self.run_id, vm=plan.vm, from_site=plan.src.name, to_site=plan.dst.name,
             mode=plan.mode, vm_uuid=plan.vm_uuid, bandwidth_cap_bytes_per_s=plan.bandwidth_cap,
             started_at=time.time(), wan=plan.wan, composition=composition,
+            wan_encryption=wan_encryption(plan),
         )
         self.journal = Journal(self.record, on_event)
         self.log = self.journal.log
@@ -193,6 +195,13 @@ class MigrationRun:
             with contextlib.suppress(PcteleportError):
                 storage.discard_destination(self.plan, self.prepared.storage, self.log)
         self.log(f"migration {result}: {message}; {where}")
+
+
+def wan_encryption(plan: Plan) -> str:
+    """What protects guest memory on the WAN in this run (the record says it plainly)."""
+    if plan.mode == Mode.TELEPORT:
+        return "none (--insecure)" if plan.insecure else "aes-256-gcm"
+    return "none"
 
 
 def completed_stats(ddom: libvirt.virDomain) -> dict:
