@@ -116,7 +116,9 @@ def _add_relay(sub: argparse._SubParsersAction) -> None:
     send.add_argument("--map-updates", action="store_true",
                       help="stdin carries 'MAP <length>' framed maps: the first, then refreshes "
                       "merged while the stream runs (with --map -)")
-    send.add_argument("--disk", help="the source's disk image the map refers to")
+    send.add_argument("--disk", action="append",
+                      help="the source's disk image the map refers to; again for each further "
+                           "disk (the map's offsets of disk i are (i << 48) | offset)")
     send.add_argument("--secret-file",
                       help="file holding this migration's shared secret ('-': stdin's first line)")
     send.add_argument("--stats-interval", type=float, default=1.0, metavar="S")
@@ -130,7 +132,9 @@ def _add_relay(sub: argparse._SubParsersAction) -> None:
         "--listen", required=True, metavar="H:P", help="where the source relay connects"
     )
     recv.add_argument("--to", required=True, metavar="H:P", help="the destination QEMU's -incoming")
-    recv.add_argument("--disk", help="the destination's replica of the disk image")
+    recv.add_argument("--disk", action="append",
+                      help="the destination's replica of the disk image; again for each "
+                           "further disk, in the source's order")
     recv.add_argument(
         "--on-mismatch", choices=["fail", "fetch"], default="fail",
         help="a replica block that differs from the source: fail the migration (default), "

@@ -166,6 +166,10 @@ class DiskMove:
     reason: str = ""
     overlay_bytes: int = 0  # bytes the writable layer held at the start (allocated)
     pages_teleported: int = 0
+    #: pages the guest's map named on this disk but whose block the base no longer holds
+    #: (written since the base: the overlay has them), sent whole
+    pages_written_since_base: int = 0
+    serial: str = ""  # the guest sees the disk by it (the agent's maps ask for it)
 
 
 @dataclass

@@ -66,10 +66,15 @@ def test_the_domains_disks_with_their_bases():
     assert not vdc.writable and vdc.overlay == "" and vdc.base == ""
     assert plan_mod.data_disk_of(Dom()) == vdb  # the first non-root disk with an image
     assert plan_mod.data_disk_of(Dom(), "/srv/replicas/ref.raw") == vdc
-    moves = plan_mod.disk_moves([vda, vdb, vdc], vdb)
-    assert [(m.target, m.copy, m.teleport) for m in moves] == [
-        ("vda", DiskCopy.OVERLAY, False), ("vdb", DiskCopy.OVERLAY, True),
-        ("vdc", DiskCopy.NONE, False)]
+    moves = plan_mod.disk_moves([vda, vdb, vdc])
+    # teleport reads from every disk whose raw image both sites hold: root, data, replica
+    assert [(m.target, m.copy, m.teleport, m.serial) for m in moves] == [
+        ("vda", DiskCopy.OVERLAY, True, "pctroot"), ("vdb", DiskCopy.OVERLAY, True, "pctdata"),
+        ("vdc", DiskCopy.NONE, True, "ref")]
+    p = SimpleNamespace(disks=moves, data_target="vdb")
+    assert [d.target for d in plan_mod.teleport_sources(p)] == ["vdb", "vda", "vdc"]
+    assert [plan_mod.raw_image(d) for d in plan_mod.teleport_sources(p)] == [
+        "/srv/images/web-data.raw", "/srv/images/root.raw", "/srv/replicas/ref.raw"]
 
 
 def make_plan(host_log: list | None = None, wan_addr: str = "10.77.0.2"):
@@ -82,7 +87,7 @@ def make_plan(host_log: list | None = None, wan_addr: str = "10.77.0.2"):
         name=name, host=host, conn=lambda: conn, config=SimpleNamespace(wan_addr=addr))
     return SimpleNamespace(
         vm="web", src=site("tokyo", "10.77.0.1"), dst=site("osaka", wan_addr),
-        disks=plan_mod.disk_moves(disks, disks[1]), data_disk="/srv/images/web-data.raw",
+        disks=plan_mod.disk_moves(disks), data_disk="/srv/images/web-data.raw",
         data_serial="pctdata", data_target="vdb")
 
 
@@ -296,3 +301,115 @@ def test_sync_refuses_bytes_that_do_not_match_and_a_wrong_secret(tmp_path):
     recv, _, errors = sync_once(src, dest_dir, digest, sender_secret="t" * 64, timeout=2)
     assert any(ev["event"] == "refused" for ev in recv)
     assert errors  # the sender was turned away, and the receiver gave up waiting
+
+
+# --- teleport from every disk (issue 13 item 3): several disks in one stream ---------------
+
+
+def test_two_disks_teleport_in_one_stream_and_count_per_disk(tmp_path):
+    """Root and data disk in one stream: disk i's offsets are (i << 48) | offset, both relays
+    list the disks in the same order; a page the base no longer holds (written since) is sent
+    whole and counted against its disk; the decoder rebuilds the stream byte for byte."""
+    import io
+    import random
+
+    from pcteleport.teleport import wan
+    from pcteleport.teleport.decoder import ReplicaMismatch, decode_all, iter_frames
+    from pcteleport.teleport.disk import DiskSet, disk_offset, open_disks, split_offset
+    from pcteleport.teleport.encoder import Encoder
+    from pcteleport.teleport.mapfile import RestorableMap
+    from pcteleport.teleport.stream import BytesReader
+    from tests.streamgen import PAGE, build_stream
+
+    rng = random.Random(7)
+    data, root = tmp_path / "data.raw", tmp_path / "root.raw"
+    data.write_bytes(rng.randbytes(64 * PAGE))
+    root.write_bytes(rng.randbytes(32 * PAGE))
+    assert split_offset(disk_offset(1, 5 * PAGE)) == (1, 5 * PAGE)
+    disks = open_disks([str(data), str(root)])
+    assert isinstance(disks, DiskSet) and disks.sizes == [64 * PAGE, 32 * PAGE]
+    assert disks.block(disk_offset(1, 3 * PAGE)) == root.read_bytes()[3 * PAGE:4 * PAGE]
+    assert disks.block(disk_offset(2, 0)) is None and disks.block(disk_offset(1, 32 * PAGE)) \
+        is None
+    assert disks.locate(disk_offset(1, 8192)) == (root, 8192)
+    pages = [("pc.ram", i * PAGE, data.read_bytes()[(10 + i) * PAGE:(11 + i) * PAGE])
+             for i in range(8)]  # RAM pages 0-7: data blocks 10-17
+    pages += [("pc.ram", (8 + i) * PAGE, root.read_bytes()[(4 + i) * PAGE:(5 + i) * PAGE])
+              for i in range(6)]  # RAM pages 8-13: root blocks 4-9
+    pages += [("pc.ram", 14 * PAGE, rng.randbytes(PAGE))]  # mapped to root block 10: rewritten
+    stream = build_stream([pages], blocks={"pc.ram": 64 * PAGE})
+    rmap = RestorableMap(extents=[(0, disk_offset(0, 10 * PAGE), 8 * PAGE),
+                                  (8 * PAGE, disk_offset(1, 4 * PAGE), 7 * PAGE)])
+    out = io.BytesIO()
+    enc = Encoder(wan.FrameWriter(out.write), rmap, disks)
+    enc.hello()
+    counters = enc.run(BytesReader(stream))
+    assert counters.pages_teleported == 14 and counters.pages_refused == 1
+    assert enc.teleported_by_disk == {0: 8, 1: 6} and enc.refused_by_disk == {1: 1}
+
+    def decode(replicas) -> bytes:
+        got = io.BytesIO()
+        reader = wan.FrameReader(io.BytesIO(out.getvalue()).read)
+        decode_all(iter_frames(reader), replicas, got.write)
+        return got.getvalue()
+
+    assert decode(open_disks([str(data), str(root)])) == stream
+    # the destination lists its disks in another order: its hash check refuses the pages
+    with pytest.raises(Exception, match="replica"):
+        decode(open_disks([str(root), str(data)]))
+    # a destination root base that differs at one teleported block: named, with its image
+    bad = tmp_path / "root-bad.raw"
+    blob = bytearray(root.read_bytes())
+    blob[5 * PAGE] ^= 0xFF
+    bad.write_bytes(bytes(blob))
+    with pytest.raises(ReplicaMismatch, match=f"replica {bad} differs from the source at byte "
+                       f"{5 * PAGE}"):
+        decode(open_disks([str(data), str(bad)]))
+
+
+def test_map_feed_merges_the_maps_of_several_disks(monkeypatch):
+    from pcteleport.records import MigrationRecord, Mode, Phase
+    from pcteleport.sites.libvirt.migration import maps
+    from pcteleport.sites.libvirt.migration.journal import Journal
+    from pcteleport.teleport import mapfile
+    from pcteleport.teleport.disk import disk_offset
+
+    page = 4096
+    per_disk = {"pctdata": [(0, 8 * page, page)], "pctroot": [(page, 2 * page, page)]}
+
+    class Agent:
+        def restorable_map(self, disk: str):
+            return (mapfile.RestorableMap(extents=per_disk[disk]).to_text(),
+                    {"pages": "1", "source": "module", "elapsed-ms": "2.5"})
+
+    fed: list = []
+    relays = SimpleNamespace(feed_map=lambda text: fed.append(mapfile.parse_text(text).extents),
+                             end_maps=lambda: None, map_problem=None)
+    rec = MigrationRecord(run_id="r", vm="web", from_site="a", to_site="b", mode=Mode.TELEPORT)
+    journal = Journal(rec, lambda ev: None)
+    journal.phase(Phase.ITERATIVE, 1)
+    feed = maps.MapFeed(SimpleNamespace(data_serial="pctdata", data_disk=""), journal,
+                        Agent(), relays, ["pctdata", "pctroot"])  # type: ignore[arg-type]
+    feed.relay_ready.set()
+    assert feed._first()
+    assert fed == [[(0, disk_offset(0, 8 * page), page),
+                    (page, disk_offset(1, 2 * page), page)]]
+    assert "1 pages (4.0 KiB) of disk pctdata, 1 pages (4.0 KiB) of disk pctroot" in \
+        rec.log[-1].text
+
+
+def test_pages_per_disk_from_the_relays_counts():
+    from pcteleport.records import DiskMove
+    from pcteleport.sites.libvirt.migration.run import per_disk_pages
+    from pcteleport.teleport import events
+
+    plan = SimpleNamespace(data_target="vdb", disks=[
+        DiskMove("vda", teleport=True, serial="pctroot"),
+        DiskMove("vdb", teleport=True, serial="pctdata"),
+        DiskMove("vdc", teleport=False)])
+    got = per_disk_pages(plan, 130, events.DiskPages(teleported="100,30", refused="2,7"))
+    assert [(d.target, d.pages_teleported, d.pages_written_since_base) for d in got] == [
+        ("vda", 30, 7), ("vdb", 100, 2), ("vdc", 0, 0)]
+    line = events.encode(events.DiskPages(teleported="100,30", refused="2,7", role="send"))
+    assert events.decode(line) == events.DiskPages(teleported="100,30", refused="2,7",
+                                                   role="send")

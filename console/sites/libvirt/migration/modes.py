@@ -17,7 +17,13 @@ from pcteleport.sites.guest_agent import GuestAgent
 from pcteleport.sites.libvirt.migration import storage, switchover
 from pcteleport.sites.libvirt.migration.journal import Journal
 from pcteleport.sites.libvirt.migration.maps import MapFeed
-from pcteleport.sites.libvirt.migration.plan import MigrationFailed, Plan, fmt_bytes
+from pcteleport.sites.libvirt.migration.plan import (
+    MigrationFailed,
+    Plan,
+    fmt_bytes,
+    raw_image,
+    teleport_sources,
+)
 from pcteleport.sites.libvirt.relays import RelayPair
 from pcteleport.sites.libvirt.site_runtime import SiteRuntime
 
@@ -99,7 +105,8 @@ def prepare_teleport(plan: Plan, dom: libvirt.virDomain, journal: Journal,
                      agent_for: AgentFor, out: Prepared) -> None:
     """Relays up, the map on its way: it is taken from the guest while the relays start
     and libvirt prepares the destination, and handed to the send relay when it comes."""
-    if not plan.data_disk:
+    sources = teleport_sources(plan)
+    if not sources:
         if not any(d.reason for d in plan.disks):
             raise MigrationFailed(
                 f"VM {plan.vm} has no disk whose image both sites hold: teleport needs one "
@@ -108,7 +115,7 @@ def prepare_teleport(plan: Plan, dom: libvirt.virDomain, journal: Journal,
         # its base is missing or different at the destination (said above): the migration
         # still runs, every page whole through the relays
         relays = out.relays = RelayPair(plan.src, plan.dst, insecure=plan.insecure)
-        relays.start("", "")
+        relays.start([], [])
         journal.log("teleport: no disk to teleport from: every page goes whole (zstd) through "
                     f"the relays: {plan.src.name} 127.0.0.1:{relays.qemu_port} -> "
                     f"{plan.dst.name} {plan.dst.config.wan_addr}")
@@ -117,10 +124,12 @@ def prepare_teleport(plan: Plan, dom: libvirt.virDomain, journal: Journal,
         return
     journal.phase(Phase.MAP)
     relays = out.relays = RelayPair(plan.src, plan.dst, insecure=plan.insecure)
-    maps = out.maps = MapFeed(plan, journal, agent_for(plan.src, plan.vm), relays)
+    maps = out.maps = MapFeed(plan, journal, agent_for(plan.src, plan.vm), relays,
+                              [d.serial or d.target for d in sources])
     maps.start()  # the map is taken while the relays start and libvirt prepares
+    images = [raw_image(d) for d in sources]  # the same path and bytes at both sites
     try:
-        relays.start(plan.data_disk, plan.data_disk)
+        relays.start(images, images)
     finally:
         maps.relay_ready.set()
     if relays.map_problem:

@@ -74,15 +74,29 @@ def data_disk_of(dom: libvirt.virDomain, configured: str = "") -> DomainDisk | N
             or next((d for d in disks if d.serial != ROOT_SERIAL), None))
 
 
-def disk_moves(disks: list[DomainDisk], teleported: DomainDisk | None) -> list[DiskMove]:
+def disk_moves(disks: list[DomainDisk]) -> list[DiskMove]:
     """Each disk as the domain's XML has it: writable ones move (their overlay, until the
-    destination's cache says otherwise), read-only ones stay (the destination holds them)."""
+    destination's cache says otherwise), read-only ones stay (the destination holds them).
+    Teleport reads from every disk with a raw image both sites hold (a base under an overlay,
+    or a read-only raw replica), root and data alike (`teleport_sources` orders them)."""
     return [DiskMove(target=d.target, path=d.path, base=d.base, writable=d.writable,
-                     copy=(DiskCopy.OVERLAY if d.base else DiskCopy.WHOLE) if d.writable
-                     else DiskCopy.NONE,
-                     teleport=teleported is not None and d.target == teleported.target
-                     and bool(d.image))
-            for d in disks]
+                      copy=(DiskCopy.OVERLAY if d.base else DiskCopy.WHOLE) if d.writable
+                      else DiskCopy.NONE,
+                      teleport=bool(d.image) and (d.base != "" or not d.writable),
+                      serial=d.serial)
+             for d in disks]
+
+
+def teleport_sources(plan: Plan) -> list[DiskMove]:
+    """The disks teleport reads from, in the relays' order: the data disk first (disk 0 keeps
+    a one-disk stream's offsets as they always were), then the others in the VM's order."""
+    sources = [d for d in plan.disks if d.teleport]
+    return sorted(sources, key=lambda d: d.target != plan.data_target)
+
+
+def raw_image(d: DiskMove) -> str:
+    """The raw image a teleported disk's pages are read from at both sites."""
+    return d.base or d.path
 
 
 def ram_layout(dom: libvirt.virDomain) -> RamLayout:
@@ -99,7 +113,7 @@ def plan_for(vm: str, src: SiteRuntime, dst: SiteRuntime, mode: Mode,
     dom = src.domain(vm)
     xml = dom.XMLDesc(0)
     chosen = data_disk_of(dom, data_disk)
-    moves = disk_moves(domain_disks(xml), chosen)
+    moves = disk_moves(domain_disks(xml))
     for m in moves:
         if m.writable:
             with contextlib.suppress(libvirt.libvirtError):

@@ -16,6 +16,7 @@ from pcteleport.errors import PcteleportError
 from pcteleport.record_store import default_records_dir
 from pcteleport.records import (
     Composition,
+    DiskMove,
     MigrationEvent,
     MigrationRecord,
     Mode,
@@ -32,6 +33,7 @@ from pcteleport.sites.libvirt.migration.plan import (
     MigrationFailed,
     Plan,
     fmt_bytes,
+    teleport_sources,
 )
 from pcteleport.sites.libvirt.migration.transfer import Transfer
 from pcteleport.sites.libvirt.ramcheck import RamProbe
@@ -154,13 +156,14 @@ class MigrationRun:
             rec.map_refreshes = self.prepared.maps.refreshes
             rec.pages_teleported_later = summary.counters.pages_teleported_later
         self._account_wan(wan_before, completed)
+        # QEMU finished: the VM writes the destination's disks now, the source's are stale
+        storage.drop_source_layers(p, self.prepared.storage, self.log)
         self.destination.check()
         if ram_problem:
             raise MigrationFailed(ram_problem)
         self.destination.verify(self.agent_for(p.dst, p.vm))
         self.destination.check()  # once more: a guest can die while it is being verified
         rec.runs_at, rec.result = p.dst.name, Result.OK
-        storage.drop_source_layers(p, self.prepared.storage, self.log)
         self.journal.phase(Phase.DONE)
         split = (f": disks {fmt_bytes(rec.disk_wan_bytes)}, memory "
                  f"{fmt_bytes(rec.memory_wan_bytes)}" if rec.disk_wan_bytes else "")
@@ -180,8 +183,8 @@ class MigrationRun:
         rec.disk_wan_bytes, rec.memory_wan_bytes = stats.split_wan(
             rec.wan_bytes, memory, latest.counters.wan_bytes if latest is not None else None,
             disk)
-        rec.disks = [dataclasses.replace(d, pages_teleported=rec.pages.teleported
-                                         if d.teleport else 0) for d in self.plan.disks]
+        rec.disks = per_disk_pages(self.plan, rec.pages.teleported,
+                                   relays.send.event(events.DiskPages) if relays else None)
 
     def _fail(self, result: Result, message: str, wan_before: int | None) -> None:
         rec = self.record
@@ -191,10 +194,31 @@ class MigrationRun:
         where = outcome.conclude(self.plan, rec, self.destination,
                                  migrated=self.transfer.migrated,
                                  migrate_called=self.transfer.called)
-        if not self.transfer.migrated:  # the source runs on its own disks: ours go
-            with contextlib.suppress(PcteleportError):
+        with contextlib.suppress(PcteleportError):
+            if not self.transfer.migrated:  # the source runs on its own disks: ours go
                 storage.discard_destination(self.plan, self.prepared.storage, self.log)
+            elif self.prepared.storage.created:  # the source's are stale (once only)
+                storage.drop_source_layers(self.plan, self.prepared.storage, self.log)
         self.log(f"migration {result}: {message}; {where}")
+
+
+def per_disk_pages(plan: Plan, teleported: int,
+                   counts: events.DiskPages | None) -> list[DiskMove]:
+    """The plan's disks with the pages teleported from each (the send relay counts them per
+    disk, in the order of teleport_sources) and those the map named whose block the base no
+    longer held (written since: sent whole)."""
+    sources = [d.target for d in teleport_sources(plan)] if plan.disks else []
+    sent, refused = counts.counts() if counts is not None else ([], [])
+    out = []
+    for d in plan.disks:
+        i = sources.index(d.target) if d.target in sources else -1
+        if counts is None:  # an older relay: one disk, the run's total
+            n, w = (teleported if i == 0 and len(sources) == 1 else 0), 0
+        else:
+            n = sent[i] if 0 <= i < len(sent) else 0
+            w = refused[i] if 0 <= i < len(refused) else 0
+        out.append(dataclasses.replace(d, pages_teleported=n, pages_written_since_base=w))
+    return out
 
 
 def wan_encryption(plan: Plan) -> str:

@@ -77,8 +77,7 @@ def check_bases(plan: Plan) -> None:
                 d.reason = (f"copied whole with {names} (libvirt moves every disk of a "
                             "migration the same way); its base is at the destination, so "
                             "teleport may still read from it")
-    teleported = next((d for d in plan.disks if d.teleport), None)
-    if teleported is None:
+    if not any(d.teleport and d.target == plan.data_target for d in plan.disks):
         plan.data_disk = ""  # (its serial stays: the guest still checks that disk after)
 
 
@@ -209,6 +208,7 @@ def drop_source_layers(plan: Plan, out: Storage, log: Log) -> None:
     moved = [d.path for d in plan.disks if d.writable]
     if not moved or not out.created:
         return
+    out.created = []  # they are the VM's disks now, not this run's leftovers
     busy = _paths_in_use(plan.src)
     remove_images(plan.src, [p for p in moved if p not in busy], log,
                   f"VM {plan.vm} now writes its disks at {plan.dst.name}")
