@@ -81,13 +81,21 @@ def read_checksum(image: Path) -> tuple[str, str]:
     side = checksum_path(image)
     try:
         text = side.read_text()
-        fresh = side.stat().st_mtime_ns >= image.stat().st_mtime_ns
+        fresh = side.stat().st_mtime_ns > image.stat().st_mtime_ns
     except FileNotFoundError:
         return "", "missing"
     digest = parse_checksum(text, image.name)
     if not digest:
         return "", "missing"
     return (digest, "file") if fresh else ("", "stale")
+
+
+def settle(image: Path) -> None:
+    """Date the image a second back, before its checksum file is written: a change made in the
+    same clock tick as the checksum (timestamps are coarser than a write) still shows as newer
+    than it."""
+    past = time.time() - 1
+    os.utime(image, (past, past))
 
 
 def parse_checksum(text: str, name: str) -> str:
@@ -117,9 +125,13 @@ def info(image: Path, compute: bool = True) -> ImageInfo:
     st = image.stat()
     digest, state = read_checksum(image)
     if not digest and compute:
+        before = image.stat().st_mtime_ns
         digest, state = sha256_file(image), "computed"
-        with contextlib.suppress(OSError):
-            write_checksum(image, digest)
+        if image.stat().st_mtime_ns == before:  # not written to while it was read
+            with contextlib.suppress(OSError):
+                if before >= time.time_ns() - 10**9:
+                    settle(image)  # (just written: see settle)
+                write_checksum(image, digest)
     return ImageInfo(image.name, st.st_size, st.st_blocks * 512, digest, state)
 
 
@@ -160,6 +172,7 @@ def place(source: Path, dest: Path, digest: str) -> bool:
     tmp = dest.with_name(f".{dest.name}.tmp")
     _sparse_copy(source, tmp)
     os.chmod(tmp, 0o444)  # a base is never written: overlays take the writes
+    settle(tmp)
     os.replace(tmp, dest)
     write_checksum(dest, digest)
     return True
@@ -330,6 +343,7 @@ def receive(directory: Path, name: str, digest: str, size: int, listen: tuple[st
             raise SyncError(f"the copy of {name} does not match its checksum ({got[:16]}… "
                             f"instead of {digest[:16]}…): it was removed; sync again")
         os.chmod(part, 0o444)
+        settle(part)
         os.replace(part, image)
         write_checksum(image, digest)
         part_sum.unlink(missing_ok=True)

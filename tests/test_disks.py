@@ -413,3 +413,13 @@ def test_pages_per_disk_from_the_relays_counts():
     line = events.encode(events.DiskPages(teleported="100,30", refused="2,7", role="send"))
     assert events.decode(line) == events.DiskPages(teleported="100,30", refused="2,7",
                                                    role="send")
+
+
+def test_an_image_changed_in_the_same_clock_tick_as_its_checksum_is_stale(tmp_path):
+    img = tmp_path / "a.raw"
+    sparse_image(img)
+    imagecache.info(img)  # checksum written; the image dated back a second first
+    with open(img, "r+b") as f:  # changed at once, within the timestamps' granularity
+        f.write(b"\x01")
+    assert imagecache.read_checksum(img) == ("", "stale")
+    assert imagecache.info(img).sha256 == imagecache.sha256_file(img)

@@ -118,11 +118,7 @@ def build_data_image(spec: VmSpec) -> Path:
 
 def cached_digest(image: Path) -> str:
     """The SHA-256 of a build-cache image, computed once (its checksum file beside it)."""
-    digest, state = imagecache.read_checksum(image)
-    if state != "file":
-        digest = imagecache.sha256_file(image)
-        imagecache.write_checksum(image, digest)
-    return digest
+    return imagecache.info(image).sha256
 
 
 def ensure_bases(paths: LabPaths, spec: VmSpec, boot: GuestBoot) -> list[LabDisk]:
