@@ -141,10 +141,11 @@ def test_every_mode_migrates_there_and_back(backend) -> None:
         summary = there.summary()
         assert set(summary) == {"vm", "from", "to", "mode", "result", "total_s", "downtime_ms",
                                 "wan_bytes", "guest_bytes", "pages", "map_refreshes",
-                                "disk_wan_bytes", "memory_wan_bytes", "disks", "runs_at",
-                                "guest_crashed", "ram_pages_differing"}
+                                "wan_encryption", "disk_wan_bytes", "memory_wan_bytes", "disks",
+                                "runs_at", "guest_crashed", "ram_pages_differing"}
         assert summary["disk_wan_bytes"] + summary["memory_wan_bytes"] == there.wan_bytes
         assert summary["runs_at"] == "osaka" and summary["guest_crashed"] is False
+        assert summary["wan_encryption"] == ("aes-256-gcm" if mode is Mode.TELEPORT else "none")
     # Teleport saves at least the restorable share the agent reported; the others save too.
     assert wan[Mode.TELEPORT] <= wan[Mode.STOCK] - restorable
     assert wan[Mode.ZSTD] < wan[Mode.STOCK]
