@@ -43,10 +43,12 @@ async def shoot(files: list[Path], out: Path, size: tuple[int, int], speed: floa
     from pcteleport.ui.migration_view import MigrationView
     from pcteleport.ui.vm_detail import VMDetailScreen
 
-    records = [read_record(f) for f in files]
+    # In the order they ran, as the record store lists them (the compare screen shows it).
+    records = sorted((read_record(f) for f in files), key=lambda r: r.started_at)
     # The migration screens show a teleport run when there is one (it is what pcteleport adds).
-    records.sort(key=lambda r: r.mode is not Mode.TELEPORT)
-    run = records[0]
+    run = next((r for r in records if r.mode is Mode.TELEPORT), records[0])
+    # Unless told, play the shown run in about 4 s, whatever the other recordings last.
+    speed = speed or max(1.0, (run.total_s or 4.0) / 4.0)
     backend = ReplayBackend(records, speed=speed, title="replay")
     app = create_app(backend, refresh_s=600, autoplay=False)
     out.mkdir(parents=True, exist_ok=True)
@@ -103,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "screenshots")
     parser.add_argument("--size", default="120x36", help="terminal size, WxH")
     parser.add_argument("--speed", type=float, default=0.0,
-                        help="replay speed (default: whatever makes the run last ~4 s)")
+                        help="replay speed (default: whatever makes the shown run last ~4 s)")
     args = parser.parse_args(argv)
     files = args.files or sorted((ROOT / "recordings").glob("*.json"))
     if not files:
@@ -112,8 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     w, _, h = args.size.partition("x")
     try:
-        speed = args.speed or max(1.0, (read_record(files[0]).total_s or 4.0) / 4.0)
-        for path in asyncio.run(shoot(files, args.out, (int(w), int(h)), speed)):
+        for path in asyncio.run(shoot(files, args.out, (int(w), int(h)), args.speed)):
             print(path)
     except PcteleportError as exc:
         print(f"screenshots: {exc}", file=sys.stderr)

@@ -9,7 +9,8 @@ API (test support; product boot material comes from the console/guestimage/ pack
     boot = guestimage.stage1_boot(script)     # busybox only, ~2.5 s; or guestimage.debian_boot()
     with QemuGuest(boot, tmp / "a", memory_mib=256,
                    disks=[Disk(tmp / "data.raw", serial="data")],
-                   machine="pc", smp=1) as g:        # q35 works too
+                   machine="pc", smp=1,              # q35 works too
+                   qemu="qemu-system-x86_64") as g:  # or another build, e.g. /opt/qemu72/...
         g.wait_for("PCTELEPORT-READY")            # -> the console line holding the marker
         out = g.run("sha256sum /mnt/*")           # -> str (stdout+stderr); raises if status != 0
         res = g.run("false", check=False)         # -> CommandResult(status, output)
@@ -52,6 +53,26 @@ from pathlib import Path
 from pcteleport.guestimage import GuestBoot, guestinit
 
 QEMU = "qemu-system-x86_64"
+
+
+def debian_guest_boot(*tools: str) -> GuestBoot:
+    """The Debian guest's boot material for a test, or why the test cannot run (`require`:
+    a skip outside CI, a failure under CI=true). `tools`: host commands the test needs too."""
+    import shutil
+
+    from pcteleport import guestimage
+    from pcteleport.errors import PcteleportError
+    from tests.conftest import require
+
+    require(shutil.which("qemu-system-x86_64") is not None, "qemu-system-x86_64 is not installed")
+    require(os.geteuid() == 0, "needs root (chroot to build the guest root filesystem)")
+    for tool in tools:
+        require(shutil.which(tool) is not None, f"{tool} is not installed (scripts/setup.sh)")
+    try:
+        return guestimage.debian_boot()
+    except PcteleportError as exc:
+        require(False, str(exc))
+        raise  # (require raised already)
 
 
 class GuestError(AssertionError):
@@ -111,6 +132,7 @@ class QemuGuest:
         timeout_s: float = 300,
         machine: str = "pc",
         smp: int = 1,
+        qemu: str = QEMU,
     ) -> None:
         self.boot = boot
         self.workdir = Path(workdir)
@@ -129,6 +151,7 @@ class QemuGuest:
         self.timeout_s = timeout_s
         self.machine = machine
         self.smp = smp
+        self.qemu = qemu
         self.proc: subprocess.Popen[bytes] | None = None
         self._qmp: _Qmp | None = None
         self._shell: socket.socket | None = None
@@ -146,7 +169,7 @@ class QemuGuest:
             "memory_mib": self.memory_mib, "disks": disks, "agent": self.agent_socket is not None,
             "shell": self.shell_socket is not None, "kernel_args": self.kernel_args,
             "extra_args": self.extra_args, "timeout_s": self.timeout_s,
-            "machine": self.machine, "smp": self.smp,
+            "machine": self.machine, "smp": self.smp, "qemu": self.qemu,
         }
         settings.update(changes)
         return QemuGuest(self.boot, workdir, incoming=incoming, **settings)
@@ -156,7 +179,7 @@ class QemuGuest:
     def command_line(self) -> list[str]:
         boot = self.boot.with_args(*self.kernel_args) if self.kernel_args else self.boot
         args = [
-            QEMU, "-machine", self.machine, "-accel", "tcg", "-cpu", "max",
+            self.qemu, "-machine", self.machine, "-accel", "tcg", "-cpu", "max",
             "-m", str(self.memory_mib), "-smp", str(self.smp),
             "-nodefaults", "-nographic", "-no-reboot",
             *boot.qemu_args(),

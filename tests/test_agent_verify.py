@@ -5,15 +5,12 @@ empties the clean page cache."""
 
 from __future__ import annotations
 
-import os
 import random
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import require
-from qemu_guest import Disk, QemuGuest
+from qemu_guest import Disk, QemuGuest, debian_guest_boot
 
 from pcteleport.guest import agent
 from pcteleport.sites.agent_client import AgentClient
@@ -50,15 +47,8 @@ def test_segments_cut_pages_at_extent_edges() -> None:
 
 
 def test_verify_finds_a_cached_page_that_differs_from_disk(tmp_path) -> None:
-    from pcteleport import guestimage
-    from pcteleport.errors import PcteleportError
 
-    require(shutil.which("qemu-system-x86_64") is not None, "qemu-system-x86_64 is not installed")
-    require(os.geteuid() == 0, "needs root (chroot to build the guest root filesystem)")
-    try:
-        boot = guestimage.debian_boot()
-    except PcteleportError as exc:
-        require(False, str(exc))
+    boot = debian_guest_boot()
     rng = random.Random(11)
     files = {f"files/v{i}.bin": rng.randbytes((1 << 20) + 1000 * i) for i in range(12)}
     # 1 KiB blocks: block groups of 8 MiB, so some file pages straddle two extents.

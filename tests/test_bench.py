@@ -26,6 +26,7 @@ from pcteleport.bench.runner import BenchOptions, ModeRun, ordered_modes
 from pcteleport.bench.scenario import GUEST_PROGRAMS, load
 from pcteleport.bench.timeline import Point, summarise, to_points
 from pcteleport.lab import datafill, scenarios
+from pcteleport.record_store import RecordStore
 from pcteleport.records import DiskMove, MigrationRecord, Mode, PageCounts, Result
 from tests.conftest import lab_instance, require
 
@@ -276,6 +277,10 @@ def _bench(tmp_path: Path, scenario: str, modes: str) -> dict:
         assert rec["downtime_ms"] is not None and rec["downtime_ms"] > 0, where
         ts = [t for t, _v in run["reads"]]
         assert min(ts) < 0 < rec["total_s"] < max(ts), "the reads span the migration"
+        # The console's compare screen reads the store: the throughput measured after the
+        # migration must be there too, not only in the bench's JSON.
+        stored = {r.run_id: r for r in RecordStore().load_all().records}
+        assert stored[rec["run_id"]].throughput_after is not None, where
     return {r["mode"]: r for r in data["runs"]} | {"_md": md, "_stem": stem}
 
 

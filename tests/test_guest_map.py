@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import os
 import random
 import re
 import shutil
@@ -22,8 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import require
-from qemu_guest import Disk, QemuGuest, make_ext4
+from qemu_guest import Disk, QemuGuest, debian_guest_boot, make_ext4
 
 from pcteleport.sites.agent_client import AgentClient, AgentRequestError
 
@@ -105,17 +103,8 @@ class Guest:
 
 @pytest.fixture(scope="module")
 def guest(tmp_path_factory: pytest.TempPathFactory):
-    from pcteleport import guestimage
-    from pcteleport.errors import PcteleportError
 
-    require(shutil.which("qemu-system-x86_64") is not None, "qemu-system-x86_64 is not installed")
-    require(os.geteuid() == 0, "needs root (chroot to build the guest root filesystem)")
-    for tool in ("debugfs", "sfdisk", "mkfs.vfat", "mkfs.xfs", "mkfs.btrfs"):
-        require(shutil.which(tool) is not None, f"{tool} is not installed (scripts/setup.sh)")
-    try:
-        boot = guestimage.debian_boot()
-    except PcteleportError as exc:
-        require(False, str(exc))
+    boot = debian_guest_boot("debugfs", "sfdisk", "mkfs.vfat", "mkfs.xfs", "mkfs.btrfs")
     tmp = tmp_path_factory.mktemp("guestmap")
 
     data_files = _files(1, 10)

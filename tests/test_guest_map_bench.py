@@ -5,13 +5,11 @@ printed beside it. Figures go to stdout (pytest -s) for the closing note."""
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from pathlib import Path
 
 import pytest
-from conftest import require
-from qemu_guest import Disk, QemuGuest, make_ext4
+from qemu_guest import Disk, QemuGuest, debian_guest_boot, make_ext4
 
 from pcteleport.sites.agent_client import AgentClient
 
@@ -21,15 +19,8 @@ FILE_MIB, FILES = 10, 70  # 700 MiB of page cache
 
 
 def test_module_maps_700mb_of_cache_in_under_a_second(tmp_path: Path) -> None:
-    from pcteleport import guestimage
-    from pcteleport.errors import PcteleportError
 
-    require(shutil.which("qemu-system-x86_64") is not None, "qemu-system-x86_64 is not installed")
-    require(os.geteuid() == 0, "needs root")
-    try:
-        boot = guestimage.debian_boot()
-    except PcteleportError as exc:
-        require(False, str(exc))
+    boot = debian_guest_boot()
     # Distinct pages (no holes: e2fsprogs leaves zero blocks unallocated), cheap to make.
     block = os.urandom(1 << 20)
     files = {

@@ -7,16 +7,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import require
-from qemu_guest import Disk, QemuGuest, make_ext4
+from qemu_guest import Disk, QemuGuest, debian_guest_boot, make_ext4
 
 from pcteleport.sites.agent_client import AgentClient
 
@@ -36,15 +33,8 @@ def _codec(*args: str) -> dict:
 def test_module_map_teleports_the_page_cache(tmp_path: Path, memory_mib: int) -> None:
     """With 4.5 GiB the page cache lands above 4 GiB (past the PCI hole): guest physical
     addresses from the module must still name the right RAM pages for the codec."""
-    from pcteleport import guestimage
-    from pcteleport.errors import PcteleportError
 
-    require(shutil.which("qemu-system-x86_64") is not None, "qemu-system-x86_64 is not installed")
-    require(os.geteuid() == 0, "needs root")
-    try:
-        boot = guestimage.debian_boot()
-    except PcteleportError as exc:
-        require(False, str(exc))
+    boot = debian_guest_boot()
     rng = random.Random(7)
     files = {f"files/t{i:02d}.bin": rng.randbytes(rng.randrange(1 << 20, 3 << 20))
              for i in range(12)}

@@ -15,7 +15,6 @@ module built from kmodule/ and run in CI (they never skip there).
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
 import shutil
@@ -23,8 +22,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import require
-from qemu_guest import Disk, QemuGuest, make_ext4
+from qemu_guest import Disk, QemuGuest, debian_guest_boot, make_ext4
 
 from pcteleport.guest import agent
 
@@ -170,16 +168,9 @@ def _many_empty_files(tmp: Path, count: int) -> Path:
 
 @pytest.fixture(scope="module")
 def guest(tmp_path_factory: pytest.TempPathFactory):
-    from pcteleport import guestimage
-    from pcteleport.errors import PcteleportError
     from pcteleport.sites.agent_client import AgentClient
 
-    require(shutil.which("qemu-system-x86_64") is not None, "qemu-system-x86_64 is not installed")
-    require(os.geteuid() == 0, "needs root (chroot to build the guest root filesystem)")
-    try:
-        boot = guestimage.debian_boot()
-    except PcteleportError as exc:
-        require(False, str(exc))
+    boot = debian_guest_boot()
     tmp = tmp_path_factory.mktemp("kmodrules")
     rng = random.Random(12)
     data = make_ext4(tmp / "data.raw", {f"files/k{i}.bin": rng.randbytes(64 * PAGE + 100 * i)

@@ -96,3 +96,23 @@ def test_teleport_without_a_data_disk_says_what_to_do():
     p.data_disk = ""
     with pytest.raises(MigrationFailed, match="teleport needs one \\(migrate with stock"):
         prepare(p)
+
+
+@pytest.mark.parametrize("migrated, told, reset", [(False, True, True), (True, True, False),
+                                                    (False, False, False)])
+def test_a_failed_run_gives_qemu_back_its_own_switch_over_estimate(monkeypatch, migrated, told,
+                                                                   reset):
+    """The source QEMU outlives a failed run: its next migration, in any mode, must not size
+    its switch-over by the rate teleport told it."""
+    from pcteleport.sites.libvirt.migration import switchover
+    from pcteleport.sites.libvirt.migration.plan import AbortSignal
+    from pcteleport.sites.libvirt.migration.transfer import Transfer
+
+    calls = []
+    monkeypatch.setattr(switchover, "set_rate", lambda dom, rate: calls.append(rate))
+    p = plan(Mode.TELEPORT, 11_003_000)
+    _, journal = prepare(plan(Mode.STOCK, 11_003_000))
+    t = Transfer(p, journal, modes.Prepared(), AbortSignal())  # type: ignore[arg-type]
+    t.migrated, t.told_qemu = migrated, told
+    t.forget_switchover(Dom())
+    assert calls == ([0] if reset else [])

@@ -54,6 +54,11 @@ class LabGuest:
         returns its pid."""
         out = f"{GUEST_DIR}/{name}.jsonl"
         cmd = " ".join(shlex.quote(a) for a in argv)
+        # One left running by an interrupted bench would compete with the new one (tpcc's
+        # SQLite: "database is locked"). The guest has no pkill: look through /proc.
+        self.run(site, "for p in /proc/[0-9]*; do case \"$(tr '\\0' ' ' < $p/cmdline "
+                       f"2>/dev/null)\" in *'--out {out}'*) kill ${{p#/proc/}};; esac; done; "
+                       "sleep 0.3; true")
         text = self.run(site, f"cd {GUEST_DIR} && rm -f {out} && "
                               f"python3 {cmd} --out {out} > {GUEST_DIR}/{name}.err 2>&1 &\n"
                               "echo $!")

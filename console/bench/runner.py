@@ -115,6 +115,7 @@ class Bench:
 
     def set_wan(self, profile: str) -> None:
         wan.use_profile(self.paths, profile)
+        self.backend.forget_wan_measurements()
 
     def migrate(self, mode: Mode, to: str) -> MigrationRecord:
         def on_event(event: object) -> None:
@@ -208,6 +209,7 @@ class Bench:
         if rs.baseline:
             after = rs.baseline * (rs.after or 0.0)
             record.throughput_after = Throughput(after, "blocks/s", rs.recovered_s)
+            self.backend.store.save(record)  # measured after the service saved the record
         self.say(f"{mode}: {record.result} in {record.total_s} s, WAN {record.wan_bytes} B, "
                  f"downtime {record.downtime_ms} ms; reads recovered after {rs.recovered_s} s")
         return run

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
 from rich.text import Text
 from textual import on, work
-from textual.app import ComposeResult
+from textual.app import ComposeResult, SystemCommand
 from textual.binding import Binding
-from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
 from pcteleport.compare import (
@@ -23,17 +23,17 @@ from pcteleport.compare import (
 )
 from pcteleport.record_store import LoadResult
 from pcteleport.records import MigrationRecord, Mode, Result
-from pcteleport.ui import units
+from pcteleport.ui import palette, units
+from pcteleport.ui.console_screen import ConsoleScreen
 from pcteleport.ui.failures import describe
 from pcteleport.ui.messages import Exported, RecordsLoaded
 
 if TYPE_CHECKING:
     from pcteleport.ui.app import PcteleportApp
 
-RESULT_STYLE = {Result.OK: "#2ea043", Result.FAILED: "bold #e5534b",
-                Result.ABORTED: "#d29922"}
-MODE_COLOUR = {Mode.STOCK: (139, 139, 139), Mode.DROP_CACHE: (210, 153, 34),
-               Mode.ZSTD: (168, 85, 199), Mode.TELEPORT: (46, 160, 67)}
+RESULT_STYLE = {Result.OK: palette.RESULT[Result.OK].hex,
+                Result.FAILED: f"bold {palette.RESULT[Result.FAILED].hex}",
+                Result.ABORTED: palette.RESULT[Result.ABORTED].hex}
 
 
 def metric_text(metric: Metric, r: MigrationRecord) -> str:
@@ -47,7 +47,7 @@ def metric_text(metric: Metric, r: MigrationRecord) -> str:
     if metric.key == "downtime_ms":
         return units.millis(v)
     assert r.throughput_after is not None
-    return f"{v:g} {r.throughput_after.unit}"
+    return f"{v:,.0f} {r.throughput_after.unit}"  # 9,866 blocks/s: whole units, grouped
 
 
 def bar_chart(runs: list[MigrationRecord], metric: Metric, width: int) -> Text:
@@ -65,7 +65,7 @@ def bar_chart(runs: list[MigrationRecord], metric: Metric, width: int) -> Text:
             out.append("not measured\n", style="dim")
             continue
         n = round(bar_w * v / top) if top > 0 else 0
-        colour = "rgb({},{},{})".format(*MODE_COLOUR[r.mode])
+        colour = palette.MODE[r.mode].hex
         ok = r.result is Result.OK
         # A run that did not finish is drawn hatched and says so: its numbers are not a result.
         out.append(("█" if ok else "▒") * max(n, 1 if v > 0 else 0), style=colour)
@@ -76,7 +76,7 @@ def bar_chart(runs: list[MigrationRecord], metric: Metric, width: int) -> Text:
     return out
 
 
-class CompareScreen(Screen[None]):
+class CompareScreen(ConsoleScreen):
     BINDINGS = [
         Binding("escape", "app.pop_screen", "Back"),
         Binding("v", "next_vm", "VM"),
@@ -84,10 +84,6 @@ class CompareScreen(Screen[None]):
         Binding("g", "next_metric", "Chart"),
         Binding("e", "export", "Export"),
     ]
-    COMMANDS_HERE = (
-        ("Export runs as CSV and Markdown", "Writes both files to the export folder", "export"),
-        ("Chart the next metric", "Total time, WAN bytes, downtime, throughput", "next_metric"),
-    )
 
     def __init__(self) -> None:
         super().__init__()
@@ -100,6 +96,12 @@ class CompareScreen(Screen[None]):
     @property
     def papp(self) -> PcteleportApp:
         return cast("PcteleportApp", self.app)
+
+    def commands_here(self) -> Iterable[SystemCommand]:
+        yield SystemCommand("Export runs as CSV and Markdown",
+                            "Writes both files to the export folder", self.action_export)
+        yield SystemCommand("Chart the next metric",
+                            "Total time, WAN bytes, downtime, throughput", self.action_next_metric)
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -164,7 +166,7 @@ class CompareScreen(Screen[None]):
             result = Text("running" if r.result is None else str(r.result),
                           style=RESULT_STYLE.get(r.result, "") if r.result else "dim")
             table.add_row(when, Text(r.vm, style="bold"), f"{r.from_site}→{r.to_site}",
-                          Text(str(r.mode), style="rgb({},{},{})".format(*MODE_COLOUR[r.mode])),
+                          Text(str(r.mode), style=palette.MODE[r.mode].hex),
                           result, *[metric_text(m, r) for m in METRICS],
                           units.size(predicted_wan_bytes(r)), key=r.run_id)
         self.chart(runs)

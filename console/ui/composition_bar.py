@@ -5,16 +5,18 @@ from __future__ import annotations
 from rich.text import Text
 
 from pcteleport.records import Composition
+from pcteleport.ui import palette
+from pcteleport.ui.palette import Colour
 
-# (label, glyph, style): mid-tone colours that read on dark and light terminals; free memory
-# also differs by glyph, so the bar still reads without colour.
-SEGMENTS: tuple[tuple[str, str, str], ...] = (
-    ("restorable", "█", "#2ea043"),
-    ("clean", "█", "#3b82c4"),
-    ("dirty", "█", "#d29922"),
-    ("anon", "█", "#a855c7"),
-    ("kernel", "▓", "#8b8b8b"),
-    ("free", "░", "#8b8b8b"),
+# (label, glyph, colour): kernel and free memory share a colour and differ by glyph, so the bar
+# still reads without colour.
+SEGMENTS: tuple[tuple[str, str, Colour], ...] = (
+    ("restorable", "█", palette.RESTORABLE),
+    ("clean", "█", palette.CLEAN_CACHE),
+    ("dirty", "█", palette.DIRTY_CACHE),
+    ("anon", "█", palette.ANON),
+    ("kernel", "▓", palette.KERNEL),
+    ("free", "░", palette.FREE),
 )
 
 
@@ -57,14 +59,14 @@ def composition_bar(c: Composition | None, width: int) -> Text:
     if c is None:
         return Text("·" * width, style="dim")
     text = Text()
-    for (_, glyph, style), n in zip(SEGMENTS, cells(segment_sizes(c), width), strict=True):
-        text.append(glyph * n, style=style)
+    for (_, glyph, colour), n in zip(SEGMENTS, cells(segment_sizes(c), width), strict=True):
+        text.append(glyph * n, style=colour.hex)
     return text
 
 
 def legend() -> Text:
     text = Text()
-    for label, glyph, style in SEGMENTS:
-        text.append(glyph, style=style)
+    for label, glyph, colour in SEGMENTS:
+        text.append(glyph, style=colour.hex)
         text.append(f" {label}  ")
     return text

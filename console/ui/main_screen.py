@@ -1,23 +1,36 @@
-"""The main screen: one pane per site, each with its header and its VM table."""
+"""The main screen: one pane per site, each with its header and its VM table, and the
+migrations this console runs (from the App's tracker)."""
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
 from rich.text import Text
 from textual import on, work
-from textual.app import ComposeResult
+from textual.app import ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.containers import Container, Vertical
-from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Input, Static
 
 from pcteleport.records import VM, Composition, ConnectionState, Site, VMState
-from pcteleport.ui import units
+from pcteleport.ui import palette, units
 from pcteleport.ui.composition_bar import composition_bar, legend
+from pcteleport.ui.console_screen import ConsoleScreen
 from pcteleport.ui.failures import describe
-from pcteleport.ui.messages import InventoryFailed, InventoryLoaded, SitesFailed, SitesLoaded
+from pcteleport.ui.messages import (
+    InventoryFailed,
+    InventoryLoaded,
+    SitesFailed,
+    SitesLoaded,
+    TrackedMigrationChanged,
+    TrackedMigrationEnded,
+    TrackedMigrationStarted,
+)
 from pcteleport.ui.polling import PollSchedule
+from pcteleport.ui.tracker import MigrationTracker
 
 if TYPE_CHECKING:
     from pcteleport.ui.app import PcteleportApp
@@ -26,18 +39,29 @@ BAR_WIDTH = 14
 SIDE_BY_SIDE_WIDTH = 150  # two VM tables (~75 columns each) fit without scrolling
 SORTS = ("name", "state", "memory", "restorable")
 STATE_STYLE = {
-    VMState.RUNNING: "bold #2ea043",
-    VMState.MIGRATING: "bold #d29922",
-    VMState.PAUSED: "#d29922",
-    VMState.CRASHED: "bold #e5534b",
+    VMState.RUNNING: f"bold {palette.OK.hex}",
+    VMState.MIGRATING: f"bold {palette.WARN.hex}",
+    VMState.PAUSED: palette.WARN.hex,
+    VMState.CRASHED: f"bold {palette.ERROR.hex}",
 }
 CONNECTION_STYLE = {
-    ConnectionState.CONNECTED: "#2ea043",
-    ConnectionState.REPLAY: "#3b82c4",
-    ConnectionState.CONNECTING: "#d29922",
-    ConnectionState.DISCONNECTED: "#e5534b",
-    ConnectionState.ERROR: "bold #e5534b",
+    ConnectionState.CONNECTED: palette.OK.hex,
+    ConnectionState.REPLAY: palette.INFO.hex,
+    ConnectionState.CONNECTING: palette.WARN.hex,
+    ConnectionState.DISCONNECTED: palette.ERROR.hex,
+    ConnectionState.ERROR: f"bold {palette.ERROR.hex}",
 }
+
+
+@dataclass(frozen=True)
+class RowOrder:
+    """Which VMs a pane lists and in what order; the main screen owns it and hands it down."""
+
+    sort_by: str = SORTS[0]
+    filter_text: str = ""
+
+    def shows(self, vm: VM) -> bool:
+        return self.filter_text.lower() in vm.name.lower()
 
 
 def site_header(site: Site, peers: list[str]) -> Text:
@@ -58,7 +82,7 @@ def site_header(site: Site, peers: list[str]) -> Text:
         if link.profile:
             t.append(f"  ({link.profile})", style="dim")
     if site.error:
-        t.append(f"\n{site.error}", style="bold #e5534b")
+        t.append(f"\n{site.error}", style=f"bold {palette.ERROR.hex}")
     return t
 
 
@@ -66,16 +90,16 @@ class SitePane(Vertical):
     """A site's header and VM table. It polls its own site, one poll at a time: the next poll is
     scheduled only when the previous one has finished (a slow site never piles up requests)."""
 
-    def __init__(self, site: Site) -> None:
+    def __init__(self, site: Site, peers: list[str], order: RowOrder) -> None:
         super().__init__(id=f"site-{site.name}", classes="site-pane")
         self.site = site
-        self.peers: list[str] = []
+        self.peers = peers
+        self.order = order
         self.vms: dict[str, VM] = {}
         self.compositions: dict[str, Composition] = {}
         self.problems: dict[str, str] = {}
         self.error: str | None = None
-        self._schedule = PollSchedule(self, lambda: self.poll(), lambda: self.papp.paused,
-                                      lambda: self.papp.refresh_s)
+        self._schedule = PollSchedule(self, lambda: self.poll())
 
     @property
     def papp(self) -> PcteleportApp:
@@ -99,11 +123,15 @@ class SitePane(Vertical):
         # The first site's table takes the keys (focus() is deferred: ask who is first).
         if self.screen.focused is None and self.screen.query(SitePane).first() is self:
             self.table.focus()
-        self.poll()
+        self._schedule.start(self.papp)
 
     def set_site(self, site: Site, peers: list[str]) -> None:
         self.site, self.peers = site, peers
         self.query_one(".site-header", Static).update(site_header(site, peers))
+
+    def set_order(self, order: RowOrder) -> None:
+        self.order = order
+        self.render_rows()
 
     # --- polling ---------------------------------------------------------------------------
 
@@ -128,9 +156,6 @@ class SitePane(Vertical):
 
     def _schedule_next(self) -> None:
         self._schedule.next()
-
-    def resume_polling(self) -> None:
-        self._schedule.resume()
 
     @on(InventoryLoaded)
     def _loaded(self, message: InventoryLoaded) -> None:
@@ -174,11 +199,11 @@ class SitePane(Vertical):
     def _row(self, vm: VM) -> list[Text | str]:
         comp = self.compositions.get(vm.uuid)
         if vm.uuid in self.problems:
-            agent = Text("no agent", style="#e5534b")
+            agent = Text("no agent", style=palette.ERROR.hex)
         elif comp is None:
             agent = Text("–", style="dim")
         elif comp.error:
-            agent = Text(f"{comp.source}!", style="#d29922")
+            agent = Text(f"{comp.source}!", style=palette.WARN.hex)
         else:
             agent = Text(str(comp.source))
         return [
@@ -192,7 +217,7 @@ class SitePane(Vertical):
         ]
 
     def _sort_key(self, vm: VM) -> tuple[object, ...]:
-        by = cast("MainScreen", self.screen).sort_by
+        by = self.order.sort_by
         comp = self.compositions.get(vm.uuid)
         if by == "state":
             return (str(vm.state), vm.name)
@@ -206,9 +231,7 @@ class SitePane(Vertical):
         """Bring the table in line with self.vms, keeping the cursor on the same VM."""
         if not self.ready:
             return  # its first poll renders it
-        screen = cast("MainScreen", self.screen)
-        needle = screen.filter_text.lower()
-        wanted = sorted((vm for vm in self.vms.values() if needle in vm.name.lower()),
+        wanted = sorted((vm for vm in self.vms.values() if self.order.shows(vm)),
                         key=self._sort_key)
         table = self.table
         keep = self.selected_uuid()
@@ -229,7 +252,7 @@ class SitePane(Vertical):
                        "-error")
 
 
-class MainScreen(Screen[None]):
+class MainScreen(ConsoleScreen):
     BINDINGS = [
         Binding("enter", "details", "Details"),
         Binding("m", "migrate", "Migrate"),
@@ -239,28 +262,38 @@ class MainScreen(Screen[None]):
         Binding("r", "refresh", "Refresh", show=False),
         Binding("escape", "clear_filter", "Clear filter", show=False),
     ]
-    COMMANDS_HERE = (
-        ("Migrate selected VM", "Choose destination, mode and bandwidth cap", "migrate"),
-        ("Show VM details", "Composition history, disks and replicas", "details"),
-        ("Filter VMs", "Show only VMs whose name matches", "filter"),
-        ("Sort VMs", "Cycle the sort order", "sort"),
-    )
 
-    def __init__(self) -> None:
+    def __init__(self, tracker: MigrationTracker) -> None:
         super().__init__()
-        self.sort_by = SORTS[0]
-        self.filter_text = ""
+        self.tracker = tracker
+        self.order = RowOrder()
         self.sites: list[Site] = []
-        self._schedule = PollSchedule(self, lambda: self.poll_sites(),
-                                      lambda: self.papp.paused, lambda: self.papp.refresh_s)
+        self._schedule = PollSchedule(self, lambda: self.poll_sites())
 
     @property
     def papp(self) -> PcteleportApp:
         return cast("PcteleportApp", self.app)
 
+    @property
+    def sort_by(self) -> str:
+        return self.order.sort_by
+
+    @property
+    def filter_text(self) -> str:
+        return self.order.filter_text
+
+    def commands_here(self) -> Iterable[SystemCommand]:
+        yield SystemCommand("Migrate selected VM", "Choose destination, mode and bandwidth cap",
+                            self.action_migrate)
+        yield SystemCommand("Show VM details", "Composition history, disks and replicas",
+                            self.action_details)
+        yield SystemCommand("Filter VMs", "Show only VMs whose name matches", self.action_filter)
+        yield SystemCommand("Sort VMs", "Cycle the sort order", self.action_sort)
+
     def compose(self) -> ComposeResult:
         yield Header()
         yield Container(Static("connecting to sites…", id="sites-message"), id="sites")
+        yield Static(id="migrations")
         # Disabled while hidden, so it never takes the focus (or the keys) from the tables.
         yield Input(placeholder="filter VMs by name (enter keeps it, esc clears)", id="filter",
                     disabled=True)
@@ -268,8 +301,19 @@ class MainScreen(Screen[None]):
         yield Footer()
 
     def on_mount(self) -> None:
+        self.tracker.observe(self)
+        # The status line says how often and whether it polls: follow the App's settings.
+        self.watch(self.papp, "refresh_s", self._settings_changed, init=False)
+        self.watch(self.papp, "paused", self._settings_changed, init=False)
         self.update_status()
-        self.poll_sites()
+        self.show_migrations()
+        self._schedule.start(self.papp)
+
+    def on_unmount(self) -> None:
+        self.tracker.unobserve(self)
+
+    def _settings_changed(self) -> None:
+        self.update_status()
 
     def on_resize(self) -> None:
         # Side by side where there is room, stacked on an 80-column terminal.
@@ -290,12 +334,6 @@ class MainScreen(Screen[None]):
     def _schedule_next(self) -> None:
         self._schedule.next()
 
-    def resume_polling(self) -> None:
-        self._schedule.resume()
-        for pane in self.query(SitePane):
-            pane.resume_polling()
-        self.update_status()
-
     @on(SitesLoaded)
     def _sites_loaded(self, message: SitesLoaded) -> None:
         self.sites = message.sites
@@ -309,9 +347,7 @@ class MainScreen(Screen[None]):
             if panes:
                 panes[0].set_site(site, peers)
             else:
-                pane = SitePane(site)
-                pane.peers = peers
-                container.mount(pane)
+                container.mount(SitePane(site, peers, self.order))
         if not message.sites:
             container.mount(Static("no sites configured", id="sites-message"))
         self.on_resize()
@@ -328,7 +364,7 @@ class MainScreen(Screen[None]):
         t.append_text(legend())
         t.append(f"│ every {self.papp.refresh_s:g} s", style="dim")
         if self.papp.paused:
-            t.append("  PAUSED", style="bold #d29922")
+            t.append("  PAUSED", style=f"bold {palette.WARN.hex}")
         t.append(f"  sort: {self.sort_by}", style="dim")
         if self.filter_text:
             t.append(f"  filter: {self.filter_text}", style="bold")
@@ -353,6 +389,39 @@ class MainScreen(Screen[None]):
             return None
         return pane, pane.vms[uuid]
 
+    # --- the tracker's migrations ----------------------------------------------------------
+
+    def show_migrations(self) -> None:
+        """The migrations that want the operator's eyes: running, or ended unseen."""
+        from pcteleport.ui.migration_view import migration_summary
+
+        lines = [m for m in self.tracker.migrations() if m.wants_attention]
+        strip = self.query_one("#migrations", Static)
+        strip.set_class(bool(lines), "-visible")
+        t = Text()
+        for i, m in enumerate(lines):
+            if i:
+                t.append("\n")
+            t.append("⇄ " if m.running else "■ ", style="bold")
+            t.append_text(migration_summary(m))
+            t.append("  (enter on the VM: " + ("watch it)" if m.running else "see how it ended)"),
+                     style="dim")
+        strip.update(t)
+
+    @on(TrackedMigrationStarted)
+    @on(TrackedMigrationChanged)
+    def _migration_news(self) -> None:
+        self.show_migrations()
+
+    @on(TrackedMigrationEnded)
+    def _migration_ended(self, message: TrackedMigrationEnded) -> None:
+        self.show_migrations()
+        # The VM has moved (or not): ask both sites now rather than at the next poll.
+        r = message.migration.record
+        for pane in self.query(SitePane):
+            if pane.site.name in (r.from_site, r.to_site):
+                pane.poll()
+
     @on(DataTable.RowSelected)
     def _row_selected(self, _: DataTable.RowSelected) -> None:
         self.action_details()
@@ -360,7 +429,7 @@ class MainScreen(Screen[None]):
     # --- actions ---------------------------------------------------------------------------
 
     def action_details(self) -> None:
-        from pcteleport.ui.migration_view import view_name
+        from pcteleport.ui.migration_view import MigrationView
         from pcteleport.ui.vm_detail import VMDetailScreen
 
         picked = self.selected()
@@ -368,10 +437,12 @@ class MainScreen(Screen[None]):
             self.notify("no VM selected", severity="warning")
             return
         pane, vm = picked
-        if view_name(vm.uuid) in self.papp.kept_migrations:  # its migration, left while running
-            self.app.push_screen(view_name(vm.uuid))
+        migration = self.tracker.latest(vm.uuid)
+        if migration is not None and migration.wants_attention:  # running, or ended unseen
+            self.app.push_screen(MigrationView(migration, self.tracker))
             return
-        self.app.push_screen(VMDetailScreen(vm, self.sites, pane.compositions.get(vm.uuid)))
+        self.app.push_screen(VMDetailScreen(vm, self.sites, pane.compositions.get(vm.uuid),
+                                            self.tracker))
 
     def action_migrate(self) -> None:
         from pcteleport.ui.migrate_dialog import MigrateDialog
@@ -391,45 +462,30 @@ class MainScreen(Screen[None]):
 
     def _start_migration(self, request: object) -> None:
         from pcteleport.backend import MigrationRequest
-        from pcteleport.ui.migration_view import MigrationView, view_name
+        from pcteleport.ui.migration_view import open_new_migration
 
-        if not isinstance(request, MigrationRequest):
-            return
-        name = view_name(request.vm_uuid)
-        if name in self.papp.kept_migrations:  # an earlier run's view, left: this one replaces it
-            old = self.app.get_screen(name)
-            if isinstance(old, MigrationView) and old.running:
-                self.notify("this VM's migration still runs: Enter shows it", severity="warning")
-                return
-            self.app.uninstall_screen(name)
-            self.papp.kept_migrations.discard(name)
-            old.remove()
-        self.app.push_screen(MigrationView(request))
+        if isinstance(request, MigrationRequest):
+            open_new_migration(self, self.tracker, request)
 
     def action_abort(self) -> None:
-        """Abort a migration of the selected VM, even one started elsewhere (CLI, another
-        console): the backend knows which runs are in flight."""
+        """Abort a migration of the selected VM: one this console runs, or one started elsewhere
+        (CLI, another console) — the backend knows which runs are in flight."""
         from pcteleport.ui.confirm import ConfirmScreen
 
         picked = self.selected()
-        if picked is None or picked[1].state is not VMState.MIGRATING:
+        ours = self.tracker.latest(picked[1].uuid) if picked is not None else None
+        if picked is None or (picked[1].state is not VMState.MIGRATING
+                              and not (ours is not None and ours.running)):
             self.notify("no migrating VM selected", severity="warning")
             return
         vm = picked[1]
 
         def answer(yes: bool | None) -> None:
             if yes:
-                self.send_abort(vm.uuid)
+                self.tracker.abort(vm.uuid)
 
         self.app.push_screen(ConfirmScreen(f"Abort the migration of {vm.name}?",
                                            "The source keeps running."), callback=answer)
-
-    @work(thread=True, group="abort")
-    def send_abort(self, vm_uuid: str) -> None:
-        try:
-            self.papp.backend.abort(vm_uuid)
-        except Exception as exc:  # any failure is shown; the console stays up
-            self.app.call_from_thread(self.notify, describe(exc), severity="error")
 
     def action_filter(self) -> None:
         box = self.query_one("#filter", Input)
@@ -437,12 +493,16 @@ class MainScreen(Screen[None]):
         box.add_class("-visible")
         box.focus()
 
+    def set_order(self, order: RowOrder) -> None:
+        """Sort or filter changed: hand the new order to every pane."""
+        self.order = order
+        for pane in self.query(SitePane):
+            pane.set_order(order)
+        self.update_status()
+
     @on(Input.Changed, "#filter")
     def _filter_changed(self, event: Input.Changed) -> None:
-        self.filter_text = event.value.strip()
-        for pane in self.query(SitePane):
-            pane.render_rows()
-        self.update_status()
+        self.set_order(dataclasses.replace(self.order, filter_text=event.value.strip()))
 
     @on(Input.Submitted, "#filter")
     def _filter_done(self, _: Input.Submitted) -> None:
@@ -463,10 +523,8 @@ class MainScreen(Screen[None]):
             pane.table.focus()
 
     def action_sort(self) -> None:
-        self.sort_by = SORTS[(SORTS.index(self.sort_by) + 1) % len(SORTS)]
-        for pane in self.query(SitePane):
-            pane.render_rows()
-        self.update_status()
+        following = SORTS[(SORTS.index(self.sort_by) + 1) % len(SORTS)]
+        self.set_order(dataclasses.replace(self.order, sort_by=following))
 
     def action_refresh(self) -> None:
         self.poll_sites()

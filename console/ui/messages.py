@@ -1,14 +1,34 @@
-"""Typed messages from workers (threads) to widgets. Workers only ever *post* these —
-`post_message` is thread-safe — and widgets change only in their handlers, on the event loop."""
+"""Typed messages. Workers (threads) only ever *post* them — `post_message` is thread-safe —
+and widgets change only in their handlers, on the event loop.
+
+Three kinds:
+- a screen's own poll reporting back to it (sites, inventory, composition, replicas, records);
+- a migration worker reporting to the App, which hands the report to its MigrationTracker
+  (`key` names the tracked migration);
+- the tracker telling the screens that observe it that a migration started, changed or ended
+  (`Tracked*`; posted to each observer, they do not bubble).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from textual.message import Message
 
 from pcteleport.record_store import LoadResult
-from pcteleport.records import VM, Composition, Disk, MigrationEvent, MigrationRecord, Site
+from pcteleport.records import (
+    VM,
+    Composition,
+    Disk,
+    MigrationEvent,
+    MigrationRecord,
+    Site,
+    WanLink,
+)
+
+if TYPE_CHECKING:
+    from pcteleport.ui.tracker import TrackedMigration
 
 
 class SitesLoaded(Message):
@@ -58,22 +78,76 @@ class ReplicasLoaded(Message):
         self.error = error
 
 
-class MigrationProgress(Message):
-    def __init__(self, event: MigrationEvent) -> None:
+# --- from a migration worker to the tracker (through the App) ------------------------------
+
+
+class MigrationTargetFound(Message):
+    """Who is being migrated and over which link, looked up before the run starts (None when
+    the lookup failed: the migration still runs)."""
+
+    def __init__(self, key: str, vm: VM | None, link: WanLink | None) -> None:
         super().__init__()
+        self.key = key
+        self.vm = vm
+        self.link = link
+
+
+class MigrationProgress(Message):
+    def __init__(self, key: str, event: MigrationEvent) -> None:
+        super().__init__()
+        self.key = key
         self.event = event
 
 
 class MigrationFinished(Message):
-    def __init__(self, record: MigrationRecord) -> None:
+    def __init__(self, key: str, record: MigrationRecord) -> None:
         super().__init__()
+        self.key = key
         self.record = record
 
 
 class MigrationCouldNotStart(Message):
-    def __init__(self, error: str) -> None:
+    def __init__(self, key: str, error: str) -> None:
         super().__init__()
+        self.key = key
         self.error = error
+
+
+class AbortFailed(Message):
+    def __init__(self, vm_uuid: str, error: str) -> None:
+        super().__init__()
+        self.vm_uuid = vm_uuid
+        self.error = error
+
+
+# --- from the tracker to the screens that observe it ---------------------------------------
+
+
+class TrackedMigrationStarted(Message, bubble=False):
+    def __init__(self, migration: TrackedMigration) -> None:
+        super().__init__()
+        self.migration = migration
+
+
+class TrackedMigrationChanged(Message, bubble=False):
+    """Something new about a running migration: `event` is the backend's event that brought
+    it, None for anything else (its target found, a line the console added to its log)."""
+
+    def __init__(self, migration: TrackedMigration, event: MigrationEvent | None) -> None:
+        super().__init__()
+        self.migration = migration
+        self.event = event
+
+
+class TrackedMigrationEnded(Message, bubble=False):
+    """Its final record is in, whatever the result."""
+
+    def __init__(self, migration: TrackedMigration) -> None:
+        super().__init__()
+        self.migration = migration
+
+
+# --- the compare screen ----------------------------------------------------------------------
 
 
 class RecordsLoaded(Message):

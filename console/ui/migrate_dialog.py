@@ -14,7 +14,7 @@ from pcteleport.backend import MigrationRequest
 from pcteleport.engine import tcg_dirty_page_bug
 from pcteleport.predict import predict_all
 from pcteleport.records import VM, Composition, Mode, Site
-from pcteleport.ui import units
+from pcteleport.ui import palette, units
 
 
 class MigrateDialog(ModalScreen[MigrationRequest | None]):
@@ -129,7 +129,7 @@ class MigrateDialog(ModalScreen[MigrationRequest | None]):
         try:
             self.cap = units.parse_cap(event.value)
         except ValueError as exc:
-            note.update(Text(str(exc), style="bold #e5534b"))
+            note.update(Text(str(exc), style=f"bold {palette.ERROR.hex}"))
             return
         note.update("" if self.cap is None else f"cap {units.link_rate(self.cap)}")
         self.update_predictions()

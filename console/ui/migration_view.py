@@ -1,16 +1,17 @@
-"""The migration view: phases, progress, rates, page counters, downtime, ETA and the log."""
+"""The migration view: phases, progress, rates, page counters, downtime, ETA and the log.
+
+It is a view of a TrackedMigration (tracker.py), never its owner: the App's tracker runs the
+migration; opening the view shows everything reported so far, closing it changes nothing."""
 
 from __future__ import annotations
 
-import uuid
-from typing import TYPE_CHECKING, cast
+from collections.abc import Iterable
 
 from rich.text import Text
-from textual import on, work
-from textual.app import ComposeResult
+from textual import on
+from textual.app import ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Digits, Footer, Header, Label, ProgressBar, RichLog, Static
 from textual_plotext import PlotextPlot
@@ -19,7 +20,6 @@ from pcteleport.backend import MigrationRequest
 from pcteleport.records import (
     PAGE_SIZE,
     PHASE_ORDER,
-    VM,
     LogLine,
     MigrationRecord,
     MigrationSample,
@@ -27,28 +27,17 @@ from pcteleport.records import (
     PhaseMark,
     RecordBuilder,
     Result,
-    WanLink,
-    log_stamp,
 )
-from pcteleport.ui import units
-from pcteleport.ui.failures import describe
-from pcteleport.ui.messages import MigrationCouldNotStart, MigrationFinished, MigrationProgress
+from pcteleport.ui import palette, units
+from pcteleport.ui.console_screen import ConsoleScreen
+from pcteleport.ui.messages import TrackedMigrationChanged, TrackedMigrationEnded
+from pcteleport.ui.tracker import LogEntry, MigrationRunning, MigrationTracker, TrackedMigration
 
-if TYPE_CHECKING:
-    from pcteleport.ui.app import PcteleportApp
-
-RESULT_STYLE = {Result.OK: "bold #2ea043", Result.FAILED: "bold #e5534b",
-                Result.ABORTED: "bold #d29922"}
+RESULT_STYLE = {result: f"bold {colour.hex}" for result, colour in palette.RESULT.items()}
 ETA_WINDOW = 3  # samples averaged for the ETA
-
-
-class MigrationTarget(Message):
-    """Who is being migrated, found before the run starts (for the title)."""
-
-    def __init__(self, vm: VM | None, link: WanLink | None) -> None:
-        super().__init__()
-        self.vm = vm
-        self.link = link
+#: phases marked on the rate plot, each where it began (later precopy iterations are not)
+PLOTTED_PHASES = (Phase.MAP, Phase.ITERATIVE, Phase.STOP_AND_COPY, Phase.RESUME)
+PLOT_HEADROOM = 1.3  # the y axis goes this far above the highest rate: room for phase names
 
 
 def phase_timeline(marks: list[PhaseMark], iteration: int, finished: Result | None) -> Text:
@@ -64,10 +53,56 @@ def phase_timeline(marks: list[PhaseMark], iteration: int, finished: Result | No
         if phase is current and finished is None:
             t.append(f" {label} ", style="bold reverse")
         elif phase in reached:
-            t.append(f"✓ {label} {reached[phase].t:.0f}s", style="#2ea043")
+            t.append(f"✓ {label} {reached[phase].t:.0f}s", style=palette.PHASE_REACHED.hex)
         else:
             t.append(label, style="dim")
     return t
+
+
+def plot_end(record: MigrationRecord, final: MigrationRecord | None) -> float:
+    """Where the rate plot's x axis ends; it starts at the request (t = 0). A finished run ends
+    at its total time (the VM resumed at the destination), a running one at its latest news."""
+    if final is not None and final.total_s:
+        return final.total_s
+    latest = max([s.t for s in record.samples] + [m.t for m in record.phases], default=0.0)
+    return latest if latest > 0 else 1.0
+
+
+def phase_lines(marks: list[PhaseMark], end: float) -> list[tuple[float, str]]:
+    """(t, name) of each plotted phase's start within (0, end]."""
+    first: dict[Phase, float] = {}
+    for mark in marks:
+        first.setdefault(mark.phase, mark.t)
+    return [(first[p], str(p)) for p in PLOTTED_PHASES if p in first and 0 < first[p] <= end]
+
+
+def place_labels(lines: list[tuple[float, str]], end: float, columns: int,
+                 rows: int = 2) -> list[tuple[float, str, int, bool]]:
+    """Where each phase name goes on a plot `columns` wide: (t, name, row from the top, right
+    aligned). A name stands right of its line, or left of it where it would leave the plot; in
+    the first row where it overlaps no other name, clear of other lines if any row allows it;
+    it is left out when no row has room."""
+    def column(t: float) -> int:
+        return round(t / end * (columns - 1))
+
+    walls = [column(t) for t, _ in lines]
+    taken: list[list[tuple[int, int]]] = [[] for _ in range(rows)]
+    placed = []
+    for t, name in lines:
+        col = column(t)
+        sides = [(False, (col + 1, col + len(name))), (True, (col - len(name), col - 1))]
+        inside = [(right, span) for right, span in sides if span[0] >= 0 and span[1] < columns]
+        # Clear of other lines if it can be, else over one of them in a single row.
+        ranked = sorted(((any(span[0] <= w <= span[1] for w in walls), row, right, span)
+                         for row in range(rows) for right, span in inside),
+                        key=lambda c: (c[0], c[1]))
+        spot = next(((row, right, span) for _, row, right, span in ranked
+                     if all(span[1] < a - 1 or span[0] > b + 1 for a, b in taken[row])), None)
+        if spot is not None:
+            row, right, span = spot
+            taken[row].append(span)
+            placed.append((t, name, row, right))
+    return placed
 
 
 def where_it_runs(record: MigrationRecord) -> str:
@@ -89,38 +124,79 @@ def eta_seconds(samples: list[MigrationSample]) -> float | None:
     return recent[-1].remaining_bytes / net
 
 
-def view_name(vm_uuid: str) -> str:
-    """The name a migration view is kept (installed) under while the operator looks elsewhere."""
-    return f"migration:{vm_uuid}"
+def migration_summary(m: TrackedMigration) -> Text:
+    """One line about a tracked migration, for the screens that list it (main, VM detail)."""
+    r = m.record
+    t = Text.assemble((r.vm, "bold"), f"  {r.from_site} → {r.to_site}  ", (str(r.mode), "bold"),
+                      "  ")
+    final = m.final
+    if final is None:
+        t.append(units.percent(m.progress_high), style="bold")
+        if r.phases:
+            phase = r.phases[-1].phase
+            label = str(phase) + (f" #{m.iteration}"
+                                  if phase is Phase.ITERATIVE and m.iteration else "")
+            t.append(f"  {label}")
+        last = r.samples[-1] if r.samples else None
+        if last is not None:
+            t.append(f"  ETA {units.seconds(eta_seconds(r.samples))}", style="dim")
+    elif final.result is not None:
+        t.append(f" {str(final.result).upper()} ", style=RESULT_STYLE[final.result] + " reverse")
+        if final.total_s is not None:
+            t.append(f"  in {units.seconds(final.total_s)}")
+        if final.downtime_ms is not None:
+            t.append(f"  downtime {units.millis(final.downtime_ms)}", style="dim")
+    return t
 
 
-class MigrationView(Screen[None]):
+def open_new_migration(screen: Screen[object], tracker: MigrationTracker,
+                       request: MigrationRequest, *, replace: bool = False) -> None:
+    """Start `request` on the tracker and show it (instead of `screen` when `replace`); a VM
+    whose migration still runs is not started twice."""
+    try:
+        migration = tracker.start(request)
+    except MigrationRunning as exc:
+        screen.notify(str(exc), severity="warning")
+        return
+    view = MigrationView(migration, tracker)
+    if replace:
+        screen.app.switch_screen(view)
+    else:
+        screen.app.push_screen(view)
+
+
+class MigrationView(ConsoleScreen):
     BINDINGS = [
         Binding("a", "abort", "Abort"),
         Binding("escape", "leave", "Back"),
     ]
-    COMMANDS_HERE = (("Abort this migration", "Stop it; the source keeps running", "abort"),)
 
-    def __init__(self, request: MigrationRequest) -> None:
+    def __init__(self, migration: TrackedMigration, tracker: MigrationTracker) -> None:
         super().__init__()
-        self.request = request
-        self.vm: VM | None = None
-        self.link: WanLink | None = None
-        self.builder = RecordBuilder(MigrationRecord(
-            run_id=uuid.uuid4().hex[:8], vm=request.vm_uuid, from_site="?",
-            to_site=request.to_site, mode=request.mode))
-        self.final: MigrationRecord | None = None
-        self.progress_high = 0.0  # the bar never goes below this
-        self.note = ""  # why the bar held still, when the remainder grew
-        self.iteration = 0
+        self.migration = migration
+        self.tracker = tracker
+        self._lines_shown = 0
+
+    # What it shows, by name (tests and scripts/screenshots.py read these).
+    @property
+    def request(self) -> MigrationRequest:
+        return self.migration.request
 
     @property
-    def papp(self) -> PcteleportApp:
-        return cast("PcteleportApp", self.app)
+    def builder(self) -> RecordBuilder:
+        return self.migration.builder
+
+    @property
+    def final(self) -> MigrationRecord | None:
+        return self.migration.final
 
     @property
     def running(self) -> bool:
-        return self.final is None
+        return self.migration.running
+
+    def commands_here(self) -> Iterable[SystemCommand]:
+        yield SystemCommand("Abort this migration", "Stop it; the source keeps running",
+                            self.action_abort)
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -137,123 +213,75 @@ class MigrationView(Screen[None]):
                 with Horizontal(id="mig-downtime-row"):
                     yield Digits("–", id="mig-downtime")
                     yield Label("ms", id="mig-downtime-unit")
-            yield PlotextPlot(id="mig-rates")
+            with Vertical(id="mig-plot"):
+                yield Static(rates_legend(), id="mig-rates-legend")
+                yield PlotextPlot(id="mig-rates")
         yield RichLog(id="mig-log", wrap=True, markup=False, max_lines=2000)
         yield Footer()
 
     def on_mount(self) -> None:
+        self.tracker.observe(self)
+        self.write_log()
         self.render_all()
-        self.run_migration()
+        if self.final is not None:
+            self.tracker.saw_end(self.migration)
 
-    # --- the run ---------------------------------------------------------------------------
+    def on_unmount(self) -> None:
+        self.tracker.unobserve(self)
 
-    @work(thread=True, exclusive=True, group="migration")
-    def run_migration(self) -> None:
-        backend = self.papp.backend
-        try:
-            vm, link = self._find_target()
-            self.post_message(MigrationTarget(vm, link))
-            record = backend.migrate(self.request,
-                                     lambda event: self.post_message(MigrationProgress(event)))
-        except Exception as exc:  # any failure is shown; the console stays up
-            self.post_message(MigrationCouldNotStart(describe(exc)))
+    # --- the tracker's news ----------------------------------------------------------------
+
+    @on(TrackedMigrationChanged)
+    def _changed(self, message: TrackedMigrationChanged) -> None:
+        if message.migration is not self.migration:
             return
-        self.post_message(MigrationFinished(record))
+        self.write_log()
+        if not isinstance(message.event, LogLine):  # a log line changes nothing else
+            self.render_all()
 
-    def _find_target(self) -> tuple[VM | None, WanLink | None]:
-        """Name and route for the title; not knowing them must not stop the migration."""
-        backend = self.papp.backend
-        try:
-            sites = backend.sites()
-        except Exception:  # the title then shows the UUID
-            return None, None
-        for site in sites:
-            try:
-                vms = backend.vms(site.name)
-            except Exception:  # one site failing must not stop the search
-                continue
-            for vm in vms:
-                if vm.uuid == self.request.vm_uuid:
-                    return vm, site.link_to(self.request.to_site)
-        return None, None
-
-    @on(MigrationTarget)
-    def _target(self, message: MigrationTarget) -> None:
-        self.vm, self.link = message.vm, message.link
-        if message.vm is not None:
-            self.builder.record.vm = message.vm.name
-            self.builder.record.from_site = message.vm.site
-        self.render_title()
-
-    @on(MigrationProgress)
-    def _progress(self, message: MigrationProgress) -> None:
-        event = message.event
-        self.builder.add(event)
-        if isinstance(event, LogLine):
-            self.query_one(RichLog).write(Text(event.text))
+    @on(TrackedMigrationEnded)
+    def _ended(self, message: TrackedMigrationEnded) -> None:
+        if message.migration is not self.migration:
             return
-        if isinstance(event, MigrationSample):
-            self._track_progress(event)
+        self.write_log()
         self.render_all()
-
-    def _track_progress(self, s: MigrationSample) -> None:
-        samples = self.builder.record.samples
-        prev = samples[-2] if len(samples) >= 2 else None
-        self.iteration = s.iteration
-        done = 1.0 - s.remaining_bytes / s.total_bytes if s.total_bytes else 0.0
-        if prev is not None and s.remaining_bytes > prev.remaining_bytes:
-            grew = s.remaining_bytes - prev.remaining_bytes
-            self.note = (f"iteration {s.iteration}: the guest dirtied memory faster than it was "
-                         f"sent — {units.size(s.remaining_bytes)} left (+{units.size(grew)}); "
-                         f"bar held at {self.progress_high * 100:.0f}%")
-        elif done > self.progress_high:
-            self.note = ""
-        self.progress_high = max(self.progress_high, done)
-
-    @on(MigrationFinished)
-    def _finished(self, message: MigrationFinished) -> None:
-        self.final = message.record
-        if message.record.result is Result.OK:
-            self.progress_high = 1.0
-            self.note = ""
-        self.render_all()
-        self.notify(f"{message.record.vm}: migration {message.record.result}", timeout=4,
-                    severity="information" if message.record.result is Result.OK else "error")
-
-    @on(MigrationCouldNotStart)
-    def _could_not_start(self, message: MigrationCouldNotStart) -> None:
-        self.final = MigrationRecord(
-            run_id=self.builder.record.run_id, vm=self.builder.record.vm, from_site="?",
-            to_site=self.request.to_site, mode=self.request.mode, result=Result.FAILED,
-            error=message.error)
-        self.render_all()
+        self.tracker.saw_end(self.migration)
 
     # --- rendering -------------------------------------------------------------------------
 
+    def write_log(self) -> None:
+        """Append the lines the log does not show yet (all of them on a reopened view)."""
+        log = self.query_one(RichLog)
+        lines = self.migration.lines
+        for entry in lines[self._lines_shown:]:
+            log.write(log_text(entry))
+        self._lines_shown = len(lines)
+
     def render_title(self) -> None:
-        r = self.builder.record
+        m = self.migration
+        r = m.record
         t = Text.assemble((r.vm, "bold"), f"  {r.from_site} → {r.to_site}  ",
                           (str(r.mode), "bold reverse"))
-        if self.request.bandwidth_cap_bytes_per_s:
-            t.append(f"  cap {units.link_rate(self.request.bandwidth_cap_bytes_per_s)}")
-        if self.link is not None:
-            t.append(f"  WAN {units.link_rate(self.link.rate_bytes_per_s)}", style="dim")
-            if self.link.rtt_ms is not None:
-                t.append(f" / {self.link.rtt_ms:.0f} ms", style="dim")
-        if self.final is not None and self.final.result is not None:
+        if m.request.bandwidth_cap_bytes_per_s:
+            t.append(f"  cap {units.link_rate(m.request.bandwidth_cap_bytes_per_s)}")
+        if m.link is not None:
+            t.append(f"  WAN {units.link_rate(m.link.rate_bytes_per_s)}", style="dim")
+            if m.link.rtt_ms is not None:
+                t.append(f" / {m.link.rtt_ms:.0f} ms", style="dim")
+        if m.final is not None and m.final.result is not None:
             t.append("  ")
-            t.append(f" {str(self.final.result).upper()} ", style=RESULT_STYLE[self.final.result]
-                     + " reverse")
+            t.append(f" {str(m.final.result).upper()} ",
+                     style=RESULT_STYLE[m.final.result] + " reverse")
         self.query_one("#mig-title", Static).update(t)
 
     def render_all(self) -> None:
-        r = self.builder.record
-        final = self.final
+        r = self.migration.record
+        final = self.migration.final
         self.render_title()
         self.query_one("#mig-phases", Static).update(
-            phase_timeline(r.phases, self.iteration, final.result if final else None))
+            phase_timeline(r.phases, self.migration.iteration, final.result if final else None))
         bar = self.query_one("#mig-progress", ProgressBar)
-        bar.update(progress=round(self.progress_high * 100, 1))
+        bar.update(progress=round(self.migration.progress_high * 100, 1))
         last = r.samples[-1] if r.samples else None
         eta = self.query_one("#mig-eta", Static)
         if final is not None:
@@ -263,29 +291,30 @@ class MigrationView(Screen[None]):
                 f"{units.size(last.remaining_bytes)} left",
                 f"  it. {last.iteration}" if last.iteration else "",
                 f"  ETA {units.seconds(eta_seconds(r.samples))}"))
-        note = self.note
+        note = self.migration.note
         if final is not None and final.error:
             note = final.error + where_it_runs(final)
         self.query_one("#mig-note", Static).update(
-            Text(note, style="bold #e5534b" if final and final.error else "#d29922"))
+            Text(note, style=f"bold {palette.ERROR.hex}" if final and final.error
+                 else palette.WARN.hex))
         self.render_counters(last)
         self.render_downtime(last)
         self.plot()
 
     def render_counters(self, last: MigrationSample | None) -> None:
-        pages = self.final.pages if self.final is not None else (
-            last.pages if last else self.builder.record.pages)
+        final = self.migration.final
+        pages = final.pages if final is not None else (
+            last.pages if last else self.migration.record.pages)
         t = Text()
-        for label, n, style in (("teleported", pages.teleported, "#2ea043"),
-                                ("zero", pages.zero, "#8b8b8b"),
-                                ("sent", pages.sent, "#3b82c4")):
-            t.append(f"{label:>10} ", style=style)
+        for label, n, colour in (("teleported", pages.teleported, palette.TELEPORTED),
+                                 ("zero", pages.zero, palette.ZERO),
+                                 ("sent", pages.sent, palette.SENT)):
+            t.append(f"{label:>10} ", style=colour.hex)
             t.append(f"{units.count(n):>11}", style="bold")
             t.append(f" {units.size(n * PAGE_SIZE)}\n", style="dim")
         if last is not None:
             t.append(f"{'guest':>10} {units.rate(last.guest_rate_bytes_per_s)}\n")
             t.append(f"{'WAN':>10} {units.link_rate(last.wan_rate_bytes_per_s)}")
-        final = self.final
         if final is not None and final.result is not None:
             t.append(f"\n{'WAN total':>10} {units.size(final.wan_bytes)}", style="bold")
             if final.guest_bytes:
@@ -297,7 +326,7 @@ class MigrationView(Screen[None]):
     def render_downtime(self, last: MigrationSample | None) -> None:
         label = self.query_one("#mig-downtime-label", Label)
         digits = self.query_one("#mig-downtime", Digits)
-        final = self.final
+        final = self.migration.final
         if final is not None and final.downtime_ms is not None:
             label.update(Text("downtime", style="bold"))
             digits.update(f"{final.downtime_ms:.0f}")
@@ -311,18 +340,38 @@ class MigrationView(Screen[None]):
             digits.update("–" if expected is None else f"{expected:.0f}")
 
     def plot(self) -> None:
+        """Guest-memory and WAN rates over the whole run, from the request to the resume (or
+        to the latest sample while it runs), with a line where each phase began."""
         widget = self.query_one("#mig-rates", PlotextPlot)
         plt = widget.plt
         plt.clear_data()
         plt.clear_figure()
-        plt.title("guest memory vs WAN (MiB/s)")
-        samples = self.builder.record.samples
+        record = self.migration.record
+        samples = record.samples
+        end = plot_end(record, self.migration.final)
+        plt.xlim(0, end)
+        plt.xlabel("s since the request")
+        top = max([s.guest_rate_bytes_per_s / 2**20 for s in samples]
+                  + [s.wan_rate_bytes_per_s / 2**20 for s in samples], default=0.0) or 1.0
+        ymax = top * PLOT_HEADROOM
+        plt.ylim(0, ymax)
         if samples:
             xs = [s.t for s in samples]
             plt.plot(xs, [s.guest_rate_bytes_per_s / 2**20 for s in samples],
-                     label="guest", color=(168, 85, 199), marker="braille")
+                     color=palette.GUEST_RATE.rgb, marker="braille")
             plt.plot(xs, [s.wan_rate_bytes_per_s / 2**20 for s in samples],
-                     label="WAN", color=(59, 130, 196), marker="braille")
+                     color=palette.WAN_RATE.rgb, marker="braille")
+        lines = phase_lines(record.phases, end)
+        for t, _ in lines:
+            plt.vline(t, color=palette.MUTED.rgb)
+        # The canvas: the widget less the y axis's numbers and the frame; rows under the title.
+        columns = max(10, widget.size.width - 8)
+        canvas_rows = max(4, widget.size.height - 4)
+        label_rows = 2 if canvas_rows >= 8 else 1  # a short plot keeps its rows for the rates
+        for t, name, row, right in place_labels(lines, end, columns, label_rows):
+            step = end / max(1, columns - 1)
+            plt.text(name, t - step if right else t + step, ymax * (1 - row / canvas_rows),
+                     color=palette.MUTED.rgb, alignment="right" if right else "left")
         widget.refresh()
 
     # --- actions ---------------------------------------------------------------------------
@@ -333,7 +382,7 @@ class MigrationView(Screen[None]):
         if not self.running:
             self.notify("the migration has ended", severity="warning")
             return
-        name = self.builder.record.vm
+        name = self.migration.record.vm
         self.app.push_screen(
             ConfirmScreen(f"Abort the migration of {name}?",
                           "The source keeps running; the destination is discarded."),
@@ -341,36 +390,23 @@ class MigrationView(Screen[None]):
 
     def _confirmed_abort(self, yes: bool | None) -> None:
         if yes and self.running:
-            self.query_one(RichLog).write(Text(f"{log_stamp()} abort requested by the operator",
-                                               style="bold #d29922"))
-            self.send_abort()
-
-    @work(thread=True, group="abort")
-    def send_abort(self) -> None:
-        try:
-            self.papp.backend.abort(self.request.vm_uuid)
-        except Exception as exc:  # any failure is shown; the console stays up
-            self.post_message(MigrationProgress(LogLine(
-                self._last_t(), f"{log_stamp()} abort failed: {describe(exc)}")))
-
-    def _last_t(self) -> float:
-        r = self.builder.record
-        return max([0.0, *(m.t for m in r.phases), *(s.t for s in r.samples)])
+            self.tracker.abort(self.migration.request.vm_uuid)
 
     def action_leave(self) -> None:
-        app = self.app
+        # Only the view goes: the migration is the tracker's and runs on.
+        self.app.pop_screen()
         if self.running:
-            # Kept (installed) while away, so the run and its record go on; Enter on the VM in
-            # the list comes back here.
-            if not app.is_screen_installed(self):
-                app.install_screen(self, view_name(self.request.vm_uuid))
-                self.papp.kept_migrations.add(view_name(self.request.vm_uuid))
-            app.pop_screen()
-            app.notify(f"{self.builder.record.vm}: the migration goes on; select the VM and "
-                       "press Enter to watch it again", timeout=5)
-            return
-        app.pop_screen()
-        if app.is_screen_installed(self):
-            app.uninstall_screen(self)
-            self.papp.kept_migrations.discard(view_name(self.request.vm_uuid))
-            self.remove()
+            self.app.notify(f"{self.migration.record.vm}: the migration goes on; select the VM "
+                            "and press Enter to watch it again", timeout=5)
+
+
+def rates_legend() -> Text:
+    """The rate plot's title: its unit and what each line is, in its colour."""
+    return Text.assemble(("MiB/s", "dim"), "  ", ("⣿⣿", palette.GUEST_RATE.hex), " guest  ",
+                         ("⣿⣿", palette.WAN_RATE.hex), " WAN  ", ("│", palette.MUTED.hex),
+                         " phases")
+
+
+def log_text(entry: LogEntry) -> Text:
+    """The backend's lines verbatim; the console's own (abort requested...) stand out."""
+    return Text(entry.text, style=f"bold {palette.WARN.hex}" if entry.console else "")

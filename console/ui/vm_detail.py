@@ -1,35 +1,44 @@
-"""VM detail: live composition (stacked bar and history plot), disks and replicas, agent errors."""
+"""VM detail: live composition (stacked bar and history plot), disks and replicas, agent errors,
+and the VM's migration in this console, if it has one (from the App's tracker)."""
 
 from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, cast
 
 from rich.table import Table
 from rich.text import Text
 from textual import on, work
-from textual.app import ComposeResult
+from textual.app import ComposeResult, SystemCommand
 from textual.binding import Binding
-from textual.screen import Screen
-from textual.timer import Timer
 from textual.widgets import DataTable, Footer, Header, Static
 from textual_plotext import PlotextPlot
 
 from pcteleport.records import VM, Composition, Disk, ReplicaState, Site
-from pcteleport.ui import units
+from pcteleport.ui import palette, units
 from pcteleport.ui.composition_bar import SEGMENTS, composition_bar, segment_sizes
+from pcteleport.ui.console_screen import ConsoleScreen
 from pcteleport.ui.failures import describe
-from pcteleport.ui.messages import CompositionLoaded, ReplicasLoaded
+from pcteleport.ui.messages import (
+    CompositionLoaded,
+    ReplicasLoaded,
+    TrackedMigrationChanged,
+    TrackedMigrationEnded,
+    TrackedMigrationStarted,
+)
+from pcteleport.ui.polling import PollSchedule
+from pcteleport.ui.tracker import MigrationTracker
 
 if TYPE_CHECKING:
     from pcteleport.ui.app import PcteleportApp
 
 HISTORY = 600  # samples kept for the plot
 REPLICA_STYLE = {
-    ReplicaState.IN_SYNC: "#2ea043",
-    ReplicaState.DIFFERS: "bold #e5534b",
-    ReplicaState.MISSING: "bold #e5534b",
+    ReplicaState.IN_SYNC: palette.OK.hex,
+    ReplicaState.DIFFERS: f"bold {palette.ERROR.hex}",
+    ReplicaState.MISSING: f"bold {palette.ERROR.hex}",
     ReplicaState.UNKNOWN: "dim",
 }
 
@@ -39,32 +48,43 @@ def composition_table(c: Composition) -> Table:
     table.add_column()
     table.add_column(justify="right")
     table.add_column(justify="right")
-    for (label, glyph, style), size in zip(SEGMENTS, segment_sizes(c), strict=True):
+    for (label, glyph, colour), size in zip(SEGMENTS, segment_sizes(c), strict=True):
         share = size / c.total if c.total else 0.0
-        table.add_row(Text(f"{glyph} {label}", style=style), units.size(size),
+        table.add_row(Text(f"{glyph} {label}", style=colour.hex), units.size(size),
                       units.percent(share))
     table.add_row(Text("total", style="bold"), units.size(c.total), "")
     return table
 
 
-class VMDetailScreen(Screen[None]):
+def history_legend() -> Text:
+    """The history plot's title: its unit and each line, in its colour."""
+    t = Text.assemble(("MiB over time", "dim"))
+    for label, _, colour in (*SEGMENTS[:4], ("free", "", palette.FREE)):
+        t.append("  ")
+        t.append("⣿⣿", style=colour.hex)
+        t.append(f" {label}")
+    return t
+
+
+class VMDetailScreen(ConsoleScreen):
     BINDINGS = [
         Binding("escape", "app.pop_screen", "Back"),
         Binding("m", "migrate", "Migrate"),
         Binding("r", "check_replicas", "Check replicas"),
     ]
 
-    def __init__(self, vm: VM, sites: list[Site], composition: Composition | None) -> None:
+    def __init__(self, vm: VM, sites: list[Site], composition: Composition | None,
+                 tracker: MigrationTracker) -> None:
         super().__init__()
         self.vm = vm
         self.sites = sites
         self.composition = composition
+        self.tracker = tracker
         self.error: str | None = None
         self.history: deque[tuple[float, Composition]] = deque(maxlen=HISTORY)
         self._start = time.monotonic()
         self._first_taken: float | None = None
-        self._due = False
-        self._timer: Timer | None = None
+        self._schedule = PollSchedule(self, lambda: self.poll())
         if composition is not None:
             self.remember(composition)
 
@@ -72,11 +92,19 @@ class VMDetailScreen(Screen[None]):
     def papp(self) -> PcteleportApp:
         return cast("PcteleportApp", self.app)
 
+    def commands_here(self) -> Iterable[SystemCommand]:
+        yield SystemCommand("Migrate this VM", "Choose destination, mode and bandwidth cap",
+                            self.action_migrate)
+        yield SystemCommand("Check replicas", "Compare the VM's disks with their replicas",
+                            self.action_check_replicas)
+
     def compose(self) -> ComposeResult:
         yield Header()
         yield Static(id="vm-title")
+        yield Static(id="vm-migration")
         yield Static(id="vm-bar")
         yield Static(id="vm-numbers")
+        yield Static(history_legend(), id="vm-history-legend")
         yield PlotextPlot(id="vm-history")
         disks: DataTable[Text | str] = DataTable(id="vm-disks", cursor_type="none")
         disks.add_column("disk", key="disk")
@@ -95,8 +123,38 @@ class VMDetailScreen(Screen[None]):
             f"  {vm.vcpus} vCPU  {units.size(vm.memory_bytes)}"))
         self.show_disks(vm.disks, None)
         self.show()
-        self.poll()
+        self.tracker.observe(self)
+        self.show_migration()
+        self._schedule.start(self.papp)
         self.action_check_replicas()
+
+    def on_unmount(self) -> None:
+        self.tracker.unobserve(self)
+
+    # --- its migration in this console -----------------------------------------------------
+
+    def show_migration(self) -> None:
+        from pcteleport.ui.migration_view import migration_summary
+
+        line = self.query_one("#vm-migration", Static)
+        migration = self.tracker.latest(self.vm.uuid)
+        line.set_class(migration is not None, "-visible")
+        if migration is None:
+            return
+        t = Text("migrating: " if migration.running else "last migration: ", style="bold")
+        t.append_text(migration_summary(migration))
+        final = migration.final
+        if final is not None and final.error:
+            t.append(f"\n{final.error}", style=palette.ERROR.hex)
+        line.update(t)
+
+    @on(TrackedMigrationStarted)
+    @on(TrackedMigrationChanged)
+    @on(TrackedMigrationEnded)
+    def _migration_news(self, message: TrackedMigrationStarted | TrackedMigrationChanged
+                        | TrackedMigrationEnded) -> None:
+        if message.migration.request.vm_uuid == self.vm.uuid:
+            self.show_migration()
 
     def show_disks(self, disks: list[Disk], note: str | None) -> None:
         table = self.query_one("#vm-disks", DataTable)
@@ -159,12 +217,7 @@ class VMDetailScreen(Screen[None]):
             self.composition = message.composition
             self.remember(message.composition)
         self.show()
-        if self._timer is not None:
-            self._timer.stop()
-        if self.papp.paused:
-            self._due = True
-        else:
-            self._timer = self.set_timer(self.papp.refresh_s, self.poll)
+        self._schedule.next()
 
     def remember(self, c: Composition) -> None:
         # Plot against the agent's own clock when it gives one (a stalled agent then shows as a
@@ -180,11 +233,6 @@ class VMDetailScreen(Screen[None]):
         else:
             self.history.append((x, c))
 
-    def resume_polling(self) -> None:
-        if self._due:
-            self._due = False
-            self.poll()
-
     # --- rendering -------------------------------------------------------------------------
 
     def show(self) -> None:
@@ -194,8 +242,10 @@ class VMDetailScreen(Screen[None]):
         if c is None:
             bar.update(Text("no composition yet", style="dim"))
         else:
-            share = Text.assemble(("restorable ", "bold"), (units.percent(c.restorable_share),
-                                  "bold #2ea043"), f" of {units.size(c.total)}  ·  agent: ",
+            share = Text.assemble(("restorable ", "bold"),
+                                  (units.percent(c.restorable_share),
+                                   f"bold {palette.RESTORABLE.hex}"),
+                                  f" of {units.size(c.total)}  ·  agent: ",
                                   (str(c.source), "bold"))
             if c.restorable_age_s is not None:
                 share.append(f"  ·  restorable count {c.restorable_age_s:.0f} s old",
@@ -205,29 +255,37 @@ class VMDetailScreen(Screen[None]):
             self.query_one("#vm-numbers", Static).update(composition_table(c))
         agent = self.query_one("#vm-agent", Static)
         problem = self.error or (c.error if c else None)
-        agent.update(Text(f"agent: {problem}", style="bold #e5534b") if problem
+        agent.update(Text(f"agent: {problem}", style=f"bold {palette.ERROR.hex}") if problem
                      else Text("agent: no errors", style="dim"))
         self.plot()
 
     def plot(self) -> None:
+        """The readings so far against the agent's clock; with one reading there is no line
+        yet, and the plot says when the next comes instead of drawing an axis around a dot."""
         widget = self.query_one(PlotextPlot)
         plt = widget.plt
         plt.clear_data()
         plt.clear_figure()
-        plt.title("composition over time (MiB)")
-        plt.xlabel("s")
-        if len(self.history) >= 1:
+        plt.xlabel("s since the first reading")
+        if len(self.history) < 2:
+            plt.xlim(0, 1)
+            plt.ylim(0, 1)
+            plt.xticks([])
+            plt.yticks([])
+            plt.text("one reading so far: the lines start with the next", 0.5, 0.5,
+                     color=palette.MUTED.rgb, alignment="center")
+        else:
             xs = [t for t, _ in self.history]
-            for (label, _, style), i in zip(SEGMENTS[:4], range(4), strict=True):
-                ys = [segment_sizes(c)[i] / 2**20 for _, c in self.history]
-                plt.plot(xs, ys, label=label, color=_rgb(style), marker="braille")
-            ys = [c.free / 2**20 for _, c in self.history]
-            plt.plot(xs, ys, label="free", color=_rgb("#8b8b8b"), marker="braille")
+            sizes = [segment_sizes(c) for _, c in self.history]
+            for (_, _, colour), i in zip(SEGMENTS[:4], range(4), strict=True):
+                plt.plot(xs, [s[i] / 2**20 for s in sizes], color=colour.rgb, marker="braille")
+            plt.plot(xs, [c.free / 2**20 for _, c in self.history], color=palette.FREE.rgb,
+                     marker="braille")
         widget.refresh()
 
     def action_migrate(self) -> None:
         from pcteleport.ui.migrate_dialog import MigrateDialog
-        from pcteleport.ui.migration_view import MigrationView
+        from pcteleport.ui.migration_view import open_new_migration
 
         source = next((s for s in self.sites if s.name == self.vm.site), None)
         if source is None:
@@ -236,13 +294,9 @@ class VMDetailScreen(Screen[None]):
         def start(request: object) -> None:
             from pcteleport.backend import MigrationRequest
 
-            if isinstance(request, MigrationRequest):
-                self.app.switch_screen(MigrationView(request))
+            if isinstance(request, MigrationRequest):  # the view takes this screen's place
+                open_new_migration(self, self.tracker, request, replace=True)
 
         self.app.push_screen(MigrateDialog(self.vm, source, self.sites, self.composition),
                              callback=start)
 
-
-def _rgb(hex_colour: str) -> tuple[int, int, int]:
-    h = hex_colour.lstrip("#")
-    return (int(h[0:2], 16), int(h[2:4], 16), int(h[4:6], 16))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable
 
@@ -20,10 +19,12 @@ def _holds(condition: Callable[[], object]) -> bool:
 
 async def wait_for(pilot: Pilot, condition: Callable[[], object], timeout: float = 5.0,
                    what: str = "condition") -> None:
-    """Let the app run until `condition()` is true; fail with `what` after `timeout`."""
+    """Let the app run until `condition()` is true; fail with `what` after `timeout`. Then let
+the screen handle what is already queued: state the tracker keeps changes a beat before the
+screens it tells have shown it."""
     deadline = time.monotonic() + timeout
     while not _holds(condition):
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await pilot.pause(0.02)
-    await asyncio.sleep(0)
+    await pilot.pause()

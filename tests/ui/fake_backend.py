@@ -4,6 +4,7 @@ migration whose events the test feeds one by one (or lets run), so every state c
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 
 from pcteleport.backend import Backend, EventSink, MigrationRequest, ServiceError
@@ -33,6 +34,9 @@ from pcteleport.records import (
 GIB = 2**30
 MIB = 2**20
 STAMP = "2025-11-24 16:00:"  # log lines carry their own wall-clock stamp, Proxmox style
+#: a step-by-step migration nobody releases gives up after this long (a failed test then ends
+#: instead of waiting forever for the migration thread at the console's exit)
+STEP_PATIENCE_S = 30.0
 
 
 def make_sites() -> list[Site]:
@@ -142,9 +146,12 @@ class FakeBackend(Backend):
         builder = RecordBuilder(record)
         for event in self.events:
             if self.step_by_step:
+                deadline = time.monotonic() + STEP_PATIENCE_S
                 while not self._step.acquire(timeout=0.05):
                     if self._abort.is_set():
                         break
+                    if time.monotonic() > deadline:
+                        self._abort.set()  # nobody released it: the test has failed
             if self._abort.is_set():
                 record.result, record.error = Result.ABORTED, "aborted by the operator"
                 self.stored.append(record)

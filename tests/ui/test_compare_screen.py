@@ -45,7 +45,7 @@ async def test_runs_side_by_side_with_filters_and_chart(tmp_path: Path) -> None:
         assert table_ids(screen) == ["s1", "t1", "z1"]
         row = [str(c) for c in screen.query_one("#cmp-table", DataTable).get_row("t1")]
         assert row[1:5] == ["web", "tokyo→osaka", "teleport", "ok"]
-        assert row[5:9] == ["3.5 s", "280.0 MiB", "300 ms", "5200 blocks/s"]
+        assert row[5:9] == ["3.5 s", "280.0 MiB", "300 ms", "5,200 blocks/s"]
         await pilot.press("v")  # first VM alphabetically: tpcc
         assert table_ids(screen) == ["z1"]
         await pilot.press("v")  # web

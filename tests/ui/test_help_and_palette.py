@@ -47,3 +47,17 @@ async def test_palette_runs_console_commands() -> None:
         await pilot.pause(0.3)
         await pilot.press("enter")
         await wait_for(pilot, lambda: app.paused, what="paused from the palette")
+
+
+async def test_palette_offers_the_shown_screens_own_commands() -> None:
+    app = create_app(populated_backend(), refresh_s=60)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.pause(0.05)
+        assert app.screen.sort_by == "name"
+        await pilot.press("ctrl+p")
+        await wait_for(pilot, lambda: isinstance(app.screen, CommandPalette))
+        await pilot.press(*"sort vms")
+        await pilot.pause(0.3)
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, MainScreen)
+                       and app.screen.sort_by == "state", what="sorted from the palette")

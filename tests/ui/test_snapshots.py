@@ -102,7 +102,8 @@ def test_migration_view_finished(snap_compare: Any, size: tuple[int, int]) -> No
 
     async def run(pilot: Pilot) -> None:
         await loaded(pilot)
-        view = MigrationView(MigrationRequest("u-web", "osaka", Mode.TELEPORT))
+        request = MigrationRequest("u-web", "osaka", Mode.TELEPORT)
+        view = MigrationView(app.tracker.start(request), app.tracker)
         await app.push_screen(view)
         await wait_for(pilot, lambda: view.final is not None)
         await pilot.pause(0.2)

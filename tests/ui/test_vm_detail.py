@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from textual.widgets import DataTable, Static
+from textual_plotext import PlotextPlot
 
 from pcteleport.records import Replica, ReplicaState
 from pcteleport.ui.app import create_app
@@ -73,3 +74,44 @@ async def test_detail_polls_and_shows_the_agents_error() -> None:
         backend.agent_down.add("u-web")
         await wait_for(pilot, lambda: screen.error is not None, what="agent down")
         assert "does not answer" in str(screen.query_one("#vm-agent", Static).render())
+
+
+async def test_detail_polls_wait_while_paused_and_resume_after() -> None:
+    backend = populated_backend()
+    app = create_app(backend, refresh_s=0.05)
+    async with app.run_test(size=(120, 40)) as pilot:
+        screen = await open_detail(pilot, app)
+        await pilot.press("space")
+        await pilot.pause(0.3)  # a poll in flight when paused may still land
+        readings = len(screen.history)
+        base = backend.compositions["u-web"]
+        backend.compositions["u-web"] = dataclasses.replace(base, taken_at=base.taken_at + 5)
+        await pilot.pause(0.4)
+        assert len(screen.history) == readings  # paused: the new reading is not asked for
+        await pilot.press("space")
+        await wait_for(pilot, lambda: len(screen.history) == readings + 1, what="polls resume")
+
+
+async def test_history_plot_says_it_waits_for_a_second_reading_then_draws_lines() -> None:
+    # One reading has no line to draw: an axis from -1 to 1 s around a dot read as nothing.
+    backend = populated_backend()
+    app = create_app(backend, refresh_s=0.05)
+    async with app.run_test(size=(120, 40)) as pilot:
+        app.paused = True
+        screen = await open_detail(pilot, app)
+        await pilot.pause(0.1)
+
+        def plot() -> str:
+            return screen.query_one("#vm-history", PlotextPlot).render().plain
+
+        assert len(screen.history) == 1
+        assert "one reading so far" in plot() and "-1" not in plot()
+        legend = str(screen.query_one("#vm-history-legend", Static).render())
+        assert all(name in legend for name in ("MiB", "restorable", "clean", "anon", "free"))
+        base = backend.compositions["u-web"]
+        backend.compositions["u-web"] = dataclasses.replace(base, taken_at=base.taken_at + 5)
+        app.paused = False
+        await wait_for(pilot, lambda: len(screen.history) >= 2, what="second reading")
+        await pilot.pause(0.1)
+        assert "one reading so far" not in plot()
+        assert "s since the first reading" in plot()

@@ -76,6 +76,11 @@ class LibvirtBackend(Backend):
             raise ServiceError(f"no site named '{name}' (sites: {', '.join(self.sites_rt)})"
                                ) from None
 
+    def forget_wan_measurements(self) -> None:
+        """The WAN changed (a lab profile switched): the next sites() measures it again
+        instead of stamping a cached RTT of the old link on the next record."""
+        self._rtt.clear()
+
     def _rtt_ms(self, a: SiteRuntime, b: SiteRuntime) -> float | None:
         key = (a.name, b.name)
         cached = self._rtt.get(key)

@@ -108,6 +108,7 @@ class MigrationRun:
                 self._fail(Result.FAILED, exc.get_error_message() if isinstance(
                     exc, libvirt.libvirtError) else str(exc), wan_before)
         finally:
+            self.transfer.forget_switchover(self._domain)
             if self.prepared.maps is not None:
                 self.prepared.maps.stop()
             if self.prepared.relays is not None:

@@ -36,6 +36,7 @@ class Transfer:
         self._sized_at = -1.0  # the relay stats the switch-over was last sized from (their t)
         self.disk_processed = 0  # the most libvirt said its storage migration copied
         self.memory_processed = 0  # ... and the memory stream (for a run that failed)
+        self.told_qemu = False  # avail-switchover-bandwidth was set on the source QEMU
 
     def run(self, dom: libvirt.virDomain) -> None:
         """Returns once QEMU's migration completed; raises MigrationFailed or Aborted."""
@@ -142,6 +143,7 @@ class Transfer:
             return
         try:
             switchover.set_rate(dom, int(rate))
+            self.told_qemu = True
         except libvirt.libvirtError as exc:
             self.prepared.sizer = None  # once is enough to know
             self.journal.log(f"could not size the switch-over by the WAN: {exc}")
@@ -150,3 +152,13 @@ class Transfer:
             self.journal.log(f"switch-over sized at {fmt_bytes(rate)}/s of guest memory "
                              f"(WAN x {sizer.ratio:.2f} guest bytes per WAN byte)")
         sizer.applied = rate
+
+    def forget_switchover(self, dom: libvirt.virDomain | None) -> None:
+        """After a failed run the source QEMU lives on: its next migration (any mode) must not
+        inherit the rate we told it. 0 is QEMU's own default: estimate it yourself."""
+        if self.told_qemu and not self.migrated and dom is not None:
+            try:
+                switchover.set_rate(dom, 0)
+            except libvirt.libvirtError as exc:
+                self.journal.log(f"warning: could not reset {switchover.PARAM} at "
+                                 f"{self.plan.src.name}: {exc}")
