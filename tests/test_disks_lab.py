@@ -199,6 +199,8 @@ def test_writes_during_migration_survive_in_every_mode(backend) -> None:
         assert rec.disk_wan_bytes + rec.memory_wan_bytes == rec.wan_bytes
         print(f"{mode}: WAN {rec.wan_bytes} B = disks {rec.disk_wan_bytes} + memory "
               f"{rec.memory_wan_bytes}; overlays {[d.overlay_bytes for d in rec.disks]}; "
+              f"teleported {[d.pages_teleported for d in rec.disks]}, written since base "
+              f"{[d.pages_written_since_base for d in rec.disks]}; downtime {rec.downtime_ms}; "
               f"journal lines {checks}; {rec.total_s} s")
         assert [d.target for d in rec.disks] == ["vda", "vdb"]
         assert all(d.overlay_bytes > 0 and d.base.startswith("/srv/images/")
