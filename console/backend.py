@@ -23,7 +23,17 @@ from dataclasses import dataclass
 
 from pcteleport.errors import PcteleportError
 from pcteleport.record_store import LoadResult
-from pcteleport.records import VM, Composition, Disk, MigrationEvent, MigrationRecord, Mode, Site
+from pcteleport.records import (
+    VM,
+    BaseImage,
+    Composition,
+    Disk,
+    DiskMove,
+    MigrationEvent,
+    MigrationRecord,
+    Mode,
+    Site,
+)
 
 EventSink = Callable[[MigrationEvent], None]
 
@@ -90,6 +100,27 @@ class Backend(ABC):
         """The VM's disks with the state of their replica at each site. May be slow (it asks
         every site), so the console calls it once per detail view, not every poll. The default
         knows no replicas; ServiceError if the VM cannot be found."""
+        return []
+
+    def disk_plan(self, vm_uuid: str, to_site: str) -> list[DiskMove]:
+        """How a migration of the VM to `to_site` would move each of its disks, asked before
+        the start (the migrate dialog, `pcteleport migrate`): its writable layer over a base the
+        destination holds, or whole when the destination lacks that base or holds other bytes
+        under its name — and then teleport is off for that disk, `reason` says why in one line.
+        May be slow (it reads both sites' image caches); the default knows no disks. Raises
+        ServiceError if the VM or the site cannot be found."""
+        return []
+
+    def disk_warnings(self, vm_uuid: str, to_site: str) -> list[str]:
+        """One line per disk whose base image keeps teleport off or makes the disk go whole
+        (from `disk_plan`), e.g. "vdb: base web-data-….raw is missing at osaka (copy it once
+        with `pcteleport images sync web-data-….raw --to osaka`): teleport is off for vdb and
+        it is copied whole". The migration still runs."""
+        return [f"{d.target}: {d.reason}" for d in self.disk_plan(vm_uuid, to_site) if d.reason]
+
+    def images(self, verify: bool = False) -> list[BaseImage]:
+        """The base images of every site's image cache (slow with `verify`: every image is read
+        again). The default knows none."""
         return []
 
     @abstractmethod

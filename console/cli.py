@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_replay(sub)
     _add_lab(sub)
     _add_sites(sub)
+    _add_images(sub)
     _add_bench(sub)
     return parser
 
@@ -115,7 +116,9 @@ def _add_relay(sub: argparse._SubParsersAction) -> None:
     send.add_argument("--map-updates", action="store_true",
                       help="stdin carries 'MAP <length>' framed maps: the first, then refreshes "
                       "merged while the stream runs (with --map -)")
-    send.add_argument("--disk", help="the source's disk image the map refers to")
+    send.add_argument("--disk", action="append",
+                      help="the source's disk image the map refers to; again for each further "
+                           "disk (the map's offsets of disk i are (i << 48) | offset)")
     send.add_argument("--secret-file",
                       help="file holding this migration's shared secret ('-': stdin's first line)")
     send.add_argument("--stats-interval", type=float, default=1.0, metavar="S")
@@ -129,7 +132,9 @@ def _add_relay(sub: argparse._SubParsersAction) -> None:
         "--listen", required=True, metavar="H:P", help="where the source relay connects"
     )
     recv.add_argument("--to", required=True, metavar="H:P", help="the destination QEMU's -incoming")
-    recv.add_argument("--disk", help="the destination's replica of the disk image")
+    recv.add_argument("--disk", action="append",
+                      help="the destination's replica of the disk image; again for each "
+                           "further disk, in the source's order")
     recv.add_argument(
         "--on-mismatch", choices=["fail", "fetch"], default="fail",
         help="a replica block that differs from the source: fail the migration (default), "
@@ -318,6 +323,74 @@ def _abort(args: argparse.Namespace) -> int:
     from pcteleport import headless as commands
 
     return commands.abort(args.vm)
+
+
+# --- images: the sites' image caches ------------------------------------------------------
+
+
+def _add_images(sub: argparse._SubParsersAction) -> None:
+    images = sub.add_parser("images", help="base images in each site's image cache (size, "
+                            "checksum); `images sync` copies a missing one over the WAN")
+    images.add_argument("--verify", action="store_true",
+                        help="read every image's bytes again instead of trusting its checksum "
+                             "file")
+    images.add_argument("--json", action="store_true", help="print JSON")
+    images.set_defaults(handler=_images_list)
+    isub = images.add_subparsers(dest="images_command", metavar="ACTION")
+    sync = isub.add_parser("sync", help="copy a base image to a site that lacks it, over the "
+                           "WAN (resumable, verified by its checksum)")
+    sync.add_argument("image", help="the image's name in the cache (or its path)")
+    sync.add_argument("--to", required=True, metavar="SITE", help="the site to copy it to")
+    sync.add_argument("--from", dest="from_site", metavar="SITE",
+                      help="the site to copy it from (default: one that holds it)")
+    sync.set_defaults(handler=_images_sync)
+    # What the console runs on site hosts (over SSH): not for operators.
+    scan = isub.add_parser("host-scan", help=argparse.SUPPRESS)
+    scan.add_argument("paths", nargs="*")
+    scan.add_argument("--dir")
+    scan.add_argument("--verify", action="store_true")
+    scan.add_argument("--json", action="store_true")
+    scan.set_defaults(handler=_images_host_scan)
+    recv = isub.add_parser("host-recv", help=argparse.SUPPRESS)
+    for flag in ("--dir", "--name", "--sha256", "--listen", "--secret-file"):
+        recv.add_argument(flag, required=True)
+    recv.add_argument("--size", type=int, required=True)
+    recv.set_defaults(handler=_images_host_recv)
+    send = isub.add_parser("host-send", help=argparse.SUPPRESS)
+    for flag in ("--image", "--to", "--secret-file"):
+        send.add_argument(flag, required=True)
+    send.set_defaults(handler=_images_host_send)
+
+
+def _images_list(args: argparse.Namespace) -> int:
+    from pcteleport import headless
+
+    return headless.list_images(args.verify, args.json)
+
+
+def _images_sync(args: argparse.Namespace) -> int:
+    from pcteleport import headless
+
+    return headless.sync_image(args.image, args.to, args.from_site)
+
+
+def _images_host_scan(args: argparse.Namespace) -> int:
+    from pcteleport import imagecache
+
+    return imagecache.main_scan(args.dir, args.paths, args.verify)
+
+
+def _images_host_recv(args: argparse.Namespace) -> int:
+    from pcteleport import imagecache
+
+    return imagecache.main_recv(args.dir, args.name, args.sha256, args.size, args.listen,
+                                args.secret_file)
+
+
+def _images_host_send(args: argparse.Namespace) -> int:
+    from pcteleport import imagecache
+
+    return imagecache.main_send(args.image, args.to, args.secret_file)
 
 
 # --- bench -------------------------------------------------------------------------------

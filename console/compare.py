@@ -60,7 +60,7 @@ def filter_runs(records: Iterable[MigrationRecord], vm: str | None = None,
 
 COLUMNS = ("started", "run_id", "vm", "from", "to", "mode", "result", "total_s", "downtime_ms",
            "wan_bytes", "guest_bytes", "pages_teleported", "pages_zero", "pages_sent",
-           "throughput_after", "throughput_unit")
+           "throughput_after", "throughput_unit", "disk_wan_bytes", "memory_wan_bytes")
 
 
 def _row(r: MigrationRecord) -> list[object]:
@@ -72,6 +72,7 @@ def _row(r: MigrationRecord) -> list[object]:
         "" if r.downtime_ms is None else round(r.downtime_ms, 1),
         r.wan_bytes, r.guest_bytes, r.pages.teleported, r.pages.zero, r.pages.sent,
         "" if ta is None else ta.value, "" if ta is None else ta.unit,
+        r.disk_wan_bytes, r.memory_wan_bytes,
     ]
 
 

@@ -1,4 +1,5 @@
-"""Headless commands on the configured sites: `vms`, `migrate`, `abort` (the console's twins)."""
+"""Headless commands on the configured sites: `vms`, `migrate`, `abort` (the console's twins),
+`images` and `images sync` (the sites' image caches)."""
 
 from __future__ import annotations
 
@@ -71,6 +72,13 @@ def migrate(vm: str, to: str, mode: str, bandwidth_mib: float | None, as_json: b
                                auto_converge=auto_converge, force=force,
                                compare_ram=compare_ram, insecure=insecure)
 
+    try:  # before the start: a disk whose base keeps teleport off (the run still goes)
+        warnings = backend.disk_warnings(vm, to)
+    except PcteleportError:
+        warnings = []  # the migration itself says why it cannot start
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr if as_json else sys.stdout, flush=True)
+
     def on_event(event: object) -> None:
         if isinstance(event, LogLine):
             out = sys.stderr if as_json else sys.stdout
@@ -118,3 +126,69 @@ def abort(vm: str) -> int:
         raise PcteleportError(f"no migration of {vm} is running at any site")
     finally:
         backend.close()
+
+
+def list_images(verify: bool, as_json: bool) -> int:
+    backend = open_backend()
+    try:
+        found = backend.images(verify)
+    finally:
+        backend.close()
+    if as_json:
+        print(json.dumps({"images": [
+            {"site": i.site, "name": i.name, "size_bytes": i.size_bytes,
+             "allocated_bytes": i.allocated_bytes, "sha256": i.sha256, "checksum": i.checksum}
+            for i in found]}))
+        return 0
+    sites = sorted({i.site for i in found}, key=lambda s: [r.name for r in
+                                                           backend.cfg.sites].index(s))
+    by_name: dict[str, dict[str, Any]] = {}
+    for i in found:
+        by_name.setdefault(i.name, {})[i.site] = i
+    print(f"{'IMAGE':<44} {'SIZE':>10}  {'SHA-256':<16}  " + "  ".join(
+        f"{s:<8}" for s in sites))
+    for name, at in sorted(by_name.items()):
+        ref = next(iter(at.values()))
+        digests = {i.sha256 for i in at.values()}
+        cells = []
+        for s in sites:
+            i = at.get(s)
+            cells.append("-" if i is None else "ok" if len(digests) == 1 and i.sha256
+                         else i.checksum if not i.sha256 else "differs")
+        print(f"{name:<44} {ref.size_bytes / 2**20:>6.0f} MiB  {(ref.sha256 or '?')[:16]:<16}  "
+              + "  ".join(f"{c:<8}" for c in cells))
+    if not found:
+        print("no base images at any site")
+    return 0
+
+
+def sync_image(image: str, to: str, from_site: str | None) -> int:
+    """`images sync`: copy a base image to a site that lacks it, from one that holds it."""
+    from pcteleport.sites import images
+
+    backend = open_backend()
+    try:
+        dst = backend._site(to)
+        sources = ([backend._site(from_site)] if from_site
+                   else [rt for rt in backend.sites_rt.values() if rt is not dst])
+        src = None
+        for rt in sources:
+            path = image if image.startswith("/") else f"{rt.config.image_dir}/{image}"
+            if images.scan(rt, [path]):
+                src = rt
+                break
+        if src is None:
+            where = from_site or "any other site"
+            raise PcteleportError(f"no image {image} at {where} to copy from")
+        print(f"copying {image} from {src.name} to {to} over the WAN", flush=True)
+        result = images.sync(image, src, dst, progress=lambda m: print(m, flush=True))
+    finally:
+        backend.close()
+    if result.already:
+        print(f"{to} holds {result.image} already (same checksum): nothing copied")
+    else:
+        kept = f", {result.resumed_from / 2**20:.1f} MiB kept from an earlier copy" \
+            if result.resumed_from else ""
+        print(f"{result.image} is at {to}, verified: {result.wire_bytes / 2**20:.1f} MiB over "
+              f"the WAN in {result.seconds:.1f} s{kept}")
+    return 0

@@ -129,6 +129,50 @@ class Disk:
 
 
 @dataclass
+class BaseImage:
+    """A base image in one site's image cache (`pcteleport images`)."""
+
+    site: str
+    name: str
+    size_bytes: int
+    sha256: str = ""  # "" when unknown
+    #: where the checksum came from: "file" (its .sha256), "computed", "stale" (a checksum file
+    #: older than the image), "missing", "differs" (--verify read other bytes than it says)
+    checksum: str = "missing"
+    allocated_bytes: int = 0
+
+
+class DiskCopy(enum.StrEnum):
+    """How a migration moves one disk."""
+
+    OVERLAY = "overlay"  # its writable layer goes; the destination holds its base image
+    WHOLE = "whole"  # every byte of it goes (no usable base at the destination)
+    NONE = "none"  # nothing goes: read-only, the destination holds the same image
+
+
+@dataclass
+class DiskMove:
+    """One disk of a migration: how it moves, whether teleport reads from it, and, once the
+    run is over, what went. Before the start (Backend.disk_plan) only the plan is set."""
+
+    target: str  # vda, vdb
+    path: str = ""  # the image the VM writes (its overlay), the same path at every site
+    base: str = ""  # the raw base image under it ("" for a disk of one image)
+    writable: bool = True
+    copy: DiskCopy = DiskCopy.OVERLAY
+    teleport: bool = False  # the restorable map of this disk is teleported
+    #: one line when teleport is off for this disk or it is copied whole (base missing or
+    #: different at the destination), "" otherwise
+    reason: str = ""
+    overlay_bytes: int = 0  # bytes the writable layer held at the start (allocated)
+    pages_teleported: int = 0
+    #: pages the guest's map named on this disk but whose block the base no longer holds
+    #: (written since the base: the overlay has them), sent whole
+    pages_written_since_base: int = 0
+    serial: str = ""  # the guest sees the disk by it (the agent's maps ask for it)
+
+
+@dataclass
 class VM:
     uuid: str
     name: str
@@ -236,6 +280,10 @@ class MigrationSample:
     dirty_rate_bytes_per_s: float = 0.0
     pages: PageCounts = field(default_factory=PageCounts)  # cumulative
     expected_downtime_ms: float | None = None
+    #: libvirt's storage migration (the disks' writable layers over NBD): bytes copied so far
+    #: and bytes to copy (both grow while the guest writes); 0 when no disk moves
+    disk_processed_bytes: int = 0
+    disk_total_bytes: int = 0
 
 
 @dataclass
@@ -295,6 +343,11 @@ class MigrationRecord:
     #: how guest memory crossed the WAN: "aes-256-gcm" (teleport's relays), "none" (QEMU's
     #: stream in clear), "none (--insecure)" (teleport frames authenticated, in clear)
     wan_encryption: str = ""
+    #: wan_bytes split: the disks' storage migration and the memory stream (how each is
+    #: measured: sites/libvirt/migration/stats.py split_wan)
+    disk_wan_bytes: int = 0
+    memory_wan_bytes: int = 0
+    disks: list[DiskMove] = field(default_factory=list)
     schema: int = SCHEMA_VERSION
 
     def summary(self) -> dict[str, Any]:
@@ -317,6 +370,10 @@ class MigrationRecord:
             },
             "map_refreshes": self.map_refreshes,
             "wan_encryption": self.wan_encryption,
+            "disk_wan_bytes": self.disk_wan_bytes,
+            "memory_wan_bytes": self.memory_wan_bytes,
+            "disks": [{"target": d.target, "base": d.base, "overlay_bytes": d.overlay_bytes,
+                       "pages_teleported": d.pages_teleported} for d in self.disks],
             "runs_at": self.runs_at,
             "guest_crashed": bool(self.guest_console),
             "ram_pages_differing": None if self.ram_check is None else self.ram_check.differing,

@@ -14,6 +14,19 @@ import pytest
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
+# Relays and image commands the product starts on lab site hosts run the sites config's
+# `relay_command` over SSH, which does not pass this process's environment on. When the tests
+# import pcteleport through PYTHONPATH (a git worktree beside the installed one), the labs they
+# bring up name a command that imports it the same way, or the sites would run the installed
+# code instead of the code under test.
+if os.environ.get("PYTHONPATH") and "PCTELEPORT_LAB_RELAY_COMMAND" not in os.environ:
+    import shlex
+    import sys
+
+    os.environ["PCTELEPORT_LAB_RELAY_COMMAND"] = shlex.join(
+        ["env", f"PYTHONPATH={os.environ['PYTHONPATH']}", sys.executable, "-m",
+         "pcteleport.cli"])
+
 
 def require(condition: bool, reason: str) -> None:
     """Skip outside CI when `condition` is false; fail loudly inside CI."""
@@ -53,3 +66,4 @@ def lab_instance(name: str) -> Iterator[None]:
             os.environ.pop("PCTELEPORT_LAB_INSTANCE", None)
         else:
             os.environ["PCTELEPORT_LAB_INSTANCE"] = old
+

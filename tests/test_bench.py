@@ -27,7 +27,7 @@ from pcteleport.bench.scenario import GUEST_PROGRAMS, load
 from pcteleport.bench.timeline import Point, summarise, to_points
 from pcteleport.lab import datafill, scenarios
 from pcteleport.record_store import RecordStore
-from pcteleport.records import MigrationRecord, Mode, PageCounts, Result
+from pcteleport.records import DiskMove, MigrationRecord, Mode, PageCounts, Result
 from tests.conftest import lab_instance, require
 
 # --- analysis and output, on made-up timelines ---------------------------------------------
@@ -77,7 +77,10 @@ def _run(mode: Mode, total_s: float, wan: int, downtime: float, dip_after: float
     rec = MigrationRecord(run_id=f"r-{mode}", vm="web-small", from_site="tokyo",
                           to_site="osaka", mode=mode, result=Result.OK, total_s=total_s,
                           downtime_ms=downtime, wan_bytes=wan,
-                          pages=PageCounts(teleported=5000 if mode is Mode.TELEPORT else 0))
+                          pages=PageCounts(teleported=5000 if mode is Mode.TELEPORT else 0),
+                          disk_wan_bytes=2_000_000, memory_wan_bytes=wan - 2_000_000,
+                          disks=[DiskMove("vda"), DiskMove("vdb", teleport=True,
+                                 pages_teleported=5000 if mode is Mode.TELEPORT else 0)])
     reads = _points([1000] * 5 + [700] * int(total_s) + [dip_after] * 3 + [1000] * 10)
     work = _points([50] * 5 + [40] * int(total_s) + [50] * 13)
     r = ModeRun(mode, 1, rec, reads, work, site_after="osaka")
@@ -102,6 +105,9 @@ def test_table_gives_ratios_to_stock_and_the_recovery(tmp_path):
     assert "| 0.30× |" in row["teleport"]  # 6 s against 20 s
     assert "| 0.25× |" in row["teleport"]  # 100 MB against 400 MB
     assert "| 10 % |" in row["drop-cache"]  # its read dip after the resume
+    assert "| 0.25× | 2.0 | 98.0 |" in row["teleport"]  # WAN bytes: disks, memory
+    every = next(line for line in md.splitlines() if line.startswith("| 1 | teleport |"))
+    assert "| 100.0 | 2.0 | 98.0 |" in every and "| vda 0, vdb 5,000 |" in every
     tel = next(r for r in report.rows(_runs()) if r.mode == "teleport")
     drop = next(r for r in report.rows(_runs()) if r.mode == "drop-cache")
     assert tel.read_recovered_s == pytest.approx(0) and drop.read_recovered_s == pytest.approx(3)

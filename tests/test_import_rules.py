@@ -25,6 +25,10 @@ NEVER: dict[str, tuple[str, ...]] = {
     "compare": (*HOST_LIBS, *UI_LIBS, "pcteleport.sites", "pcteleport.ui"),
     "predict": (*HOST_LIBS, *UI_LIBS, "pcteleport.sites", "pcteleport.ui"),
     "engine": (*HOST_LIBS, *UI_LIBS, "pcteleport.sites", "pcteleport.ui"),
+    # the image cache runs on site hosts too (`pcteleport images host-…`): like teleport
+    "imagecache": (*HOST_LIBS, *UI_LIBS, "pcteleport.sites", "pcteleport.ui", "pcteleport.lab",
+                   "pcteleport.bench", "pcteleport.backend", "pcteleport.records",
+                   "pcteleport.headless", "pcteleport.guestimage", "pcteleport.teleport"),
     # backends never import Textual
     "sites": (*UI_LIBS, "pcteleport.ui", "pcteleport.bench", "pcteleport.lab"),
     "headless": (*UI_LIBS, "pcteleport.ui"),

@@ -12,6 +12,7 @@ import pytest
 from pcteleport.errors import PcteleportError
 from pcteleport.guestimage import GuestBoot
 from pcteleport.lab import config, datafill, domainxml, scenarios, wan
+from pcteleport.lab import disks as disks_mod
 from pcteleport.lab.paths import LabPaths
 from pcteleport.lab.topology import sites
 from pcteleport.lab.wanprofiles import PROFILES, profile
@@ -46,15 +47,22 @@ def test_every_scenario_loads_and_the_defaults_exist():
     assert scenarios.load("tpcc").fill == "sqlite"
 
 
-def test_domain_xml_attaches_disks_read_only_and_the_agent_channel():
+def test_domain_xml_attaches_writable_overlays_on_bases_and_the_agent_channel():
     spec = scenarios.load("web-small")
     root = ET.fromstring(domainxml.domain_xml(spec, BOOT))
     assert root.get("type") == "qemu"
     assert root.findtext("memory") == "256"
     disks = root.findall("devices/disk")
+    # each disk a qcow2 overlay (same path at every site) on a raw base of the image cache
     assert [d.find("source").get("file") for d in disks] == [
-        "/cache/rootfs.ext4", "/srv/replicas/web-small-data.raw"]
-    assert all(d.find("readonly") is not None for d in disks)
+        "/srv/vms/web-small/vda.qcow2", "/srv/vms/web-small/vdb.qcow2"]
+    assert [d.find("driver").get("type") for d in disks] == ["qcow2", "qcow2"]
+    bases = [d.find("backingStore/source").get("file") for d in disks]
+    assert bases == ["/srv/images/pct-root-rootfs.raw",
+                     f"/srv/images/web-small-data-{disks_mod._image_key(spec)}.raw"]
+    assert [d.find("backingStore/format").get("type") for d in disks] == ["raw", "raw"]
+    assert all(d.find("readonly") is None for d in disks)
+    assert [d.findtext("serial") for d in disks] == ["pctroot", "pctdata"]
     names = {c.find("target").get("name"): c.find("source").get("path")
              for c in root.findall("devices/channel")}
     assert names["pcteleport.agent"] == "/srv/agents/web-small.agent.sock"
@@ -95,8 +103,8 @@ def test_sites_config_is_valid_toml_with_what_the_console_needs(tmp_path):
         assert f"command={paths.ssh_wrapper}" in s["libvirt_uri"]
         assert s["ssh"] == {"host": site.mgmt_addr, "port": 22, "user": "root",
                             "key": str(paths.key), "known_hosts": str(paths.known_hosts)}
-        assert s["replica_dir"] == "/srv/replicas"
-    assert cfg["vm"][0]["data_disk"] == "/srv/replicas/web-small-data.raw"
+        assert s["image_dir"] == "/srv/images"
+    assert cfg["vm"][0]["data_disk"] == "/srv/vms/web-small/vdb.qcow2"
 
 
 def test_data_fill_is_deterministic(tmp_path):

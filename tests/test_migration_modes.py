@@ -29,7 +29,8 @@ def plan(mode: Mode, libvirt_version: int, wan_addr: str = "10.77.0.2", **kw):
     conn = SimpleNamespace(getLibVersion=lambda: libvirt_version)
     return SimpleNamespace(
         vm="web", mode=mode, auto_converge=kw.get("auto_converge", False),
-        bandwidth_cap=kw.get("bandwidth_cap"),
+        bandwidth_cap=kw.get("bandwidth_cap"), disks=kw.get("disks", []), data_disk="",
+        data_serial="", data_target="",
         src=SimpleNamespace(name="tokyo", conn=lambda: conn),
         dst=SimpleNamespace(name="osaka", config=SimpleNamespace(wan_addr=wan_addr)))
 

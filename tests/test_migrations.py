@@ -141,8 +141,9 @@ def test_every_mode_migrates_there_and_back(backend) -> None:
         summary = there.summary()
         assert set(summary) == {"vm", "from", "to", "mode", "result", "total_s", "downtime_ms",
                                 "wan_bytes", "guest_bytes", "pages", "map_refreshes",
-                                "wan_encryption", "runs_at", "guest_crashed",
-                                "ram_pages_differing"}
+                                "wan_encryption", "disk_wan_bytes", "memory_wan_bytes", "disks",
+                                "runs_at", "guest_crashed", "ram_pages_differing"}
+        assert summary["disk_wan_bytes"] + summary["memory_wan_bytes"] == there.wan_bytes
         assert summary["runs_at"] == "osaka" and summary["guest_crashed"] is False
         assert summary["wan_encryption"] == ("aes-256-gcm" if mode is Mode.TELEPORT else "none")
     # Teleport saves at least the restorable share the agent reported; the others save too.
@@ -270,25 +271,34 @@ def test_map_taken_while_the_migration_starts(backend, monkeypatch) -> None:
 
 
 def test_diverged_replica_fails_before_the_destination_resumes(backend) -> None:
-    """A replica block that differs from the source: never used; the migration fails with
-    the block named, and the VM goes on at the source with its data intact."""
+    """A block of the destination's base image that differs from the source's while its
+    checksum file still says otherwise (bit rot keeps the file's time): never used; the
+    migration fails with the block named, the VM goes on at the source with its data intact,
+    and the overlays made at the destination are gone."""
     assert warm(backend, "tokyo") > 0
     text, _ = backend.agent(backend.sites_rt["tokyo"], VM).restorable_map("pctdata")
     first = next(line for line in text.splitlines() if line and not line.startswith("#"))
     offset = int(first.split()[1], 0)
-    replica = Path(backend.sites_rt["osaka"].config.lab["host_dir"]) / "replicas" / \
-        f"{VM}-data.raw"
-    with open(replica, "r+b") as f:
+    (vdb,) = [d for d in backend.disk_plan(VM, "osaka") if d.target == "vdb"]
+    host_dir = Path(backend.sites_rt["osaka"].config.lab["host_dir"])
+    replica = host_dir / "images" / Path(vdb.base).name
+    stamp = replica.stat()
+
+    def put(data: bytes) -> None:
+        with open(replica, "r+b") as f:
+            f.seek(offset)
+            f.write(data)
+        os.utime(replica, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+
+    with open(replica, "rb") as f:
         f.seek(offset)
         original = f.read(4096)
-        f.seek(offset)
-        f.write(bytes(b ^ 0xFF for b in original))
+    put(bytes(b ^ 0xFF for b in original))
     try:
         rec = migrate(backend, "osaka", Mode.TELEPORT)
     finally:
-        with open(replica, "r+b") as f:
-            f.seek(offset)
-            f.write(original)
+        put(original)
+    assert not list((host_dir / "vms" / VM).glob("*.qcow2"))
     assert rec.result is Result.FAILED
     assert f"differs from the source at byte {offset}" in (rec.error or "")
     assert "re-sync it or migrate without teleport" in (rec.error or "")

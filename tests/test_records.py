@@ -13,6 +13,8 @@ from pcteleport.record_store import RecordStore, default_records_dir
 from pcteleport.records import (
     VM,
     Composition,
+    DiskCopy,
+    DiskMove,
     LogLine,
     MigrationRecord,
     MigrationSample,
@@ -56,7 +58,9 @@ def test_summary_has_exactly_the_issue_5_11_14_and_16_keys() -> None:
     s = r.summary()
     assert list(s) == ["vm", "from", "to", "mode", "result", "total_s", "downtime_ms",
                        "wan_bytes", "guest_bytes", "pages", "map_refreshes", "wan_encryption",
-                       "runs_at", "guest_crashed", "ram_pages_differing"]
+                       "disk_wan_bytes", "memory_wan_bytes", "disks", "runs_at",
+                       "guest_crashed", "ram_pages_differing"]
+    assert s["disks"] == [] and s["disk_wan_bytes"] == s["memory_wan_bytes"] == 0
     assert s["pages"] == {"teleported": 70_000, "zero": 120_000, "sent": 40_000,
                           "teleported_after_refresh": 1_500}
     assert s["map_refreshes"] == 4
@@ -67,6 +71,21 @@ def test_summary_has_exactly_the_issue_5_11_14_and_16_keys() -> None:
     s = r.summary()
     assert s["guest_crashed"] is True and s["ram_pages_differing"] == 3
     assert s["runs_at"] == "nowhere"
+    assert MigrationRecord.from_json(r.to_json()) == r
+    # issue 13: the disks, and the WAN bytes split between them and the memory
+    r.disk_wan_bytes, r.memory_wan_bytes = 2_000_000, 132_000_000
+    r.disks = [DiskMove("vda", "/srv/vms/web/vda.qcow2", "/srv/images/root.raw",
+                        overlay_bytes=1_249_280),
+               DiskMove("vdb", "/srv/vms/web/vdb.qcow2", "/srv/images/web-data.raw",
+                        copy=DiskCopy.OVERLAY, teleport=True, overlay_bytes=856_064,
+                        pages_teleported=70_000)]
+    s = r.summary()
+    assert s["disk_wan_bytes"] == 2_000_000 and s["memory_wan_bytes"] == 132_000_000
+    assert s["disks"] == [
+        {"target": "vda", "base": "/srv/images/root.raw", "overlay_bytes": 1_249_280,
+         "pages_teleported": 0},
+        {"target": "vdb", "base": "/srv/images/web-data.raw", "overlay_bytes": 856_064,
+         "pages_teleported": 70_000}]
     assert MigrationRecord.from_json(r.to_json()) == r
     assert s["from"] == "tokyo" and s["mode"] == "teleport" and s["result"] == "ok"
     json.dumps(s)  # serialisable as is

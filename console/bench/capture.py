@@ -85,6 +85,6 @@ def capture_from_lab(vm: str) -> tuple[Path, Path, Path]:
         if sink.wait(60) != 0:
             raise PcteleportError(f"the stream sink at {site.name} failed: "
                                   f"{' '.join(sink.stderr_lines[-1:])}")
-        return on_host(stream_site), on_host(disk.path), map_host
+        return on_host(stream_site), on_host(disk.image or disk.path), map_host
     finally:
         backend.close()

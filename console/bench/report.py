@@ -28,6 +28,8 @@ class ModeRow:
     migrated: int
     total_s: float | None
     wan_bytes: float | None
+    disk_wan_bytes: float | None
+    memory_wan_bytes: float | None
     downtime_ms: float | None
     teleported_pages: float | None
     read_during: float | None
@@ -59,6 +61,10 @@ def rows(runs: list[ModeRun]) -> list[ModeRow]:
             mode=mode, runs=len(tried), ok=sum(r.ok for r in tried), migrated=len(rs),
             total_s=m(lambda r: r.record.total_s),
             wan_bytes=m(lambda r: float(r.record.wan_bytes) if r.record.wan_bytes else None),
+            disk_wan_bytes=m(lambda r: float(r.record.disk_wan_bytes)
+                             if r.record.wan_bytes else None),
+            memory_wan_bytes=m(lambda r: float(r.record.memory_wan_bytes)
+                               if r.record.wan_bytes else None),
             downtime_ms=m(lambda r: r.record.downtime_ms),
             teleported_pages=m(lambda r: float(r.record.pages.teleported)),
             read_during=m(lambda r: r.read_summary.during if r.read_summary else None),
@@ -101,10 +107,11 @@ def markdown(options: BenchOptions, runs: list[ModeRun], command: str, started: 
         + (", auto-converge for every mode." if options.auto_converge else "."),
         "",
         "| mode | migrated/runs (ok) | total time (s) | vs stock | WAN (MB) | vs stock "
+        "| disks (MB) | memory (MB) "
         "| downtime (ms) | vs stock | pages teleported | reads during | read dip after "
         "| reads recovered (s) | reads degraded (s) "
         f"| {s.unit or 'workload'} during | workload recovered (s) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     def vs_stock(value: float | None, get: Callable[[ModeRow], float | None]) -> str:
         # Without a stock run there is nothing to take a ratio to ("–", not 1.00×).
@@ -117,6 +124,8 @@ def markdown(options: BenchOptions, runs: list[ModeRun], command: str, started: 
             f"| {vs_stock(r.total_s, lambda s: s.total_s)} "
             f"| {_num(r.wan_bytes and r.wan_bytes / 1e6)} "
             f"| {vs_stock(r.wan_bytes, lambda s: s.wan_bytes)} "
+            f"| {_num(r.disk_wan_bytes and r.disk_wan_bytes / 1e6)} "
+            f"| {_num(r.memory_wan_bytes and r.memory_wan_bytes / 1e6)} "
             f"| {_num(r.downtime_ms, '{:.0f}')} "
             f"| {vs_stock(r.downtime_ms, lambda s: s.downtime_ms)} "
             f"| {_num(r.teleported_pages, '{:,.0f}')} | {_pct(r.read_during)} "
@@ -134,20 +143,26 @@ def markdown(options: BenchOptions, runs: list[ModeRun], command: str, started: 
         "*recovered*: seconds from the resume until 3 consecutive seconds at ≥ 80 % of that "
         "median; *degraded*: seconds below 80 % from the migration's start to the end of "
         "the window (a cache dropped before the migration degrades reads while it runs). "
-        "WAN bytes are counted on the WAN link itself.",
+        "WAN bytes are counted on the WAN link itself; *disks*: libvirt's storage migration of "
+        "the disks' writable layers (NBD), *memory*: the migration stream, split as "
+        "console/sites/libvirt/migration/stats.py `split_wan` says (the memory stream counted "
+        "where it is written, the disks the rest).",
         "",
         "## Every run",
         "",
-        "| round | mode | result | VM then at | total time (s) | WAN (MB) | downtime (ms) "
+        "| round | mode | result | VM then at | total time (s) | WAN (MB) | disks (MB) "
+        "| memory (MB) | downtime (ms) | pages teleported per disk "
         "| reads before (blocks/s) | reads recovered (s) | error |",
-        "|---:|---|---|---|---:|---:|---:|---:|---:|---|",
+        "|---:|---|---|---|---:|---:|---:|---:|---:|---|---:|---:|---|",
     ]
     for r in runs:
         rec = r.record
         rs = r.read_summary
         lines.append(
             f"| {r.round} | {r.mode} | {rec.result} | {r.site_after} | {_num(rec.total_s)} "
-            f"| {rec.wan_bytes / 1e6:.1f} | {_num(rec.downtime_ms, '{:.0f}')} "
+            f"| {rec.wan_bytes / 1e6:.1f} | {rec.disk_wan_bytes / 1e6:.1f} "
+            f"| {rec.memory_wan_bytes / 1e6:.1f} | {_num(rec.downtime_ms, '{:.0f}')} "
+            f"| {', '.join(f'{d.target} {d.pages_teleported:,}' for d in rec.disks) or '–'} "
             f"| {_num(rs.baseline if rs else None, '{:,.0f}')} "
             f"| {_num(rs.recovered_s if rs else None)} | {(rec.error or '').replace('|', '/')} |")
     return "\n".join(lines) + "\n"

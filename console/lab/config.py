@@ -9,7 +9,8 @@ Format (one `[[site]]` per site, one `[[vm]]` per lab VM):
     [[site]]
     name = "tokyo"
     libvirt_uri = "qemu+ssh://root@10.77.1.2/system?keyfile=…&command=…/bin/lab-ssh&no_tty=1"
-    replica_dir = "/srv/replicas"          # on the site host
+    replica_dir = "/srv/replicas"          # on the site host (read-only replicas, older labs)
+    image_dir = "/srv/images"              # the image cache: raw bases, same bytes everywhere
     agent_socket_dir = "/srv/agents"       # <vm>.agent.sock / <vm>.shell.sock on the site host
     wan_addr = "10.77.0.1"                 # where relays at this site listen / connect
     wan_iface = "wan0"                     # count WAN bytes here
@@ -22,7 +23,7 @@ Format (one `[[site]]` per site, one `[[vm]]` per lab VM):
     scenario = "scenarios/web.toml"
     home = "tokyo"
     memory_mib = 1024
-    data_disk = "/srv/replicas/web-data.raw"   # same path at every site, attached read-only
+    data_disk = "/srv/vms/web/vdb.qcow2"   # its overlay (same path at every site)
     warm_command = "…"
 """
 
@@ -30,12 +31,19 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
 from collections.abc import Iterable
 from pathlib import Path
 
 from pcteleport.lab import disks, vms
-from pcteleport.lab.paths import SITE_AGENT_DIR, SITE_REPLICA_DIR, SITE_SRV, LabPaths
+from pcteleport.lab.paths import (
+    SITE_AGENT_DIR,
+    SITE_IMAGE_DIR,
+    SITE_REPLICA_DIR,
+    SITE_SRV,
+    LabPaths,
+)
 from pcteleport.lab.scenarios import VmSpec
 from pcteleport.lab.topology import WAN_IFACE, Site, sites
 
@@ -47,8 +55,11 @@ def libvirt_uri(paths: LabPaths, s: Site) -> str:
 
 
 def relay_command() -> list[str]:
-    """Site hosts are namespaces of this host: they run this very installation's pcteleport."""
-    return [sys.executable, "-m", "pcteleport.cli"]
+    """Site hosts are namespaces of this host: they run this very installation's pcteleport
+    (PCTELEPORT_LAB_RELAY_COMMAND, a command line, names another: the tests run from a git
+    worktree give one that imports the worktree's code)."""
+    other = os.environ.get("PCTELEPORT_LAB_RELAY_COMMAND", "").strip()
+    return shlex.split(other) if other else [sys.executable, "-m", "pcteleport.cli"]
 
 
 def _str(v: str) -> str:
@@ -72,6 +83,7 @@ def render(paths: LabPaths, profile: str, specs: Iterable[VmSpec]) -> str:
         out += ["[[site]]", f"name = {_str(s.name)}",
                 f"libvirt_uri = {_str(libvirt_uri(paths, s))}",
                 f"replica_dir = {_str(str(SITE_REPLICA_DIR))}",
+                f"image_dir = {_str(str(SITE_IMAGE_DIR))}",
                 f"agent_socket_dir = {_str(str(SITE_AGENT_DIR))}",
                 f"wan_addr = {_str(s.wan_addr)}", f"wan_iface = {_str(WAN_IFACE)}",
                 f"relay_command = {json.dumps(relay_command())}",
@@ -80,7 +92,7 @@ def render(paths: LabPaths, profile: str, specs: Iterable[VmSpec]) -> str:
         out += ["[[vm]]", f"name = {_str(spec.name)}", f"scenario = {_str(str(spec.source))}",
                 f"home = {_str(vms.HOME_SITE)}", f"memory_mib = {spec.memory_mib}",
                 f"vcpus = {spec.vcpus}",
-                f"data_disk = {_str(str(disks.replica_path(spec.name)))}",
+                f"data_disk = {_str(str(disks.overlay_path(spec.name, disks.DATA_TARGET)))}",
                 f"warm_command = {_str(spec.warm_command)}", ""]
     return "\n".join(out)
 

@@ -1,31 +1,59 @@
-"""Scenario data disks: one ext4 image per scenario, built once into the cache, then copied as
-an identical replica into each site's replica dir (`/srv/replicas/<vm>-data.raw` in the site).
+"""Lab VM disks as operators have them: every disk (root and data) a writable qcow2 overlay on a
+raw base image from the site's image cache.
 
-Consistency rule: the lab attaches every replica (and the guest root image) **read-only**, so no
-migration can leave the destination's disk different from the source's — neither side can write.
-`replica_digest()` lets tests and the console check that both replicas still match."""
+- Base images live in each site's image cache, `/srv/images/` inside a site host
+  (`<state>/<site>/srv/images` from the operator's namespace): the same path and the same bytes
+  at every site, each with its checksum beside it (`<image>.sha256`, see imagecache.py), read
+  only. The root base is the guest image (`pct-root-<key>.raw`); a scenario's data base is its
+  ext4 data image (`<vm>-data-<key>.raw`), built once per contents into the guest cache.
+- A VM's overlays live beside its console log at the site it runs at,
+  `/srv/vms/<vm>/<target>.qcow2` (`qemu-img create -f qcow2 -b BASE -F raw`, the base's virtual
+  size). A migration copies the overlays' data with libvirt's storage migration and creates the
+  destination's overlay first, as Nova does; the bases never move.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
+from pcteleport import imagecache
+from pcteleport.guestimage import GuestBoot
 from pcteleport.lab import datafill, shell
-from pcteleport.lab.paths import GUEST_CACHE, SITE_REPLICA_DIR, LabPaths
+from pcteleport.lab.paths import GUEST_CACHE, SITE_IMAGE_DIR, SITE_VM_DIR, LabPaths
 from pcteleport.lab.scenarios import VmSpec
-from pcteleport.lab.topology import sites
+from pcteleport.lab.topology import Site, sites
 
 DATA_SERIAL = "pctdata"
 FILL_VERSION = "v2"  # v2: 4 KiB blocks
 WARM_PATH = ".pcteleport/warm"
+ROOT_TARGET, DATA_TARGET = "vda", "vdb"
 
 
-def replica_path(vm: str) -> Path:
-    """The data disk replica as a site host sees it (same path at every site)."""
-    return SITE_REPLICA_DIR / f"{vm}-data.raw"
+@dataclass(frozen=True)
+class LabDisk:
+    """One disk of a lab VM, by the paths a site host sees (the same at every site)."""
+
+    target: str  # vda, vdb
+    serial: str
+    base: Path  # the raw base in the image cache
+    overlay: Path  # the VM's writable qcow2 layer on it
+    source: Path  # the base's bytes on the operator's host (the build cache)
+
+    @property
+    def base_name(self) -> str:
+        return self.base.name
+
+
+def base_path(name: str) -> Path:
+    return SITE_IMAGE_DIR / name
+
+
+def overlay_path(vm: str, target: str) -> Path:
+    return SITE_VM_DIR / vm / f"{target}.qcow2"
 
 
 def _image_key(spec: VmSpec) -> str:
@@ -36,9 +64,34 @@ def _image_key(spec: VmSpec) -> str:
     return h.hexdigest()[:16]
 
 
+def root_base_name(boot: GuestBoot) -> str:
+    if boot.root_image is None:
+        raise ValueError("the lab boots guests from a root image (guestimage.debian_boot)")
+    return f"pct-root-{boot.root_image.stem}.raw"
+
+
+def data_base_name(spec: VmSpec) -> str:
+    return f"{spec.name}-data-{_image_key(spec)}.raw"
+
+
+def data_image_cache(spec: VmSpec) -> Path:
+    return GUEST_CACHE / "lab-data" / f"{spec.name}-{_image_key(spec)}.raw"
+
+
+def vm_disks(spec: VmSpec, boot: GuestBoot) -> list[LabDisk]:
+    """The VM's root and data disks (without building anything)."""
+    assert boot.root_image is not None
+    return [
+        LabDisk(ROOT_TARGET, boot.root_serial, base_path(root_base_name(boot)),
+                overlay_path(spec.name, ROOT_TARGET), boot.root_image),
+        LabDisk(DATA_TARGET, DATA_SERIAL, base_path(data_base_name(spec)),
+                overlay_path(spec.name, DATA_TARGET), data_image_cache(spec)),
+    ]
+
+
 def build_data_image(spec: VmSpec) -> Path:
     """The scenario's ext4 data image in the cache (built once per contents)."""
-    out = GUEST_CACHE / "lab-data" / f"{spec.name}-{_image_key(spec)}.raw"
+    out = data_image_cache(spec)
     if out.exists():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -63,28 +116,33 @@ def build_data_image(spec: VmSpec) -> Path:
     return out
 
 
-def ensure_replicas(paths: LabPaths, spec: VmSpec) -> Path:
-    """An identical copy of the data image in every site's replica dir; returns the image."""
-    image = build_data_image(spec)
-    stamp_text = image.name + "\n"
-    for s in sites():
-        sp = paths.site(s.name)
-        dest = sp.host_path(replica_path(spec.name))
-        stamp = dest.with_suffix(".source")
-        if dest.exists() and stamp.exists() and stamp.read_text() == stamp_text:
-            continue
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_suffix(".tmp")
-        shutil.copyfile(image, tmp)
-        os.replace(tmp, dest)
-        stamp.write_text(stamp_text)
-    return image
+def cached_digest(image: Path) -> str:
+    """The SHA-256 of a build-cache image, computed once (its checksum file beside it)."""
+    return imagecache.info(image).sha256
 
 
-def replica_digest(paths: LabPaths, site: str, vm: str) -> str:
-    """SHA-256 of a site's replica of `vm`'s data disk."""
-    h = hashlib.sha256()
-    with open(paths.site(site).host_path(replica_path(vm)), "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
+def ensure_bases(paths: LabPaths, spec: VmSpec, boot: GuestBoot) -> list[LabDisk]:
+    """The VM's base images in every site's image cache (copied once, with checksums)."""
+    build_data_image(spec)
+    disks = vm_disks(spec, boot)
+    for d in disks:
+        digest = cached_digest(d.source)
+        for s in sites():
+            imagecache.place(d.source, paths.site(s.name).host_path(d.base), digest)
+    return disks
+
+
+def create_overlays(paths: LabPaths, s: Site, holder: int, disks: list[LabDisk]) -> None:
+    """Fresh overlays of the VM's disks at site `s`, made by the site host's own qemu-img (so
+    the overlay names its base by the path the site sees)."""
+    for d in disks:
+        host = paths.site(s.name).host_path(d.overlay)
+        host.parent.mkdir(parents=True, exist_ok=True)
+        host.unlink(missing_ok=True)
+        shell.run(shell.in_site(holder, ["qemu-img", "create", "-q", "-f", "qcow2", "-b",
+                                         str(d.base), "-F", "raw", str(d.overlay)]))
+
+
+def base_digest(paths: LabPaths, site: str, name: str) -> str:
+    """SHA-256 of a site's copy of a base image, read from its bytes."""
+    return imagecache.sha256_file(paths.site(site).host_path(base_path(name)))

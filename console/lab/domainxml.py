@@ -1,7 +1,8 @@
-"""Libvirt domain XML for a lab VM: TCG, direct kernel boot, read-only root and data disks,
-a serial console log and the agent/shell virtio-serial channels, all at site-local paths
-(/srv/...) that exist at both sites so the same XML is valid after a migration. Guest RAM is a
-shared memfd, so a soak can compare it page by page across a migration (sites/ramcheck.py)."""
+"""Libvirt domain XML for a lab VM: TCG, direct kernel boot, writable root and data disks (each a
+qcow2 overlay on a raw base of the site's image cache, see disks.py), a serial console log and
+the agent/shell virtio-serial channels, all at site-local paths (/srv/...) that exist at both
+sites so the same XML is valid after a migration. Guest RAM is a shared memfd, so a soak can
+compare it page by page across a migration (sites/ramcheck.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 from xml.sax.saxutils import escape, quoteattr
 
 from pcteleport.guestimage import GuestBoot
-from pcteleport.lab.disks import DATA_SERIAL, replica_path
+from pcteleport.lab.disks import LabDisk, vm_disks
 from pcteleport.lab.guestboot import AGENT_PORT, SHELL_PORT
 from pcteleport.lab.paths import SITE_AGENT_DIR, SITE_VM_DIR
 from pcteleport.lab.scenarios import VmSpec
@@ -47,14 +48,18 @@ def _q(value: object) -> str:
     return quoteattr(str(value))
 
 
-def _disk(path: Path, dev: str, serial: str) -> str:
+def _disk(d: LabDisk) -> str:
     return (
         "    <disk type='file' device='disk'>\n"
-        "      <driver name='qemu' type='raw'/>\n"
-        f"      <source file={_q(path)}/>\n"
-        f"      <target dev='{dev}' bus='virtio'/>\n"
-        f"      <serial>{serial}</serial>\n"
-        "      <readonly/>\n"
+        "      <driver name='qemu' type='qcow2'/>\n"
+        f"      <source file={_q(d.overlay)}/>\n"
+        "      <backingStore type='file'>\n"
+        "        <format type='raw'/>\n"
+        f"        <source file={_q(d.base)}/>\n"
+        "        <backingStore/>\n"
+        "      </backingStore>\n"
+        f"      <target dev='{d.target}' bus='virtio'/>\n"
+        f"      <serial>{d.serial}</serial>\n"
         "    </disk>\n"
     )
 
@@ -71,6 +76,7 @@ def _channel(path: Path, port: str) -> str:
 def domain_xml(spec: VmSpec, boot: GuestBoot) -> str:
     if boot.root_image is None:
         raise ValueError("the lab boots guests from a root image (guestimage.debian_boot)")
+    disks = "".join(_disk(d) for d in vm_disks(spec, boot))
     os_xml = boot.with_args(f"pct.hostname={spec.name}").libvirt_os_xml()
     os_xml = "\n".join("  " + line for line in os_xml.splitlines())
     return (
@@ -90,8 +96,7 @@ def domain_xml(spec: VmSpec, boot: GuestBoot) -> str:
         "  <on_crash>destroy</on_crash>\n"
         "  <devices>\n"
         f"    <emulator>{escape(emulator())}</emulator>\n"
-        f"{_disk(boot.root_image, 'vda', boot.root_serial)}"
-        f"{_disk(replica_path(spec.name), 'vdb', DATA_SERIAL)}"
+        f"{disks}"
         "    <controller type='usb' model='none'/>\n"
         "    <controller type='virtio-serial' index='0'/>\n"
         f"{_channel(agent_socket(spec.name), AGENT_PORT)}"

@@ -1,6 +1,7 @@
-"""The lab's guest: the Debian guest image from pcteleport.guestimage, plus a scenario hook
-that mounts the data disk read-only at /data and warms the page cache with the scenario's
-command (the data image carries it as /data/.pcteleport/warm)."""
+"""The lab's guest: the Debian guest image from pcteleport.guestimage, its root filesystem
+mounted read-write (its disk is a writable overlay, see disks.py), plus a scenario hook that
+mounts the data disk read-write at /data and warms the page cache with the scenario's command
+(the data image carries it as /data/.pcteleport/warm)."""
 
 from __future__ import annotations
 
@@ -15,14 +16,14 @@ DATA_MARKER = "PCTELEPORT-LAB-DATA"
 
 HOOK_PATH = "/etc/pcteleport/lab-scenario"
 HOOK = f"""#!/bin/sh
-# pcteleport lab: mount the scenario's data disk read-only, then warm the page cache.
+# pcteleport lab: mount the scenario's data disk (writable), then warm the page cache.
 . /lib/pcteleport/functions.sh
 dev=$(pct_wait_disk serial:{DATA_SERIAL})
 if [ -z "$dev" ]; then
 	echo "{DATA_MARKER} absent"
 	exit 0
 fi
-if mount -t ext4 -o ro,noload "$dev" /data; then
+if mount -t ext4 -o rw "$dev" /data; then
 	echo "{DATA_MARKER} mounted $dev"
 else
 	echo "{DATA_MARKER} failed $dev"
@@ -36,4 +37,4 @@ echo "{DATA_MARKER} warm"
 def lab_boot() -> guestimage.GuestBoot:
     """Kernel, initrd, root image and command line of every lab guest (built once, cached)."""
     spec = guestimage.RootfsSpec(files={HOOK_PATH: HOOK.encode()})
-    return guestimage.debian_boot(spec).with_args(f"pct.scenario={HOOK_PATH}")
+    return guestimage.debian_boot(spec).with_args(f"pct.scenario={HOOK_PATH}", "pct.rootrw=1")

@@ -48,7 +48,7 @@ def require_root() -> None:
     if os.geteuid() != 0:
         raise PcteleportError("the lab needs root (namespaces, libvirtd): run it with sudo")
     for tool in ("ip", "tc", "nsenter", "unshare", site.LIBVIRTD, site.SSHD, "ssh-keygen",
-                 "qemu-system-x86_64", "mkfs.ext4"):
+                 "qemu-system-x86_64", "qemu-img", "mkfs.ext4"):
         if shutil.which(tool) is None:
             raise PcteleportError(f"{tool} is missing: run scripts/setup.sh as root")
 
@@ -106,8 +106,8 @@ def _up(paths: LabPaths, vm_names: Sequence[str] | None, profile: str | None,
         _check_ssh(paths, s)
         progress(f"site {s.name}: libvirtd and sshd at {s.mgmt_addr}")
     boot = guestboot.lab_boot()
-    for spec in specs:  # data images first: the slow part, done before any guest competes
-        disks.ensure_replicas(paths, spec)
+    for spec in specs:  # base images first: the slow part, done before any guest competes
+        disks.ensure_bases(paths, spec, boot)
     started_at: dict[str, tuple[str, float]] = {}
     for spec in specs:
         where, started = vms.ensure_vm(paths, spec, boot)
@@ -191,8 +191,8 @@ def _stop_all(pids: set[int]) -> None:
 
 def _forget_runtime(paths: LabPaths) -> None:
     """Remove what must not survive a `down`: libvirt's domains and runtime state, sockets,
-    per-VM logs, the WAN state and the sites config. Keys, replicas and libvirt's capability
-    cache stay (they only make the next `up` faster)."""
+    per-VM logs and disk overlays, the WAN state and the sites config. Keys, the image cache
+    and libvirt's capability cache stay (they only make the next `up` faster)."""
     for s in sites():
         sp = paths.site(s.name)
         for d in (sp.etc_libvirt, sp.run_libvirt, sp.lib_libvirt, sp.host_path(SITE_VM_DIR),

@@ -15,9 +15,12 @@ from pcteleport.errors import PcteleportError
 DEFAULT_STATE_DIR = Path("/var/lib/pcteleport/lab")
 GUEST_CACHE = Path(os.environ.get("PCTELEPORT_CACHE", "/var/cache/pcteleport"))
 # Inside every site, /srv is the site's own directory: the same path names a different file at
-# each site, as on two real hosts (replicas, VM overlays, agent sockets).
+# each site, as on two real hosts (the image cache, VM overlays, agent sockets).
 SITE_SRV = Path("/srv")
-SITE_REPLICA_DIR = SITE_SRV / "replicas"
+SITE_REPLICA_DIR = SITE_SRV / "replicas"  # the read-only replicas of labs before issue 13
+# The image cache: raw base images, the same path and bytes at every site, each with its
+# checksum beside it (<image>.sha256, sha256sum's format).
+SITE_IMAGE_DIR = SITE_SRV / "images"
 SITE_VM_DIR = SITE_SRV / "vms"
 SITE_AGENT_DIR = SITE_SRV / "agents"
 # Host directories a lab had to create as mount points (shared by every lab instance).

@@ -16,7 +16,7 @@ from pcteleport.lab import shell
 from pcteleport.lab.paths import (
     CREATED_DIRS,
     SITE_AGENT_DIR,
-    SITE_REPLICA_DIR,
+    SITE_IMAGE_DIR,
     SITE_VM_DIR,
     LabPaths,
 )
@@ -105,7 +105,7 @@ def prepare_files(paths: LabPaths, s: Site) -> None:
     sp = paths.site(s.name)
     for attr in (*LIBVIRT_DIRS.values(), "run_libvirt", "srv"):
         getattr(sp, attr).mkdir(parents=True, exist_ok=True)
-    for sub in (SITE_REPLICA_DIR, SITE_VM_DIR, SITE_AGENT_DIR):
+    for sub in (SITE_IMAGE_DIR, SITE_VM_DIR, SITE_AGENT_DIR):
         sp.host_path(sub).mkdir(parents=True, exist_ok=True)
     etc = sp.etc_libvirt
     for name in ("libvirt.conf", "libvirt-admin.conf"):

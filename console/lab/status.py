@@ -1,6 +1,8 @@
 """`lab status`: sites and their daemons, the WAN (profile, and rate/RTT measured right now),
 and every VM with the site it runs at — as text for people or JSON for programs:
-`{"sites": [{"name": …}, …], "vms": [{"name": …, "site": …, "state": …}, …], "wan": {…}}`."""
+`{"sites": [{"name": …}, …], "vms": [{"name": …, "site": …, "state": …, "disks": [{"target":
+"vda", "writable": true, "overlay": "/srv/vms/…/vda.qcow2", "base": "/srv/images/…raw", …}]},
+…], "wan": {…}}`."""
 
 from __future__ import annotations
 
@@ -87,6 +89,11 @@ def render(st: dict[str, Any]) -> str:
         for v in st["vms"]:
             lines.append(f"{v['name']:<12} {v['site']:<6} {v['state']:<9} "
                          f"{v['memory_mib']:>4} MiB {v['vcpus']:>5}")
+            for d in v.get("disks", []):
+                kind = "writable" if d["writable"] else "read-only"
+                layer = (f"overlay {d['overlay']} on {d['base']}" if d["overlay"]
+                         else d["path"])
+                lines.append(f"  {d['target']} {kind} {layer}")
     elif st["up"]:
         lines.append("no VMs")
     if st["up"]:

@@ -5,14 +5,16 @@ socket (it is on the same host); the console uses the `qemu+ssh://` URI from the
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import libvirt
 
 from pcteleport.errors import PcteleportError
 from pcteleport.guestimage import GuestBoot
 from pcteleport.lab import disks, domainxml, guestboot, shell
+from pcteleport.lab import site as lab_site
 from pcteleport.lab.paths import SITE_AGENT_DIR, SITE_VM_DIR, LabPaths
 from pcteleport.lab.scenarios import VmSpec
 from pcteleport.lab.topology import Site, site, sites
@@ -55,9 +57,20 @@ class VmState:
     memory_mib: int
     vcpus: int
     persistent: bool
+    #: {target, serial, writable, format, overlay, base, base_format} per disk; `overlay` is
+    #: the writable qcow2 layer ("" for a disk of one image), `base` the image under it
+    disks: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, object]:
         return dict(self.__dict__)
+
+
+def disks_of(xml: str) -> list[dict[str, Any]]:
+    from pcteleport.sites.libvirt.site_runtime import domain_disks
+
+    return [{"target": d.target, "serial": d.serial, "path": d.path, "writable": d.writable,
+             "format": d.format, "overlay": d.overlay, "base": d.base,
+             "base_format": d.base_format} for d in domain_disks(xml)]
 
 
 def list_vms(paths: LabPaths) -> list[VmState]:
@@ -69,7 +82,8 @@ def list_vms(paths: LabPaths) -> list[VmState]:
                 st, _reason = dom.state()
                 info = dom.info()
                 out.append(VmState(dom.name(), s.name, STATE_NAMES.get(st, str(st)),
-                                   info[1] // 1024, info[3], bool(dom.isPersistent())))
+                                   info[1] // 1024, info[3], bool(dom.isPersistent()),
+                                   disks_of(dom.XMLDesc(0))))
         finally:
             conn.close()
     return out
@@ -99,9 +113,10 @@ def ensure_vm(paths: LabPaths, spec: VmSpec, boot: GuestBoot | None = None) -> t
             return v.site, True
         return v.site, False
     boot = boot or guestboot.lab_boot()
-    disks.ensure_replicas(paths, spec)
+    vm_disks = disks.ensure_bases(paths, spec, boot)
     prepare_site_dirs(paths, spec)
     home = site(HOME_SITE)
+    disks.create_overlays(paths, home, lab_site.require_holder(paths, home), vm_disks)
     conn = connect(paths, home)
     try:
         conn.defineXML(domainxml.domain_xml(spec, boot))

@@ -7,6 +7,8 @@ it is looked up). One `[[site]]` table per site:
     name = "tokyo"
     libvirt_uri = "qemu+ssh://root@tokyo.example/system?keyfile=..."
     replica_dir = "/srv/replicas"        # where disk images and their replicas live on the host
+    image_dir = "/srv/images"            # the image cache: raw base images of qcow2 overlays,
+                                         # the same path and bytes at every site
     agent_socket_dir = "/srv/agents"     # <vm>.agent.sock: the guest agent's virtio-serial port
     wan_addr = "192.0.2.10"              # relays listen / connect here for WAN traffic
     wan_iface = "wan0"                   # WAN bytes are counted on this interface
@@ -50,6 +52,7 @@ class SiteConfig:
     libvirt_uri: str
     ssh: SshLogin
     replica_dir: str = "/srv/replicas"
+    image_dir: str = "/srv/images"
     agent_socket_dir: str = "/srv/agents"
     wan_addr: str = ""
     wan_iface: str = ""
@@ -181,6 +184,7 @@ def load(path: str | Path) -> SitesConfig:
             libvirt_uri=uri,
             ssh=ssh,
             replica_dir=r.get(t, "site", i, "replica_dir", str, "/srv/replicas"),
+            image_dir=r.get(t, "site", i, "image_dir", str, "/srv/images"),
             agent_socket_dir=r.get(t, "site", i, "agent_socket_dir", str, "/srv/agents"),
             wan_addr=r.get(t, "site", i, "wan_addr", str, ""),
             wan_iface=r.get(t, "site", i, "wan_iface", str, ""),

@@ -18,7 +18,7 @@ import zstandard
 from pcteleport.errors import PcteleportError
 from pcteleport.teleport import wan
 from pcteleport.teleport.counters import CodecCounters
-from pcteleport.teleport.disk import DiskImage
+from pcteleport.teleport.disk import DiskImage, DiskSet
 from pcteleport.teleport.encoder import COUNT, PLAIN, REF, ZSTD, page_hash
 
 MAX_PLAIN = 256 << 20  # no honest DATA frame decompresses to more than this
@@ -36,7 +36,7 @@ class ReplicaMismatch(DecodeError):
 
 
 class Decoder:
-    def __init__(self, disk: DiskImage | None, fetch: Fetcher | None = None) -> None:
+    def __init__(self, disk: DiskImage | DiskSet | None, fetch: Fetcher | None = None) -> None:
         self.disk = disk
         self.fetch = fetch
         self.counters = CodecCounters()
@@ -57,10 +57,14 @@ class Decoder:
             raise DecodeError(
                 "the source teleports pages but this relay has no replica: give --disk"
             )
-        if info.get("map_pages") and self.disk is not None and size != self.disk.size:
+        sizes = info.get("disk_sizes")
+        if info.get("map_pages") and self.disk is not None and (
+                size != self.disk.size or (isinstance(sizes, list) and sizes != self.disk.sizes)):
+            theirs = sizes if isinstance(sizes, list) and len(sizes) > 1 else size
+            mine = self.disk.sizes if len(self.disk.sizes) > 1 else self.disk.size
             raise DecodeError(
-                f"replica {self.disk.path} is {self.disk.size} bytes but the source image is "
-                f"{size}: re-sync the replica or migrate without teleport"
+                f"replica {self.disk.path} is {mine} bytes but the source image is "
+                f"{theirs}: re-sync the replica or migrate without teleport"
             )
         self.hello = info
 
@@ -107,8 +111,9 @@ class Decoder:
             block = disk.block(disk_off) if disk is not None else None
             if block is None:
                 size = disk.size if disk is not None else 0
+                where, off = disk.locate(disk_off) if disk is not None else ("", disk_off)
                 raise DecodeError(
-                    f"reference to disk offset {disk_off} is outside the replica "
+                    f"reference to disk offset {off} is outside the replica {where} "
                     f"({size} bytes): the stream does not belong to this disk"
                 )
             if hmac.compare_digest(page_hash(block), digest):
@@ -128,20 +133,22 @@ class Decoder:
 
     def _resolve(self, pieces: list, missing: list[tuple[int, int, bytes, int]]) -> None:
         if self.fetch is None:
-            off = missing[0][3]
-            where = self.disk.path if self.disk is not None else "the replica"
+            where, off = (self.disk.locate(missing[0][3]) if self.disk is not None
+                          else ("the replica", missing[0][3]))
             raise ReplicaMismatch(
                 f"replica {where} differs from the source at byte {off} (block {off // 4096}"
                 f"{f', and {len(missing) - 1} more' if len(missing) > 1 else ''}): "
                 "re-sync it or migrate without teleport"
             )
         got = self.fetch([ref for _, ref, _, _ in missing])
-        for index, ref, digest, off in missing:
+        for index, ref, digest, offset in missing:
             page = got.get(ref)
             if page is None or not hmac.compare_digest(page_hash(page), digest):
+                where, off = (self.disk.locate(offset) if self.disk is not None
+                              else ("the replica", offset))
                 raise ReplicaMismatch(
-                    f"replica block at byte {off} differs from the source and the source "
-                    "could not supply the page: re-sync the replica"
+                    f"replica block at byte {off} of {where} differs from the source and the "
+                    "source could not supply the page: re-sync the replica"
                 )
             pieces[index] = page
         self.counters.pages_fetched += len(missing)

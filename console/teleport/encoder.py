@@ -22,7 +22,7 @@ import zstandard
 
 from pcteleport.teleport import wan
 from pcteleport.teleport.counters import CodecCounters
-from pcteleport.teleport.disk import DiskImage
+from pcteleport.teleport.disk import DISK_BITS, DiskImage, DiskSet
 from pcteleport.teleport.layout import RamLayout
 from pcteleport.teleport.mapfile import RestorableMap
 from pcteleport.teleport.stream import PAGE, ZERO, ByteSource, Reader, StreamParser
@@ -41,7 +41,7 @@ class Encoder:
         self,
         writer: wan.FrameWriter,
         rmap: RestorableMap | None = None,
-        disk: DiskImage | None = None,
+        disk: DiskImage | DiskSet | None = None,
         *,
         ram_block: str = "pc.ram",
         level: int = 1,
@@ -71,6 +71,10 @@ class Encoder:
         self._pending: list[RestorableMap] = []
         self._pending_lock = threading.Lock()
         self._later: set[int] = set()  # RAM offsets only a refresh named
+        # per disk of a DiskSet (index): pages teleported, and pages the map named whose bytes
+        # are no longer the disk's (written since: an overlay holds them now)
+        self.teleported_by_disk: dict[int, int] = {}
+        self.refused_by_disk: dict[int, int] = {}
 
     # -- the stream ---------------------------------------------------------------------
 
@@ -80,6 +84,7 @@ class Encoder:
             "hash": "xxh3-128",
             "page_size": 4096,
             "disk_size": self.disk.size if self.disk else None,
+            "disk_sizes": self.disk.sizes if self.disk else None,
             "map_pages": self.rmap.pages if self.rmap else 0,
             "disk": (self.rmap.meta.get("disk") if self.rmap else None),
         }
@@ -159,10 +164,13 @@ class Encoder:
         if disk_off is None:
             return False
         assert self.disk is not None
+        index = disk_off >> DISK_BITS
         if self.disk.block(disk_off) != page:
             # A stale or lying map, or a block rewritten since: send the page itself.
             self.counters.pages_refused += 1
+            self.refused_by_disk[index] = self.refused_by_disk.get(index, 0) + 1
             return False
+        self.teleported_by_disk[index] = self.teleported_by_disk.get(index, 0) + 1
         self._lits.append(raw)
         self._litlen += len(raw)
         self._refs.append(REF.pack(self._litlen, disk_off, page_hash(page)))

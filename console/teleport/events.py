@@ -91,6 +91,23 @@ class Summary(RelayEvent):
 
 
 @dataclass(frozen=True)
+class DiskPages(RelayEvent):
+    """The send relay's pages per disk, in the order of its --disk arguments, as comma-separated
+    counts: teleported, and named by the map but sent whole because the disk's bytes there are
+    not the page's (written since the base: the overlay holds them). Just before the Summary."""
+
+    NAME: ClassVar[str] = "disk_pages"
+    teleported: str
+    refused: str
+
+    def counts(self) -> tuple[list[int], list[int]]:
+        def ints(text: str) -> list[int]:
+            return [int(x) for x in text.split(",") if x.strip()]
+
+        return ints(self.teleported), ints(self.refused)
+
+
+@dataclass(frozen=True)
 class Failed(RelayEvent):
     """The relay gave up; the message says why (and what to do)."""
 
@@ -100,7 +117,7 @@ class Failed(RelayEvent):
 
 EVENTS: dict[str, type[RelayEvent]] = {
     cls.NAME: cls for cls in (Listening, MapLoaded, Connected, Refused, Notice, Stats, Summary,
-                              Failed)}
+                              DiskPages, Failed)}
 _COUNTER_FIELDS = tuple(f.name for f in dataclasses.fields(CodecCounters))
 
 

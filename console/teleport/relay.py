@@ -38,7 +38,7 @@ from pcteleport.errors import PcteleportError
 from pcteleport.teleport import events, mapfile, wan
 from pcteleport.teleport.counters import CodecCounters
 from pcteleport.teleport.decoder import DecodeError, Decoder
-from pcteleport.teleport.disk import DiskImage
+from pcteleport.teleport.disk import DiskImage, DiskSet, open_disks
 from pcteleport.teleport.encoder import Encoder
 from pcteleport.teleport.stream import SocketReader
 
@@ -181,7 +181,7 @@ class SendRelay:
         listen: tuple[str, int],
         to: tuple[str, int],
         rmap: mapfile.RestorableMap | None,
-        disk: DiskImage | None,
+        disk: DiskImage | DiskSet | None,
         secret: bytes | None,
         emit: Emitter,
         stats_interval: float = 1.0,
@@ -251,6 +251,12 @@ class SendRelay:
             if self.back_error:
                 raise RelayError(self.back_error)
             counters.wan_bytes = writer.bytes_out
+            if self.disk is not None:
+                n = len(self.disk.sizes)
+                emit(events.DiskPages(
+                    teleported=",".join(str(encoder.teleported_by_disk.get(i, 0))
+                                        for i in range(n)),
+                    refused=",".join(str(encoder.refused_by_disk.get(i, 0)) for i in range(n))))
             emit(events.Summary(counters=counters))
             return counters
         finally:
@@ -338,7 +344,7 @@ class RecvRelay:
         self,
         listen: tuple[str, int],
         to: tuple[str, int],
-        disk: DiskImage | None,
+        disk: DiskImage | DiskSet | None,
         secret: bytes | None,
         emit: Emitter,
         stats_interval: float = 1.0,
@@ -518,7 +524,7 @@ def main_send(args: argparse.Namespace) -> int:
         raise RelayError("--map needs --disk (the source image the map refers to)")
     from_stdin = args.map == "-"
     rmap = mapfile.load(args.map) if args.map and not from_stdin else None
-    disk = DiskImage(args.disk) if args.disk else None
+    disk = open_disks(args.disk)
     secret = read_secret(args.secret_file)  # before the map: both may come on stdin
 
     updates = mapfile.read_updates(sys.stdin.buffer) if args.map_updates else None
@@ -543,7 +549,7 @@ def main_send(args: argparse.Namespace) -> int:
 
 def main_recv(args: argparse.Namespace) -> int:
     emit = Emitter("recv")
-    disk = DiskImage(args.disk) if args.disk else None
+    disk = open_disks(args.disk)
     relay = RecvRelay(
         parse_hostport(args.listen), parse_hostport(args.to), disk,
         read_secret(args.secret_file), emit, args.stats_interval,

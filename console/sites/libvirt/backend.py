@@ -3,6 +3,7 @@ site hosts, guest agents and relays. Blocking methods, safe from any thread (see
 
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
 import time
@@ -16,11 +17,14 @@ from pcteleport.errors import PcteleportError
 from pcteleport.record_store import LoadResult, RecordStore
 from pcteleport.records import (
     VM,
+    BaseImage,
     Composition,
     ConnectionState,
     Disk,
+    DiskMove,
     LogLine,
     MigrationRecord,
+    Mode,
     Replica,
     ReplicaState,
     Site,
@@ -28,10 +32,11 @@ from pcteleport.records import (
     WanLink,
 )
 from pcteleport.sites import config as sites_config
+from pcteleport.sites import images as site_images
 from pcteleport.sites.guest_agent import AgentUnavailable, GuestAgent
 from pcteleport.sites.libvirt.lifecycle import use_event_loop
-from pcteleport.sites.libvirt.migration import MigrationRun, plan_for
-from pcteleport.sites.libvirt.site_runtime import SiteRuntime, domain_disks, is_tcg
+from pcteleport.sites.libvirt.migration import MigrationRun, plan_for, storage
+from pcteleport.sites.libvirt.site_runtime import DomainDisk, SiteRuntime, domain_disks, is_tcg
 from pcteleport.sites.remote import LoopThread
 
 STATES = {
@@ -181,27 +186,87 @@ class LibvirtBackend(Backend):
             raise ServiceError(str(exc)) from None
 
     def replicas(self, vm_uuid: str) -> list[Disk]:
-        """The VM's disks with, per site, whether a same-sized replica is there."""
-        _rt, dom = self._locate(vm_uuid)
+        """The VM's disks with, per site, the state of what that site holds of it: for a disk
+        on a base image, the base in the site's image cache (by checksum against the VM's
+        site's); for a disk of one image, a same-sized file at the same path."""
+        rt, dom = self._locate(vm_uuid)
+        disks = domain_disks(dom.XMLDesc(0))
+        bases = sorted({d.base for d in disks if d.base})
+        held: dict[str, dict[str, object]] = {}
+        for other in self.sites_rt.values():
+            try:
+                held[other.name] = {i.name: i for i in site_images.scan(other, bases)} \
+                    if bases else {}
+            except PcteleportError as exc:
+                held[other.name] = {"": exc}
         out = []
-        for d in domain_disks(dom.XMLDesc(0)):
-            if d.serial == "pctroot":
-                continue
+        for d in disks:
             disk = Disk(d.target, d.path)
+            with contextlib.suppress(libvirt.libvirtError):
+                disk.size_bytes = int(dom.blockInfo(d.target)[0])
             for other in self.sites_rt.values():
-                try:
-                    res = other.host.run(["stat", "-c", "%s", d.path], timeout=10)
-                except PcteleportError as exc:
-                    disk.replicas.append(Replica(other.name, ReplicaState.UNKNOWN, str(exc)))
-                    continue
-                if res.status != 0:
-                    disk.replicas.append(Replica(other.name, ReplicaState.MISSING,
-                                                 f"no {d.path} at {other.name}"))
-                    continue
-                size = int(res.stdout.strip() or 0)
-                disk.size_bytes = disk.size_bytes or size
-                disk.replicas.append(Replica(other.name, ReplicaState.IN_SYNC, f"{size} bytes"))
+                disk.replicas.append(self._base_replica(other, rt, d, held) if d.base
+                                     else self._file_replica(other, d))
             out.append(disk)
+        return out
+
+    @staticmethod
+    def _base_replica(site: SiteRuntime, home: SiteRuntime, d: DomainDisk,
+                      held: dict[str, dict[str, object]]) -> Replica:
+        name = d.base.rsplit("/", 1)[-1]
+        problem = held.get(site.name, {}).get("")
+        if problem is not None:
+            return Replica(site.name, ReplicaState.UNKNOWN, str(problem))
+        mine, ref = held[site.name].get(name), held.get(home.name, {}).get(name)
+        if mine is None:
+            return Replica(site.name, ReplicaState.MISSING,
+                           f"no base {name} at {site.name}: pcteleport images sync {name} "
+                           f"--to {site.name}")
+        if ref is None or getattr(ref, "sha256", "") != getattr(mine, "sha256", None):
+            return Replica(site.name, ReplicaState.DIFFERS,
+                           f"base {name} at {site.name} differs from {home.name}'s (checksum "
+                           f"{getattr(mine, 'sha256', '')[:12]}): replace it with pcteleport "
+                           f"images sync")
+        where = "overlay here" if site is home else "base only"
+        return Replica(site.name, ReplicaState.IN_SYNC,
+                       f"base {name}, sha256 {getattr(mine, 'sha256', '')[:12]} ({where})")
+
+    @staticmethod
+    def _file_replica(site: SiteRuntime, d: DomainDisk) -> Replica:
+        try:
+            res = site.host.run(["stat", "-c", "%s", d.path], timeout=10)
+        except PcteleportError as exc:
+            return Replica(site.name, ReplicaState.UNKNOWN, str(exc))
+        if res.status != 0:
+            return Replica(site.name, ReplicaState.MISSING, f"no {d.path} at {site.name}")
+        return Replica(site.name, ReplicaState.IN_SYNC, f"{int(res.stdout.strip() or 0)} bytes")
+
+    # -- disks and the image caches ---------------------------------------------------------
+
+    def disk_plan(self, vm_uuid: str, to_site: str) -> list[DiskMove]:
+        src, dom = self._locate(vm_uuid)
+        dst = self._site(to_site)
+        if dst is src:
+            raise ServiceError(f"VM {dom.name()} already runs at {dst.name}")
+        vm_cfg = self.cfg.vm(dom.name())
+        try:
+            plan = plan_for(dom.UUIDString(), src, dst, Mode.TELEPORT, None,
+                            vm_cfg.data_disk if vm_cfg else "")
+        except libvirt.libvirtError as exc:
+            raise ServiceError(f"VM {dom.name()} at {src.name}: {exc.get_error_message()}"
+                               ) from None
+        storage.check_bases(plan)
+        return plan.disks
+
+    def images(self, verify: bool = False) -> list[BaseImage]:
+        out = []
+        for rt in self.sites_rt.values():
+            try:
+                found = site_images.scan(rt, verify=verify)
+            except PcteleportError as exc:
+                raise ServiceError(str(exc)) from None
+            out += [BaseImage(rt.name, i.name, i.size, i.sha256, i.checksum, i.allocated)
+                    for i in found]
         return out
 
     # -- migration --------------------------------------------------------------------------

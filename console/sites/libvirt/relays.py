@@ -91,13 +91,18 @@ class RelayPair:
         self.qemu_port = 0
         self.map_problem: str | None = None  # the map never came: the send relay cannot go on
 
-    def start(self, source_disk: str, replica_disk: str) -> None:
+    def start(self, source_disks: list[str] | str, replica_disks: list[str] | str) -> None:
         """Start both ends at once; the secret goes on stdin, so nothing lands on disk.
 
         The send relay listens and waits for its map (`feed_map`, also on stdin); QEMU's
         connection waits in its listen backlog meanwhile, so the map may be taken while
-        libvirt prepares the destination.
+        libvirt prepares the destination. Several disks go in the same order to both ends
+        (the map's offsets of disk i are (i << 48) | offset: teleport/disk.py). Without a disk
+        there is no map: every page goes whole (zstd-compressed) through the relays.
         """
+        sources = [source_disks] if isinstance(source_disks, str) else list(source_disks)
+        replicas = [replica_disks] if isinstance(replica_disks, str) else list(replica_disks)
+        sources, replicas = [d for d in sources if d], [d for d in replicas if d]
         if not self.dst.config.wan_addr:
             raise RelayFailure(f"site {self.dst.name} has no wan_addr in the sites config")
         rng = random.Random()
@@ -106,8 +111,8 @@ class RelayPair:
             wan_port = rng.randint(*PORT_RANGE)
             self.qemu_port = rng.randint(*PORT_RANGE)
             try:
-                self._spawn_recv(wan_port, replica_disk)
-                self._spawn_send(wan_port, source_disk)
+                self._spawn_recv(wan_port, replicas)
+                self._spawn_send(wan_port, sources)
                 self.recv.wait_event(events.Listening, 30)
                 self.send.wait_event(events.Listening, 30)
                 return
@@ -132,19 +137,22 @@ class RelayPair:
         return [*site.config.relay_command, "relay", *args, "--secret-file", "-",
                 *(["--insecure"] if self.insecure else [])]
 
-    def _spawn_recv(self, wan_port: int, replica_disk: str) -> None:
+    def _spawn_recv(self, wan_port: int, replicas: list[str]) -> None:
         argv = self._relay_argv(self.dst, "recv",
                                 "--listen", f"{self.dst.config.wan_addr}:{wan_port}",
-                                "--to", f"127.0.0.1:{self.qemu_port}", "--disk", replica_disk)
+                                "--to", f"127.0.0.1:{self.qemu_port}",
+                                *(a for d in replicas for a in ("--disk", d)))
         self.recv.proc = self.dst.host.spawn(argv, self.recv.on_line,
                                              stdin=self.secret + "\n", close_stdin=True)
 
-    def _spawn_send(self, wan_port: int, source_disk: str) -> None:
+    def _spawn_send(self, wan_port: int, sources: list[str]) -> None:
+        with_map = (("--map", "-", "--map-updates", *(a for d in sources for a in ("--disk", d)))
+                    if sources else ())
         argv = self._relay_argv(self.src, "send",
                                 "--listen", f"127.0.0.1:{self.qemu_port}",
-                                "--to", f"{self.dst.config.wan_addr}:{wan_port}",
-                                "--map", "-", "--map-updates", "--disk", source_disk)
-        self.send.proc = self.src.host.spawn(argv, self.send.on_line, stdin=self.secret + "\n")
+                                "--to", f"{self.dst.config.wan_addr}:{wan_port}", *with_map)
+        self.send.proc = self.src.host.spawn(argv, self.send.on_line, stdin=self.secret + "\n",
+                                             close_stdin=not sources)
 
     def failure(self) -> str | None:
         return self.map_problem or self.recv.failure() or self.send.failure()

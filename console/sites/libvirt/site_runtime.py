@@ -33,9 +33,32 @@ class SiteError(PcteleportError):
 @dataclass(frozen=True)
 class DomainDisk:
     target: str  # vda, vdb, ...
-    path: str
+    path: str  # the image the VM writes (its overlay, for a disk on a base image)
     serial: str
     readonly: bool
+    format: str = "raw"  # of `path`: raw, qcow2, ...
+    base: str = ""  # the image under `path` (its backing file), "" for a disk of one image
+    base_format: str = ""
+
+    @property
+    def writable(self) -> bool:
+        return not self.readonly
+
+    @property
+    def overlay(self) -> str:
+        """The writable layer on a base image ("" for a disk of one image)."""
+        return self.path if self.base else ""
+
+    @property
+    def image(self) -> str:
+        """The raw image a restorable map's disk offsets can be read from at every site: the
+        base under an overlay (the map's pages are teleported only where their bytes are the
+        base's), the disk itself for a read-only raw replica, else ""."""
+        if self.base and self.base_format == "raw":
+            return self.base
+        if not self.base and self.format == "raw":
+            return self.path
+        return ""
 
 
 def is_tcg(xml: str) -> bool:
@@ -43,19 +66,31 @@ def is_tcg(xml: str) -> bool:
     return ET.fromstring(xml).get("type") == "qemu"
 
 
+def _source_path(elem: ET.Element | None) -> str:
+    source = elem.find("source") if elem is not None else None
+    return (source.get("file") or source.get("dev") or "") if source is not None else ""
+
+
 def domain_disks(xml: str) -> list[DomainDisk]:
     out = []
     for disk in ET.fromstring(xml).iterfind("./devices/disk"):
         if disk.get("device", "disk") != "disk":
             continue
-        source = disk.find("source")
         target = disk.find("target")
-        path = source.get("file") or source.get("dev") if source is not None else None
+        path = _source_path(disk)
         if not path or target is None:
             continue
+        driver = disk.find("driver")
+        fmt = (driver.get("type") if driver is not None else None) or "raw"
+        backing = disk.find("backingStore")
+        base = _source_path(backing)
+        base_fmt = ""
+        if base and backing is not None:
+            f = backing.find("format")
+            base_fmt = (f.get("type") if f is not None else None) or "raw"
         serial = disk.findtext("serial") or ""
         out.append(DomainDisk(target.get("dev", ""), path, serial,
-                              disk.find("readonly") is not None))
+                              disk.find("readonly") is not None, fmt, base, base_fmt))
     return out
 
 

@@ -57,7 +57,15 @@ class Destination:
                     # did it die while we waited?
                     raise self.crashed() or MigrationFailed(f"after migration: {exc}") from None
                 time.sleep(1)
-        params: dict[str, object] = {"disk": p.data_serial} if p.data_serial else {}
+        # the data disk, and every other disk teleport restored pages of (the root disk)
+        serials = list(dict.fromkeys([p.data_serial, *(d.serial for d in getattr(p, "disks", [])
+                                                       if d.teleport and d.serial)]))
+        for serial in serials or [""]:
+            self._verify_disk(agent, serial)
+
+    def _verify_disk(self, agent: GuestAgent, serial: str) -> None:
+        p = self.plan
+        params: dict[str, object] = {"disk": serial} if serial else {}
         if p.verify_pages:
             params["sample"] = p.verify_pages
         try:
@@ -77,7 +85,8 @@ class Destination:
                  f" random (of {result.get('files_on_disk', '?')})" if result.get("sampled")
                  else f"all {checked} cached pages")
         took = result.get("elapsed_ms")
-        self.log(f"verified at {p.dst.name}: guest agent answers, {which} match the disk"
+        disk = f"disk {serial}" if serial else "the disk"
+        self.log(f"verified at {p.dst.name}: guest agent answers, {which} match {disk}"
                  + (f" ({took / 1000:.1f} s in the guest)" if took is not None else ""))
 
     def compare_ram(self, source: RamProbe | None, evidence_dir: Path) -> str:

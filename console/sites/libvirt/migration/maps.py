@@ -20,16 +20,32 @@ from pcteleport.sites.libvirt.migration.journal import Journal
 from pcteleport.sites.libvirt.migration.plan import Plan, fmt_bytes
 from pcteleport.sites.libvirt.relays import RelayPair
 from pcteleport.teleport import mapfile
+from pcteleport.teleport.disk import disk_offset
 
 REFRESH_EVERY = 2.0  # seconds between refreshes at the least...
 # ...and at least as long as the last one took: a guest whose walk is slow (a busy vCPU, a
 # huge cache) spends at most half its time on refreshes
 
 
+def merged(maps: list[tuple[int, str]]) -> mapfile.RestorableMap:
+    """One map of several disks' maps ((disk index, extent text) each): disk i's offsets moved
+    to (i << DISK_BITS) | offset, the relays' single address space for all their disks."""
+    out = mapfile.RestorableMap()
+    for index, text in maps:
+        rmap = mapfile.parse_text(text)
+        if index == 0 and len(maps) == 1:
+            out.meta = rmap.meta
+        out.extents += [(g, disk_offset(index, d), n) for g, d, n in rmap.extents]
+    return out
+
+
 class MapFeed:
     def __init__(self, plan: Plan, journal: Journal, agent: GuestAgent,
-                 relays: RelayPair) -> None:
+                 relays: RelayPair, disks: list[str] | None = None) -> None:
+        """`disks`: the serials of the disks to map, in the relays' order (default: the
+        plan's data disk alone)."""
         self.plan, self.journal, self.agent, self.relays = plan, journal, agent, relays
+        self.disks = disks or [plan.data_serial or plan.data_disk]
         self.relay_ready = threading.Event()  # the send relay exists: maps may go to it
         self.stopped = threading.Event()
         self.refreshes = 0
@@ -65,37 +81,49 @@ class MapFeed:
             pause = max(REFRESH_EVERY, time.monotonic() - t)
         self.relays.end_maps()
 
+    def _maps(self) -> tuple[list[tuple[int, str]], list[dict[str, str]]]:
+        """Each disk's map from the agent (one walk of the guest's cache per disk)."""
+        texts, headers = [], []
+        for index, serial in enumerate(self.disks):
+            text, header = self.agent.restorable_map(serial)
+            texts.append((index, text))
+            headers.append(header)
+        return texts, headers
+
     def _first(self) -> bool:
-        p, t = self.plan, time.monotonic()
+        t = time.monotonic()
         try:
-            text, header = self.agent.restorable_map(p.data_serial or p.data_disk)
+            texts, headers = self._maps()
+            rmap = merged(texts)
         except Exception as exc:  # whatever it is, the run must hear of it
             self.relays.map_problem = f"teleport: no restorable map from the guest agent: {exc}"
             self.journal.log(self.relays.map_problem)
             return False
-        self._known.update(mapfile.parse_text(text).extents)
+        self._known.update(rmap.extents)
         self.relay_ready.wait()  # the send relay exists before its map goes to it
-        self.relays.feed_map(text)
-        pages = int(header.get("pages", 0))
+        self.relays.feed_map(texts[0][1] if len(texts) == 1 else rmap.to_text())
+        pages = [int(h.get("pages", 0)) for h in headers]
+        what = ", ".join(f"{n} pages ({fmt_bytes(n * 4096)}) of disk {serial}"
+                         for n, serial in zip(pages, self.disks, strict=True))
+        walk = sum(float(h.get("elapsed-ms", 0) or 0) for h in headers)
         self.journal.log(
-            f"restorable map from the guest agent ({header.get('source', '?')}): "
-            f"{pages} pages ({fmt_bytes(pages * 4096)}) of disk {p.data_serial}, taken in "
-            f"{time.monotonic() - t:.1f} s ({header.get('elapsed-ms', '?')} ms of it in the "
-            "guest's walk)")
+            f"restorable map from the guest agent ({headers[0].get('source', '?')}): {what}, "
+            f"taken in {time.monotonic() - t:.1f} s ({walk:.1f} ms of it in the guest's walk)")
         return True
 
     def _refresh(self) -> None:
         t = time.monotonic()
-        text, header = self.agent.restorable_map(self.plan.data_serial or self.plan.data_disk)
+        texts, headers = self._maps()
         if self.stopped.is_set():
             return  # the switch-over came meanwhile
-        fresh = [e for e in mapfile.parse_text(text).extents if e not in self._known]
+        fresh = [e for e in merged(texts).extents if e not in self._known]
         self.refreshes += 1
         if not fresh:
             return
         self._known.update(fresh)
         self.relays.feed_map(mapfile.RestorableMap(extents=fresh).to_text())
         pages = sum(n for _, _, n in fresh) // 4096
+        walk = sum(float(h.get("elapsed-ms", 0) or 0) for h in headers)
         self.journal.log(f"map refresh {self.refreshes}: {pages} pages cached since "
                          f"({fmt_bytes(pages * 4096)}), taken in {time.monotonic() - t:.1f} s "
-                         f"({header.get('elapsed-ms', '?')} ms of it in the guest's walk)")
+                         f"({walk:.1f} ms of it in the guest's walk)")

@@ -1,5 +1,6 @@
 """One prepare step per mode: the migrate3 parameters and flags it needs, and what it sets up
-first (the guest dropping its cache, multifd zstd, the relays and the map)."""
+first (the guest dropping its cache, multifd zstd, the relays and the map). Every mode moves the
+VM's writable disks the same way first (storage.py)."""
 
 from __future__ import annotations
 
@@ -13,10 +14,16 @@ import libvirt_qemu
 
 from pcteleport.records import Mode, Phase
 from pcteleport.sites.guest_agent import GuestAgent
-from pcteleport.sites.libvirt.migration import switchover
+from pcteleport.sites.libvirt.migration import storage, switchover
 from pcteleport.sites.libvirt.migration.journal import Journal
 from pcteleport.sites.libvirt.migration.maps import MapFeed
-from pcteleport.sites.libvirt.migration.plan import MigrationFailed, Plan, fmt_bytes
+from pcteleport.sites.libvirt.migration.plan import (
+    MigrationFailed,
+    Plan,
+    fmt_bytes,
+    raw_image,
+    teleport_sources,
+)
 from pcteleport.sites.libvirt.relays import RelayPair
 from pcteleport.sites.libvirt.site_runtime import SiteRuntime
 
@@ -38,6 +45,7 @@ class Prepared:
     relays: RelayPair | None = None
     maps: MapFeed | None = None  # teleport: the map and its refreshes
     sizer: switchover.DrainRate | None = None  # the switch-over sized by the WAN (QEMU >= 8.2)
+    storage: storage.Storage = field(default_factory=storage.Storage)  # the disks' copy
 
 
 def prepare(plan: Plan, dom: libvirt.virDomain, journal: Journal, agent_for: AgentFor,
@@ -49,6 +57,11 @@ def prepare(plan: Plan, dom: libvirt.virDomain, journal: Journal, agent_for: Age
                     "faster than the link carries it")
     if plan.bandwidth_cap:
         out.params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = max(1, int(plan.bandwidth_cap / 2**20))
+    storage.prepare(plan, dom, journal.log, out.storage)
+    out.flags |= out.storage.flags
+    out.params.update(out.storage.params)
+    if out.storage.whole:
+        out.params[libvirt.VIR_MIGRATE_PARAM_DEST_XML] = storage.destination_xml(dom, plan)
     STEPS[plan.mode](plan, dom, journal, agent_for, out)
 
 
@@ -92,17 +105,31 @@ def prepare_teleport(plan: Plan, dom: libvirt.virDomain, journal: Journal,
                      agent_for: AgentFor, out: Prepared) -> None:
     """Relays up, the map on its way: it is taken from the guest while the relays start
     and libvirt prepares the destination, and handed to the send relay when it comes."""
-    if not plan.data_disk:
-        raise MigrationFailed(
-            f"VM {plan.vm} has no data disk with a replica at {plan.dst.name}: "
-            "teleport needs one (migrate with stock instead)"
-        )
+    sources = teleport_sources(plan)
+    if not sources:
+        if not any(d.reason for d in plan.disks):
+            raise MigrationFailed(
+                f"VM {plan.vm} has no disk whose image both sites hold: teleport needs one "
+                "(migrate with stock instead)"
+            )
+        # its base is missing or different at the destination (said above): the migration
+        # still runs, every page whole through the relays
+        relays = out.relays = RelayPair(plan.src, plan.dst, insecure=plan.insecure)
+        relays.start([], [])
+        journal.log("teleport: no disk to teleport from: every page goes whole (zstd) through "
+                    f"the relays: {plan.src.name} 127.0.0.1:{relays.qemu_port} -> "
+                    f"{plan.dst.name} {plan.dst.config.wan_addr}")
+        out.params[libvirt.VIR_MIGRATE_PARAM_URI] = f"tcp://127.0.0.1:{relays.qemu_port}"
+        out.params[libvirt.VIR_MIGRATE_PARAM_LISTEN_ADDRESS] = "127.0.0.1"
+        return
     journal.phase(Phase.MAP)
     relays = out.relays = RelayPair(plan.src, plan.dst, insecure=plan.insecure)
-    maps = out.maps = MapFeed(plan, journal, agent_for(plan.src, plan.vm), relays)
+    maps = out.maps = MapFeed(plan, journal, agent_for(plan.src, plan.vm), relays,
+                              [d.serial or d.target for d in sources])
     maps.start()  # the map is taken while the relays start and libvirt prepares
+    images = [raw_image(d) for d in sources]  # the same path and bytes at both sites
     try:
-        relays.start(plan.data_disk, plan.data_disk)
+        relays.start(images, images)
     finally:
         maps.relay_ready.set()
     if relays.map_problem:
@@ -135,7 +162,8 @@ def multifd_zstd_by_hand(dom: libvirt.virDomain, params: dict[str, object]) -> N
     if "error" in reply:
         raise MigrationFailed(f"QEMU refused multifd zstd: {reply['error'].get('desc')}")
     ET.register_namespace("qemu", QEMU_NS)
-    root = ET.fromstring(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_MIGRATABLE))
+    base = params.get(libvirt.VIR_MIGRATE_PARAM_DEST_XML)  # the storage step's, if any
+    root = ET.fromstring(str(base) if base else dom.XMLDesc(libvirt.VIR_DOMAIN_XML_MIGRATABLE))
     cmdline = root.find(f"{{{QEMU_NS}}}commandline")
     if cmdline is None:
         cmdline = ET.SubElement(root, f"{{{QEMU_NS}}}commandline")

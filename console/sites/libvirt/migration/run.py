@@ -4,6 +4,7 @@ destination — and, whatever happens, an honest end (see the package docstring)
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import threading
 import time
 import uuid
@@ -15,6 +16,7 @@ from pcteleport.errors import PcteleportError
 from pcteleport.record_store import default_records_dir
 from pcteleport.records import (
     Composition,
+    DiskMove,
     MigrationEvent,
     MigrationRecord,
     Mode,
@@ -22,7 +24,7 @@ from pcteleport.records import (
     PhaseMark,
     Result,
 )
-from pcteleport.sites.libvirt.migration import modes, outcome, stats
+from pcteleport.sites.libvirt.migration import modes, outcome, stats, storage
 from pcteleport.sites.libvirt.migration.destination import Destination
 from pcteleport.sites.libvirt.migration.journal import Journal
 from pcteleport.sites.libvirt.migration.plan import (
@@ -31,6 +33,7 @@ from pcteleport.sites.libvirt.migration.plan import (
     MigrationFailed,
     Plan,
     fmt_bytes,
+    teleport_sources,
 )
 from pcteleport.sites.libvirt.migration.transfer import Transfer
 from pcteleport.sites.libvirt.ramcheck import RamProbe
@@ -153,7 +156,9 @@ class MigrationRun:
         if summary is not None and self.prepared.maps is not None:
             rec.map_refreshes = self.prepared.maps.refreshes
             rec.pages_teleported_later = summary.counters.pages_teleported_later
-        self._account_wan(wan_before)
+        self._account_wan(wan_before, completed)
+        # QEMU finished: the VM writes the destination's disks now, the source's are stale
+        storage.drop_source_layers(p, self.prepared.storage, self.log)
         self.destination.check()
         if ram_problem:
             raise MigrationFailed(ram_problem)
@@ -161,14 +166,26 @@ class MigrationRun:
         self.destination.check()  # once more: a guest can die while it is being verified
         rec.runs_at, rec.result = p.dst.name, Result.OK
         self.journal.phase(Phase.DONE)
+        split = (f": disks {fmt_bytes(rec.disk_wan_bytes)}, memory "
+                 f"{fmt_bytes(rec.memory_wan_bytes)}" if rec.disk_wan_bytes else "")
         self.log(f"migration finished successfully (duration {rec.total_s:.1f} s, downtime "
                  f"{rec.downtime_ms if rec.downtime_ms is not None else '?'} ms, WAN "
-                 f"{fmt_bytes(rec.wan_bytes)})")
+                 f"{fmt_bytes(rec.wan_bytes)}{split})")
 
-    def _account_wan(self, wan_before: int | None) -> None:
+    def _account_wan(self, wan_before: int | None, completed: dict | None = None) -> None:
+        rec, relays = self.record, self.prepared.relays
         after = self.plan.src.wan_tx_bytes()
         if wan_before is not None and after is not None:
-            self.record.wan_bytes = after - wan_before
+            rec.wan_bytes = after - wan_before
+        latest = relays.send.latest if relays is not None else None
+        done = completed or {}
+        disk = max(int(done.get("disk_processed", 0) or 0), self.transfer.disk_processed)
+        memory = int(done.get("memory_processed", 0) or 0) or self.transfer.memory_processed
+        rec.disk_wan_bytes, rec.memory_wan_bytes = stats.split_wan(
+            rec.wan_bytes, memory, latest.counters.wan_bytes if latest is not None else None,
+            disk)
+        rec.disks = per_disk_pages(self.plan, rec.pages.teleported,
+                                   relays.send.event(events.DiskPages) if relays else None)
 
     def _fail(self, result: Result, message: str, wan_before: int | None) -> None:
         rec = self.record
@@ -178,7 +195,31 @@ class MigrationRun:
         where = outcome.conclude(self.plan, rec, self.destination,
                                  migrated=self.transfer.migrated,
                                  migrate_called=self.transfer.called)
+        with contextlib.suppress(PcteleportError):
+            if not self.transfer.migrated:  # the source runs on its own disks: ours go
+                storage.discard_destination(self.plan, self.prepared.storage, self.log)
+            elif self.prepared.storage.created:  # the source's are stale (once only)
+                storage.drop_source_layers(self.plan, self.prepared.storage, self.log)
         self.log(f"migration {result}: {message}; {where}")
+
+
+def per_disk_pages(plan: Plan, teleported: int,
+                   counts: events.DiskPages | None) -> list[DiskMove]:
+    """The plan's disks with the pages teleported from each (the send relay counts them per
+    disk, in the order of teleport_sources) and those the map named whose block the base no
+    longer held (written since: sent whole)."""
+    sources = [d.target for d in teleport_sources(plan)] if plan.disks else []
+    sent, refused = counts.counts() if counts is not None else ([], [])
+    out = []
+    for d in plan.disks:
+        i = sources.index(d.target) if d.target in sources else -1
+        if counts is None:  # an older relay: one disk, the run's total
+            n, w = (teleported if i == 0 and len(sources) == 1 else 0), 0
+        else:
+            n = sent[i] if 0 <= i < len(sent) else 0
+            w = refused[i] if 0 <= i < len(refused) else 0
+        out.append(dataclasses.replace(d, pages_teleported=n, pages_written_since_base=w))
+    return out
 
 
 def wan_encryption(plan: Plan) -> str:

@@ -34,6 +34,8 @@ class Transfer:
         self.called = False  # migrate3 was called: an incoming VM at the destination is ours
         self.migrated = False  # QEMU's migration completed: the VM now runs at the destination
         self._sized_at = -1.0  # the relay stats the switch-over was last sized from (their t)
+        self.disk_processed = 0  # the most libvirt said its storage migration copied
+        self.memory_processed = 0  # ... and the memory stream (for a run that failed)
         self.told_qemu = False  # avail-switchover-bandwidth was set on the source QEMU
 
     def run(self, dom: libvirt.virDomain) -> None:
@@ -114,10 +116,14 @@ class Transfer:
                 j.phase(Phase.ITERATIVE, it)
             sample = build_sample(j.t(), j.current, stats, wan_rate,
                                   relays.send.latest if relays is not None else None)
+            self.disk_processed = max(self.disk_processed, sample.disk_processed_bytes)
+            self.memory_processed = max(self.memory_processed,
+                                        int(stats.get("memory_processed", 0) or 0))
             j.emit(sample)
             j.log(progress_line(sample, remaining_min))
-            remaining_min = (sample.remaining_bytes if remaining_min is None
-                             else min(remaining_min, sample.remaining_bytes))
+            if sample.total_bytes:  # (not while only the disks are being copied)
+                remaining_min = (sample.remaining_bytes if remaining_min is None
+                                 else min(remaining_min, sample.remaining_bytes))
             if self.prepared.sizer is not None and relays is not None:
                 self._size_switchover(dom, relays.send.latest)
             problem = relays.failure() if relays is not None else None
