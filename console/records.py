@@ -308,6 +308,24 @@ class RamCheck:
 
 
 @dataclass
+class WriteCheck:
+    """The guest's write journals checked at the destination after the migration: every write
+    a workload journaled as durable (a file's bytes, a committed transaction's rows) is there.
+    Checked through the page cache and, for files, on the disk itself (O_DIRECT)."""
+
+    journals: int  # journal files found in the guest
+    entries: int  # journaled writes
+    checked: int  # of them checked (fewer only when the check ran out of time)
+    failed: int  # checked writes missing or different: lost data
+    failures: list[str] = field(default_factory=list)  # the first few, each naming the write
+    elapsed_s: float = 0.0
+
+    @property
+    def complete(self) -> bool:
+        return self.checked == self.entries
+
+
+@dataclass
 class MigrationRecord:
     run_id: str
     vm: str
@@ -336,6 +354,8 @@ class MigrationRecord:
     #: the destination guest's console lines that show it crashed (oops, panic), if it did
     guest_console: list[str] = field(default_factory=list)
     ram_check: RamCheck | None = None
+    #: the workloads' write journals checked at the destination (None: not checked)
+    write_check: WriteCheck | None = None
     #: teleport: maps taken again while the migration ran, and the pages teleported only
     #: because one of them named a page cached after the first map
     map_refreshes: int = 0
@@ -377,6 +397,8 @@ class MigrationRecord:
             "runs_at": self.runs_at,
             "guest_crashed": bool(self.guest_console),
             "ram_pages_differing": None if self.ram_check is None else self.ram_check.differing,
+            "writes_checked": None if self.write_check is None else self.write_check.checked,
+            "writes_lost": None if self.write_check is None else self.write_check.failed,
         }
 
     def to_json(self, indent: int | None = 1) -> str:

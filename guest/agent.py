@@ -10,6 +10,7 @@ Commands:
                                            the restorable map of one disk, in the codec's
                                            extent text form (or its binary form)
   disks                                    the block disks this guest has, as JSON
+  check-writes [--dir DIR]                 every write journal's lines checked (exit 1: lost)
   serve (--stdio | --port DEVICE)          JSON-lines requests, like qemu-guest-agent
 
 DISK is a virtio serial ("data" or "serial:data"), a name ("vdb", "/dev/vdb") or "MAJ:MIN".
@@ -25,7 +26,8 @@ Protocol (serve): one JSON object a line each way.
   event     {"event": "composition", "data": {...}}   (after "watch", until "unwatch")
 Methods: hello, ping, composition, disks, map {disk, format: text|binary, source, mounts},
 verify {disk} (cached pages of the disk's files against its blocks), drop_caches,
-watch {interval}, unwatch. Binary maps travel base64-encoded in result["binary_b64"].
+check-writes {dir, limit_s} (the workloads' write journals against the disks), watch {interval},
+unwatch. Binary maps travel base64-encoded in result["binary_b64"].
 """
 
 import argparse
@@ -34,12 +36,14 @@ import bisect
 import contextlib
 import ctypes
 import errno
+import hashlib
 import json
 import mmap
 import os
 import random
 import re
 import select
+import sqlite3
 import stat
 import struct
 import sys
@@ -577,7 +581,7 @@ def _resident_pages(libc, fd, size):
 # A migration waits for the map: it goes ahead of the guest's own work. Nobody waits for a
 # verification: the guest's work goes first. (Measured under a web workload on 1 vCPU, the map
 # took 0.9-3.3 s at nice 0, against 0.3 s in an idle guest.)
-NICE_FOR = {"map": -10, "verify": 5}
+NICE_FOR = {"map": -10, "verify": 5, "check-writes": 5}
 
 
 @contextlib.contextmanager
@@ -756,6 +760,130 @@ def _zero_free_memory():
 # --- map: output ------------------------------------------------------------------------
 
 
+# --- write journals ------------------------------------------------------------------------
+# Workloads journal what they made durable (scenarios/guest/writejournal.py states the format);
+# after a migration every line must still hold: a line that does not is a lost write.
+
+JOURNAL_DIR = "/var/lib/pcteleport/journals"
+FAILURES_KEPT = 10
+
+
+def _digest(data):
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def _read_direct(fd, offset, length):
+    """The bytes on the disk itself, past the page cache: O_DIRECT wants page-aligned offsets,
+    lengths and buffers (an anonymous mmap is one)."""
+    start = offset - offset % PAGE
+    size = -(-(offset + length - start) // PAGE) * PAGE
+    buf = mmap.mmap(-1, size)
+    try:
+        got = os.preadv(fd, [buf], start)
+        return bytes(buf[offset - start:max(offset - start, min(got, offset - start + length))])
+    finally:
+        buf.close()
+
+
+class WriteChecker:
+    """Checks journal lines, keeping files and databases open between lines."""
+
+    def __init__(self):
+        self.fds = {}  # path -> (buffered fd, O_DIRECT fd or None)
+        self.dbs = {}
+
+    def close(self):
+        for fds in self.fds.values():
+            for fd in fds:
+                if fd is not None:
+                    os.close(fd)
+        for db in self.dbs.values():
+            db.close()
+
+    def _file(self, path):
+        if path not in self.fds:
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                direct = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECT", 0))
+            except OSError:
+                direct = None  # a filesystem without O_DIRECT: the cached view only
+            self.fds[path] = (fd, direct)
+        return self.fds[path]
+
+    def check(self, entry):
+        """None when the line holds, else what is wrong."""
+        if "file" in entry:
+            path, offset, length = entry["file"], int(entry["offset"]), int(entry["length"])
+            fd, direct = self._file(path)
+            cached = os.pread(fd, length, offset)
+            if len(cached) < length:
+                return "%s has %d bytes, the journal has %d at %d" % (
+                    path, os.fstat(fd).st_size, length, offset)
+            if _digest(cached) != entry["blake2b"]:
+                return "%s bytes %d-%d differ from what was written" % (
+                    path, offset, offset + length)
+            if direct is not None and _digest(_read_direct(direct, offset, length)) != \
+                    entry["blake2b"]:
+                return "%s bytes %d-%d on the disk differ from what was written (the page " \
+                    "cache has them right)" % (path, offset, offset + length)
+            return None
+        if "sqlite" in entry:
+            path, sql = entry["sqlite"], entry["sql"]
+            if not sql.lstrip().upper().startswith("SELECT"):
+                return "not a SELECT: %r" % sql[:60]
+            if path not in self.dbs:
+                self.dbs[path] = sqlite3.connect("file:%s?mode=ro" % path, uri=True, timeout=30)
+            rows = self.dbs[path].execute(sql, entry.get("args") or []).fetchall()
+            got = _digest(json.dumps([list(r) for r in rows], separators=(",", ":")).encode())
+            if got != entry["blake2b"]:
+                return "%s: %s %s returns %d row(s), not what was committed" % (
+                    path, sql.split(" FROM ")[-1].split(" WHERE ")[0], entry.get("args"),
+                    len(rows))
+            return None
+        return "neither a file nor a database line"
+
+
+def check_writes(directory=JOURNAL_DIR, limit_s=120.0):
+    """Every line of every journal in `directory`, checked. A journal's last line without its
+    newline is being written: not yet a claim. Stops after `limit_s` and says so."""
+    t0 = time.monotonic()
+    journals, failures, failed, complete = [], [], 0, True
+    try:
+        names = sorted(n for n in os.listdir(directory) if n.endswith(".jsonl"))
+    except FileNotFoundError:
+        names = []
+    checker = WriteChecker()
+    try:
+        for name in names:
+            path = os.path.join(directory, name)
+            with open(path, "rb") as f:
+                data = f.read()
+            lines = data.split(b"\n")[:-1]  # the part after the last newline is unfinished
+            checked = bad = 0
+            for number, line in enumerate(lines, 1):
+                if time.monotonic() - t0 > limit_s:
+                    complete = False
+                    break
+                try:
+                    problem = checker.check(json.loads(line))
+                except (ValueError, KeyError, TypeError, OSError, sqlite3.Error) as exc:
+                    problem = "%s: %s" % (type(exc).__name__, exc)
+                checked += 1
+                if problem is not None:
+                    bad += 1
+                    if len(failures) < FAILURES_KEPT:
+                        failures.append("%s line %d: %s" % (path, number, problem))
+            failed += bad
+            journals.append({"path": path, "entries": len(lines), "checked": checked,
+                             "failed": bad})
+    finally:
+        checker.close()
+    return {"journals": journals, "entries": sum(j["entries"] for j in journals),
+            "checked": sum(j["checked"] for j in journals), "failed": failed,
+            "failures": failures, "complete": complete,
+            "elapsed_ms": round((time.monotonic() - t0) * 1000, 1)}
+
+
 def coalesce(extents):
     """Sorted by guest address; neighbours contiguous in memory and on disk become one."""
     out = []
@@ -917,6 +1045,17 @@ class Server:
             if "disk" not in params:
                 raise AgentError("bad-request", "verify needs params.disk (serial, name, MAJ:MIN)")
             return verify_cache(params["disk"], sample=max(0, int(params.get("sample", 0))))
+        if method == "check-writes":
+            try:
+                limit_s = float(params.get("limit_s", 120.0))
+            except (TypeError, ValueError):
+                limit_s = float("nan")
+            if not 0 < limit_s <= 3600:  # also NaN and Infinity
+                raise AgentError("bad-request", "check-writes limit_s must be 0-3600 seconds")
+            directory = params.get("dir", JOURNAL_DIR)
+            if not isinstance(directory, str):
+                raise AgentError("bad-request", "check-writes dir must be a path")
+            return check_writes(directory, limit_s)
         if method == "drop_caches":
             return drop_caches(bool(params.get("zero_free", True)))
         if method == "watch":
@@ -981,6 +1120,8 @@ def main(argv=None):
     mp.add_argument("--mounts", help="fallback: only these mount points (comma-separated)")
     mp.add_argument("--output", "-o", help="write here instead of stdout")
     sub.add_parser("disks", help="the guest's block disks as JSON")
+    cw = sub.add_parser("check-writes", help="check the workloads' write journals (JSON)")
+    cw.add_argument("--dir", default=JOURNAL_DIR)
     srv = sub.add_parser("serve", help="answer JSON-lines requests")
     where = srv.add_mutually_exclusive_group(required=True)
     where.add_argument("--stdio", action="store_true")
@@ -1003,6 +1144,10 @@ def main(argv=None):
         if args.cmd == "disks":
             print(json.dumps(list_disks(), indent=1))
             return 0
+        if args.cmd == "check-writes":
+            result = check_writes(args.dir)
+            print(json.dumps(result, indent=1))
+            return 1 if result["failed"] else 0
         if args.cmd == "map":
             mounts = args.mounts.split(",") if args.mounts else None
             header, extents = restorable_map(args.disk, args.source, mounts)

@@ -63,6 +63,17 @@ assert n >= c, "%d lines on disk, %d committed" % (n, c)
 print("OK", n, c)
 """
 JOURNALS = ("/data/journal", "/root/journal")  # the data disk and the root disk
+# Requests to the VM's web server (web_server.py, started at boot), which appends each to its
+# access log on the data disk and journals the log once a second for the product's write check.
+CLIENT = r"""
+import os, time, urllib.request
+while not os.path.exists("/tmp/stop-writers"):
+    try:
+        urllib.request.urlopen("http://127.0.0.1:8080/", timeout=5).read()
+    except OSError:
+        time.sleep(0.5)
+    time.sleep(0.05)
+"""
 
 
 def _cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
@@ -136,7 +147,9 @@ def overlays(backend, site: str) -> list[str]:
 
 
 def start_writers(backend, site: str) -> None:
-    script = ["rm -f /tmp/stop-writers", f"cat > /tmp/writer.py <<'EOF'\n{WRITER}\nEOF"]
+    script = ["rm -f /tmp/stop-writers", f"cat > /tmp/writer.py <<'EOF'\n{WRITER}\nEOF",
+              f"cat > /tmp/client.py <<'EOF'\n{CLIENT}\nEOF",
+              "python3 /tmp/client.py </dev/null >/dev/null 2>&1 &"]
     for n, path in enumerate(JOURNALS):
         script.append(f"rm -f {path} /tmp/committed-{n}; python3 /tmp/writer.py {path} "
                       f"/tmp/stop-writers /tmp/committed-{n} </dev/null >/dev/null 2>&1 &")
@@ -195,6 +208,11 @@ def test_writes_during_migration_survive_in_every_mode(backend) -> None:
         assert rec.result is Result.OK, rec.error
         checks = stop_and_check_writers(backend, to)
         assert all(n >= c > 10 for n, c in checks), (mode, checks)
+        # the product's own check at the destination: the web server's journaled access log
+        wc = rec.write_check
+        assert wc is not None and wc.journals >= 1 and wc.checked > 0, (mode, wc)
+        assert wc.failed == 0 and wc.complete, (mode, wc)
+        assert any(f"{wc.checked} journaled writes" in line.text for line in rec.log)
         assert rec.disk_wan_bytes > 0 and rec.memory_wan_bytes > 0
         assert rec.disk_wan_bytes + rec.memory_wan_bytes == rec.wan_bytes
         print(f"{mode}: WAN {rec.wan_bytes} B = disks {rec.disk_wan_bytes} + memory "
@@ -221,6 +239,73 @@ def test_writes_during_migration_survive_in_every_mode(backend) -> None:
         assert where(backend) == {to: "running"}
         at = to
     assert at == "tokyo"
+
+
+def _freeze(backend, site: str, freeze: bool) -> None:
+    """FIFREEZE / FITHAW both filesystems: everything written is on the disks, the journals
+    checkpointed, and nothing changes while the host reads the overlays."""
+    op = "0xC0045877" if freeze else "0xC0045878"
+    shell(backend, site, "python3 -c 'import fcntl, os\n"
+          "for m in (\"/data\", \"/\"):\n"
+          "    fd = os.open(m, os.O_RDONLY)\n"
+          f"    fcntl.ioctl(fd, {op})\n"
+          "    os.close(fd)'")
+
+
+def test_destination_disks_are_clean_for_e2fsck(backend) -> None:
+    """After a teleport migration with the guest writing to both disks, the destination's
+    overlays (on their bases) hold filesystems `e2fsck -fn` finds clean: read on the host, at
+    the destination site, with the guest's filesystems frozen."""
+    assert where(backend) == {"tokyo": "running"}
+    shell(backend, "tokyo", "/data/.pcteleport/warm")
+    start_writers(backend, "tokyo")
+    rec = migrate(backend, "osaka", Mode.TELEPORT)
+    assert rec.result is Result.OK, rec.error
+    host = backend.sites_rt["osaka"].host
+    _freeze(backend, "osaka", True)
+    try:
+        for disk in ("vda", "vdb"):
+            flat = f"/srv/vms/{VM}/fsck-{disk}.raw"
+            try:
+                conv = host.run(["qemu-img", "convert", "-U", "-O", "raw",
+                                 f"/srv/vms/{VM}/{disk}.qcow2", flat], timeout=300)
+                assert conv.status == 0, conv.stderr
+                fsck = host.run(["e2fsck", "-fn", flat], timeout=300)
+                assert fsck.status == 0, (disk, fsck.stdout, fsck.stderr)
+                print(f"{disk}: {fsck.stdout.strip().splitlines()[-1]}")
+            finally:
+                host.run(["rm", "-f", flat], timeout=30)
+    finally:
+        _freeze(backend, "osaka", False)
+    checks = stop_and_check_writers(backend, "osaka")
+    assert all(n >= c > 10 for n, c in checks), checks
+    back = _cli("migrate", VM, "--to", "tokyo", "--mode", "stock")
+    assert back.returncode == 0, back.stderr
+
+
+def test_a_lost_write_fails_the_migration_and_names_it(backend) -> None:
+    """A journal line the disk does not hold (as a lost write would look): the migration
+    ends failed, naming the write, and says truthfully that the VM runs at the destination."""
+    assert where(backend) == {"tokyo": "running"}
+    bogus = "/var/lib/pcteleport/journals/zz-lost.jsonl"
+    line = json.dumps({"file": "/data/lost", "offset": 0, "length": 5,
+                       "blake2b": "0" * 32})
+    shell(backend, "tokyo", f"printf 'hello' > /data/lost; sync; echo '{line}' > {bogus}")
+    try:
+        rec = migrate(backend, "osaka", Mode.STOCK)
+        assert rec.result is not Result.OK
+        assert "write check" in (rec.error or "") and "/data/lost bytes 0-5" in rec.error
+        assert rec.write_check is not None and rec.write_check.failed == 1
+        assert rec.runs_at == "osaka" and where(backend) == {"osaka": "running"}
+    finally:
+        shell(backend, where_now(backend), f"rm -f {bogus} /data/lost")
+    back = _cli("migrate", VM, "--to", "tokyo", "--mode", "stock")
+    assert back.returncode == 0, back.stderr
+
+
+def where_now(backend) -> str:
+    (site,) = where(backend)
+    return site
 
 
 def test_migrate_json_summary_splits_the_wan_bytes(backend) -> None:

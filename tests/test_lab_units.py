@@ -122,3 +122,36 @@ def test_state_dir_under_run_is_refused(monkeypatch):
     monkeypatch.setenv("PCTELEPORT_LAB_DIR", "/run/pcteleport-lab")
     with pytest.raises(PcteleportError, match="outside /run"):
         paths.state_dir()
+
+
+def test_warm_programs_go_onto_the_data_image_and_into_its_key(tmp_path, monkeypatch):
+    """The programs a scenario's warm command runs at boot (web's server) are on its data disk
+    beside the warm script, and a change to one makes a new image (the key covers their
+    bytes); a scenario without programs keeps the key it always had (no 2 GB rebuild)."""
+    import dataclasses
+    import shutil
+    import subprocess
+
+    if shutil.which("debugfs") is None or shutil.which("mkfs.ext4") is None:
+        pytest.skip("e2fsprogs is not installed")
+    spec = dataclasses.replace(scenarios.load("web-small"), fill="none", fill_mib=0,
+                               data_size_mib=16, warm_programs=("svc.py",))
+    progs = tmp_path / "guest"
+    progs.mkdir()
+    (progs / "svc.py").write_text("print(1)\n")
+    monkeypatch.setattr(scenarios, "GUEST_PROGRAMS", progs)
+    monkeypatch.setattr(disks_mod, "GUEST_CACHE", tmp_path / "cache")
+    plain = dataclasses.replace(spec, warm_programs=())
+    key = disks_mod._image_key(spec)
+    assert key != disks_mod._image_key(plain)
+    image = disks_mod.build_data_image(spec)
+    shown = subprocess.run(["debugfs", "-R", f"cat /{disks_mod.WARM_PATH.rsplit('/', 1)[0]}"
+                            "/svc.py", str(image)], capture_output=True, text=True, check=True)
+    assert shown.stdout == "print(1)\n"
+    (progs / "svc.py").write_text("print(2)\n")
+    assert disks_mod._image_key(spec) != key
+    with pytest.raises(PcteleportError, match=r"warm\.programs nothere\.py"):
+        toml = tmp_path / "x.toml"
+        toml.write_text('[vm]\nname="x"\nmemory_mib=128\n[warm]\nprograms=["nothere.py"]\n')
+        monkeypatch.setattr(scenarios, "SCENARIO_DIR", tmp_path)
+        scenarios.load("x")

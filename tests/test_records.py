@@ -27,6 +27,7 @@ from pcteleport.records import (
     RecordError,
     Result,
     Site,
+    WriteCheck,
 )
 
 finite = st.floats(allow_nan=False, allow_infinity=False)
@@ -59,7 +60,8 @@ def test_summary_has_exactly_the_issue_5_11_14_and_16_keys() -> None:
     assert list(s) == ["vm", "from", "to", "mode", "result", "total_s", "downtime_ms",
                        "wan_bytes", "guest_bytes", "pages", "map_refreshes", "wan_encryption",
                        "disk_wan_bytes", "memory_wan_bytes", "disks", "runs_at",
-                       "guest_crashed", "ram_pages_differing"]
+                       "guest_crashed", "ram_pages_differing", "writes_checked", "writes_lost"]
+    assert s["writes_checked"] is None and s["writes_lost"] is None  # not checked
     assert s["disks"] == [] and s["disk_wan_bytes"] == s["memory_wan_bytes"] == 0
     assert s["pages"] == {"teleported": 70_000, "zero": 120_000, "sent": 40_000,
                           "teleported_after_refresh": 1_500}
@@ -68,7 +70,10 @@ def test_summary_has_exactly_the_issue_5_11_14_and_16_keys() -> None:
     r.guest_console = ["Kernel panic - not syncing: Fatal exception in interrupt"]
     r.ram_check = RamCheck(pages=65536, differing=3, first=["0x1000"])
     r.runs_at = "nowhere"
+    r.write_check = WriteCheck(journals=2, entries=900, checked=880, failed=1,
+                               failures=["/var/lib/pcteleport/journals/tpcc.jsonl line 7: ..."])
     s = r.summary()
+    assert (s["writes_checked"], s["writes_lost"]) == (880, 1) and not r.write_check.complete
     assert s["guest_crashed"] is True and s["ram_pages_differing"] == 3
     assert s["runs_at"] == "nowhere"
     assert MigrationRecord.from_json(r.to_json()) == r

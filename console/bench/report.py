@@ -17,7 +17,7 @@ from typing import Any
 from pcteleport.bench import svg
 from pcteleport.bench.runner import BenchOptions, ModeRun, describe
 from pcteleport.errors import PcteleportError
-from pcteleport.records import Mode
+from pcteleport.records import MigrationRecord, Mode
 
 
 @dataclass
@@ -152,8 +152,8 @@ def markdown(options: BenchOptions, runs: list[ModeRun], command: str, started: 
         "",
         "| round | mode | result | VM then at | total time (s) | WAN (MB) | disks (MB) "
         "| memory (MB) | downtime (ms) | pages teleported per disk "
-        "| reads before (blocks/s) | reads recovered (s) | error |",
-        "|---:|---|---|---|---:|---:|---:|---:|---:|---|---:|---:|---|",
+        "| writes checked (lost) | reads before (blocks/s) | reads recovered (s) | error |",
+        "|---:|---|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---|",
     ]
     for r in runs:
         rec = r.record
@@ -163,9 +163,18 @@ def markdown(options: BenchOptions, runs: list[ModeRun], command: str, started: 
             f"| {rec.wan_bytes / 1e6:.1f} | {rec.disk_wan_bytes / 1e6:.1f} "
             f"| {rec.memory_wan_bytes / 1e6:.1f} | {_num(rec.downtime_ms, '{:.0f}')} "
             f"| {', '.join(f'{d.target} {d.pages_teleported:,}' for d in rec.disks) or '–'} "
+            f"| {_writes(rec)} "
             f"| {_num(rs.baseline if rs else None, '{:,.0f}')} "
             f"| {_num(rs.recovered_s if rs else None)} | {(rec.error or '').replace('|', '/')} |")
     return "\n".join(lines) + "\n"
+
+
+def _writes(rec: MigrationRecord) -> str:
+    """The write check at the destination: journaled writes checked, and lost (must be 0)."""
+    wc = rec.write_check
+    if wc is None:
+        return "–"
+    return f"{wc.checked:,} ({wc.failed})" + ("" if wc.complete else " partial")
 
 
 def bars_svg(options: BenchOptions, runs: list[ModeRun]) -> str:

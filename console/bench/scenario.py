@@ -6,12 +6,11 @@ from __future__ import annotations
 import shlex
 import tomllib
 from dataclasses import dataclass
-from pathlib import Path
 
 from pcteleport.errors import PcteleportError
 from pcteleport.lab import scenarios as lab_scenarios
 
-GUEST_PROGRAMS = Path(__file__).resolve().parents[2] / "scenarios" / "guest"
+GUEST_PROGRAMS = lab_scenarios.GUEST_PROGRAMS
 
 
 @dataclass(frozen=True)

@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from pcteleport import imagecache
 from pcteleport.guestimage import GuestBoot
-from pcteleport.lab import datafill, shell
+from pcteleport.lab import datafill, scenarios, shell
 from pcteleport.lab.paths import GUEST_CACHE, SITE_IMAGE_DIR, SITE_VM_DIR, LabPaths
 from pcteleport.lab.scenarios import VmSpec
 from pcteleport.lab.topology import Site, sites
@@ -61,6 +62,8 @@ def _image_key(spec: VmSpec) -> str:
         f"{FILL_VERSION}|{spec.fill}|{spec.fill_mib}|{spec.data_size_mib}|{spec.warm_command}"
         .encode()
     )
+    for name in spec.warm_programs:  # (none: the key it always had, no image rebuilt)
+        h.update(name.encode() + b"\0" + (scenarios.GUEST_PROGRAMS / name).read_bytes())
     return h.hexdigest()[:16]
 
 
@@ -106,6 +109,8 @@ def build_data_image(spec: VmSpec) -> Path:
         warm.parent.mkdir(parents=True)
         warm.write_text(f"#!/bin/sh\n{spec.warm_command}\n")
         warm.chmod(0o755)
+        for name in spec.warm_programs:
+            shutil.copyfile(scenarios.GUEST_PROGRAMS / name, warm.parent / name)
         img = Path(tmp) / "data.raw"
         # 4 KiB blocks, as on any real data disk: mkfs picks 1 KiB for small filesystems, and
         # then most page-cache pages span blocks that are not contiguous on the disk.

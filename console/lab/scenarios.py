@@ -14,6 +14,7 @@ SCENARIO_DIR = Path(
 )
 DEFAULT_VMS = ("web", "tpcc", "idle")
 FILLS = ("html", "sqlite", "none")
+GUEST_PROGRAMS = SCENARIO_DIR / "guest"  # programs the guests run (stdlib Python)
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,9 @@ class VmSpec:
     fill_mib: int
     warm_command: str
     source: Path
+    #: scenarios/guest/ programs the warm command runs at boot: copied onto the data disk
+    #: beside the warm script (/data/.pcteleport/), so the VM's service runs without the bench
+    warm_programs: tuple[str, ...] = ()
 
 
 def load(name: str) -> VmSpec:
@@ -47,11 +51,16 @@ def load(name: str) -> VmSpec:
             fill_mib=int(data.get("fill_mib", 0)),
             warm_command=str(warm.get("command", "")),
             source=path,
+            warm_programs=tuple(str(x) for x in warm.get("programs", ())),
         )
     except (tomllib.TOMLDecodeError, KeyError, TypeError, ValueError) as exc:
         raise PcteleportError(f"scenario file {path} is invalid ({exc}): fix it") from exc
     if spec.fill not in FILLS:
         raise PcteleportError(f"{path}: data.fill must be one of {', '.join(FILLS)}")
+    missing = [x for x in spec.warm_programs if not (GUEST_PROGRAMS / x).is_file()]
+    if missing:
+        raise PcteleportError(f"{path}: warm.programs {', '.join(missing)} not in "
+                              f"{GUEST_PROGRAMS}")
     if spec.fill_mib > spec.data_size_mib * 0.9:
         raise PcteleportError(f"{path}: data.fill_mib must leave 10% of data.size_mib free")
     return spec

@@ -9,11 +9,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pcteleport.errors import PcteleportError
-from pcteleport.records import MigrationRecord, RamCheck
+from pcteleport.records import MigrationRecord, RamCheck, WriteCheck
 from pcteleport.sites.guest_agent import AgentUnavailable, GuestAgent
 from pcteleport.sites.libvirt import guest_health
 from pcteleport.sites.libvirt.migration.plan import MigrationFailed, Plan, ram_layout
 from pcteleport.sites.libvirt.ramcheck import RamCheckError, RamProbe, compare_across
+
+WRITE_CHECK_LIMIT_S = 120.0  # a journal of hours of writes is checked in part, and says so
 
 
 class Destination:
@@ -88,6 +90,38 @@ class Destination:
         disk = f"disk {serial}" if serial else "the disk"
         self.log(f"verified at {p.dst.name}: guest agent answers, {which} match {disk}"
                  + (f" ({took / 1000:.1f} s in the guest)" if took is not None else ""))
+
+    def check_writes(self, agent: GuestAgent) -> None:
+        """Every write the guest's workloads journaled as durable is there at the destination
+        (the agent's check-writes): a missing one fails the migration, naming it."""
+        p = self.plan
+        try:
+            result = agent.call("check-writes", {"limit_s": WRITE_CHECK_LIMIT_S},
+                                timeout=WRITE_CHECK_LIMIT_S + 60)
+        except PcteleportError as exc:
+            if "unknown method" in str(exc):  # an agent older than the check
+                self.log("writes not checked: the guest agent has no check-writes")
+                return
+            raise MigrationFailed(f"after migration: checking the guest's writes: {exc}") from exc
+        check = WriteCheck(journals=len(result.get("journals") or []),
+                           entries=int(result.get("entries", 0)),
+                           checked=int(result.get("checked", 0)),
+                           failed=int(result.get("failed", 0)),
+                           failures=list(result.get("failures") or [])[:10],
+                           elapsed_s=round(float(result.get("elapsed_ms", 0)) / 1000, 2))
+        self.record.write_check = check
+        if check.failed:
+            raise MigrationFailed(
+                f"write check: VM {p.vm} at {p.dst.name}: {check.failed} of {check.checked} "
+                f"journaled writes are missing or changed (first: {check.failures[0]})")
+        if not check.journals:
+            self.log("writes checked: the guest keeps no write journal")
+            return
+        self.log(f"writes checked at {p.dst.name}: {check.checked} journaled writes in "
+                 f"{check.journals} journal{'' if check.journals == 1 else 's'} all there "
+                 f"({check.elapsed_s:.1f} s in the guest)"
+                 + ("" if check.complete else f"; {check.entries - check.checked} not checked "
+                    f"within {WRITE_CHECK_LIMIT_S:.0f} s"))
 
     def compare_ram(self, source: RamProbe | None, evidence_dir: Path) -> str:
         """Destination paused with the stream loaded, source RAM held since the switch-over:

@@ -162,7 +162,9 @@ class MigrationRun:
         self.destination.check()
         if ram_problem:
             raise MigrationFailed(ram_problem)
-        self.destination.verify(self.agent_for(p.dst, p.vm))
+        agent = self.agent_for(p.dst, p.vm)
+        self.destination.verify(agent)
+        self.destination.check_writes(agent)
         self.destination.check()  # once more: a guest can die while it is being verified
         rec.runs_at, rec.result = p.dst.name, Result.OK
         self.journal.phase(Phase.DONE)
