@@ -264,6 +264,9 @@ class PageCounts:
     teleported: int = 0  # restored at the destination from its replica
     zero: int = 0  # sent as QEMU zero-page records
     sent: int = 0  # sent whole over the WAN
+    #: of `sent`: pages the map named whose blocks on the base differ from them (written since
+    #: the base: the VM's overlay holds those blocks), so they could not be teleported
+    written_since_base: int = 0
 
 
 @dataclass
@@ -387,6 +390,7 @@ class MigrationRecord:
                 "zero": self.pages.zero,
                 "sent": self.pages.sent,
                 "teleported_after_refresh": self.pages_teleported_later,
+                "written_since_base": self.pages.written_since_base,
             },
             "map_refreshes": self.map_refreshes,
             "wan_encryption": self.wan_encryption,

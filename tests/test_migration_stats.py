@@ -26,6 +26,11 @@ def test_the_relays_counts_replace_libvirts():
                                                 pages_sent=100))
     s = stats.build_sample(1.0, Phase.ITERATIVE, JOB, wan_rate=-3, relay=relay)
     assert s.pages == PageCounts(600, 300, 100)
+    # pages the map named whose base blocks differ (written since the base): sent, counted
+    relay = events.Stats(counters=CodecCounters(pages_teleported=600, pages_sent=100,
+                                                pages_refused=40))
+    s = stats.build_sample(1.0, Phase.ITERATIVE, JOB, wan_rate=0, relay=relay)
+    assert s.pages == PageCounts(600, 0, 100, written_since_base=40)
     assert s.wan_rate_bytes_per_s == 0.0  # a counter read out of order is no negative rate
 
 

@@ -64,7 +64,7 @@ def test_summary_has_exactly_the_issue_5_11_14_and_16_keys() -> None:
     assert s["writes_checked"] is None and s["writes_lost"] is None  # not checked
     assert s["disks"] == [] and s["disk_wan_bytes"] == s["memory_wan_bytes"] == 0
     assert s["pages"] == {"teleported": 70_000, "zero": 120_000, "sent": 40_000,
-                          "teleported_after_refresh": 1_500}
+                          "teleported_after_refresh": 1_500, "written_since_base": 0}
     assert s["map_refreshes"] == 4
     assert s["guest_crashed"] is False and s["ram_pages_differing"] is None
     r.guest_console = ["Kernel panic - not syncing: Fatal exception in interrupt"]

@@ -312,6 +312,9 @@ class MigrationView(ConsoleScreen):
             t.append(f"{label:>10} ", style=colour.hex)
             t.append(f"{units.count(n):>11}", style="bold")
             t.append(f" {units.size(n * PAGE_SIZE)}\n", style="dim")
+        if pages.written_since_base:  # sent, though the map named them: the overlay has them
+            t.append(f"{'of them':>10} {units.count(pages.written_since_base):>11}", style="dim")
+            t.append(" written since base\n", style="dim")
         if last is not None:
             t.append(f"{'guest':>10} {units.rate(last.guest_rate_bytes_per_s)}\n")
             t.append(f"{'WAN':>10} {units.link_rate(last.wan_rate_bytes_per_s)}")

@@ -15,7 +15,8 @@ from pcteleport.teleport import events
 
 def relay_pages(counters: events.Stats | events.Summary) -> PageCounts:
     c = counters.counters
-    return PageCounts(teleported=c.pages_teleported, zero=c.pages_zero, sent=c.pages_sent)
+    return PageCounts(teleported=c.pages_teleported, zero=c.pages_zero, sent=c.pages_sent,
+                      written_since_base=c.pages_refused)
 
 
 def build_sample(t: float, phase: Phase | None, stats: dict, wan_rate: float,
