@@ -78,6 +78,7 @@ class MigrateDialog(ModalScreen[MigrationRequest | None]):
             table.add_column("time", key="time")
             table.add_column("× T_min", key="tmin")
             yield table
+            yield Static(id="prediction-note")
             with Horizontal(id="migrate-buttons"):
                 yield Button("Start anyway" if self.engine_warning else "Start",
                              variant="warning" if self.engine_warning else "primary",
@@ -155,7 +156,7 @@ class MigrateDialog(ModalScreen[MigrationRequest | None]):
         if inputs is None:
             table.add_row(Text("no composition from the agent yet: no prediction", style="dim"),
                           "", "", "")
-            table.border_subtitle = "measuring…" if self.measuring else self.measure_error
+            self.note("measuring…" if self.measuring else self.measure_error or "")
             return
         chosen = self.mode()
         preds = predict_all(inputs)
@@ -174,12 +175,15 @@ class MigrateDialog(ModalScreen[MigrationRequest | None]):
                           Text(time_txt, style=style), Text(vs, style=style))
         limit = f"T_min {units.seconds(tmin)}" if tmin is not None else "T_min unknown"
         if self.inputs is not None:
-            table.border_subtitle = f"predicted from a fresh measurement · {limit}"
+            self.note(f"{limit} · predicted from a fresh measurement")
         elif self.measuring:
-            table.border_subtitle = f"measuring the guest… (from its composition) · {limit}"
+            self.note(f"{limit} · measuring the guest… (until then: its composition)")
         else:
-            table.border_subtitle = (f"{self.measure_error} (from its composition) · {limit}"
-                                     if self.measure_error else f"predicted · {limit}")
+            self.note(f"{limit} · {self.measure_error or 'predicted'} (from its composition)")
+
+    def note(self, text: str) -> None:
+        """T_min and where the prediction comes from, under the table."""
+        self.query_one("#prediction-note", Static).update(Text(text, style="dim"))
 
     @on(Select.Changed)
     def _dest_changed(self) -> None:

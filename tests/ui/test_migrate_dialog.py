@@ -90,9 +90,8 @@ async def test_the_dialog_measures_the_guest_when_it_opens_and_shows_t_min() -> 
     async with app.run_test(size=(100, 30)) as pilot:
         dialog = await measured_dialog(pilot, app)
         assert "prediction:u-web:osaka" in backend.calls
-        table = dialog.query_one("#predictions", DataTable)
-        assert "fresh measurement" in str(table.border_subtitle)
-        assert "T_min" in str(table.border_subtitle)
+        note = str(dialog.query_one("#prediction-note", Static).render())
+        assert "fresh measurement" in note and "T_min" in note
         rows = prediction_rows(dialog)
         # every mode's time against the limit, none below it
         assert all(r[3].endswith("×") and float(r[3][:-1]) >= 1.0 for r in rows)
