@@ -174,8 +174,10 @@ class MigrateDialog(ModalScreen[MigrationRequest | None]):
                           Text(units.size(p.wan_bytes) + ratio, style=style),
                           Text(time_txt, style=style), Text(vs, style=style))
         limit = f"T_min {units.seconds(tmin)}" if tmin is not None else "T_min unknown"
-        if self.inputs is not None:
+        if self.inputs is not None and self.inputs.sample_pages:
             self.note(f"{limit} · predicted from a fresh measurement")
+        elif self.inputs is not None:  # a backend that knows only the composition (a replay)
+            self.note(f"{limit} · predicted from the composition only (no RAM sample)")
         elif self.measuring:
             self.note(f"{limit} · measuring the guest… (until then: its composition)")
         else:
