@@ -32,6 +32,7 @@ from pcteleport.records import (
     MigrationEvent,
     MigrationRecord,
     Mode,
+    PredictionInputs,
     Site,
 )
 
@@ -68,6 +69,9 @@ class MigrationRequest:
     #: teleport's relays authenticate their frames but do not encrypt them (for comparison
     #: only; the record says so)
     insecure: bool = False
+    #: what was measured before the start (Backend.prediction_inputs): the record keeps the
+    #: prediction it gives for this mode, and T_min, beside what the run measured
+    prediction_inputs: PredictionInputs | None = None
 
 
 class Backend(ABC):
@@ -117,6 +121,28 @@ class Backend(ABC):
         with `pcteleport images sync web-data-….raw --to osaka`): teleport is off for vdb and
         it is copied whole". The migration still runs."""
         return [f"{d.target}: {d.reason}" for d in self.disk_plan(vm_uuid, to_site) if d.reason]
+
+    def prediction_inputs(self, vm_uuid: str, to_site: str,
+                          cap_bytes_per_s: float | None = None,
+                          auto_converge: bool = False) -> PredictionInputs:
+        """What the prediction of a migration of the VM to `to_site` is made of, measured now
+        (pcteleport.predict says what each mode would send and take, and T_min). Slow: seconds
+        (a fresh map, a RAM sample, a dirty-rate measurement); starts nothing. The default
+        knows only the composition and the link."""
+        from pcteleport.predict import inputs_from_composition
+
+        comp = self.composition(vm_uuid)
+        vm = next((v for s in self.sites() for v in self.vms(s.name)
+                   if vm_uuid in (v.uuid, v.name)), None)
+        if vm is None:
+            raise ServiceError(f"no VM '{vm_uuid}'")
+        site = next(s for s in self.sites() if s.name == vm.site)
+        link = site.link_to(to_site)
+        inp = inputs_from_composition(comp, link.rate_bytes_per_s if link else None,
+                                      link.rtt_ms if link else None, cap_bytes_per_s,
+                                      vm.memory_bytes or None)
+        inp.auto_converge = auto_converge
+        return inp
 
     def images(self, verify: bool = False) -> list[BaseImage]:
         """The base images of every site's image cache (slow with `verify`: every image is read

@@ -298,6 +298,12 @@ def _add_sites(sub: argparse._SubParsersAction) -> None:
     mig.add_argument("--insecure", action="store_true",
                      help="teleport: the relays authenticate but do NOT encrypt guest memory "
                           "on the WAN (for comparison only; the record says so)")
+    mig.add_argument("--dry-run", action="store_true",
+                     help="start nothing: measure the VM now and print, per mode, the predicted "
+                          "WAN bytes and total time, and T_min (the physical limit)")
+    mig.add_argument("--no-predict", action="store_true",
+                     help="skip the measurements before the start (the record then keeps no "
+                          "prediction)")
     mig.set_defaults(handler=_migrate)
 
     ab = sub.add_parser("abort", help="abort the running migration of a VM")
@@ -314,9 +320,12 @@ def _vms(args: argparse.Namespace) -> int:
 def _migrate(args: argparse.Namespace) -> int:
     from pcteleport import headless as commands
 
+    if args.dry_run:
+        return commands.dry_run(args.vm, args.to, args.bandwidth, args.json,
+                                args.auto_converge)
     return commands.migrate(args.vm, args.to, args.mode, args.bandwidth, args.json,
                             args.verify, args.auto_converge, args.force, args.compare_ram,
-                            args.insecure)
+                            args.insecure, predict=not args.no_predict)
 
 
 def _abort(args: argparse.Namespace) -> int:

@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from pcteleport.predict import predict
+from pcteleport.predict import inputs_from_composition, predict
 from pcteleport.records import MigrationRecord, Mode
 
 
@@ -42,14 +42,17 @@ METRICS: tuple[Metric, ...] = (
 
 
 def predicted_wan_bytes(r: MigrationRecord) -> int | None:
-    """What the prediction said this run would send, from the composition it started with:
-    next to the measured WAN bytes, it shows how far the model is from the lab."""
+    """What the prediction said this run would send: the one it kept from before its start,
+    else the model's from the composition it started with (an older record)."""
+    if r.prediction is not None:
+        return r.prediction.wan_bytes
     if r.composition is None:
         return None
     ram = r.samples[0].total_bytes if r.samples else None
     link = r.wan.rate_bytes_per_s if r.wan else None
-    return predict(r.composition, r.mode, link, cap_bytes_per_s=r.bandwidth_cap_bytes_per_s,
-                   ram_bytes=ram).wan_bytes
+    inputs = inputs_from_composition(r.composition, link,
+                                     cap_bytes_per_s=r.bandwidth_cap_bytes_per_s, ram_bytes=ram)
+    return predict(inputs, r.mode).wan_bytes
 
 
 def filter_runs(records: Iterable[MigrationRecord], vm: str | None = None,

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import signal
 import sys
@@ -13,7 +14,8 @@ import libvirt
 
 from pcteleport.backend import VERIFY_SAMPLE_PAGES, MigrationRequest
 from pcteleport.errors import PcteleportError
-from pcteleport.records import LogLine, Mode, Result
+from pcteleport.predict import predict, predict_all, t_min
+from pcteleport.records import LogLine, Mode, PredictionInputs, Result, to_dict
 from pcteleport.sites.backends import sites_config_candidates
 from pcteleport.sites.libvirt.backend import LibvirtBackend
 
@@ -59,7 +61,7 @@ def list_vms(as_json: bool) -> int:
 
 def migrate(vm: str, to: str, mode: str, bandwidth_mib: float | None, as_json: bool,
             verify: str = "sample", auto_converge: bool = False, force: bool = False,
-            compare_ram: bool = False, insecure: bool = False) -> int:
+            compare_ram: bool = False, insecure: bool = False, predict: bool = True) -> int:
     try:
         mode_v = Mode(mode)
     except ValueError:
@@ -78,6 +80,10 @@ def migrate(vm: str, to: str, mode: str, bandwidth_mib: float | None, as_json: b
         warnings = []  # the migration itself says why it cannot start
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr if as_json else sys.stdout, flush=True)
+    if predict:  # measured before the start, so the record can keep it beside the run
+        inputs = _measure(backend, vm, to, request.bandwidth_cap_bytes_per_s, auto_converge,
+                          sys.stderr if as_json else sys.stdout)
+        request = dataclasses.replace(request, prediction_inputs=inputs)
 
     def on_event(event: object) -> None:
         if isinstance(event, LogLine):
@@ -105,6 +111,70 @@ def migrate(vm: str, to: str, mode: str, bandwidth_mib: float | None, as_json: b
     elif record.result is not Result.OK:
         print(f"pcteleport: migration {record.result}: {record.error}", file=sys.stderr)
     return 0 if record.result is Result.OK else 1
+
+
+def _measure(backend: LibvirtBackend, vm: str, to: str, cap: float | None,
+             auto_converge: bool, out: Any) -> PredictionInputs | None:
+    try:
+        inputs = backend.prediction_inputs(vm, to, cap, auto_converge)
+    except PcteleportError as exc:
+        print(f"warning: no prediction: {exc}", file=out, flush=True)
+        return None
+    for p in inputs.problems:
+        print(f"warning: prediction: {p}", file=out, flush=True)
+    pred = predict(inputs, Mode.TELEPORT)  # only to say the limit; the mode's own comes later
+    tmin = t_min(inputs)
+    print(f"measured in {inputs.took_s:.1f} s; T_min "
+          + (f"{tmin:.1f} s" if tmin is not None else "unknown")
+          + (f", teleport predicted {pred.wan_bytes / 2**20:.1f} MiB" if pred else ""),
+          file=out, flush=True)
+    return inputs
+
+
+def prediction_summary(vm: str, to: str, inputs: PredictionInputs) -> dict[str, Any]:
+    """`migrate --dry-run --json`: per mode what it would send and take, and T_min."""
+    return {
+        "vm": vm, "to": to, "dry_run": True,
+        "t_min_s": t_min(inputs),
+        "modes": [{"mode": str(p.mode), "predicted_wan_bytes": p.wan_bytes,
+                   "predicted_total_s": p.total_s,
+                   "predicted_memory_wan_bytes": p.memory_wan_bytes,
+                   "predicted_disk_wan_bytes": p.disk_wan_bytes,
+                   "converges": p.converges} for p in predict_all(inputs)],
+        "inputs": to_dict(inputs),
+    }
+
+
+def dry_run(vm: str, to: str, bandwidth_mib: float | None, as_json: bool,
+            auto_converge: bool = False) -> int:
+    """Measure the VM and print the prediction per mode; nothing starts."""
+    backend = open_backend()
+    try:
+        inputs = backend.prediction_inputs(vm, to, bandwidth_mib * 2**20 if bandwidth_mib
+                                           else None, auto_converge)
+        warnings = backend.disk_warnings(vm, to)
+    finally:
+        backend.close()
+    out = prediction_summary(vm, to, inputs)
+    if as_json:
+        for w in [*warnings, *(f"prediction: {p}" for p in inputs.problems)]:
+            print(f"warning: {w}", file=sys.stderr)
+        print(json.dumps(out))
+        return 0
+    for w in [*warnings, *(f"prediction: {p}" for p in inputs.problems)]:
+        print(f"warning: {w}")
+    tmin = out["t_min_s"]
+    print(f"{vm} -> {to}: measured in {inputs.took_s:.1f} s; nothing was started")
+    print(f"T_min (the physical limit): {'unknown' if tmin is None else f'{tmin:.1f} s'}")
+    print(f"{'MODE':<11} {'WAN':>11} {'TIME':>9} {'x T_min':>8}")
+    for m in out["modes"]:
+        secs = m["predicted_total_s"]
+        ratio = f"{secs / tmin:.2f}" if secs is not None and tmin else "-"
+        time_txt = "-" if secs is None else f"{secs:.1f} s"
+        note = "" if m["converges"] else "  may not converge"
+        print(f"{m['mode']:<11} {m['predicted_wan_bytes'] / 2**20:>7.1f} MiB {time_txt:>9} "
+              f"{ratio:>8}{note}")
+    return 0
 
 
 def abort(vm: str) -> int:

@@ -1,121 +1,274 @@
-"""Predicted WAN bytes and migration time per mode, from a VM's composition and the WAN.
+"""Predicted WAN bytes and total time per mode, and the physical limit T_min, from what was
+measured just before the start (records.PredictionInputs: a fresh composition and map, a zstd
+sample of guest RAM, the guest's dirty rate, the WAN's goodput and RTT, the disks' overlays).
 
-A pure function, so the migrate dialog, the CLI and the benchmark agree on the estimate and a
-test can pin it. It is a first-order model of QEMU precopy over a link:
+Pure functions, so the migrate dialog, `migrate --dry-run`, the records and the benchmark agree
+on one estimate and a test can pin it. The model is QEMU precopy over a link:
 
-* every guest page crosses the WAN once as a page record (4 KiB + an 8-byte header), except
-  zero pages (a 9-byte record) — we take free memory as zero-filled, scaled by `free_zero_fraction`;
-* RAM the guest kernel does not count in MemTotal (firmware, reserved, the kernel image) is sent
-  as data when the VM's RAM size is given;
-* pages dirtied while a round is sent are sent again: rounds shrink by dirty/link each time;
-* `drop-cache` first turns the clean page cache into free memory;
-* `zstd` sends non-zero pages compressed by `zstd_ratio`, no faster than zstd's CPU rate;
-* `teleport` sends a small reference instead of each restorable page, and the destination reads
-  those pages from its replica while the stream arrives (whichever is slower bounds the time).
+* round 1 sends every non-zero page (zero pages cost a short record); the share of zero pages
+  is measured on a sample of guest RAM, not guessed from MemFree (freed pages keep old bytes);
+* each page costs, by mode: a page record (stock, drop-cache), its zstd size as sampled (zstd;
+  teleport's relay compresses the pages it sends whole the same way), or a reference
+  (teleport, pages the fresh map names);
+* later rounds resend what the guest dirtied meanwhile (the measured dirty rate, at most its
+  RAM), until what is left fits in the downtime limit; auto-converge throttles the guest's
+  vCPUs by QEMU's steps (20 %, +10 % a round) while a round dirties more than half of what it
+  sent;
+* drop-cache turns the clean cache into zero pages, but the workload reads its files again
+  while the migration runs: those pages come back as dirtied data (`reread_share` of the
+  clean cache), after the guest spent `drop_s` dropping and zeroing;
+* the disks' overlays cross first (libvirt's NBD mirror, `mirror_chunk_bytes` in flight, so
+  one chunk per RTT when that is below the link);
+* time is the WAN bytes over the goodput, or the relay's / zstd's CPU rate when that is lower,
+  plus the map (teleport), setup and the switch-over.
 
-The constants are estimates to be calibrated from lab records; the UI labels results "predicted".
+T_min is the bound no mode can beat: the bytes that must cross (non-zero pages no map names,
+compressed as well as the sample says; the zero pages' records; the overlays; what the guest
+dirties meanwhile) over the goodput, plus a few RTTs.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pcteleport.records import PAGE_SIZE, Composition, Mode
+from pcteleport.records import (
+    PAGE_SIZE,
+    Composition,
+    MigrationRecord,
+    Mode,
+    ModePrediction,
+    PredictionInputs,
+)
 
 PAGE_RECORD_BYTES = PAGE_SIZE + 8  # be64 offset|flags, then the page
 ZERO_RECORD_BYTES = 9  # be64 offset|flags, then one fill byte
-MAX_ROUNDS = 30  # QEMU keeps iterating; past this a migration that does not converge is stuck
+MAX_ROUNDS = 60  # QEMU keeps iterating; past this a migration that does not converge is stuck
+QEMU_DOWNTIME_MS = 300.0  # QEMU's own downtime limit when none was set
 
 
 @dataclass(frozen=True)
 class PredictionModel:
-    free_zero_fraction: float = 1.0  # share of free memory QEMU finds zero-filled
-    zstd_ratio: float = 0.45  # compressed / raw size of non-zero guest pages
-    zstd_bytes_per_s: float = 400e6  # guest bytes zstd compresses per second (multifd, 2 threads)
-    teleport_ref_bytes: int = 16  # WAN bytes that stand in for one teleported page
-    replica_read_bytes_per_s: float = 200e6  # destination replica read rate for restored pages
-    dirty_rate_bytes_per_s: float = 0.0  # guest write rate during migration
-    setup_s: float = 1.0  # libvirt prepare, destination QEMU start, resume
-    setup_rtts: int = 8  # protocol round trips (libvirt begin/prepare/perform/finish, TCP, QEMU)
+    """Constants that are not measured before the start: defaults from the lab's bench runs
+    (docs/results.md, "Predictions")."""
+
+    free_zero_fraction: float = 1.0  # without a RAM sample: share of MemFree that is zero
+    zstd_ratio: float = 0.30  # without a sample: compressed / raw size of non-zero pages
+    zstd_bytes_per_s: float = 150e6  # guest bytes multifd zstd compresses per second
+    teleport_ref_bytes: int = 12  # WAN bytes of one teleported page (offset + hash, zstd'd)
+    zero_wan_bytes: float = 1.0  # WAN bytes of a zero page in a compressed stream
+    relay_bytes_per_s: float = 90e6  # non-zero guest bytes the send relay encodes per second
+    goodput_share: float = 0.998  # of the link rate, what TCP carries (the lab's counters)
+    reread_share: float = 1.0  # drop-cache: share of the clean cache the workload reads again
+    drop_s: float = 2.0  # drop-cache: the guest's sync and drop, before zeroing
+    zero_bytes_per_s: float = 45e6  # drop-cache: how fast a TCG guest zeroes its free memory
+    mirror_chunk_bytes: int = 64 * 1024  # NBD mirror: one chunk in flight per RTT
+    #: QEMU's single migration stream (stock, drop-cache) after the disks' mirror runs one TCP
+    #: window per RTT for this long before it opens up (measured, web-default-125229)
+    stream_window_bytes: int = 64 * 1024
+    stream_slow_s: float = 0.0
+    setup_s: float = 1.5  # libvirt begin/prepare/perform, destination QEMU start
+    switchover_s: float = 1.0  # stop-and-copy's device state and the resume
+    setup_rtts: int = 8  # protocol round trips (libvirt, TCP, QEMU)
+    tmin_rtts: int = 3  # T_min: connect, the last round's acknowledgement, resume
+
+
+DEFAULT_MODEL = PredictionModel()
+
+
+# --- what a page costs ---------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class Prediction:
-    mode: Mode
-    wan_bytes: int
-    seconds: float | None  # None when the link rate is unknown
-    converges: bool = True  # False when the guest dirties memory faster than the link sends it
+class Pages:
+    """Guest RAM in pages, as the inputs describe it."""
+
+    total: int
+    zero: int
+    restorable: int  # non-zero pages the fresh map names
+    clean: int  # the guest's clean page cache, in pages
+
+    @property
+    def nonzero(self) -> int:
+        return self.total - self.zero
 
 
-def predict(
-    composition: Composition,
-    mode: Mode,
-    link_bytes_per_s: float | None,
-    rtt_ms: float = 0.0,
-    cap_bytes_per_s: float | None = None,
-    model: PredictionModel = PredictionModel(),  # frozen, so sharing the default is safe
-    ram_bytes: int | None = None,  # the VM's RAM as libvirt sees it (>= the guest's MemTotal)
-) -> Prediction:
-    c = composition
-    free = c.free
-    clean = c.cache_clean
-    restorable = min(c.restorable, c.cache_clean)
+def pages_of(inp: PredictionInputs, model: PredictionModel = DEFAULT_MODEL) -> Pages:
+    c = inp.composition or Composition(total=inp.ram_bytes)
+    total = max(inp.ram_bytes, c.total) // PAGE_SIZE
+    if inp.zero_fraction is not None:
+        zero = int(total * inp.zero_fraction)
+    else:
+        zero = int(max(0, c.free) // PAGE_SIZE * model.free_zero_fraction)
+    zero = min(zero, total)
+    restorable = inp.restorable_bytes if inp.restorable_bytes is not None else c.restorable
+    restorable_pages = min(max(0, restorable) // PAGE_SIZE, total - zero)
+    return Pages(total, zero, restorable_pages, max(0, c.cache_clean) // PAGE_SIZE)
+
+
+def goodput(inp: PredictionInputs, model: PredictionModel = DEFAULT_MODEL) -> float | None:
+    rate = inp.link_rate_bytes_per_s
+    if rate is not None and inp.cap_bytes_per_s is not None:
+        rate = min(rate, inp.cap_bytes_per_s)
+    return rate * model.goodput_share if rate else None
+
+
+def _ratios(inp: PredictionInputs, model: PredictionModel) -> tuple[float, float]:
+    whole = inp.zstd_ratio if inp.zstd_ratio is not None else model.zstd_ratio
+    rest = inp.zstd_ratio_rest if inp.zstd_ratio_rest is not None else whole
+    return whole, rest
+
+
+def disk_wan(inp: PredictionInputs) -> int:
+    return inp.disk_overlay_bytes + inp.disks_whole_bytes
+
+
+def disk_seconds(inp: PredictionInputs, rate: float,
+                 model: PredictionModel = DEFAULT_MODEL) -> float:
+    """The NBD mirror: bounded by the link, and by one chunk per RTT."""
+    b = disk_wan(inp)
+    if b <= 0:
+        return 0.0
+    rtt = (inp.rtt_ms or 0.0) / 1000.0
+    mirror = model.mirror_chunk_bytes / rtt if rtt > 0 else rate
+    return b / min(rate, mirror)
+
+
+# --- precopy -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Precopy:
+    wan_bytes: float
+    seconds: float  # on the WAN (or CPU-bound), first round to the end of stop-and-copy
+    rounds: int
+    converges: bool
+
+
+def precopy(first_wan: float, dirty_page_wan: float, dirty_pages_per_s: float,
+            max_dirty_pages: int, rate: float, downtime_s: float, auto_converge: bool,
+            first_extra: float = 0.0, min_round_s: float = 0.0) -> Precopy:
+    """Rounds of a precopy: round 1 costs `first_wan` bytes (plus `first_extra` pages dirtied
+    by something other than the guest's own rate, e.g. drop-cache's re-reads), each later round
+    the pages dirtied during the one before at `dirty_page_wan` bytes each; done when a round
+    fits in the downtime limit. `min_round_s`: a round never takes less (a CPU bound)."""
+    sent = first_wan
+    t = max(first_wan / rate, min_round_s)
+    dirty_pages = min(dirty_pages_per_s * t + first_extra, max_dirty_pages)
+    throttle = 0.0
+    rounds = 1
+    while rounds < MAX_ROUNDS:
+        round_wan = dirty_pages * dirty_page_wan
+        if round_wan / rate <= downtime_s:  # stop-and-copy
+            return Precopy(sent + round_wan, t + round_wan / rate, rounds + 1, True)
+        round_t = round_wan / rate
+        sent += round_wan
+        t += round_t
+        rounds += 1
+        new = min(dirty_pages_per_s * (1.0 - throttle) * round_t, max_dirty_pages)
+        # QEMU's auto-converge: throttle once a round dirties more than half of what it sent
+        if auto_converge and new > 0.5 * dirty_pages:
+            throttle = 0.2 if throttle == 0 else min(0.99, throttle + 0.1)
+        dirty_pages = new
+    return Precopy(sent, t, rounds, False)
+
+
+def predict(inp: PredictionInputs, mode: Mode,
+            model: PredictionModel = DEFAULT_MODEL) -> ModePrediction:
+    p = pages_of(inp, model)
+    ratio_all, ratio_rest = _ratios(inp, model)
+    zero, nonzero, teleported = p.zero, p.nonzero, 0
+    reread = 0
     if mode is Mode.DROP_CACHE:
-        free, clean, restorable = free + clean, 0, 0
-    elif mode is not Mode.TELEPORT:
-        restorable = 0
+        dropped = min(p.clean, nonzero)
+        zero, nonzero = zero + dropped, nonzero - dropped
+        reread = int(dropped * model.reread_share)
+    elif mode is Mode.TELEPORT:
+        teleported = p.restorable
+        nonzero -= teleported
 
-    zero_pages = int((max(0, free) // PAGE_SIZE) * model.free_zero_fraction)
-    teleported_pages = (max(0, restorable) // PAGE_SIZE)
-    total_pages = max(c.total, ram_bytes or 0) // PAGE_SIZE
-    data_pages = max(0, total_pages - zero_pages - teleported_pages)
-
-    data_bytes = data_pages * PAGE_RECORD_BYTES
     if mode is Mode.ZSTD:
-        data_bytes = int(data_bytes * model.zstd_ratio)
-    first_round = (
-        data_bytes + zero_pages * ZERO_RECORD_BYTES + teleported_pages * model.teleport_ref_bytes
-    )
+        page_wan = PAGE_SIZE * ratio_all
+        zero_wan = model.zero_wan_bytes
+    elif mode is Mode.TELEPORT:
+        page_wan = PAGE_SIZE * ratio_rest
+        zero_wan = model.zero_wan_bytes
+    else:
+        page_wan, zero_wan = float(PAGE_RECORD_BYTES), float(ZERO_RECORD_BYTES)
+    first = nonzero * page_wan + zero * zero_wan + teleported * model.teleport_ref_bytes
 
-    rate = link_bytes_per_s
-    if rate is not None and cap_bytes_per_s is not None:
-        rate = min(rate, cap_bytes_per_s)
-
-    # Later rounds resend what the guest dirtied meanwhile, at the same WAN cost per guest byte.
-    converges = True
-    resent = 0.0
-    if rate and model.dirty_rate_bytes_per_s > 0:
-        guest_bytes_per_wan_byte = (total_pages * PAGE_SIZE) / max(first_round, 1)
-        ratio = model.dirty_rate_bytes_per_s / (rate * guest_bytes_per_wan_byte)
-        converges = ratio < 1.0
-        round_bytes = float(first_round)
-        for _ in range(MAX_ROUNDS):
-            round_bytes *= min(ratio, 1.0)
-            resent += round_bytes
-            if round_bytes < PAGE_RECORD_BYTES:
-                break
-    wan_bytes = int(first_round + resent)
-
+    disk = disk_wan(inp)
+    rate = goodput(inp, model)
+    dirty = (inp.dirty_rate_bytes_per_s or 0.0) / PAGE_SIZE
+    downtime_s = (inp.max_downtime_ms or QEMU_DOWNTIME_MS) / 1000.0
+    # CPU bounds of a round: zstd compresses every non-zero page, the relay encodes them
+    cpu_s = 0.0
+    if mode is Mode.ZSTD:
+        cpu_s = nonzero * PAGE_SIZE / model.zstd_bytes_per_s
+    elif mode is Mode.TELEPORT:
+        cpu_s = (nonzero + teleported) * PAGE_SIZE / model.relay_bytes_per_s
     if not rate:
-        return Prediction(mode, wan_bytes, None, converges)
-    seconds = wan_bytes / rate
-    if mode is Mode.ZSTD:
-        seconds = max(seconds, total_pages * PAGE_SIZE / model.zstd_bytes_per_s)
-    if mode is Mode.TELEPORT and restorable:
-        seconds = max(seconds, restorable / model.replica_read_bytes_per_s)
-    seconds += model.setup_s + model.setup_rtts * rtt_ms / 1000.0
-    return Prediction(mode, wan_bytes, seconds, converges)
+        # No rate: bytes of one pass and what was dirtied is unknown; say so with None.
+        return ModePrediction(mode, int(first + disk), None, int(first), disk, True, 1)
+    run = precopy(first, page_wan, dirty, p.total, rate, downtime_s, inp.auto_converge,
+                  first_extra=reread, min_round_s=cpu_s)
+    seconds = run.seconds + disk_seconds(inp, rate, model)
+    seconds += model.setup_s + model.switchover_s + model.setup_rtts * (inp.rtt_ms or 0) / 1e3
+    if mode in (Mode.STOCK, Mode.DROP_CACHE) and disk and model.stream_slow_s:
+        rtt = (inp.rtt_ms or 0.0) / 1000.0
+        slow_rate = model.stream_window_bytes / rtt if rtt else rate
+        if slow_rate < rate:  # the bytes it sent slowly took this much longer
+            seconds += model.stream_slow_s * (1.0 - slow_rate / rate)
+    if mode is Mode.TELEPORT:
+        seconds += inp.map_s or 0.0
+    if mode is Mode.DROP_CACHE:
+        free = (inp.composition.free if inp.composition else 0) + p.clean * PAGE_SIZE
+        seconds += model.drop_s + free / model.zero_bytes_per_s
+    return ModePrediction(mode, int(run.wan_bytes + disk), seconds, int(run.wan_bytes), disk,
+                          run.converges, run.rounds)
 
 
-def predict_all(
-    composition: Composition,
-    link_bytes_per_s: float | None,
-    rtt_ms: float = 0.0,
-    cap_bytes_per_s: float | None = None,
-    model: PredictionModel = PredictionModel(),
-    ram_bytes: int | None = None,
-) -> list[Prediction]:
-    return [
-        predict(composition, mode, link_bytes_per_s, rtt_ms, cap_bytes_per_s, model, ram_bytes)
-        for mode in Mode
-    ]
+def predict_all(inp: PredictionInputs,
+                model: PredictionModel = DEFAULT_MODEL) -> list[ModePrediction]:
+    return [predict(inp, mode, model) for mode in Mode]
+
+
+def must_cross_bytes(inp: PredictionInputs, model: PredictionModel = DEFAULT_MODEL) -> float:
+    """The bytes no mode can avoid sending: non-zero pages no map names, compressed as well as
+    the sample says, the zero pages' records and the disks' overlays."""
+    p = pages_of(inp, model)
+    _, rest = _ratios(inp, model)
+    return ((p.nonzero - p.restorable) * PAGE_SIZE * rest + p.zero * model.zero_wan_bytes
+            + p.restorable * model.teleport_ref_bytes + disk_wan(inp))
+
+
+def t_min(inp: PredictionInputs, model: PredictionModel = DEFAULT_MODEL) -> float | None:
+    """Seconds: the bytes that must cross over the goodput, the guest's dirtying at the same
+    cost per page while they do, plus a few RTTs. None without a link rate, or when the guest
+    dirties faster than the link can carry even at that cost (no precopy bound)."""
+    rate = goodput(inp, model)
+    if not rate:
+        return None
+    _, rest = _ratios(inp, model)
+    dirty_wan = (inp.dirty_rate_bytes_per_s or 0.0) * rest
+    if dirty_wan >= rate:
+        return None
+    return must_cross_bytes(inp, model) / (rate - dirty_wan) + \
+        model.tmin_rtts * (inp.rtt_ms or 0.0) / 1000.0
+
+
+def inputs_from_composition(composition: Composition, link_bytes_per_s: float | None,
+                            rtt_ms: float | None = None, cap_bytes_per_s: float | None = None,
+                            ram_bytes: int | None = None) -> PredictionInputs:
+    """Inputs when only a composition is known (an older record, a replay): no sample, no
+    dirty rate, no map but the composition's restorable figure."""
+    return PredictionInputs(ram_bytes=ram_bytes or composition.total, composition=composition,
+                            link_rate_bytes_per_s=link_bytes_per_s, rtt_ms=rtt_ms,
+                            cap_bytes_per_s=cap_bytes_per_s)
+
+
+def keep_prediction(record: MigrationRecord, inputs: PredictionInputs,
+                    model: PredictionModel = DEFAULT_MODEL) -> None:
+    """The record keeps what was predicted for its mode, and T_min, beside what it measured."""
+    record.prediction_inputs = inputs
+    record.prediction = predict(inputs, record.mode, model)
+    record.t_min_s = t_min(inputs, model)

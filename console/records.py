@@ -232,6 +232,55 @@ class Composition:
                               ) from None
 
 
+# --- predictions ---------------------------------------------------------------------------
+
+
+@dataclass
+class PredictionInputs:
+    """What a prediction is made of, measured just before the start (Backend.prediction_inputs):
+    kept in the record so a model changed later can be checked against the runs already made.
+    None where a measurement could not be had (`problems` says why)."""
+
+    taken_at: float = 0.0  # unix time
+    took_s: float = 0.0  # how long measuring took
+    ram_bytes: int = 0  # the VM's RAM as libvirt sees it
+    composition: Composition | None = None
+    #: bytes the fresh restorable maps name (every disk teleport reads from)
+    restorable_bytes: int | None = None
+    map_s: float | None = None  # how long taking the maps took (teleport takes them again)
+    #: random runs of guest pages read from the source QEMU's RAM
+    sample_pages: int = 0
+    zero_fraction: float | None = None  # of the pages sampled, all-zero
+    #: zstd-compressed / raw size of the sampled non-zero pages: all of them (zstd mode) and
+    #: those no map names (what teleport's relay compresses and sends whole)
+    zstd_ratio: float | None = None
+    zstd_ratio_rest: float | None = None
+    #: guest memory written per second (QEMU calc-dirty-rate, over dirty_calc_s)
+    dirty_rate_bytes_per_s: float | None = None
+    dirty_calc_s: float = 0.0
+    link_rate_bytes_per_s: float | None = None  # the WAN's goodput
+    rtt_ms: float | None = None
+    cap_bytes_per_s: float | None = None
+    disk_overlay_bytes: int = 0  # the writable layers the storage migration mirrors
+    disks_whole_bytes: int = 0  # disks without a base at the destination: copied whole
+    auto_converge: bool = False
+    max_downtime_ms: float | None = None  # QEMU's downtime limit for the VM's next migration
+    problems: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ModePrediction:
+    """What one mode is predicted to send and take (pcteleport.predict)."""
+
+    mode: Mode
+    wan_bytes: int
+    total_s: float | None  # None when the link rate is unknown
+    memory_wan_bytes: int = 0
+    disk_wan_bytes: int = 0
+    converges: bool = True  # False: the guest dirties memory faster than this mode sends it
+    rounds: int = 0
+
+
 # --- migrations ----------------------------------------------------------------------------
 
 
@@ -371,6 +420,11 @@ class MigrationRecord:
     disk_wan_bytes: int = 0
     memory_wan_bytes: int = 0
     disks: list[DiskMove] = field(default_factory=list)
+    #: what the model said before the start (for this run's mode), what it was made of, and
+    #: the physical limit: the bytes that must cross over the WAN's goodput, plus a few RTTs
+    prediction: ModePrediction | None = None
+    prediction_inputs: PredictionInputs | None = None
+    t_min_s: float | None = None
     schema: int = SCHEMA_VERSION
 
     def summary(self) -> dict[str, Any]:
@@ -398,6 +452,9 @@ class MigrationRecord:
             "memory_wan_bytes": self.memory_wan_bytes,
             "disks": [{"target": d.target, "base": d.base, "overlay_bytes": d.overlay_bytes,
                        "pages_teleported": d.pages_teleported} for d in self.disks],
+            "predicted_wan_bytes": self.prediction.wan_bytes if self.prediction else None,
+            "predicted_total_s": self.prediction.total_s if self.prediction else None,
+            "t_min_s": self.t_min_s,
             "runs_at": self.runs_at,
             "guest_crashed": bool(self.guest_console),
             "ram_pages_differing": None if self.ram_check is None else self.ram_check.differing,

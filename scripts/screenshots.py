@@ -74,6 +74,9 @@ async def shoot(files: list[Path], out: Path, size: tuple[int, int], speed: floa
         save("vm-detail")
         await pilot.press("escape", "m")
         await _until(pilot, lambda: isinstance(app.screen, MigrateDialog), 5, "migrate dialog")
+        dialog = app.screen
+        await _until(pilot, lambda: dialog.inputs is not None or dialog.measure_error, 10,
+                     "the dialog's measurement")
         await pilot.press(str(list(Mode).index(run.mode) + 1))
         await pilot.pause(0.2)
         save("migrate-dialog")

@@ -112,6 +112,28 @@ def test_table_gives_ratios_to_stock_and_the_recovery(tmp_path):
     assert tel.read_recovered_s == pytest.approx(0) and drop.read_recovered_s == pytest.approx(3)
 
 
+def test_the_table_gives_each_modes_prediction_error_and_its_time_over_t_min():
+    from pcteleport.records import ModePrediction
+
+    runs = _runs()
+    for r in runs:
+        rec = r.record
+        assert rec.total_s
+        rec.prediction = ModePrediction(rec.mode, int(rec.wan_bytes * 1.1), rec.total_s * 0.9)
+        rec.t_min_s = rec.total_s / 2
+    opts = BenchOptions(load("web-small"), [Mode.STOCK, Mode.TELEPORT, Mode.DROP_CACHE], "fast")
+    md = report.markdown(opts, runs, "b", "now")
+    section = md.split("## Predicted before each run")[1].split("## Every run")[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and "mode" not in line]
+    assert len(rows) == 3
+    for line in rows:
+        assert "| +10 % |" in line and "| -10 % |" in line and line.endswith("| 2.00× |")
+    unpredicted = _runs()  # runs that kept no prediction say so, they are not 0 % off
+    md = report.markdown(opts, unpredicted, "b", "now")
+    section = md.split("## Predicted before each run")[1].split("## Every run")[0]
+    assert "| – | – |" in section and "%" not in section
+
+
 def test_without_a_stock_run_there_are_no_ratios():
     opts = BenchOptions(load("web-small"), [Mode.TELEPORT], "fast")
     md = report.markdown(opts, [r for r in _runs() if r.mode is Mode.TELEPORT], "b", "now")

@@ -41,13 +41,18 @@ def test_markdown_gives_ratios_to_the_same_vms_stock_run() -> None:
 
 def test_predicted_wan_bytes_come_from_the_runs_own_composition() -> None:
     from pcteleport.compare import predicted_wan_bytes
-    from pcteleport.predict import predict
+    from pcteleport.predict import inputs_from_composition, keep_prediction, predict
 
     r = RUNS[1]
     assert r.composition is not None and r.wan is not None
-    expected = predict(r.composition, r.mode, r.wan.rate_bytes_per_s,
-                       ram_bytes=r.samples[0].total_bytes).wan_bytes
-    assert predicted_wan_bytes(r) == expected
+    inputs = inputs_from_composition(r.composition, r.wan.rate_bytes_per_s,
+                                     ram_bytes=r.samples[0].total_bytes)
+    assert predicted_wan_bytes(r) == predict(inputs, r.mode).wan_bytes
+    kept = constructed_run()
+    inputs.zstd_ratio = 0.1  # a measured input the composition alone does not give
+    keep_prediction(kept, inputs)
+    assert kept.prediction is not None
+    assert predicted_wan_bytes(kept) == kept.prediction.wan_bytes
     assert predicted_wan_bytes(constructed_run()) is not None
     bare = constructed_run()
     bare.composition = None

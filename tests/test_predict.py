@@ -1,15 +1,32 @@
-"""The WAN-bytes / time prediction per mode."""
+"""The prediction model (pcteleport.predict): pure functions over measured inputs."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pcteleport.predict import PAGE_RECORD_BYTES, ZERO_RECORD_BYTES, PredictionModel, predict
-from pcteleport.records import PAGE_SIZE, Composition, Mode
+from pcteleport.predict import (
+    PAGE_RECORD_BYTES,
+    ZERO_RECORD_BYTES,
+    PredictionModel,
+    keep_prediction,
+    must_cross_bytes,
+    pages_of,
+    precopy,
+    predict,
+    predict_all,
+    t_min,
+)
+from pcteleport.records import PAGE_SIZE, Composition, Mode, PredictionInputs
+from tests.record_factory import constructed_run
 
 MIB = 2**20
+GIB = 2**30
+NO_OVERHEAD = PredictionModel(setup_s=0, switchover_s=0, setup_rtts=0, tmin_rtts=0,
+                              goodput_share=1.0)
 
 
 def comp(restorable: int = 300 * MIB, clean: int = 400 * MIB, free: int = 300 * MIB,
@@ -18,83 +35,132 @@ def comp(restorable: int = 300 * MIB, clean: int = 400 * MIB, free: int = 300 * 
                        kernel=24 * MIB, cache_clean=clean, restorable=restorable)
 
 
-def test_stock_sends_every_non_zero_page_as_a_page_record() -> None:
-    c = comp()
-    p = predict(c, Mode.STOCK, link_bytes_per_s=None)
-    data_pages = (c.total - c.free) // PAGE_SIZE
-    zero_pages = c.free // PAGE_SIZE
-    assert p.wan_bytes == data_pages * PAGE_RECORD_BYTES + zero_pages * ZERO_RECORD_BYTES
-    assert p.seconds is None  # unknown link rate: no time
+def inputs(**kw: object) -> PredictionInputs:
+    base: dict[str, object] = dict(
+        ram_bytes=GIB, composition=comp(), restorable_bytes=300 * MIB, zero_fraction=0.25,
+        zstd_ratio=0.3, zstd_ratio_rest=0.4, dirty_rate_bytes_per_s=0.0,
+        link_rate_bytes_per_s=12.5e6, rtt_ms=50.0, max_downtime_ms=1000.0)
+    base.update(kw)
+    return PredictionInputs(**base)  # type: ignore[arg-type]
 
 
-def test_teleport_saves_exactly_the_restorable_pages() -> None:
-    c = comp()
-    model = PredictionModel(teleport_ref_bytes=16)
-    stock = predict(c, Mode.STOCK, 12.5e6, model=model)
-    tele = predict(c, Mode.TELEPORT, 12.5e6, model=model)
-    pages = c.restorable // PAGE_SIZE
-    assert stock.wan_bytes - tele.wan_bytes == pages * (PAGE_RECORD_BYTES - 16)
-    assert tele.seconds is not None and stock.seconds is not None
-    assert tele.seconds < stock.seconds
+def test_stock_sends_every_non_zero_page_as_a_page_record_and_zero_pages_as_records() -> None:
+    inp = inputs(link_rate_bytes_per_s=None)
+    p = predict(inp, Mode.STOCK)
+    pages = GIB // PAGE_SIZE
+    zero = int(pages * 0.25)
+    assert p.wan_bytes == (pages - zero) * PAGE_RECORD_BYTES + zero * ZERO_RECORD_BYTES
+    assert p.total_s is None  # unknown link rate: no time
 
 
-def test_restorable_beyond_clean_cache_is_not_trusted() -> None:
-    lying = comp(restorable=900 * MIB, clean=100 * MIB)
-    honest = comp(restorable=100 * MIB, clean=100 * MIB)
-    assert predict(lying, Mode.TELEPORT, None).wan_bytes == \
-        predict(honest, Mode.TELEPORT, None).wan_bytes
+def test_the_sampled_zero_share_wins_over_memfree() -> None:
+    # MemFree says 300 MiB, but the sample found half of RAM zero: freed pages keep old bytes
+    # only sometimes, the sample is what QEMU will see
+    a = predict(inputs(zero_fraction=0.5), Mode.STOCK)
+    b = predict(inputs(zero_fraction=None), Mode.STOCK)
+    assert pages_of(inputs(zero_fraction=None)).zero == 300 * MIB // PAGE_SIZE
+    assert a.wan_bytes < b.wan_bytes
 
 
-def test_drop_cache_turns_clean_cache_into_zero_pages_only_if_free_is_zeroed() -> None:
-    c = comp()
-    zeroed = predict(c, Mode.DROP_CACHE, None, model=PredictionModel(free_zero_fraction=1.0))
-    dirty_free = predict(c, Mode.DROP_CACHE, None, model=PredictionModel(free_zero_fraction=0.0))
-    stock_dirty_free = predict(c, Mode.STOCK, None, model=PredictionModel(free_zero_fraction=0.0))
-    assert zeroed.wan_bytes < predict(c, Mode.STOCK, None).wan_bytes
-    assert dirty_free.wan_bytes == stock_dirty_free.wan_bytes
+def test_teleport_sends_the_rest_compressed_as_sampled_and_a_reference_per_mapped_page() -> None:
+    model = PredictionModel(teleport_ref_bytes=16, zero_wan_bytes=1.0)
+    inp = inputs()
+    p = predict(inp, Mode.TELEPORT, model)
+    pages = pages_of(inp)
+    rest = pages.nonzero - pages.restorable
+    assert p.memory_wan_bytes == int(rest * PAGE_SIZE * 0.4 + pages.zero * 1.0
+                                     + pages.restorable * 16)
+    # a fresher map naming more pages sends less
+    more = predict(dataclasses.replace(inp, restorable_bytes=500 * MIB), Mode.TELEPORT, model)
+    assert more.wan_bytes < p.wan_bytes
 
 
-def test_zstd_is_bounded_by_compression_speed_on_a_fast_link() -> None:
-    c = comp()
-    model = PredictionModel(zstd_bytes_per_s=100e6, setup_s=0, setup_rtts=0)
-    p = predict(c, Mode.ZSTD, link_bytes_per_s=10e9, model=model)
-    assert p.seconds == pytest.approx(c.total / 100e6)
+def test_zstd_uses_the_sampled_ratio_of_every_non_zero_page() -> None:
+    lo = predict(inputs(zstd_ratio=0.2), Mode.ZSTD)
+    hi = predict(inputs(zstd_ratio=0.6), Mode.ZSTD)
+    assert hi.wan_bytes > 2.5 * lo.wan_bytes
 
 
-def test_cap_and_rtt_slow_it_down() -> None:
-    c = comp()
-    free_run = predict(c, Mode.STOCK, 12.5e6, rtt_ms=0)
-    capped = predict(c, Mode.STOCK, 12.5e6, rtt_ms=0, cap_bytes_per_s=6.25e6)
-    far = predict(c, Mode.STOCK, 12.5e6, rtt_ms=100)
-    assert capped.seconds is not None and free_run.seconds is not None and far.seconds
-    assert capped.seconds > 1.9 * (free_run.seconds - 1.0)
-    assert far.seconds == pytest.approx(free_run.seconds + PredictionModel().setup_rtts * 0.1)
+def test_drop_cache_pays_for_what_the_workload_reads_again() -> None:
+    inp = inputs()
+    never = predict(inp, Mode.DROP_CACHE, PredictionModel(reread_share=0.0))
+    always = predict(inp, Mode.DROP_CACHE, PredictionModel(reread_share=1.0))
+    stock = predict(inp, Mode.STOCK)
+    assert never.wan_bytes < stock.wan_bytes  # the dropped cache went as zero pages
+    assert always.wan_bytes > never.wan_bytes  # ... and came back as data
+    assert always.total_s is not None and stock.total_s is not None
+    assert always.total_s > stock.total_s  # dropping and zeroing in the guest costs time too
 
 
-def test_a_guest_dirtying_faster_than_the_link_does_not_converge() -> None:
-    c = comp()
-    slow = predict(c, Mode.STOCK, 1e6, model=PredictionModel(dirty_rate_bytes_per_s=50e6))
-    calm = predict(c, Mode.STOCK, 1e6, model=PredictionModel(dirty_rate_bytes_per_s=1e5))
-    assert not slow.converges and calm.converges
-    assert calm.wan_bytes > predict(c, Mode.STOCK, 1e6).wan_bytes
+def test_the_disks_overlays_cross_first_one_chunk_per_rtt() -> None:
+    inp = inputs(disk_overlay_bytes=8 * MIB)
+    bare = predict(inputs(), Mode.ZSTD, NO_OVERHEAD)
+    p = predict(inp, Mode.ZSTD, NO_OVERHEAD)
+    assert p.disk_wan_bytes == 8 * MIB and p.wan_bytes == bare.wan_bytes + 8 * MIB
+    assert p.total_s is not None and bare.total_s is not None
+    # 64 KiB per 50 ms is slower than the link: the mirror's own bound
+    assert p.total_s - bare.total_s == pytest.approx(8 * MIB / (64 * 1024 / 0.05))
+
+
+def test_dirtying_costs_rounds_and_a_guest_faster_than_the_link_does_not_converge() -> None:
+    calm = predict(inputs(dirty_rate_bytes_per_s=1e6), Mode.STOCK)
+    idle = predict(inputs(), Mode.STOCK)
+    wild = predict(inputs(dirty_rate_bytes_per_s=50e6), Mode.STOCK)
+    assert calm.converges and calm.wan_bytes > idle.wan_bytes and calm.rounds > 1
+    assert not wild.converges
+
+
+def test_auto_converge_throttles_a_fast_writer_until_it_converges() -> None:
+    without = precopy(500e6, 4104, 50e6 / 4096, 2**18, 12.5e6, 1.0, auto_converge=False)
+    with_ac = precopy(500e6, 4104, 50e6 / 4096, 2**18, 12.5e6, 1.0, auto_converge=True)
+    assert not without.converges and with_ac.converges
+    assert with_ac.wan_bytes > 500e6
+
+
+def test_a_cap_slows_it_down_and_rtts_add_up() -> None:
+    free_run = predict(inputs(), Mode.STOCK)
+    capped = predict(inputs(cap_bytes_per_s=6.25e6), Mode.STOCK)
+    far = predict(inputs(rtt_ms=150.0), Mode.STOCK)
+    assert free_run.total_s is not None and capped.total_s is not None and far.total_s
+    assert capped.total_s > 1.8 * (free_run.total_s - 5)
+    assert far.total_s > free_run.total_s
+
+
+def test_t_min_is_what_must_cross_over_the_goodput_plus_rtts() -> None:
+    inp = inputs()
+    model = PredictionModel(goodput_share=1.0, tmin_rtts=3)
+    assert t_min(inp, model) == pytest.approx(
+        must_cross_bytes(inp, model) / 12.5e6 + 3 * 0.05)
+    # no mode beats it
+    for p in predict_all(inp):
+        assert p.total_s is not None and p.total_s >= t_min(inp)  # type: ignore[operator]
+    assert t_min(inputs(link_rate_bytes_per_s=None)) is None
+    assert t_min(inputs(dirty_rate_bytes_per_s=1e9)) is None  # faster than any precopy
+
+
+def test_the_record_keeps_the_prediction_of_its_own_mode_and_t_min() -> None:
+    r = constructed_run(Mode.ZSTD)
+    inp = inputs()
+    keep_prediction(r, inp)
+    assert r.prediction is not None and r.prediction.mode is Mode.ZSTD
+    assert r.prediction == predict(inp, Mode.ZSTD)
+    assert r.t_min_s == t_min(inp)
+    s = r.summary()
+    assert s["predicted_wan_bytes"] == r.prediction.wan_bytes
+    assert s["predicted_total_s"] == r.prediction.total_s and s["t_min_s"] == r.t_min_s
+    back = type(r).from_json(r.to_json())
+    assert back.prediction == r.prediction and back.prediction_inputs == inp
 
 
 @given(st.integers(0, 2**34), st.integers(0, 2**34), st.integers(0, 2**34),
-       st.integers(0, 2**34), st.floats(1e5, 1e10))
+       st.integers(0, 2**34), st.floats(1e5, 1e10), st.floats(0, 1), st.floats(0.05, 1.0))
 def test_teleport_never_costs_more_than_stock(free: int, anon: int, clean: int,
-                                              restorable: int, rate: float) -> None:
+                                              restorable: int, rate: float, zero: float,
+                                              ratio: float) -> None:
     c = Composition(total=free + anon + clean, free=free, anon=anon, cache_clean=clean,
                     restorable=restorable)
-    stock = predict(c, Mode.STOCK, rate)
-    tele = predict(c, Mode.TELEPORT, rate)
-    assert tele.wan_bytes <= stock.wan_bytes
-    assert tele.wan_bytes >= 0
-
-
-def test_ram_outside_memtotal_is_sent_as_data() -> None:
-    c = comp()
-    with_ram = predict(c, Mode.STOCK, None, ram_bytes=c.total + 64 * MIB)
-    assert with_ram.wan_bytes - predict(c, Mode.STOCK, None).wan_bytes == \
-        (64 * MIB // PAGE_SIZE) * PAGE_RECORD_BYTES
-    assert predict(c, Mode.STOCK, None, ram_bytes=c.total // 2).wan_bytes == \
-        predict(c, Mode.STOCK, None).wan_bytes  # never below what the guest itself counts
+    inp = PredictionInputs(ram_bytes=c.total, composition=c, restorable_bytes=restorable,
+                           zero_fraction=zero, zstd_ratio_rest=ratio, link_rate_bytes_per_s=rate)
+    stock = predict(inp, Mode.STOCK)
+    tele = predict(inp, Mode.TELEPORT)
+    assert 0 <= tele.wan_bytes <= stock.wan_bytes

@@ -39,6 +39,31 @@ class ModeRow:
     read_degraded_s: float | None
     work_during: float | None
     work_recovered_s: float | None
+    #: the prediction made before each run (its record keeps it) against what it measured:
+    #: mean signed error, (predicted - measured) / measured; T_min and the run's time over it
+    predicted_wan_bytes: float | None = None
+    predicted_total_s: float | None = None
+    wan_error: float | None = None
+    time_error: float | None = None
+    t_min_s: float | None = None
+    x_t_min: float | None = None
+
+
+def wan_error(r: ModeRun) -> float | None:
+    p, rec = r.record.prediction, r.record
+    return (p.wan_bytes - rec.wan_bytes) / rec.wan_bytes if p and rec.wan_bytes else None
+
+
+def time_error(r: ModeRun) -> float | None:
+    p, rec = r.record.prediction, r.record
+    if p is None or p.total_s is None or not rec.total_s:
+        return None
+    return (p.total_s - rec.total_s) / rec.total_s
+
+
+def x_t_min(r: ModeRun) -> float | None:
+    rec = r.record
+    return rec.total_s / rec.t_min_s if rec.total_s and rec.t_min_s else None
 
 
 def _mean(values: list[float | None]) -> float | None:
@@ -76,6 +101,12 @@ def rows(runs: list[ModeRun]) -> list[ModeRow]:
             work_during=m(lambda r: r.workload_summary.during if r.workload_summary else None),
             work_recovered_s=m(lambda r: r.workload_summary.recovered_s
                                if r.workload_summary else None),
+            predicted_wan_bytes=m(lambda r: float(r.record.prediction.wan_bytes)
+                                  if r.record.prediction else None),
+            predicted_total_s=m(lambda r: r.record.prediction.total_s
+                                if r.record.prediction else None),
+            wan_error=m(wan_error), time_error=m(time_error),
+            t_min_s=m(lambda r: r.record.t_min_s), x_t_min=m(x_t_min),
         ))
     return out
 
@@ -92,6 +123,28 @@ def _num(value: float | None, fmt: str = "{:.1f}") -> str:
 
 def _pct(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:.0f} %"
+
+
+def _signed(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:+.0f} %"
+
+
+def prediction_table(table: list[ModeRow]) -> list[str]:
+    """Each mode's prediction (made before each run) against the run, and the runs' time
+    against T_min, the physical limit."""
+    lines = [
+        "| mode | WAN (MB) | predicted (MB) | WAN error | total time (s) | predicted (s) "
+        "| time error | T_min (s) | ×T_min |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in table:
+        lines.append(
+            f"| {r.mode} | {_num(r.wan_bytes and r.wan_bytes / 1e6)} "
+            f"| {_num(r.predicted_wan_bytes and r.predicted_wan_bytes / 1e6)} "
+            f"| {_signed(r.wan_error)} | {_num(r.total_s)} | {_num(r.predicted_total_s)} "
+            f"| {_signed(r.time_error)} | {_num(r.t_min_s)} "
+            f"| {_num(r.x_t_min, '{:.2f}×')} |")
+    return lines
 
 
 def markdown(options: BenchOptions, runs: list[ModeRun], command: str, started: str) -> str:
@@ -148,12 +201,25 @@ def markdown(options: BenchOptions, runs: list[ModeRun], command: str, started: 
         "console/sites/libvirt/migration/stats.py `split_wan` says (the memory stream counted "
         "where it is written, the disks the rest).",
         "",
+        "## Predicted before each run, and the physical limit",
+        "",
+        *prediction_table(table),
+        "",
+        "Predicted by pcteleport.predict from what the run's record keeps, measured while the "
+        "workload ran just before it (a fresh composition and map, a zstd sample of guest RAM, "
+        "QEMU's dirty rate, the overlays, the WAN's goodput and RTT). *error*: mean of "
+        "(predicted − measured) / measured. *T_min*: the bytes that must cross (non-zero pages "
+        "no map names, compressed as the sample says; zero pages' records; the overlays; the "
+        "dirtying meanwhile) over the goodput, plus 3 RTTs; *×T_min*: the run's total time "
+        "over it.",
+        "",
         "## Every run",
         "",
         "| round | mode | result | VM then at | total time (s) | WAN (MB) | disks (MB) "
         "| memory (MB) | downtime (ms) | pages teleported per disk "
-        "| writes checked (lost) | reads before (blocks/s) | reads recovered (s) | error |",
-        "|---:|---|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---|",
+        "| writes checked (lost) | reads before (blocks/s) | reads recovered (s) "
+        "| predicted (MB) | predicted (s) | T_min (s) | error |",
+        "|---:|---|---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in runs:
         rec = r.record
@@ -165,7 +231,10 @@ def markdown(options: BenchOptions, runs: list[ModeRun], command: str, started: 
             f"| {', '.join(f'{d.target} {d.pages_teleported:,}' for d in rec.disks) or '–'} "
             f"| {_writes(rec)} "
             f"| {_num(rs.baseline if rs else None, '{:,.0f}')} "
-            f"| {_num(rs.recovered_s if rs else None)} | {(rec.error or '').replace('|', '/')} |")
+            f"| {_num(rs.recovered_s if rs else None)} "
+            f"| {_num(rec.prediction.wan_bytes / 1e6 if rec.prediction else None)} "
+            f"| {_num(rec.prediction.total_s if rec.prediction else None)} "
+            f"| {_num(rec.t_min_s)} | {(rec.error or '').replace('|', '/')} |")
     return "\n".join(lines) + "\n"
 
 

@@ -24,7 +24,14 @@ from pcteleport.errors import PcteleportError
 from pcteleport.headless import open_backend
 from pcteleport.lab import wan
 from pcteleport.lab.paths import LabPaths
-from pcteleport.records import LogLine, MigrationRecord, Mode, Result, Throughput
+from pcteleport.records import (
+    LogLine,
+    MigrationRecord,
+    Mode,
+    PredictionInputs,
+    Result,
+    Throughput,
+)
 from pcteleport.sites.libvirt.backend import LibvirtBackend
 
 INTERLEAVE = (Mode.STOCK, Mode.TELEPORT, Mode.ZSTD, Mode.DROP_CACHE)
@@ -117,7 +124,24 @@ class Bench:
         wan.use_profile(self.paths, profile)
         self.backend.forget_wan_measurements()
 
-    def migrate(self, mode: Mode, to: str) -> MigrationRecord:
+    def predict_inputs(self, to: str) -> PredictionInputs | None:
+        """Measured while the workload runs, as the dialog and `migrate` measure: the record
+        keeps the prediction beside what the run measures (bench's error columns)."""
+        try:
+            inp = self.backend.prediction_inputs(self.o.scenario.name, to, None,
+                                                 self.o.auto_converge)
+        except PcteleportError as exc:
+            self.say(f"no prediction: {exc}")
+            return None
+        if self.o.max_downtime_ms:  # set on the domain only just before the migration
+            inp.max_downtime_ms = float(self.o.max_downtime_ms)
+        for p in inp.problems:
+            self.say(f"prediction: {p}")
+        self.say(f"measured for the prediction in {inp.took_s:.1f} s")
+        return inp
+
+    def migrate(self, mode: Mode, to: str,
+                inputs: PredictionInputs | None = None) -> MigrationRecord:
         def on_event(event: object) -> None:
             if isinstance(event, LogLine):
                 self.say(f"  {event.text}")
@@ -134,7 +158,7 @@ class Bench:
         timer.start()
         try:
             request = MigrationRequest(vm, to, mode, auto_converge=self.o.auto_converge,
-                                       force=self.o.force)
+                                       force=self.o.force, prediction_inputs=inputs)
             return self.backend.migrate(request, on_event)
         finally:
             timer.cancel()
@@ -178,10 +202,12 @@ class Bench:
         pids = self.start_programs(HOME)
         self.guest.wait_rows(HOME, ["reads", "workload"] if s.has_workload else ["reads"])
         offset_before = self.guest.clock_offset(HOME)  # before the window, not in it
-        time.sleep(self.o.before_s)
+        t = time.monotonic()
+        inputs = self.predict_inputs(AWAY)  # within the window before the migration
+        time.sleep(max(0.0, self.o.before_s - (time.monotonic() - t)))
         t0 = time.time()
         self.say(f"round {round_no}: {mode} migration {HOME} -> {AWAY}")
-        record = self.migrate(mode, AWAY)
+        record = self.migrate(mode, AWAY, inputs)
         t_end = time.time()
         site = self.where()
         time.sleep(max(0.0, self.o.after_s - (time.time() - t_end)))

@@ -23,6 +23,7 @@ from pcteleport.records import (
     Disk,
     MigrationEvent,
     MigrationRecord,
+    PredictionInputs,
     Site,
     WanLink,
 )
@@ -75,6 +76,18 @@ class ReplicasLoaded(Message):
         super().__init__()
         self.vm_uuid = vm_uuid
         self.disks = disks
+        self.error = error
+
+
+class PredictionMeasured(Message):
+    """The migrate dialog's measurement before the start (Backend.prediction_inputs)."""
+
+    def __init__(self, vm_uuid: str, dest: str, inputs: PredictionInputs | None,
+                 error: str | None) -> None:
+        super().__init__()
+        self.vm_uuid = vm_uuid
+        self.dest = dest
+        self.inputs = inputs
         self.error = error
 
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+from typing import TYPE_CHECKING, cast
+
 from rich.text import Text
-from textual import on
+from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
@@ -12,9 +15,14 @@ from textual.widgets import Button, DataTable, Input, Label, RadioButton, RadioS
 
 from pcteleport.backend import MigrationRequest
 from pcteleport.engine import tcg_dirty_page_bug
-from pcteleport.predict import predict_all
-from pcteleport.records import VM, Composition, Mode, Site
+from pcteleport.predict import inputs_from_composition, predict_all, t_min
+from pcteleport.records import VM, Composition, Mode, PredictionInputs, Site
 from pcteleport.ui import palette, units
+from pcteleport.ui.failures import describe
+from pcteleport.ui.messages import PredictionMeasured
+
+if TYPE_CHECKING:
+    from pcteleport.ui.app import PcteleportApp
 
 
 class MigrateDialog(ModalScreen[MigrationRequest | None]):
@@ -33,6 +41,11 @@ class MigrateDialog(ModalScreen[MigrationRequest | None]):
         self.destinations = [s for s in sites if s.name != source.name]
         self.composition = composition
         self.cap: float | None = None
+        #: measured when the dialog opens (and for another destination): a fresh map, a RAM
+        #: sample, the dirty rate; until then the prediction rests on the last composition
+        self.inputs: PredictionInputs | None = None
+        self.measuring: str | None = None  # the destination being measured
+        self.measure_error: str | None = None
         # Shown before anything starts; starting after seeing it is the operator's --force.
         self.engine_warning = tcg_dirty_page_bug(vm.qemu_version or source.qemu_version, vm.tcg,
                                                  source.name)
@@ -63,14 +76,21 @@ class MigrateDialog(ModalScreen[MigrationRequest | None]):
             table.add_column("mode", key="mode")
             table.add_column("WAN bytes", key="wan")
             table.add_column("time", key="time")
+            table.add_column("× T_min", key="tmin")
             yield table
+            yield Static(id="prediction-note")
             with Horizontal(id="migrate-buttons"):
                 yield Button("Start anyway" if self.engine_warning else "Start",
                              variant="warning" if self.engine_warning else "primary",
                              id="start", compact=True)
                 yield Button("Cancel", id="cancel", compact=True)
 
+    @property
+    def papp(self) -> PcteleportApp:
+        return cast("PcteleportApp", self.app)
+
     def on_mount(self) -> None:
+        self.measure_now()
         self.update_predictions()
         modes = self.query_one(RadioSet)
         # The set highlights its first mode when mounted: move the highlight to the chosen one.
@@ -91,34 +111,88 @@ class MigrateDialog(ModalScreen[MigrationRequest | None]):
         pressed = self.query_one(RadioSet).pressed_button
         return Mode(pressed.name) if pressed is not None and pressed.name else Mode.TELEPORT
 
+    def measure_now(self) -> None:
+        dest = self.destination()
+        if dest is None or dest == self.measuring:
+            return
+        self.measuring, self.measure_error = dest, None
+        self.measure(dest)
+
+    @work(thread=True, exclusive=True, group="predict")
+    def measure(self, dest: str) -> None:
+        # Seconds of work at the sites (map, RAM sample, dirty rate): never on the UI's loop.
+        try:
+            inputs = self.papp.backend.prediction_inputs(self.vm.uuid, dest)
+        except Exception as exc:  # any failure is shown; the dialog stays usable
+            self.post_message(PredictionMeasured(self.vm.uuid, dest, None, describe(exc)))
+            return
+        self.post_message(PredictionMeasured(self.vm.uuid, dest, inputs, None))
+
+    @on(PredictionMeasured)
+    def _measured(self, message: PredictionMeasured) -> None:
+        if message.dest != self.destination():
+            return  # measured for a destination no longer chosen
+        self.measuring = None
+        self.inputs, self.measure_error = message.inputs, message.error
+        self.update_predictions()
+
+    def current_inputs(self) -> PredictionInputs | None:
+        """What the table shows: the measurement, with the cap as it is now; before it
+        arrives, the pane's last composition and the link."""
+        if self.inputs is not None:
+            return dataclasses.replace(self.inputs, cap_bytes_per_s=self.cap)
+        if self.composition is None:
+            return None
+        dest = self.destination()
+        link = self.source.link_to(dest) if dest else None
+        return inputs_from_composition(self.composition, link.rate_bytes_per_s if link else None,
+                                       link.rtt_ms if link else None, self.cap,
+                                       self.vm.memory_bytes or None)
+
     def update_predictions(self) -> None:
         table = self.query_one("#predictions", DataTable)
         table.clear()
-        dest = self.destination()
-        link = self.source.link_to(dest) if dest else None
-        if self.composition is None:
+        inputs = self.current_inputs()
+        if inputs is None:
             table.add_row(Text("no composition from the agent yet: no prediction", style="dim"),
-                          "", "")
+                          "", "", "")
+            self.note("measuring…" if self.measuring else self.measure_error or "")
             return
-        rate = link.rate_bytes_per_s if link else None
-        rtt = (link.rtt_ms or 0.0) if link else 0.0
         chosen = self.mode()
-        preds = predict_all(self.composition, rate, rtt, self.cap,
-                            ram_bytes=self.vm.memory_bytes or None)
+        preds = predict_all(inputs)
+        tmin = t_min(inputs)
         stock = preds[0]
         for p in preds:
             style = "bold reverse" if p.mode is chosen else ""
             ratio = (f" ({p.wan_bytes / stock.wan_bytes:.2f}×)"
                      if p.mode is not Mode.STOCK and stock.wan_bytes else "")
-            time_txt = units.seconds(p.seconds) if p.seconds is not None else "unknown rate"
+            time_txt = units.seconds(p.total_s) if p.total_s is not None else "unknown rate"
             if not p.converges:
                 time_txt += " — may not converge"
+            vs = f"{p.total_s / tmin:.1f}×" if p.total_s is not None and tmin else "–"
             table.add_row(Text(str(p.mode), style=style),
                           Text(units.size(p.wan_bytes) + ratio, style=style),
-                          Text(time_txt, style=style))
-        table.border_subtitle = "predicted"
+                          Text(time_txt, style=style), Text(vs, style=style))
+        limit = f"T_min {units.seconds(tmin)}" if tmin is not None else "T_min unknown"
+        if self.inputs is not None and self.inputs.sample_pages:
+            self.note(f"{limit} · predicted from a fresh measurement")
+        elif self.inputs is not None:  # a backend that knows only the composition (a replay)
+            self.note(f"{limit} · predicted from the composition only (no RAM sample)")
+        elif self.measuring:
+            self.note(f"{limit} · measuring the guest… (until then: its composition)")
+        else:
+            self.note(f"{limit} · {self.measure_error or 'predicted'} (from its composition)")
+
+    def note(self, text: str) -> None:
+        """T_min and where the prediction comes from, under the table."""
+        self.query_one("#prediction-note", Static).update(Text(text, style="dim"))
 
     @on(Select.Changed)
+    def _dest_changed(self) -> None:
+        self.inputs = None  # another link, maybe another base: measure again
+        self.measure_now()
+        self.update_predictions()
+
     @on(RadioSet.Changed)
     def _changed(self) -> None:
         self.update_predictions()
@@ -147,8 +221,10 @@ class MigrateDialog(ModalScreen[MigrationRequest | None]):
         except ValueError as exc:
             self.notify(str(exc), severity="error")
             return
+        inputs = dataclasses.replace(self.inputs, cap_bytes_per_s=cap) if self.inputs else None
         self.dismiss(MigrationRequest(self.vm.uuid, dest, self.mode(), cap,
-                                      force=bool(self.engine_warning)))
+                                      force=bool(self.engine_warning),
+                                      prediction_inputs=inputs))
 
     def action_pick_mode(self, index: int) -> None:
         buttons = list(self.query(RadioButton))

@@ -17,6 +17,7 @@ from textual.widgets import Digits, Footer, Header, Label, ProgressBar, RichLog,
 from textual_plotext import PlotextPlot
 
 from pcteleport.backend import MigrationRequest
+from pcteleport.predict import predict, t_min
 from pcteleport.records import (
     PAGE_SIZE,
     PHASE_ORDER,
@@ -122,6 +123,30 @@ def eta_seconds(samples: list[MigrationSample]) -> float | None:
     if net <= 0:
         return None
     return recent[-1].remaining_bytes / net
+
+
+def tracked_t_min(m: TrackedMigration) -> tuple[float | None, float | None]:
+    """(T_min, the predicted total time) of a tracked run: from its record once it ended (or
+    a replayed record), else from the measurement its request carried."""
+    final = m.final or m.record
+    if final.t_min_s is not None or final.prediction is not None:
+        return final.t_min_s, final.prediction.total_s if final.prediction else None
+    inputs = m.request.prediction_inputs
+    if inputs is None:
+        return None, None
+    return t_min(inputs), predict(inputs, m.request.mode).total_s
+
+
+def against_t_min(elapsed: float | None, limit: float | None,
+                  predicted: float | None) -> str:
+    """'2.0× T_min (3.5 s), predicted 7.2 s': the run's time so far against the physical
+    limit; '' when the limit is unknown."""
+    if limit is None or limit <= 0:
+        return ""
+    told = f"  predicted {units.seconds(predicted)}" if predicted is not None else ""
+    if elapsed is None:
+        return f"T_min {units.seconds(limit)}{told}"
+    return f"{elapsed / limit:.1f}× T_min ({units.seconds(limit)}){told}"
 
 
 def migration_summary(m: TrackedMigration) -> Text:
@@ -284,13 +309,17 @@ class MigrationView(ConsoleScreen):
         bar.update(progress=round(self.migration.progress_high * 100, 1))
         last = r.samples[-1] if r.samples else None
         eta = self.query_one("#mig-eta", Static)
+        limit, predicted = tracked_t_min(self.migration)
         if final is not None:
-            eta.update(Text(f"total {units.seconds(final.total_s)}", style="bold"))
+            eta.update(Text.assemble((f"total {units.seconds(final.total_s)}", "bold"),
+                                     ("  " + against_t_min(final.total_s, limit, predicted)
+                                      if limit else "", "dim")))
         elif last is not None:
             eta.update(Text.assemble(
                 f"{units.size(last.remaining_bytes)} left",
                 f"  it. {last.iteration}" if last.iteration else "",
-                f"  ETA {units.seconds(eta_seconds(r.samples))}"))
+                f"  ETA {units.seconds(eta_seconds(r.samples))}",
+                ("  " + against_t_min(last.t, limit, predicted) if limit else "", "dim")))
         note = self.migration.note
         if final is not None and final.error:
             note = final.error + where_it_runs(final)

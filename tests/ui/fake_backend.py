@@ -22,6 +22,7 @@ from pcteleport.records import (
     PageCounts,
     Phase,
     PhaseMark,
+    PredictionInputs,
     RecordBuilder,
     Replica,
     ReplicaState,
@@ -124,6 +125,23 @@ class FakeBackend(Backend):
         if vm_uuid in self.agent_down:
             raise ServiceError("guest agent does not answer: is the VM booted?")
         return self.compositions[vm_uuid]
+
+    def prediction_inputs(self, vm_uuid: str, to_site: str,
+                          cap_bytes_per_s: float | None = None,
+                          auto_converge: bool = False) -> PredictionInputs:
+        """The base's inputs from the composition, plus fixed stand-ins for what the real
+        backend measures (sample, map, dirty rate, overlays)."""
+        self.calls.append(f"prediction:{vm_uuid}:{to_site}")
+        inp = super().prediction_inputs(vm_uuid, to_site, cap_bytes_per_s, auto_converge)
+        comp = inp.composition
+        assert comp is not None
+        inp.restorable_bytes, inp.map_s = comp.restorable, 1.0
+        inp.sample_pages = 16384
+        inp.zero_fraction = comp.free / max(1, inp.ram_bytes)
+        inp.zstd_ratio, inp.zstd_ratio_rest = 0.3, 0.25
+        inp.dirty_rate_bytes_per_s, inp.dirty_calc_s = 1 * 2**20, 3.0
+        inp.disk_overlay_bytes = 6 * 2**20
+        return inp
 
     def replicas(self, vm_uuid: str) -> list[Disk]:
         self.calls.append(f"replicas:{vm_uuid}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from textual.widgets import DataTable, Input, Static
 
@@ -23,6 +25,12 @@ async def open_dialog(pilot, app) -> MigrateDialog:  # type: ignore[no-untyped-d
     await pilot.press("down", "down", "m")  # web
     await wait_for(pilot, lambda: isinstance(app.screen, MigrateDialog))
     return app.screen  # type: ignore[return-value]
+
+
+async def measured_dialog(pilot, app) -> MigrateDialog:  # type: ignore[no-untyped-def]
+    dialog = await open_dialog(pilot, app)
+    await wait_for(pilot, lambda: dialog.inputs is not None, what="the measurement")
+    return dialog
 
 
 def prediction_rows(dialog: MigrateDialog) -> list[list[str]]:
@@ -60,14 +68,33 @@ async def test_start_sends_the_chosen_request_and_opens_the_migration_view() -> 
     backend = populated_backend()
     app = create_app(backend, refresh_s=60)
     async with app.run_test(size=(100, 30)) as pilot:
-        dialog = await open_dialog(pilot, app)
+        dialog = await measured_dialog(pilot, app)
         await pilot.press("2")  # drop-cache
         assert dialog.mode() is Mode.DROP_CACHE
         dialog.query_one("#cap", Input).focus()
         await pilot.press("5", "0", "M", "enter")
         await wait_for(pilot, lambda: isinstance(app.screen, MigrationView))
         await wait_for(pilot, lambda: backend.requests, what="migrate called")
-        assert backend.requests == [MigrationRequest("u-web", "osaka", Mode.DROP_CACHE, 50e6 / 8)]
+        (request,) = backend.requests
+        assert dataclasses.replace(request, prediction_inputs=None) == \
+            MigrationRequest("u-web", "osaka", Mode.DROP_CACHE, 50e6 / 8)
+        # the measurement the dialog showed goes with the request, with the cap chosen
+        assert request.prediction_inputs is not None
+        assert request.prediction_inputs.cap_bytes_per_s == 50e6 / 8
+        assert request.prediction_inputs.zstd_ratio is not None
+
+
+async def test_the_dialog_measures_the_guest_when_it_opens_and_shows_t_min() -> None:
+    backend = populated_backend()
+    app = create_app(backend, refresh_s=60)
+    async with app.run_test(size=(100, 30)) as pilot:
+        dialog = await measured_dialog(pilot, app)
+        assert "prediction:u-web:osaka" in backend.calls
+        note = str(dialog.query_one("#prediction-note", Static).render())
+        assert "fresh measurement" in note and "T_min" in note
+        rows = prediction_rows(dialog)
+        # every mode's time against the limit, none below it
+        assert all(r[3].endswith("×") and float(r[3][:-1]) >= 1.0 for r in rows)
 
 
 async def test_escape_cancels() -> None:

@@ -284,3 +284,27 @@ async def test_finished_run_is_plotted_from_the_request_to_the_resume() -> None:
             assert name in canvas
         legend = text(view, "#mig-rates-legend")
         assert "MiB/s" in legend and "guest" in legend and "WAN" in legend and "phases" in legend
+
+
+def test_the_runs_time_against_t_min_and_the_prediction() -> None:
+    from pcteleport.ui.migration_view import against_t_min
+
+    assert against_t_min(7.0, 3.5, 6.0) == "2.0× T_min (3.5 s)  predicted 6.0 s"
+    assert against_t_min(None, 3.5, None) == "T_min 3.5 s"
+    assert against_t_min(7.0, None, 6.0) == ""  # no limit known: nothing to show
+
+
+def test_t_min_comes_from_the_requests_measurement_until_the_record_has_it() -> None:
+    from pcteleport.backend import MigrationRequest
+    from pcteleport.predict import inputs_from_composition, keep_prediction, predict, t_min
+    from pcteleport.records import Composition, Mode
+    from pcteleport.ui.migration_view import tracked_t_min
+    from pcteleport.ui.tracker import TrackedMigration
+
+    inp = inputs_from_composition(Composition(total=2**30, free=2**29), 12.5e6, 50.0)
+    m = TrackedMigration(MigrationRequest("u-web", "osaka", Mode.ZSTD, prediction_inputs=inp))
+    assert tracked_t_min(m) == (t_min(inp), predict(inp, Mode.ZSTD).total_s)
+    keep_prediction(m.record, inputs_from_composition(Composition(total=2**30), 12.5e6))
+    assert m.record.t_min_s is not None and tracked_t_min(m)[0] == m.record.t_min_s
+    bare = TrackedMigration(MigrationRequest("u-web", "osaka", Mode.ZSTD))
+    assert tracked_t_min(bare) == (None, None)

@@ -14,6 +14,7 @@ import libvirt
 from pcteleport.backend import Backend, EventSink, MigrationRequest, ServiceError
 from pcteleport.engine import tcg_dirty_page_bug
 from pcteleport.errors import PcteleportError
+from pcteleport.predict import keep_prediction
 from pcteleport.record_store import LoadResult, RecordStore
 from pcteleport.records import (
     VM,
@@ -25,6 +26,7 @@ from pcteleport.records import (
     LogLine,
     MigrationRecord,
     Mode,
+    PredictionInputs,
     Replica,
     ReplicaState,
     Site,
@@ -258,6 +260,28 @@ class LibvirtBackend(Backend):
         storage.check_bases(plan)
         return plan.disks
 
+    def prediction_inputs(self, vm_uuid: str, to_site: str,
+                          cap_bytes_per_s: float | None = None,
+                          auto_converge: bool = False) -> PredictionInputs:
+        from pcteleport.sites.libvirt import prediction
+
+        src, dom = self._locate(vm_uuid)
+        dst = self._site(to_site)
+        if dst is src:
+            raise ServiceError(f"VM {dom.name()} already runs at {dst.name}")
+        vm_cfg = self.cfg.vm(dom.name())
+        link = next((w for s in self.sites() if s.name == src.name for w in s.wan
+                     if w.peer == dst.name), None)
+        try:
+            plan = plan_for(dom.UUIDString(), src, dst, Mode.TELEPORT, cap_bytes_per_s,
+                            vm_cfg.data_disk if vm_cfg else "", link)
+            storage.check_bases(plan)
+            return prediction.measure(plan, self.agent(src, plan.vm), link, self.store,
+                                      cap_bytes_per_s, auto_converge)
+        except libvirt.libvirtError as exc:
+            raise ServiceError(f"VM {dom.name()} at {src.name}: {exc.get_error_message()}"
+                               ) from None
+
     def images(self, verify: bool = False) -> list[BaseImage]:
         out = []
         for rt in self.sites_rt.values():
@@ -308,6 +332,8 @@ class LibvirtBackend(Backend):
         finally:
             with self._lock:
                 self._running.pop(plan.vm_uuid, None)
+        if request.prediction_inputs is not None:
+            keep_prediction(record, request.prediction_inputs)
         try:
             self.store.save(record)
         except OSError as exc:

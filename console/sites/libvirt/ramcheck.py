@@ -120,6 +120,8 @@ def serve(vm: str, pid: int | None = None) -> int:
                 say({"event": "pages", "data": {
                     str(i): base64.b64encode(os.pread(fd, PAGE, i * PAGE)).decode()
                     for i in index if 0 <= i < size // PAGE}})
+            elif req.get("cmd") == "sample":
+                say({"event": "sample", **sample(fd, size, req)})
             else:
                 say({"event": "error", "message": f"unknown request {req.get('cmd')!r}"})
         except (ValueError, OSError) as exc:
@@ -175,6 +177,56 @@ def keep_evidence(folder: Path, index: list[int], src: dict[int, bytes],
     except OSError as exc:
         raise RamCheckError(f"could not keep the differing pages in {folder}: {exc}") from None
     return str(folder)
+
+
+def sample(fd: int, size: int, req: dict[str, Any]) -> dict[str, Any]:
+    """Random runs of guest pages, for the prediction (pcteleport.predict): how many are zero,
+    how many a map names (`exclude`: [first page, pages] ranges), and how well zstd at QEMU's
+    and the relay's level (1) compresses the non-zero ones, all of them and those no map names
+    (a run's pages compressed together, as multifd packets and relay frames are)."""
+    import bisect
+    import random
+
+    import zstandard
+
+    run = max(1, int(req.get("run", 64)))
+    total = size // PAGE
+    runs = max(1, min(int(req.get("pages", 8192)) // run, total // run))
+    ranges = sorted((int(a), int(n)) for a, n in req.get("exclude", []))
+    starts = [a for a, _ in ranges]
+
+    def excluded(page: int) -> bool:
+        i = bisect.bisect_right(starts, page) - 1
+        return i >= 0 and page < ranges[i][0] + ranges[i][1]
+
+    rng = random.Random(req.get("seed"))
+    zc = zstandard.ZstdCompressor(level=1)
+    zero = named = rest = 0
+    raw_all = packed_all = raw_rest = packed_rest = 0
+    empty = bytes(PAGE)
+    for first in rng.sample(range(total // run), runs):
+        data = os.pread(fd, run * PAGE, first * run * PAGE)
+        every, whole = [], []
+        for k in range(run):
+            page = data[k * PAGE:(k + 1) * PAGE]
+            if page == empty:
+                zero += 1
+                continue
+            every.append(page)
+            if excluded(first * run + k):
+                named += 1
+            else:
+                rest += 1
+                whole.append(page)
+        if every:
+            raw_all += len(every) * PAGE
+            packed_all += len(zc.compress(b"".join(every)))
+        if whole:
+            raw_rest += len(whole) * PAGE
+            packed_rest += len(zc.compress(b"".join(whole)))
+    return {"pages": runs * run, "zero": zero, "named": named, "rest": rest,
+            "raw": raw_all, "packed": packed_all, "raw_rest": raw_rest,
+            "packed_rest": packed_rest}
 
 
 class RamProbe:
@@ -234,6 +286,12 @@ class RamProbe:
         self._proc.feed(json.dumps({"cmd": "pages", "index": index}) + "\n", eof=False)
         data = self._wait("pages", 60)["data"]
         return {int(k): base64.b64decode(v) for k, v in data.items()}
+
+    def sample(self, pages: int, exclude: list[tuple[int, int]], run: int = 64,
+               seed: int | None = None) -> dict[str, Any]:
+        self._proc.feed(json.dumps({"cmd": "sample", "pages": pages, "run": run, "seed": seed,
+                                    "exclude": exclude}) + "\n", eof=False)
+        return self._wait("sample", 120)
 
     def close(self) -> None:
         self._proc.feed("", eof=True)

@@ -1,0 +1,148 @@
+"""What a prediction is made of, measured at the source just before a migration would start
+(records.PredictionInputs; the model is pcteleport.predict): a fresh composition and
+restorable maps from the guest agent, a zstd sample of guest RAM read from the source QEMU's
+memfd (ramcheck's `guest-ram serve`), the guest's dirty rate (libvirt's
+virDomainStartDirtyRateCalc, read back from the domain stats' "dirtyrate" group), the disks'
+overlays and the WAN's goodput and RTT. Nothing here starts a migration."""
+
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+from collections.abc import Callable
+
+import libvirt
+
+from pcteleport.errors import PcteleportError
+from pcteleport.record_store import RecordStore
+from pcteleport.records import PAGE_SIZE, DiskCopy, PredictionInputs, WanLink
+from pcteleport.sites.guest_agent import GuestAgent
+from pcteleport.sites.libvirt.migration.maps import merged
+from pcteleport.sites.libvirt.migration.plan import Plan, ram_layout, teleport_sources
+from pcteleport.sites.libvirt.ramcheck import RamProbe
+
+DIRTY_CALC_S = 3  # long enough to see more than one burst of a workload, short for a dialog
+SAMPLE_PAGES = 16384  # 64 MiB of guest RAM in runs of 64 pages: ±1 % on the zero share
+GOODPUT_RECORDS = 5  # recent runs over the same link whose WAN rate tells its goodput
+
+
+def dirty_rate(dom: libvirt.virDomain, conn: libvirt.virConnect,
+               seconds: int = DIRTY_CALC_S) -> float:
+    """Bytes/s the guest writes, by QEMU's calc-dirty-rate: dirty-bitmap mode (every page
+    written in the window counts once) where QEMU can, page sampling otherwise."""
+    modes = [libvirt.VIR_DOMAIN_DIRTYRATE_MODE_DIRTY_BITMAP,
+             libvirt.VIR_DOMAIN_DIRTYRATE_MODE_PAGE_SAMPLING]
+    last: Exception | None = None
+    for mode in modes:
+        try:
+            dom.startDirtyRateCalc(seconds, mode)
+        except libvirt.libvirtError as exc:
+            last = exc
+            continue
+        deadline = time.monotonic() + seconds + 10
+        time.sleep(seconds)
+        while time.monotonic() < deadline:
+            stats = dict(conn.domainListGetStats([dom], libvirt.VIR_DOMAIN_STATS_DIRTYRATE)[0][1])
+            if stats.get("dirtyrate.calc_status") == libvirt.VIR_DOMAIN_DIRTYRATE_MEASURED:
+                return float(stats.get("dirtyrate.megabytes_per_second", 0)) * 2**20
+            time.sleep(0.2)
+        last = PcteleportError(f"no dirty rate within {seconds + 10} s")
+    raise PcteleportError(f"dirty rate: {last}")
+
+
+def measured_goodput(store: RecordStore, src: str, dst: str) -> float | None:
+    """The rate the WAN carried in recent migrations from `src` to `dst`: the 90th percentile
+    of their per-second WAN rates (a saturated link's seconds), None if none ran."""
+    recs = [r for r in store.load_all().records
+            if r.from_site == src and r.to_site == dst and r.samples]
+    rates = [s.wan_rate_bytes_per_s for r in sorted(recs, key=lambda r: r.started_at)
+             [-GOODPUT_RECORDS:] for s in r.samples if s.wan_rate_bytes_per_s > 0]
+    if len(rates) < 5:
+        return None
+    return statistics.quantiles(rates, n=10)[-1]
+
+
+def measure(plan: Plan, agent: GuestAgent, link: WanLink | None, store: RecordStore | None,
+            cap: float | None, auto_converge: bool,
+            say: Callable[[str], None] = lambda _m: None) -> PredictionInputs:
+    t0 = time.monotonic()
+    dom = plan.src.domain(plan.vm)
+    inp = PredictionInputs(taken_at=time.time(), ram_bytes=dom.info()[1] * 1024,
+                           cap_bytes_per_s=cap, auto_converge=auto_converge)
+    if link is not None:
+        inp.link_rate_bytes_per_s, inp.rtt_ms = link.rate_bytes_per_s, link.rtt_ms
+    if store is not None:
+        try:
+            inp.link_rate_bytes_per_s = measured_goodput(store, plan.src.name, plan.dst.name) \
+                or inp.link_rate_bytes_per_s
+        except (OSError, PcteleportError) as exc:
+            inp.problems.append(f"goodput from earlier runs: {exc}")
+    moving = [d for d in plan.disks if d.writable]
+    inp.disk_overlay_bytes = sum(d.overlay_bytes for d in moving if d.copy is DiskCopy.OVERLAY)
+    for d in moving:
+        if d.copy is DiskCopy.WHOLE:
+            try:
+                inp.disks_whole_bytes += int(dom.blockInfo(d.target)[1])
+            except libvirt.libvirtError as exc:
+                inp.problems.append(f"{d.target}: {exc.get_error_message()}")
+    try:
+        inp.max_downtime_ms = float(dom.migrateGetMaxDowntime(0))
+    except libvirt.libvirtError:
+        inp.max_downtime_ms = None
+
+    # The dirty rate is measured by QEMU while the agent walks the cache and RAM is sampled.
+    rate: dict[str, float] = {}
+
+    def calc() -> None:
+        try:
+            rate["bytes_per_s"] = dirty_rate(dom, plan.src.conn())
+        except (PcteleportError, libvirt.libvirtError) as exc:
+            inp.problems.append(str(exc))
+
+    dirty = threading.Thread(target=calc, name="dirty-rate", daemon=True)
+    dirty.start()
+    say("measuring: composition, restorable maps, RAM sample, dirty rate")
+    try:
+        inp.composition = agent.composition()
+    except PcteleportError as exc:
+        inp.problems.append(f"composition: {exc}")
+    exclude: list[tuple[int, int]] = []
+    sources = teleport_sources(plan)
+    if sources:
+        t = time.monotonic()
+        try:
+            texts = [(i, agent.restorable_map(d.serial or d.target)[0])
+                     for i, d in enumerate(sources)]
+            rmap = merged(texts)
+            inp.map_s = time.monotonic() - t
+            inp.restorable_bytes = rmap.pages * PAGE_SIZE
+            layout = ram_layout(dom)
+            for gpa, _disk, length in rmap.extents:
+                off = layout.ram_offset(gpa)
+                if off is not None:
+                    exclude.append((off // PAGE_SIZE, length // PAGE_SIZE))
+        except PcteleportError as exc:
+            inp.problems.append(f"restorable map: {exc}")
+    else:
+        inp.restorable_bytes = 0
+    try:
+        probe = RamProbe(plan.src, plan.vm)
+        try:
+            s = probe.sample(SAMPLE_PAGES, exclude)
+        finally:
+            probe.close()
+        inp.sample_pages = int(s["pages"])
+        if inp.sample_pages:
+            inp.zero_fraction = s["zero"] / inp.sample_pages
+        if s["raw"]:
+            inp.zstd_ratio = s["packed"] / s["raw"]
+        if s["raw_rest"]:
+            inp.zstd_ratio_rest = s["packed_rest"] / s["raw_rest"]
+    except PcteleportError as exc:
+        inp.problems.append(f"RAM sample: {exc}")
+    dirty.join()
+    inp.dirty_rate_bytes_per_s = rate.get("bytes_per_s")
+    inp.dirty_calc_s = DIRTY_CALC_S if "bytes_per_s" in rate else 0.0
+    inp.took_s = time.monotonic() - t0
+    return inp
