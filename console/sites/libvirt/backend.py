@@ -149,19 +149,13 @@ class LibvirtBackend(Backend):
         unreachable = []
         for rt in self.sites_rt.values():
             try:
-                conn = rt.conn()
-            except PcteleportError as exc:
+                dom = rt.lookup(vm_uuid)
+                if dom is not None and dom.isActive():
+                    return rt, dom
+            except PcteleportError as exc:  # not "not here": it may run there
                 unreachable.append(str(exc))
-                continue
-            try:
-                dom = conn.lookupByUUIDString(vm_uuid)
-            except libvirt.libvirtError:
-                try:
-                    dom = conn.lookupByName(vm_uuid)
-                except libvirt.libvirtError:
-                    continue
-            if dom.isActive():
-                return rt, dom
+            except libvirt.libvirtError as exc:
+                unreachable.append(f"libvirt at {rt.name}: {exc.get_error_message()}")
         if unreachable:  # it may run at a site that did not answer: say which and why
             raise ServiceError(f"no running VM '{vm_uuid}' at the sites that answered; "
                                + "; ".join(unreachable))

@@ -120,24 +120,46 @@ class SiteRuntime:
                     f"cannot reach libvirt at {self.name} ({exc.get_error_message()}): "
                     "check the site is up and its libvirt_uri in the sites config"
                 ) from None
-            self._conn.setKeepAlive(5, 3)  # notice a dead site within ~20 s
+            with contextlib.suppress(libvirt.libvirtError):  # (drivers without keepalive)
+                self._conn.setKeepAlive(5, 3)  # notice a dead site within ~20 s
             self.events.attach(self._conn)
             return self._conn
 
+    def lookup(self, name_or_uuid: str) -> libvirt.virDomain | None:
+        """The VM's domain here, or None when this site has no such VM. A connection that
+        failed (libvirtd dropped it: keepalive timeout on a loaded host, a restart) is not
+        "no such VM": it is opened again once, and a second failure raises SiteError."""
+        for attempt in (1, 2):
+            conn = self.conn()
+            try:
+                if len(name_or_uuid) == 36 and name_or_uuid.count("-") == 4:
+                    return conn.lookupByUUIDString(name_or_uuid)
+                return conn.lookupByName(name_or_uuid)
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                    return None
+                self.forget_connection()
+                if attempt == 2:
+                    raise SiteError(f"libvirt at {self.name} did not answer "
+                                    f"({exc.get_error_message()})") from None
+        return None  # pragma: no cover - the loop returns or raises
+
+    def forget_connection(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                with contextlib.suppress(libvirt.libvirtError):
+                    self._conn.close()
+            self._conn = None
+
     def domain(self, name_or_uuid: str) -> libvirt.virDomain:
-        conn = self.conn()
-        try:
-            if len(name_or_uuid) == 36 and name_or_uuid.count("-") == 4:
-                return conn.lookupByUUIDString(name_or_uuid)
-            return conn.lookupByName(name_or_uuid)
-        except libvirt.libvirtError:
-            raise SiteError(f"no VM '{name_or_uuid}' at {self.name}") from None
+        dom = self.lookup(name_or_uuid)
+        if dom is None:
+            raise SiteError(f"no VM '{name_or_uuid}' at {self.name}")
+        return dom
 
     def find_domain(self, name_or_uuid: str) -> libvirt.virDomain | None:
-        try:
-            return self.domain(name_or_uuid)
-        except SiteError:
-            return None
+        """None when the site has no such VM; SiteError when the site could not be asked."""
+        return self.lookup(name_or_uuid)
 
     def wan_tx_bytes(self) -> int | None:
         """Bytes sent on the site's WAN interface so far (None if unknown)."""
