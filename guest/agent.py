@@ -608,12 +608,13 @@ def verify_cache(disk_spec, limit=20, sample=0):
     """Compare cached pages of the files on a disk with the disk's own blocks.
 
     The file is read through the page cache; the disk with O_DIRECT (past the cache). After a
-    teleport migration a page restored wrongly would differ here. Pages of files open for
-    writing may legitimately differ (not yet written back); the lab's data disks are
-    read-only, so any difference there is a real one. With SAMPLE > 0, files are drawn at
-    random and their cached pages checked until SAMPLE pages were (a file's pages together, or
-    a random run of them in a file that has more: few, long reads, so the check costs a guest
-    little right after a migration); otherwise every cached page of every file is checked.
+    teleport migration a page restored wrongly would differ here. Pages of files being written
+    differ until written back: a range that differs is written back (fsync) and read again,
+    and only one that still differs while its cached bytes hold still is a mismatch. With
+    SAMPLE > 0, files are drawn at random and their cached pages checked until SAMPLE pages
+    were (a file's pages together, or a random run of them in a file that has more: few, long
+    reads, so the check costs a guest little right after a migration); otherwise every cached
+    page of every file is checked.
     """
     disk = find_disk(disk_spec)
     covered = [m for m in _disk_mounts(disk) if m[1] in FALLBACK_FSTYPES]
@@ -674,6 +675,9 @@ def _verify_file(path, fstype, start, libc, dev_fd, buf, mismatches, limit, at_m
             on_disk = buf[:min(n, len(got))]
             if got == on_disk:
                 continue
+            got, on_disk = _settled(fd, dev_fd, buf, file_off, length, start + physical, got)
+            if got is None:
+                continue  # written back now, or still being written: no evidence either way
             k = 0
             while k < len(got):  # page by page, to name the pages that differ
                 nxt = min(len(got), k + PAGE - (file_off + k) % PAGE)
@@ -684,6 +688,26 @@ def _verify_file(path, fstype, start, libc, dev_fd, buf, mismatches, limit, at_m
         return len(resident)
     finally:
         os.close(fd)
+
+
+def _settled(fd, dev_fd, buf, file_off, length, disk_off, got):
+    """A range whose cached bytes differ from the disk's: a file being written (a log, a
+    database) has pages not yet written back, or changes while we read. Write it back and read
+    both again: (cache, disk) bytes that still differ while the cache held still, else
+    (None, None)."""
+    for _ in range(3):
+        with contextlib.suppress(OSError):
+            os.fsync(fd)  # its dirty pages to the disk (a read-only fd may ask that)
+        now = os.pread(fd, length, file_off)
+        aligned = (len(now) + 511) // 512 * 512
+        n = os.preadv(dev_fd, [memoryview(buf)[:aligned]], disk_off)
+        on_disk = buf[:min(n, len(now))]
+        if now == on_disk:
+            return None, None
+        if now == got:
+            return got, on_disk  # held still, written back, and still not the disk's
+        got = now  # changed while we looked: being written, look again
+    return None, None
 
 
 def _verify_segments(resident, extents, size, max_bytes):
