@@ -308,6 +308,19 @@ class RamCheck:
 
 
 @dataclass
+class RelayCpu:
+    """CPU the teleport relays used (user + system, all threads, whole process), and per GB
+    (1e9 bytes) of guest memory the stream carried (its pages x 4096: teleported, zero and
+    sent alike), so runs of different VMs compare."""
+
+    send_s: float
+    recv_s: float
+    guest_memory_bytes: int
+    send_s_per_gb: float
+    recv_s_per_gb: float
+
+
+@dataclass
 class MigrationRecord:
     run_id: str
     vm: str
@@ -348,6 +361,8 @@ class MigrationRecord:
     disk_wan_bytes: int = 0
     memory_wan_bytes: int = 0
     disks: list[DiskMove] = field(default_factory=list)
+    #: teleport: the relays' CPU (None in other modes, or when a relay did not say)
+    relay_cpu: RelayCpu | None = None
     schema: int = SCHEMA_VERSION
 
     def summary(self) -> dict[str, Any]:
@@ -377,6 +392,8 @@ class MigrationRecord:
             "runs_at": self.runs_at,
             "guest_crashed": bool(self.guest_console),
             "ram_pages_differing": None if self.ram_check is None else self.ram_check.differing,
+            "relay_cpu_s_per_gb": None if self.relay_cpu is None else {
+                "send": self.relay_cpu.send_s_per_gb, "recv": self.relay_cpu.recv_s_per_gb},
         }
 
     def to_json(self, indent: int | None = 1) -> str:

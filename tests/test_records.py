@@ -25,6 +25,7 @@ from pcteleport.records import (
     RamCheck,
     RecordBuilder,
     RecordError,
+    RelayCpu,
     Result,
     Site,
 )
@@ -59,12 +60,13 @@ def test_summary_has_exactly_the_issue_5_11_14_and_16_keys() -> None:
     assert list(s) == ["vm", "from", "to", "mode", "result", "total_s", "downtime_ms",
                        "wan_bytes", "guest_bytes", "pages", "map_refreshes", "wan_encryption",
                        "disk_wan_bytes", "memory_wan_bytes", "disks", "runs_at",
-                       "guest_crashed", "ram_pages_differing"]
+                       "guest_crashed", "ram_pages_differing", "relay_cpu_s_per_gb"]
     assert s["disks"] == [] and s["disk_wan_bytes"] == s["memory_wan_bytes"] == 0
     assert s["pages"] == {"teleported": 70_000, "zero": 120_000, "sent": 40_000,
                           "teleported_after_refresh": 1_500}
     assert s["map_refreshes"] == 4
     assert s["guest_crashed"] is False and s["ram_pages_differing"] is None
+    assert s["relay_cpu_s_per_gb"] is None
     r.guest_console = ["Kernel panic - not syncing: Fatal exception in interrupt"]
     r.ram_check = RamCheck(pages=65536, differing=3, first=["0x1000"])
     r.runs_at = "nowhere"
@@ -88,6 +90,11 @@ def test_summary_has_exactly_the_issue_5_11_14_and_16_keys() -> None:
          "pages_teleported": 70_000}]
     assert MigrationRecord.from_json(r.to_json()) == r
     assert s["from"] == "tokyo" and s["mode"] == "teleport" and s["result"] == "ok"
+    # issue 15: the relays' CPU per GB of guest memory
+    r.relay_cpu = RelayCpu(send_s=1.2, recv_s=0.6, guest_memory_bytes=2 * 10**9,
+                           send_s_per_gb=0.6, recv_s_per_gb=0.3)
+    assert r.summary()["relay_cpu_s_per_gb"] == {"send": 0.6, "recv": 0.3}
+    assert MigrationRecord.from_json(r.to_json()) == r
     json.dumps(s)  # serialisable as is
 
 
