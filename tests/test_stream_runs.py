@@ -178,3 +178,28 @@ def test_the_codec_benchmark_on_a_small_stream(tmp_path):
     text = codec_bench.report(bench, as_json=False)
     assert "encode (AES-256-GCM)" in text and "1000 MB/s target" in text
     assert "2000 MB/s" in text
+
+
+# the map's page table, built a range at a time, is the page-by-page definition
+aligned = st.integers(0, (6 << 30) // PAGE_SIZE).map(lambda n: n * PAGE_SIZE)
+extent = st.tuples(aligned, aligned, st.integers(1, 4096).map(lambda n: n * PAGE_SIZE))
+
+
+@settings(max_examples=200, deadline=None)
+@given(machine=st.sampled_from(["pc-i440fx-10.0", "pc-q35-7.2"]),
+       ram_pages=st.integers(1, (5 << 30) // PAGE_SIZE), extents=st.lists(extent, max_size=6),
+       near_hole=st.booleans())
+def test_the_page_table_is_the_page_by_page_one(machine, ram_pages, extents, near_hole):
+    from pcteleport.teleport.layout import RamLayout
+
+    layout = RamLayout.for_machine(machine, ram_pages * PAGE_SIZE)
+    if near_hole:  # extents across the PCI hole and the end of RAM
+        extents = [(max(0, layout.below_4g - PAGE_SIZE * (1 + i)), d, n) for i, (_, d, n) in
+                   enumerate(extents)] + [(layout.gpa_end() - PAGE_SIZE, 0, 2 * PAGE_SIZE)]
+    want: dict[int, int] = {}
+    for gpa, disk, length in extents:
+        for i in range(0, length, PAGE_SIZE):
+            off = layout.ram_offset(gpa + i)
+            if off is not None:
+                want[off] = disk + i
+    assert RestorableMap(extents=extents).page_table(layout) == want
