@@ -203,3 +203,33 @@ def test_the_page_table_is_the_page_by_page_one(machine, ram_pages, extents, nea
             if off is not None:
                 want[off] = disk + i
     assert RestorableMap(extents=extents).page_table(layout) == want
+
+
+@settings(max_examples=200, deadline=None)
+@given(size=st.integers(0, 120_000), piece=st.integers(1, 70_000),
+       reads=st.lists(st.integers(1, 9000), max_size=60))
+def test_byte_source_reads_are_the_stream_whatever_the_pieces(size, piece, reads):
+    """Records cut by a read's end are joined from a few bytes of the next piece (the rest of
+    it becomes the buffer later): every read, window and offset is still the stream's."""
+    data = random.Random(size).randbytes(size)
+    src = ByteSource(BytesReader(data, piece=piece))
+    pos = 0
+    for i, n in enumerate(reads):
+        if i % 3 == 2:  # now and then, take what is buffered in place, as runs do
+            buf, at = src.window()
+            step = min(len(buf) - at, n)
+            assert buf[at:at + step] == data[pos:pos + step]
+            src.skip_to(at + step)
+            pos += step
+        elif pos + n <= size:
+            assert src.read(n) == data[pos:pos + n]
+            pos += n
+        else:
+            with pytest.raises(PcteleportError):
+                src.read(n)
+            return
+        assert src.offset == pos
+    rest = b""
+    while chunk := src.available():
+        rest += chunk
+    assert rest == data[pos:] and src.offset == size and src.at_eof()

@@ -141,13 +141,14 @@ class Encoder:
         if table:  # else no page of this run can be teleported: no per-page work at all
             get = table.get
             lits = self._lits
+            buf, at = raw.obj, chunk.at
             for pos, offset in chunk.pages:
                 if get(offset) is None:
                     continue
                 lits.append(raw[prev:pos])
                 self._litlen += pos - prev
                 prev = pos
-                page = bytes(raw[pos : pos + 4096])
+                page = buf[at + pos : at + pos + 4096]
                 if self._teleport(chunk.block, offset, page):
                     prev = pos + 4096
                     sent -= 1

@@ -44,7 +44,11 @@ class RestorableMap:
         """RAM-block offset -> disk offset, one entry per page that lies in guest RAM."""
         table: dict[int, int] = {}
         spans = layout.spans()
+        low = layout.below_4g
         for gpa, disk, length in self.extents:
+            if gpa + length <= low and length == PAGE:  # one page below the hole: most of them
+                table[gpa] = disk
+                continue
             # Each extent's part inside each RAM span, a range at a time (a map of the whole
             # page cache is 10^5 pages and more): a crafted 2^62-byte extent is clipped to RAM.
             for lo, hi, shift in spans:

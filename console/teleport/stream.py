@@ -164,6 +164,7 @@ class ByteSource:
     """
 
     CHUNK = 1 << 20
+    JOIN_WHOLE = 8 << 10  # a piece with no more than this left over is joined whole
 
     def __init__(
         self,
@@ -175,6 +176,9 @@ class ByteSource:
         self._buf = b""
         self._pos = 0
         self._consumed_before = 0  # bytes of earlier buffers
+        # a piece read but not yet the buffer, and where its unread bytes start (see _fill)
+        self._next: bytes | None = None
+        self._next_pos = 0
         self.on_wait = on_wait
         self.on_data = on_data  # sees every byte read, once, in order (hashing the stream)
 
@@ -184,18 +188,34 @@ class ByteSource:
         return self._consumed_before + self._pos
 
     def _fill(self, need: int) -> bool:
-        """Make at least `need` unread bytes available; False at end of stream."""
-        while len(self._buf) - self._pos < need:
-            if self.on_wait is not None and not self._reader.ready():
-                self.on_wait()
-            more = self._reader.read_some(max(self.CHUNK, need))
-            if not more:
-                return False
-            if self.on_data is not None:
-                self.on_data(more)
-            rest = self._buf[self._pos :]
+        """Make at least `need` unread bytes available; False at end of stream.
+
+        A record cut by the end of a read is joined from the buffer's rest and only the bytes
+        of the next piece it needs; the piece becomes the buffer once that is read, so a big
+        read is not copied whole to prepend a few bytes to it.
+        """
+        while (have := len(self._buf) - self._pos) < need:
+            if self._next is not None:
+                more, skip, self._next = self._next, self._next_pos, None
+            else:
+                if self.on_wait is not None and not self._reader.ready():
+                    self.on_wait()
+                more, skip = self._reader.read_some(max(self.CHUNK, need)), 0
+                if not more:
+                    return False
+                if self.on_data is not None:
+                    self.on_data(more)
+            if not have:  # nothing left to join: the piece is the buffer
+                self._consumed_before += len(self._buf) - skip
+                self._buf, self._pos = more, skip
+                continue
             self._consumed_before += self._pos
-            self._buf = rest + more if rest else more
+            take = need - have
+            if len(more) - skip - take > self.JOIN_WHOLE:
+                self._buf = self._buf[self._pos :] + more[skip : skip + take]
+                self._next, self._next_pos = more, skip + take
+            else:
+                self._buf = self._buf[self._pos :] + more[skip:]
             self._pos = 0
         return True
 
@@ -268,9 +288,11 @@ class Chunk:
     offset: int = 0  # page offset inside the RAM block
     page: bytes = b""
     # RUN only: (position of the page's bytes in raw, its offset in the block) per PAGE record,
-    # and how many ZERO records the run holds
+    # how many ZERO records the run holds, and where raw starts in raw.obj (the stream buffer,
+    # bytes: slicing it copies a page faster than a view of it can be compared)
     pages: list[tuple[int, int]] = field(default_factory=list)
     zero: int = 0
+    at: int = 0
 
 
 @dataclass
@@ -532,7 +554,7 @@ class StreamParser:
         if pos == start:
             return None
         src.skip_to(pos)
-        return Chunk(RUN, memoryview(buf)[start:pos], block, pages=pages, zero=zero)
+        return Chunk(RUN, memoryview(buf)[start:pos], block, pages=pages, zero=zero, at=start)
 
     def _ram_blocks(self, total: int) -> bytes:
         src = self.src
