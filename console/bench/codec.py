@@ -49,6 +49,7 @@ class CodecBench:
     # the same with the relays' AES-256-GCM framing (the rows above use a checksum, as files do)
     encode_aead_cpu_s: float = 0.0
     decode_aead_cpu_s: float = 0.0
+    level: int = 1  # zstd level of the DATA frames
 
     def rates(self) -> dict[str, float]:
         return {
@@ -84,12 +85,13 @@ class _Sink:
 
 
 def _round_trip(stream: bytes, rmap: mapfile.RestorableMap, disk: DiskImage,
-                secret: bytes | None) -> tuple[CodecCounters, bytes, tuple[float, float],
-                                                tuple[float, float]]:
+                secret: bytes | None, level: int) -> tuple[CodecCounters, bytes,
+                                                           tuple[float, float],
+                                                           tuple[float, float]]:
     """Encode and decode once: (counters, wire, (encode CPU s, wall s), (decode CPU s, wall s))."""
     frames: list[bytes] = []
     counters, enc_cpu, enc_wall = _timed(
-        lambda: encode_all(BytesReader(stream), frames.append, rmap, disk, secret))
+        lambda: encode_all(BytesReader(stream), frames.append, rmap, disk, secret, level))
     wire = b"".join(frames)
     back = _Sink()
     _, dec_cpu, dec_wall = _timed(lambda: decode_all(
@@ -99,7 +101,8 @@ def _round_trip(stream: bytes, rmap: mapfile.RestorableMap, disk: DiskImage,
     return counters, wire, (enc_cpu, enc_wall), (dec_cpu, dec_wall)
 
 
-def run(stream_path: Path, disk_path: Path, map_path: Path, repeat: int = 3) -> CodecBench:
+def run(stream_path: Path, disk_path: Path, map_path: Path, repeat: int = 3,
+        level: int = 1) -> CodecBench:
     stream = stream_path.read_bytes()
     rmap = mapfile.load(map_path)
     pages = zero = 0
@@ -116,12 +119,12 @@ def run(stream_path: Path, disk_path: Path, map_path: Path, repeat: int = 3) -> 
         wire = b""
         counters = None
         for _ in range(repeat):  # the best of N: the least disturbed run
-            counters, wire, enc, dec = _round_trip(stream, rmap, disk, None)
+            counters, wire, enc, dec = _round_trip(stream, rmap, disk, None, level)
             best_enc, best_dec = min(best_enc, enc), min(best_dec, dec)
-            _, _, enc, dec = _round_trip(stream, rmap, disk, SECRET)
+            _, _, enc, dec = _round_trip(stream, rmap, disk, SECRET, level)
             best_aead_enc, best_aead_dec = min(best_aead_enc, enc), min(best_aead_dec, dec)
         plain = io.BytesIO()
-        encode_all(BytesReader(stream), plain.write, None, None)
+        encode_all(BytesReader(stream), plain.write, None, None, level=level)
     assert counters is not None
     return CodecBench(
         stream_bytes=len(stream), guest_memory_bytes=(pages + zero) * 4096, pages=pages,
@@ -131,7 +134,7 @@ def run(stream_path: Path, disk_path: Path, map_path: Path, repeat: int = 3) -> 
         ideal_bytes=len(stream) - counters.pages_teleported * 4096,
         encode_cpu_s=best_enc[0], encode_wall_s=best_enc[1],
         decode_cpu_s=best_dec[0], decode_wall_s=best_dec[1],
-        encode_aead_cpu_s=best_aead_enc[0], decode_aead_cpu_s=best_aead_dec[0],
+        encode_aead_cpu_s=best_aead_enc[0], decode_aead_cpu_s=best_aead_dec[0], level=level,
     )
 
 
@@ -143,7 +146,8 @@ def report(b: CodecBench, as_json: bool) -> str:
     lines = [
         f"stream: {b.stream_bytes / MB:.1f} MB for {gib:.2f} GiB of guest memory "
         f"({b.pages} pages, {b.zero_pages} zero pages); map: {b.map_pages} pages",
-        f"teleported {b.teleported} pages, refused {b.refused} (bytes differed from the disk)",
+        f"teleported {b.teleported} pages, refused {b.refused} (bytes differed from the disk); "
+        f"zstd level {b.level}",
         "",
         f"{'':<22}{'MB/s guest memory (CPU)':>26}{'(wall)':>10}",
         f"{'encode':<22}{r['encode_mb_s']:>26.0f}{r['encode_wall_mb_s']:>10.0f}",

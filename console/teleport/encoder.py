@@ -265,9 +265,10 @@ def encode_all(
     rmap: RestorableMap | None,
     disk: DiskImage | None,
     secret: bytes | None = None,
+    level: int = 1,
 ) -> CodecCounters:
     """Encode a whole stream to `write` (offline use: files, tests, benchmarks)."""
     writer = wan.FrameWriter(write, secret)
-    enc = Encoder(writer, rmap, disk)
+    enc = Encoder(writer, rmap, disk, level=level)
     enc.hello()
     return enc.run(reader)
