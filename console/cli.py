@@ -442,6 +442,9 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
                        help="capture stream and map from this lab VM (default web-small)")
     codec.add_argument("--repeat", type=positive_int, default=3,
                        help="best of N runs (default 3)")
+    codec.add_argument("--level", type=int, default=1,
+                       help="zstd level of the DATA frames (default 1, the relays'; negative "
+                       "levels trade WAN bytes for encoder CPU)")
     codec.add_argument("--json", action="store_true", help="print JSON")
     codec.set_defaults(handler=_bench_codec)
     soak = bsub.add_parser("soak", help="migrate one VM back and forth, run after run, and "
@@ -504,7 +507,8 @@ def _bench_codec(args: argparse.Namespace) -> int:
         if args.stream or args.disk or args.map:
             raise PcteleportError("give all of --stream, --disk and --map, or none (capture)")
         args.stream, args.disk, args.map = capture.capture_from_lab(args.vm)
-    result = codec.run(Path(args.stream), Path(args.disk), Path(args.map), args.repeat)
+    result = codec.run(Path(args.stream), Path(args.disk), Path(args.map), args.repeat,
+                       args.level)
     print(codec.report(result, args.json))
     return 0
 

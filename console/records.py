@@ -378,6 +378,19 @@ class WriteCheck:
 
 
 @dataclass
+class RelayCpu:
+    """CPU the teleport relays used (user + system, all threads, whole process), and per GB
+    (1e9 bytes) of guest memory the stream carried (its pages x 4096: teleported, zero and
+    sent alike), so runs of different VMs compare."""
+
+    send_s: float
+    recv_s: float
+    guest_memory_bytes: int
+    send_s_per_gb: float
+    recv_s_per_gb: float
+
+
+@dataclass
 class MigrationRecord:
     run_id: str
     vm: str
@@ -425,6 +438,8 @@ class MigrationRecord:
     prediction: ModePrediction | None = None
     prediction_inputs: PredictionInputs | None = None
     t_min_s: float | None = None
+    #: teleport: the relays' CPU (None in other modes, or when a relay did not say)
+    relay_cpu: RelayCpu | None = None
     schema: int = SCHEMA_VERSION
 
     def summary(self) -> dict[str, Any]:
@@ -460,6 +475,8 @@ class MigrationRecord:
             "ram_pages_differing": None if self.ram_check is None else self.ram_check.differing,
             "writes_checked": None if self.write_check is None else self.write_check.checked,
             "writes_lost": None if self.write_check is None else self.write_check.failed,
+            "relay_cpu_s_per_gb": None if self.relay_cpu is None else {
+                "send": self.relay_cpu.send_s_per_gb, "recv": self.relay_cpu.recv_s_per_gb},
         }
 
     def to_json(self, indent: int | None = 1) -> str:

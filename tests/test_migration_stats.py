@@ -104,3 +104,19 @@ def test_qemu_is_told_again_only_when_the_rate_moved():
     assert d.worth_telling(10e6)
     d.applied = 10e6
     assert not d.worth_telling(10.3e6) and d.worth_telling(11e6)
+
+
+def test_relay_cpu_per_gb_of_guest_memory():
+    pages = CodecCounters(pages_teleported=100_000, pages_zero=122_070, pages_sent=22_070)
+    send = events.Summary(counters=pages, cpu_s=0.8)
+    recv = events.Summary(counters=CodecCounters(pages_teleported=100_000), cpu_s=0.5)
+    cpu = stats.relay_cpu(send, recv)
+    assert cpu is not None
+    assert cpu.guest_memory_bytes == 244_140 * 4096  # the stream's pages, as sent
+    assert cpu.send_s == 0.8 and cpu.recv_s == 0.5
+    assert cpu.send_s_per_gb == round(0.8 / (244_140 * 4096 / 1e9), 3)
+    assert cpu.recv_s_per_gb == round(0.5 / (244_140 * 4096 / 1e9), 3)
+    # a relay that did not say (older, or no summary) gives no figure rather than a wrong one
+    assert stats.relay_cpu(send, None) is None
+    assert stats.relay_cpu(send, events.Summary(counters=pages)) is None
+    assert stats.relay_cpu(events.Summary(counters=CodecCounters(), cpu_s=0.1), recv) is None

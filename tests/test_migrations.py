@@ -142,10 +142,14 @@ def test_every_mode_migrates_there_and_back(backend) -> None:
         assert set(summary) == {"vm", "from", "to", "mode", "result", "total_s", "downtime_ms",
                                 "wan_bytes", "guest_bytes", "pages", "map_refreshes",
                                 "wan_encryption", "disk_wan_bytes", "memory_wan_bytes", "disks",
-                                "runs_at", "guest_crashed", "ram_pages_differing"}
+                                "runs_at", "guest_crashed", "ram_pages_differing",
+                                "relay_cpu_s_per_gb"}
         assert summary["disk_wan_bytes"] + summary["memory_wan_bytes"] == there.wan_bytes
         assert summary["runs_at"] == "osaka" and summary["guest_crashed"] is False
         assert summary["wan_encryption"] == ("aes-256-gcm" if mode is Mode.TELEPORT else "none")
+        # the relays' CPU per GB of guest memory: teleport only, both ends
+        cpu = summary["relay_cpu_s_per_gb"]
+        assert (cpu["send"] > 0 and cpu["recv"] > 0) if mode is Mode.TELEPORT else cpu is None
     # Teleport saves at least the restorable share the agent reported; the others save too.
     assert wan[Mode.TELEPORT] <= wan[Mode.STOCK] - restorable
     assert wan[Mode.ZSTD] < wan[Mode.STOCK]

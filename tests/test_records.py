@@ -25,6 +25,7 @@ from pcteleport.records import (
     RamCheck,
     RecordBuilder,
     RecordError,
+    RelayCpu,
     Result,
     Site,
     WriteCheck,
@@ -61,13 +62,15 @@ def test_summary_has_exactly_the_issue_5_11_14_and_16_keys() -> None:
                        "wan_bytes", "guest_bytes", "pages", "map_refreshes", "wan_encryption",
                        "disk_wan_bytes", "memory_wan_bytes", "disks", "predicted_wan_bytes",
                        "predicted_total_s", "t_min_s", "runs_at",
-                       "guest_crashed", "ram_pages_differing", "writes_checked", "writes_lost"]
+                       "guest_crashed", "ram_pages_differing", "writes_checked", "writes_lost",
+                       "relay_cpu_s_per_gb"]
     assert s["writes_checked"] is None and s["writes_lost"] is None  # not checked
     assert s["disks"] == [] and s["disk_wan_bytes"] == s["memory_wan_bytes"] == 0
     assert s["pages"] == {"teleported": 70_000, "zero": 120_000, "sent": 40_000,
                           "teleported_after_refresh": 1_500, "written_since_base": 0}
     assert s["map_refreshes"] == 4
     assert s["guest_crashed"] is False and s["ram_pages_differing"] is None
+    assert s["relay_cpu_s_per_gb"] is None
     r.guest_console = ["Kernel panic - not syncing: Fatal exception in interrupt"]
     r.ram_check = RamCheck(pages=65536, differing=3, first=["0x1000"])
     r.runs_at = "nowhere"
@@ -94,6 +97,11 @@ def test_summary_has_exactly_the_issue_5_11_14_and_16_keys() -> None:
          "pages_teleported": 70_000}]
     assert MigrationRecord.from_json(r.to_json()) == r
     assert s["from"] == "tokyo" and s["mode"] == "teleport" and s["result"] == "ok"
+    # issue 15: the relays' CPU per GB of guest memory
+    r.relay_cpu = RelayCpu(send_s=1.2, recv_s=0.6, guest_memory_bytes=2 * 10**9,
+                           send_s_per_gb=0.6, recv_s_per_gb=0.3)
+    assert r.summary()["relay_cpu_s_per_gb"] == {"send": 0.6, "recv": 0.3}
+    assert MigrationRecord.from_json(r.to_json()) == r
     json.dumps(s)  # serialisable as is
 
 

@@ -168,6 +168,8 @@ def test_relays_carry_the_stream_and_the_return_path(material):
         assert summary["pages_zero"] == 4
         assert summary["wan_bytes"] < len(material["stream"]) - 35 * PAGE
         assert recv.wait_event("summary")["pages_teleported"] == 40
+        # each relay says what CPU it used (a Python process uses some before it listens)
+        assert summary["cpu_s"] > 0 and recv.wait_event("summary")["cpu_s"] > 0
     finally:
         send.kill()
         recv.kill()

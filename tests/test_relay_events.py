@@ -26,7 +26,8 @@ any_event = st.one_of(
     st.builds(events.Notice, message=text, **stamp),
     st.builds(events.Stats, counters=counters, guest_rate_bps=st.integers(0, 2**40),
               wan_rate_bps=st.integers(0, 2**40), **stamp),
-    st.builds(events.Summary, counters=counters, **stamp),
+    st.builds(events.Summary, counters=counters,
+              cpu_s=st.floats(0, 1e5, allow_nan=False).map(lambda x: round(x, 3)), **stamp),
     st.builds(events.Failed, message=text, **stamp),
 )
 
@@ -42,6 +43,14 @@ def test_the_wire_form_is_flat_json_named_by_event():
     raw = json.loads(line)
     assert raw["event"] == "summary" and raw["role"] == "send" and raw["t"] == 1.5
     assert raw["guest_bytes"] == 10 and raw["pages_sent"] == 2 and "counters" not in raw
+
+
+def test_a_summary_without_cpu_time_reads_as_zero():
+    """A relay from before summaries said their CPU time: its summary still reads."""
+    line = '{"event": "summary", "role": "send", "t": 2.0, "guest_bytes": 10}'
+    ev = events.decode(line)
+    assert isinstance(ev, events.Summary) and ev.cpu_s == 0.0
+    assert ev.counters.guest_bytes == 10
 
 
 def test_lines_that_are_not_ours_decode_to_none():

@@ -73,14 +73,14 @@ class Decoder:
             raise DecodeError(f"a {what} frame after the source's END: the stream was "
                               "extended after it finished; refusing it")
 
-    def data(self, payload: bytes) -> list[bytes]:
+    def data(self, payload: bytes) -> list[bytes | memoryview]:
         """The QEMU stream bytes one DATA frame stands for, as pieces in order."""
         self._open_for("DATA")
         if self.hello is None:
             raise DecodeError("data arrived before the sender said hello")
         if not payload:
             raise DecodeError("empty data frame")
-        kind, body = payload[0], payload[1:]
+        kind, body = payload[0], memoryview(payload)[1:]  # a view: no copy of the frame
         if kind == ZSTD:
             try:
                 plain = self._zstd.decompress(body, max_output_size=MAX_PLAIN)
@@ -97,18 +97,21 @@ class Decoder:
         if lit_start > len(plain):
             raise DecodeError(f"data frame announces {n} references but is too short")
         lits = memoryview(plain)[lit_start:]
-        pieces: list[bytes] = []
+        end = len(lits)
+        pieces: list[bytes | memoryview] = []
+        add = pieces.append
         missing: list[tuple[int, int, bytes, int]] = []  # (piece index, ref id, hash, offset)
         prev = 0
         disk = self.disk
+        block_at = disk.block if disk is not None else (lambda _off: None)
+        same = hmac.compare_digest
         first_ref = self._next_ref
-        for i in range(n):
-            pos, disk_off, digest = REF.unpack_from(plain, COUNT.size + i * REF.size)
-            if pos < prev or pos > len(lits):
+        for i, (pos, disk_off, digest) in enumerate(REF.iter_unpack(plain[COUNT.size:lit_start])):
+            if pos < prev or pos > end:
                 raise DecodeError(f"reference {first_ref + i} points outside its frame")
-            pieces.append(lits[prev:pos])
+            add(lits[prev:pos])
             prev = pos
-            block = disk.block(disk_off) if disk is not None else None
+            block = block_at(disk_off)
             if block is None:
                 size = disk.size if disk is not None else 0
                 where, off = disk.locate(disk_off) if disk is not None else ("", disk_off)
@@ -116,19 +119,22 @@ class Decoder:
                     f"reference to disk offset {off} is outside the replica {where} "
                     f"({size} bytes): the stream does not belong to this disk"
                 )
-            if hmac.compare_digest(page_hash(block), digest):
-                pieces.append(block)
+            if same(page_hash(block), digest):
+                add(block)
             else:
                 missing.append((len(pieces), first_ref + i, digest, disk_off))
-                pieces.append(b"")
-        pieces.append(lits[prev:])
+                add(b"")
+        add(lits[prev:])
         self._next_ref = first_ref + n
         if missing:
             self._resolve(pieces, missing)
         self.counters.pages_teleported += n - len(missing)
+        update = self._hash.update
+        size = 0
         for piece in pieces:
-            self._hash.update(piece)
-            self.counters.guest_bytes += len(piece)
+            update(piece)
+            size += len(piece)
+        self.counters.guest_bytes += size
         return pieces
 
     def _resolve(self, pieces: list, missing: list[tuple[int, int, bytes, int]]) -> None:

@@ -25,7 +25,7 @@ from pcteleport.teleport.counters import CodecCounters
 from pcteleport.teleport.disk import DISK_BITS, DiskImage, DiskSet
 from pcteleport.teleport.layout import RamLayout
 from pcteleport.teleport.mapfile import RestorableMap
-from pcteleport.teleport.stream import PAGE, ZERO, ByteSource, Reader, StreamParser
+from pcteleport.teleport.stream import PAGE, RUN, ZERO, ByteSource, Chunk, Reader, StreamParser
 
 REF = struct.Struct(">IQ16s")
 COUNT = struct.Struct(">I")
@@ -58,7 +58,7 @@ class Encoder:
         self.counters = CodecCounters()
         self._zstd = zstandard.ZstdCompressor(level=level)
         self._table: dict[int, int] | None = None
-        self._lits: list[bytes] = []
+        self._lits: list[bytes | memoryview] = []
         self._litlen = 0
         self._refs: list[bytes] = []
         self._next_ref = 0
@@ -94,16 +94,19 @@ class Encoder:
     def run(self, reader: Reader) -> CodecCounters:
         """Encode a whole QEMU stream from `reader`, then send END."""
         source = ByteSource(reader, on_wait=self.flush, on_data=self._hash.update)
-        self.parser = parser = StreamParser(source)
+        self.parser = parser = StreamParser(source, runs=True)
         counters = self.counters
         lits = self._lits
         for chunk in parser.chunks():
             kind = chunk.kind
-            if kind == PAGE:
-                if not self._teleport(chunk.block, chunk.offset, chunk.raw, chunk.page):
-                    lits.append(chunk.raw)
+            if kind == RUN:
+                self._run(chunk)
+            elif kind == PAGE:
+                lits.append(chunk.raw)
+                self._litlen += len(chunk.raw)
+                if not self._teleport(chunk.block, chunk.offset, chunk.page):
                     lits.append(chunk.page)
-                    self._litlen += len(chunk.raw) + 4096
+                    self._litlen += 4096
                     counters.pages_sent += 1
             else:
                 lits.append(chunk.raw)
@@ -126,6 +129,32 @@ class Encoder:
         counters.wan_bytes = self.writer.bytes_out
         counters.frames = self.writer.seq
         return counters
+
+    def _run(self, chunk: Chunk) -> None:
+        """A RUN of records: carried as one literal, cut around the pages teleported."""
+        raw = chunk.raw
+        counters = self.counters
+        counters.pages_zero += chunk.zero
+        table = self._page_table(chunk.block) if chunk.pages else None
+        prev = 0
+        sent = len(chunk.pages)
+        if table:  # else no page of this run can be teleported: no per-page work at all
+            get = table.get
+            lits = self._lits
+            buf, at = raw.obj, chunk.at
+            for pos, offset in chunk.pages:
+                if get(offset) is None:
+                    continue
+                lits.append(raw[prev:pos])
+                self._litlen += pos - prev
+                prev = pos
+                page = buf[at + pos : at + pos + 4096]
+                if self._teleport(chunk.block, offset, page):
+                    prev = pos + 4096
+                    sent -= 1
+        self._lits.append(raw[prev:])
+        self._litlen += len(raw) - prev
+        counters.pages_sent += sent
 
     def add_map(self, rmap: RestorableMap) -> None:
         """Pages cached since the map was taken (a refresh): teleported from now on. Any
@@ -150,17 +179,25 @@ class Encoder:
                     self._later.add(off)
                 table[off] = disk_off
 
-    def _teleport(self, block: str, offset: int, raw: bytes, page: bytes) -> bool:
+    def _page_table(self, block: str) -> dict[int, int] | None:
+        """RAM offset -> disk offset for `block`, with refreshes merged; None if no page of
+        it can be teleported."""
         if block != self.ram_block:
-            return False
+            return None
         table = self._table
         if table is None:
             if self.rmap is None and not self._pending:
-                return False
+                return None
             table = self._table = self._build_table()
         if self._pending:
             self._merge_pending(table)
-        disk_off = table.get(offset)
+        return table
+
+    def _teleport(self, block: str, offset: int, page: bytes) -> bool:
+        """Send the page at `offset` as a reference if the map names it and the disk holds its
+        bytes; the literal bytes before it are already held. False: the caller sends it."""
+        table = self._page_table(block)
+        disk_off = table.get(offset) if table else None
         if disk_off is None:
             return False
         assert self.disk is not None
@@ -171,8 +208,6 @@ class Encoder:
             self.refused_by_disk[index] = self.refused_by_disk.get(index, 0) + 1
             return False
         self.teleported_by_disk[index] = self.teleported_by_disk.get(index, 0) + 1
-        self._lits.append(raw)
-        self._litlen += len(raw)
         self._refs.append(REF.pack(self._litlen, disk_off, page_hash(page)))
         ref_id = self._next_ref
         self._next_ref = ref_id + 1
@@ -230,9 +265,10 @@ def encode_all(
     rmap: RestorableMap | None,
     disk: DiskImage | None,
     secret: bytes | None = None,
+    level: int = 1,
 ) -> CodecCounters:
     """Encode a whole stream to `write` (offline use: files, tests, benchmarks)."""
     writer = wan.FrameWriter(write, secret)
-    enc = Encoder(writer, rmap, disk)
+    enc = Encoder(writer, rmap, disk, level=level)
     enc.hello()
     return enc.run(reader)

@@ -84,10 +84,12 @@ class Stats(RelayEvent):
 
 @dataclass(frozen=True)
 class Summary(RelayEvent):
-    """The stream ended cleanly: the final counters."""
+    """The stream ended cleanly: the final counters, and the CPU seconds (user + system, all
+    threads) the relay process used from its start; 0 from a relay too old to say."""
 
     NAME: ClassVar[str] = "summary"
     counters: CodecCounters
+    cpu_s: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -57,6 +57,14 @@ class RamLayout:
                 return off
         return None
 
+    def spans(self) -> list[tuple[int, int, int]]:
+        """Where RAM is, as (first gpa, gpa past the end, ram offset - gpa): below 4 GiB and,
+        if RAM reaches past the PCI hole, from 4 GiB on. ram_offset() in bulk."""
+        out = [(0, self.below_4g, 0)]
+        if self.ram_size > self.below_4g:
+            out.append((FOUR_GIB, self.gpa_end(), self.below_4g - FOUR_GIB))
+        return out
+
     def gpa_end(self) -> int:
         """One past the highest guest-physical address that is RAM."""
         if self.ram_size <= self.below_4g:

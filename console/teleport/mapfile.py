@@ -43,15 +43,20 @@ class RestorableMap:
     def page_table(self, layout: RamLayout) -> dict[int, int]:
         """RAM-block offset -> disk offset, one entry per page that lies in guest RAM."""
         table: dict[int, int] = {}
-        top = layout.gpa_end()
+        spans = layout.spans()
+        low = layout.below_4g
         for gpa, disk, length in self.extents:
-            # An extent past the guest's RAM holds no page of it: clip it (a crafted 2^62-byte
-            # extent would otherwise be walked page by page, for ever).
-            length = max(0, min(gpa + length, top) - gpa)
-            for i in range(0, length, PAGE):
-                off = layout.ram_offset(gpa + i)
-                if off is not None:
-                    table[off] = disk + i
+            if gpa + length <= low and length == PAGE:  # one page below the hole: most of them
+                table[gpa] = disk
+                continue
+            # Each extent's part inside each RAM span, a range at a time (a map of the whole
+            # page cache is 10^5 pages and more): a crafted 2^62-byte extent is clipped to RAM.
+            for lo, hi, shift in spans:
+                start, end = max(gpa, lo), min(gpa + length, hi)
+                if start < end:
+                    table.update(zip(range(start + shift, end + shift, PAGE),
+                                     range(disk + start - gpa, disk + end - gpa, PAGE),
+                                     strict=True))
         return table
 
     def to_text(self) -> str:

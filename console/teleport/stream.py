@@ -164,6 +164,7 @@ class ByteSource:
     """
 
     CHUNK = 1 << 20
+    JOIN_WHOLE = 8 << 10  # a piece with no more than this left over is joined whole
 
     def __init__(
         self,
@@ -175,6 +176,9 @@ class ByteSource:
         self._buf = b""
         self._pos = 0
         self._consumed_before = 0  # bytes of earlier buffers
+        # a piece read but not yet the buffer, and where its unread bytes start (see _fill)
+        self._next: bytes | None = None
+        self._next_pos = 0
         self.on_wait = on_wait
         self.on_data = on_data  # sees every byte read, once, in order (hashing the stream)
 
@@ -184,18 +188,34 @@ class ByteSource:
         return self._consumed_before + self._pos
 
     def _fill(self, need: int) -> bool:
-        """Make at least `need` unread bytes available; False at end of stream."""
-        while len(self._buf) - self._pos < need:
-            if self.on_wait is not None and not self._reader.ready():
-                self.on_wait()
-            more = self._reader.read_some(max(self.CHUNK, need))
-            if not more:
-                return False
-            if self.on_data is not None:
-                self.on_data(more)
-            rest = self._buf[self._pos :]
+        """Make at least `need` unread bytes available; False at end of stream.
+
+        A record cut by the end of a read is joined from the buffer's rest and only the bytes
+        of the next piece it needs; the piece becomes the buffer once that is read, so a big
+        read is not copied whole to prepend a few bytes to it.
+        """
+        while (have := len(self._buf) - self._pos) < need:
+            if self._next is not None:
+                more, skip, self._next = self._next, self._next_pos, None
+            else:
+                if self.on_wait is not None and not self._reader.ready():
+                    self.on_wait()
+                more, skip = self._reader.read_some(max(self.CHUNK, need)), 0
+                if not more:
+                    return False
+                if self.on_data is not None:
+                    self.on_data(more)
+            if not have:  # nothing left to join: the piece is the buffer
+                self._consumed_before += len(self._buf) - skip
+                self._buf, self._pos = more, skip
+                continue
             self._consumed_before += self._pos
-            self._buf = rest + more if rest else more
+            take = need - have
+            if len(more) - skip - take > self.JOIN_WHOLE:
+                self._buf = self._buf[self._pos :] + more[skip : skip + take]
+                self._next, self._next_pos = more, skip + take
+            else:
+                self._buf = self._buf[self._pos :] + more[skip:]
             self._pos = 0
         return True
 
@@ -226,6 +246,17 @@ class ByteSource:
     def at_eof(self) -> bool:
         return self._pos >= len(self._buf) and not self._fill(1)
 
+    def window(self) -> tuple[bytes, int]:
+        """The buffer and the read position in it, for a caller that walks many records in
+        place (see StreamParser's runs); it hands the new position back with `skip_to`."""
+        return self._buf, self._pos
+
+    def skip_to(self, pos: int) -> None:
+        """Consume the buffered bytes up to `pos` (a position `window` gave, or after it)."""
+        if not self._pos <= pos <= len(self._buf):
+            raise ValueError(f"position {pos} is outside the buffered bytes")
+        self._pos = pos
+
     def available(self) -> bytes:
         """Whatever is buffered or can be read next (b"" at end of stream)."""
         if self._pos >= len(self._buf) and not self._fill(1):
@@ -239,15 +270,29 @@ class ByteSource:
 RAW = 0  # bytes to carry as they are
 PAGE = 1  # a RAM PAGE record: raw is its header, page its 4096 bytes
 ZERO = 2  # a RAM ZERO record (raw holds the whole record)
+RUN = 3  # consecutive RAM records of one block (only with runs=True): see Chunk.pages
+
+# The records a run takes in place: PAGE or ZERO continuing the last block. Any other record
+# (one naming its block, EOS, a flag we refuse, a bad offset) goes through the record-by-record
+# path, so both ways end in the same chunks' bytes and the same errors.
+_RUN_PAGE = RAM_FLAG_PAGE | RAM_FLAG_CONTINUE
+_RUN_ZERO = RAM_FLAG_ZERO | RAM_FLAG_CONTINUE
+RUN_BYTES = 128 << 10  # a run ends past this much: the encoder frames at ~512 KiB
 
 
 @dataclass(slots=True)
 class Chunk:
     kind: int
-    raw: bytes
+    raw: bytes | memoryview
     block: str = ""
     offset: int = 0  # page offset inside the RAM block
     page: bytes = b""
+    # RUN only: (position of the page's bytes in raw, its offset in the block) per PAGE record,
+    # how many ZERO records the run holds, and where raw starts in raw.obj (the stream buffer,
+    # bytes: slicing it copies a page faster than a view of it can be compared)
+    pages: list[tuple[int, int]] = field(default_factory=list)
+    zero: int = 0
+    at: int = 0
 
 
 @dataclass
@@ -282,11 +327,18 @@ class StreamInfo:
 
 
 class StreamParser:
-    """Walks a QEMU migration stream and yields Chunks that reproduce it byte for byte."""
+    """Walks a QEMU migration stream and yields Chunks that reproduce it byte for byte.
 
-    def __init__(self, source: ByteSource) -> None:
+    With `runs=True` most RAM records come batched: one RUN chunk (a view of the stream
+    buffer, no copy) per stretch of records of one block, instead of a chunk per record. A
+    consumer that handles pages in bulk (the encoder) then pays Python's per-object cost per
+    run, not per page; the record-by-record path stays for records a run does not take.
+    """
+
+    def __init__(self, source: ByteSource, runs: bool = False) -> None:
         self.src = source
         self.info = StreamInfo()
+        self.runs = runs
         self._last_block: str | None = None
 
     # -- helpers ------------------------------------------------------------------------
@@ -423,6 +475,11 @@ class StreamParser:
         src = self.src
         pack = _BE64.pack
         while True:
+            if self.runs and self._last_block is not None:
+                run = self._run()
+                if run is not None:
+                    yield run
+                    continue
             hdr = src.be64()
             flags = hdr & _FLAG_MASK
             addr = hdr - flags
@@ -461,6 +518,43 @@ class StreamParser:
                 yield Chunk(ZERO, prefix + src.read(1), block, addr)
             else:
                 raise StreamError(f"RAM record with flags 0x{flags:x} at byte {src.offset - 8}")
+
+    def _run(self) -> Chunk | None:
+        """The buffered records continuing the last block, as one RUN chunk; None if the next
+        record is not one a run takes (or is not wholly buffered)."""
+        src = self.src
+        buf, start = src.window()
+        block = self._last_block
+        assert block is not None
+        limit = self.info.ram_blocks[block] - PAGE_SIZE  # the last page offset inside the block
+        stop = min(len(buf), start + RUN_BYTES)
+        unpack = _BE64.unpack_from
+        pages: list[tuple[int, int]] = []
+        add = pages.append
+        zero = 0
+        pos = start
+        while pos + 8 <= stop:
+            hdr = unpack(buf, pos)[0]
+            flags = hdr & _FLAG_MASK
+            addr = hdr - flags
+            if addr > limit:
+                break
+            if flags == _RUN_PAGE:
+                if pos + 8 + PAGE_SIZE > len(buf):
+                    break
+                add((pos + 8 - start, addr))
+                pos += 8 + PAGE_SIZE
+            elif flags == _RUN_ZERO:
+                if pos + 9 > len(buf):
+                    break
+                zero += 1
+                pos += 9
+            else:
+                break
+        if pos == start:
+            return None
+        src.skip_to(pos)
+        return Chunk(RUN, memoryview(buf)[start:pos], block, pages=pages, zero=zero, at=start)
 
     def _ram_blocks(self, total: int) -> bytes:
         src = self.src

@@ -153,6 +153,12 @@ class MigrationRun:
         rec.guest_bytes, pages = stats.final_counts(completed, summary)
         if summary is not None or completed:
             rec.pages = pages
+        if relays is not None:
+            rec.relay_cpu = cpu = stats.relay_cpu(summary, relays.recv.event(events.Summary))
+            if cpu is not None:
+                self.log(f"relays used {cpu.send_s:.2f} s CPU to send, {cpu.recv_s:.2f} s to "
+                         f"receive ({cpu.send_s_per_gb:.2f} and {cpu.recv_s_per_gb:.2f} s per GB "
+                         "of guest memory)")
         if summary is not None and self.prepared.maps is not None:
             rec.map_refreshes = self.prepared.maps.refreshes
             rec.pages_teleported_later = summary.counters.pages_teleported_later

@@ -8,7 +8,7 @@ QEMU cannot see which of the pages it sent the relay teleported."""
 
 from __future__ import annotations
 
-from pcteleport.records import MigrationSample, PageCounts, Phase
+from pcteleport.records import PAGE_SIZE, MigrationSample, PageCounts, Phase, RelayCpu
 from pcteleport.sites.libvirt.migration.plan import fmt_bytes
 from pcteleport.teleport import events
 
@@ -91,6 +91,21 @@ def final_counts(completed: dict, summary: events.Summary | None) -> tuple[int, 
         return guest_bytes, PageCounts(0, int(completed.get("memory_constant", 0)),
                                        int(completed.get("memory_normal", 0)))
     return guest_bytes, PageCounts()
+
+
+def relay_cpu(send: events.Summary | None, recv: events.Summary | None) -> RelayCpu | None:
+    """The relays' CPU seconds, and per GB of guest memory, from their summaries; None if
+    either is missing or does not report its CPU (a relay from before it did)."""
+    if send is None or recv is None or send.cpu_s <= 0 or recv.cpu_s <= 0:
+        return None
+    c = send.counters  # the stream's pages, as the source saw them
+    memory = (c.pages_teleported + c.pages_zero + c.pages_sent) * PAGE_SIZE
+    if memory <= 0:
+        return None
+    gb = memory / 1e9
+    return RelayCpu(send_s=send.cpu_s, recv_s=recv.cpu_s, guest_memory_bytes=memory,
+                    send_s_per_gb=round(send.cpu_s / gb, 3),
+                    recv_s_per_gb=round(recv.cpu_s / gb, 3))
 
 
 def split_wan(wan_bytes: int, memory_bytes: int, relay_wan_bytes: int | None,
