@@ -150,7 +150,7 @@ class Transfer:
             return
         if sizer.applied is None or abs(rate - sizer.applied) > 0.25 * sizer.applied:
             self.journal.log(f"switch-over sized at {fmt_bytes(rate)}/s of guest memory "
-                             f"(WAN x {sizer.ratio:.2f} guest bytes per WAN byte)")
+                             "(the WAN's rate: the remainder costs its size)")
         sizer.applied = rate
 
     def forget_switchover(self, dom: libvirt.virDomain | None) -> None:
