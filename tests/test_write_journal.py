@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from pcteleport.bench.scenario import GUEST_PROGRAMS
+from pcteleport.bench.scenario import GUEST_PROGRAMS, load
 from pcteleport.guest import agent
 from pcteleport.lab import datafill
 
@@ -40,8 +40,10 @@ def tpcc_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, list
     root = tmp_path_factory.mktemp("tpcc")
     datafill.fill_sqlite(root, 12)
     db, journals = root / "db" / "tpcc.sqlite", root / "journals"
-    out = subprocess.run([sys.executable, "tpcc.py", "--db", str(db), "--journal",
-                          str(journals / "tpcc.jsonl"), "--duration", "2.5"],
+    # the scenario's own command line, its guest paths made this host's
+    argv = [str(db) if a == "/data/db/tpcc.sqlite" else a for a in load("tpcc").workload]
+    out = subprocess.run([sys.executable, *argv, "--journal", str(journals / "tpcc.jsonl"),
+                          "--duration", "2.5"],
                          capture_output=True, text=True, timeout=120, cwd=GUEST_PROGRAMS)
     assert out.returncode == 0, out.stderr
     return db, journals, [json.loads(line) for line in out.stdout.splitlines()]
