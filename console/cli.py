@@ -296,8 +296,9 @@ def _add_sites(sub: argparse._SubParsersAction) -> None:
                      help="keep the destination paused until its RAM was compared page by page"
                           " with the source's at the switch-over (needs memfd-backed RAM)")
     mig.add_argument("--insecure", action="store_true",
-                     help="teleport: the relays authenticate but do NOT encrypt guest memory "
-                          "on the WAN (for comparison only; the record says so)")
+                     help="do NOT encrypt on the WAN (for comparison only; the record says "
+                          "so): no libvirt TLS for memory and disks; teleport's relays "
+                          "authenticate their frames but send them in clear")
     mig.set_defaults(handler=_migrate)
 
     ab = sub.add_parser("abort", help="abort the running migration of a VM")
@@ -423,6 +424,10 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
                        help="no run: write the table and figures of a run's JSON again")
     bench.add_argument("--force", action="store_true",
                        help="run even on an engine known to corrupt the guest (TCG on QEMU < 9)")
+    bench.add_argument("--insecure", action="store_true",
+                       help="every mode in clear on the WAN (no libvirt TLS, relays' frames "
+                            "unencrypted): run once with and once without to see what "
+                            "encryption costs")
     bench.set_defaults(handler=_bench_migrations)
     bsub = bench.add_subparsers(dest="bench_command", metavar="WHAT")
     codec = bsub.add_parser("codec", help="codec speed and WAN bytes on a captured stream")
@@ -472,7 +477,7 @@ def _bench_migrations(args: argparse.Namespace) -> int:
     command = "pcteleport " + " ".join(sys.argv[1:])
     return runner.main(args.scenario, args.modes, args.wan, args.repeat, args.json, args.out,
                        args.before, args.after, args.return_wan, command, args.max_downtime,
-                       args.auto_converge, args.force)
+                       args.auto_converge, args.force, args.insecure)
 
 
 def _bench_soak(args: argparse.Namespace) -> int:

@@ -141,11 +141,16 @@ def test_every_mode_migrates_there_and_back(backend) -> None:
         summary = there.summary()
         assert set(summary) == {"vm", "from", "to", "mode", "result", "total_s", "downtime_ms",
                                 "wan_bytes", "guest_bytes", "pages", "map_refreshes",
-                                "wan_encryption", "disk_wan_bytes", "memory_wan_bytes", "disks",
+                                "wan_encryption", "memory_encryption", "disk_encryption",
+                                "disk_wan_bytes", "memory_wan_bytes", "disks",
                                 "runs_at", "guest_crashed", "ram_pages_differing"}
         assert summary["disk_wan_bytes"] + summary["memory_wan_bytes"] == there.wan_bytes
         assert summary["runs_at"] == "osaka" and summary["guest_crashed"] is False
-        assert summary["wan_encryption"] == ("aes-256-gcm" if mode is Mode.TELEPORT else "none")
+        # the lab's VMs move their writable disks: teleport's NBD copy has no TLS (modes.py)
+        assert (summary["memory_encryption"], summary["disk_encryption"]) == (
+            ("aes-256-gcm", "none") if mode is Mode.TELEPORT else ("tls", "tls"))
+        assert summary["wan_encryption"] == (
+            "partial: memory aes-256-gcm, disks none" if mode is Mode.TELEPORT else "tls")
     # Teleport saves at least the restorable share the agent reported; the others save too.
     assert wan[Mode.TELEPORT] <= wan[Mode.STOCK] - restorable
     assert wan[Mode.ZSTD] < wan[Mode.STOCK]

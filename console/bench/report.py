@@ -80,6 +80,17 @@ def rows(runs: list[ModeRun]) -> list[ModeRow]:
     return out
 
 
+def encryption_by_mode(runs: list[ModeRun]) -> dict[str, str]:
+    """Each mode's WAN encryption, from its runs' records ("a / b" if they differ)."""
+    out: dict[str, list[str]] = {}
+    for r in runs:
+        seen = out.setdefault(str(r.mode), [])
+        enc = r.record.wan_encryption or "not recorded"
+        if enc not in seen:
+            seen.append(enc)
+    return {m: " / ".join(v) for m, v in out.items()}
+
+
 def ratio(value: float | None, stock: float | None) -> str:
     if value is None or not stock:
         return "–"
@@ -104,7 +115,8 @@ def markdown(options: BenchOptions, runs: list[ModeRun], command: str, started: 
         f"Started {started}; `{command}`; {options.repeat} round(s), modes interleaved; "
         f"{options.before_s:g} s measured before and {options.after_s:g} s after each migration; "
         f"downtime limit {options.max_downtime_ms or 'QEMU default'} ms"
-        + (", auto-converge for every mode." if options.auto_converge else "."),
+        + (", auto-converge for every mode" if options.auto_converge else "")
+        + ("; **no encryption on the WAN** (`--insecure`)." if options.insecure else "."),
         "",
         "| mode | migrated/runs (ok) | total time (s) | vs stock | WAN (MB) | vs stock "
         "| disks (MB) | memory (MB) "
@@ -147,6 +159,9 @@ def markdown(options: BenchOptions, runs: list[ModeRun], command: str, started: 
         "the disks' writable layers (NBD), *memory*: the migration stream, split as "
         "console/sites/libvirt/migration/stats.py `split_wan` says (the memory stream counted "
         "where it is written, the disks the rest).",
+        "",
+        "WAN encryption (as the records say): " + "; ".join(
+            f"{m}: {enc}" for m, enc in encryption_by_mode(runs).items()) + ".",
         "",
         "## Every run",
         "",
@@ -232,13 +247,16 @@ def write(out_root: Path, options: BenchOptions, runs: list[ModeRun], command: s
     started = time.strftime("%Y-%m-%d %H:%M:%S UTC", now)
     folder = out_root / time.strftime("%Y-%m-%d", now)
     folder.mkdir(parents=True, exist_ok=True)
-    stem = folder / f"{options.scenario.name}-{options.wan_profile}-{time.strftime('%H%M%S', now)}"
+    clear = "-insecure" if options.insecure else ""
+    stem = folder / (f"{options.scenario.name}-{options.wan_profile}{clear}-"
+                     f"{time.strftime('%H%M%S', now)}")
     from pcteleport.records import to_dict
 
     data = {"scenario": options.scenario.name, "wan": options.wan_profile, "command": command,
             "started": started, "repeat": options.repeat,
             "before_s": options.before_s, "after_s": options.after_s,
             "max_downtime_ms": options.max_downtime_ms, "auto_converge": options.auto_converge,
+            "insecure": options.insecure,
             "modes": [str(m) for m in options.modes], "machine": machine(),
             "table": [r.__dict__ for r in rows(runs)], "runs": describe(runs),
             "returns": [to_dict(r) for r in returns or []]}
@@ -279,7 +297,8 @@ def load_runs(path: Path) -> tuple[BenchOptions, list[ModeRun], str, str]:
     options = BenchOptions(load(data["scenario"]), [Mode(m) for m in data["modes"]],
                            data["wan"], repeat=data["repeat"], before_s=data["before_s"],
                            after_s=data["after_s"], max_downtime_ms=data.get("max_downtime_ms"),
-                           auto_converge=bool(data.get("auto_converge", False)))
+                           auto_converge=bool(data.get("auto_converge", False)),
+                           insecure=bool(data.get("insecure", False)))
     runs = []
     for r in data["runs"]:
         record = from_dict(MigrationRecord, r["record"])

@@ -12,7 +12,7 @@ import uuid
 from pathlib import Path
 
 from pcteleport.errors import PcteleportError
-from pcteleport.lab import shell
+from pcteleport.lab import shell, tls
 from pcteleport.lab.paths import (
     CREATED_DIRS,
     SITE_AGENT_DIR,
@@ -135,6 +135,10 @@ def prepare_files(paths: LabPaths, s: Site) -> None:
         'stdio_handler = "file"\n'
         "migration_port_min = 49152\n"
         "migration_port_max = 49215\n"
+        "# TLS migration (VIR_MIGRATE_TLS; the NBD disk copy too): the lab's CA and this host's\n"
+        "# certificates (lab/tls.py); both ends check the other's certificate\n"
+        f'default_tls_x509_cert_dir = "{tls.SITE_TLS_DIR}"\n'
+        "default_tls_x509_verify = 1\n"
     )
     passwd = Path("/etc/passwd").read_text()
     if "\nlibvirt-qemu:" not in "\n" + passwd:

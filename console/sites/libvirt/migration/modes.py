@@ -14,7 +14,7 @@ import libvirt_qemu
 
 from pcteleport.records import Mode, Phase
 from pcteleport.sites.guest_agent import GuestAgent
-from pcteleport.sites.libvirt.migration import storage, switchover
+from pcteleport.sites.libvirt.migration import storage, switchover, tls
 from pcteleport.sites.libvirt.migration.journal import Journal
 from pcteleport.sites.libvirt.migration.maps import MapFeed
 from pcteleport.sites.libvirt.migration.plan import (
@@ -51,6 +51,18 @@ class Prepared:
 def prepare(plan: Plan, dom: libvirt.virDomain, journal: Journal, agent_for: AgentFor,
             out: Prepared) -> None:
     """Fill `out` for `plan`'s mode: what every mode shares, then the mode's own step."""
+    if tls.uses_tls(plan):  # first: a site without certificates refuses before anything starts
+        journal.log(tls.check_certificates(plan))
+        out.flags |= libvirt.VIR_MIGRATE_TLS
+        journal.log("TLS: QEMU encrypts guest memory and libvirt's NBD disk copy on the WAN "
+                    "(libvirt's TLS migration)")
+    elif plan.insecure:
+        journal.log("--insecure: guest memory and disks cross the WAN in clear (for "
+                    "comparison only)")
+    elif any(d.writable for d in plan.disks):
+        journal.log("teleport: guest memory crosses the WAN in the relays' AES-256-GCM frames; "
+                    "the disks' NBD copy is NOT encrypted (libvirt's TLS would cover the "
+                    "memory stream too, which the relays must read)")
     if plan.auto_converge:
         out.flags |= libvirt.VIR_MIGRATE_AUTO_CONVERGE
         journal.log("auto-converge: QEMU slows the guest's vCPUs while it dirties memory "
