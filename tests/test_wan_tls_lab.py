@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 
 from pcteleport.records import MigrationRecord, Mode, Result
-from tests.conftest import lab_instance, require
+from tests.conftest import lab_backend, require
 
 pytestmark = [pytest.mark.root, pytest.mark.lab, pytest.mark.slow]
 
@@ -94,42 +94,20 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     require(os.geteuid() == 0, "the lab needs root")
     for tool in ("qemu-system-x86_64", "certtool", "tcpdump"):
         require(shutil.which(tool) is not None, f"{tool} is not installed (scripts/setup.sh)")
-    with lab_instance(INSTANCE):  # the CLI subprocesses inherit it
-        records = tmp_path_factory.mktemp("records")
-        old_records = os.environ.get("PCTELEPORT_RECORDS")
-        os.environ["PCTELEPORT_RECORDS"] = str(records)
-        try:
-            _cli("lab", "down")
-            up = _cli("lab", "up", "--vms", VM, "--wan", "fast")
-            assert up.returncode == 0, up.stderr
-            from pcteleport.lab.paths import LabPaths
-            from pcteleport.record_store import RecordStore
-            from pcteleport.sites.libvirt.backend import LibvirtBackend
-
-            b = LibvirtBackend.from_config(LabPaths.default().sites_toml)
-            b.store = RecordStore(records)
-            # random per run: nothing else on the WAN can hold them by accident
-            lab = Lab(b, f"PCTMEM-{secrets.token_hex(12)}".encode(),
-                      f"PCTDSK-{secrets.token_hex(12)}".encode())
-            try:
-                site = lab.where()
-                lab.shell(site, "\n".join([
-                    f"python3 -c '{WRITE_DISK}' {lab.disk_marker.decode()} {DISK_FILE}",
-                    "sync; echo 3 > /proc/sys/vm/drop_caches",
-                    "rm -f /tmp/holder-ready",
-                    f"python3 -c '{HOLDER}' {lab.memory_marker.decode()} {PAGES} "
-                    "</dev/null >/dev/null 2>&1 &",
-                    "for i in $(seq 600); do [ -e /tmp/holder-ready ] && break; sleep 0.5; done",
-                    "cat /tmp/holder-ready"]))
-                yield lab
-            finally:
-                b.close()
-        finally:
-            _cli("lab", "down")
-            if old_records is None:
-                os.environ.pop("PCTELEPORT_RECORDS", None)
-            else:
-                os.environ["PCTELEPORT_RECORDS"] = old_records
+    with lab_backend(INSTANCE, VM, tmp_path_factory.mktemp("records")) as b:
+        # random per run: nothing else on the WAN can hold them by accident
+        lab = Lab(b, f"PCTMEM-{secrets.token_hex(12)}".encode(),
+                  f"PCTDSK-{secrets.token_hex(12)}".encode())
+        site = lab.where()
+        lab.shell(site, "\n".join([
+            f"python3 -c '{WRITE_DISK}' {lab.disk_marker.decode()} {DISK_FILE}",
+            "sync; echo 3 > /proc/sys/vm/drop_caches",
+            "rm -f /tmp/holder-ready",
+            f"python3 -c '{HOLDER}' {lab.memory_marker.decode()} {PAGES} "
+            "</dev/null >/dev/null 2>&1 &",
+            "for i in $(seq 600); do [ -e /tmp/holder-ready ] && break; sleep 0.5; done",
+            "cat /tmp/holder-ready"]))
+        yield lab
 
 
 @contextlib.contextmanager
