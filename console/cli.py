@@ -150,11 +150,31 @@ def _add_relay(sub: argparse._SubParsersAction) -> None:
                       "(default 600)")
     recv.set_defaults(handler=_relay_recv)
 
+    # teleport's disk copy (NBD) over the WAN, encrypted like the stream (teleport/tunnel.py)
+    for end, listen, to in (("tunnel-in", "unix:/PATH", "H:P"), ("tunnel-out", "H:P",
+                                                                 "unix:/PATH")):
+        tun = rsub.add_parser(end, help=f"{'source' if end == 'tunnel-in' else 'destination'} "
+                              "end of the encrypted tunnel teleport's NBD disk copy takes")
+        tun.add_argument("--listen", required=True, metavar=listen)
+        tun.add_argument("--to", required=True, metavar=to)
+        tun.add_argument("--secret-file", required=True,
+                         help="file holding this migration's shared secret ('-': stdin's "
+                              "first line)")
+        tun.add_argument("--insecure", action="store_true",
+                         help="frames authenticated but NOT encrypted (for comparison only)")
+        tun.set_defaults(handler=_relay_tunnel)
+
 
 def _relay_send(args: argparse.Namespace) -> int:
     from pcteleport.teleport import relay
 
     return relay.main_send(args)
+
+
+def _relay_tunnel(args: argparse.Namespace) -> int:
+    from pcteleport.teleport import tunnel
+
+    return tunnel.main(args)
 
 
 def _relay_recv(args: argparse.Namespace) -> int:

@@ -217,8 +217,7 @@ def test_the_cert_dir_is_the_one_qemu_conf_gives_migration():
 @pytest.mark.parametrize("mode, insecure, disks, memory, disk, summary", [
     (Mode.STOCK, False, WRITABLE, "tls", "tls", "tls"),
     (Mode.ZSTD, False, [], "tls", "", "tls"),
-    (Mode.TELEPORT, False, WRITABLE, "aes-256-gcm", "none",
-     "partial: memory aes-256-gcm, disks none"),
+    (Mode.TELEPORT, False, WRITABLE, "aes-256-gcm", "aes-256-gcm", "aes-256-gcm"),
     (Mode.TELEPORT, False, [SimpleNamespace(writable=False)], "aes-256-gcm", "",
      "aes-256-gcm"),
     (Mode.STOCK, True, WRITABLE, "none (--insecure)", "none (--insecure)", "none (--insecure)"),

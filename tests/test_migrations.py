@@ -124,11 +124,10 @@ def test_every_mode_migrates_there_and_back(backend) -> None:
                                 "runs_at", "guest_crashed", "ram_pages_differing"}
         assert summary["disk_wan_bytes"] + summary["memory_wan_bytes"] == there.wan_bytes
         assert summary["runs_at"] == "osaka" and summary["guest_crashed"] is False
-        # the lab's VMs move their writable disks: teleport's NBD copy has no TLS (modes.py)
-        assert (summary["memory_encryption"], summary["disk_encryption"]) == (
-            ("aes-256-gcm", "none") if mode is Mode.TELEPORT else ("tls", "tls"))
-        assert summary["wan_encryption"] == (
-            "partial: memory aes-256-gcm, disks none" if mode is Mode.TELEPORT else "tls")
+        # teleport: memory in its relays' frames, disks through its tunnel; else libvirt's TLS
+        crypt = "aes-256-gcm" if mode is Mode.TELEPORT else "tls"
+        assert (summary["memory_encryption"], summary["disk_encryption"],
+                summary["wan_encryption"]) == (crypt, crypt, crypt)
     # Teleport saves at least the restorable share the agent reported; the others save too.
     assert wan[Mode.TELEPORT] <= wan[Mode.STOCK] - restorable
     assert wan[Mode.ZSTD] < wan[Mode.STOCK]

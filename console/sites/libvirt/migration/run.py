@@ -114,6 +114,8 @@ class MigrationRun:
                 self.prepared.maps.stop()
             if self.prepared.relays is not None:
                 self.prepared.relays.stop()
+            if self.prepared.tunnel is not None:
+                self.prepared.tunnel.stop()
             with contextlib.suppress(PcteleportError):
                 if self._ram_src is not None:
                     self._ram_src.close()

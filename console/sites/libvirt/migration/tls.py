@@ -4,15 +4,17 @@ migration for the modes whose memory stream QEMU sends straight to the destinati
 stock, zstd and drop-cache ask libvirt for VIR_MIGRATE_TLS: QEMU then speaks TLS on the
 migration connection (multifd channels too) and libvirt gives the same TLS credentials to the
 NBD server at the destination and the NBD client at the source, so the disks' storage copy is
-encrypted as well (libvirt's qemu_migration.c: one TLS alias, from qemuMigrationParamsEnableTLS,
-for both; 9.0 and 11.3 alike). Each host needs the CA's certificate and its own server and client
+encrypted as well (libvirt's qemu_migration.c: qemuMigrationSrcRun takes one TLS alias from
+qemuMigrationParamsEnableTLS for both; NBD over TLS came with libvirt 4.4 in 2018, so 9.0 and
+11.3 both do it; on the lab's 11.3 a capture of the WAN shows it: tests/test_wan_tls_lab.py).
+Each host needs the CA's certificate and its own server and client
 certificates in the directory its qemu.conf names; a missing file is found before anything
 starts, and named.
 
 teleport cannot use it: with VIR_MIGRATE_TLS the memory stream would reach our send relay
-encrypted, and the relay must read it to teleport pages. Its memory crosses the WAN in the
-relays' AES-256-GCM frames; its NBD disk copy goes in clear (libvirt has no TLS for the disks
-alone)."""
+encrypted, and the relay must read it to teleport pages (libvirt has no TLS for the disks
+alone). Its memory crosses the WAN in the relays' AES-256-GCM frames, and its NBD disk copy
+through our tunnel in the same frames (teleport/tunnel.py)."""
 
 from __future__ import annotations
 
@@ -31,7 +33,6 @@ CLIENT_FILES = ("ca-cert.pem", "client-cert.pem", "client-key.pem")
 
 TLS = "tls"
 AES_GCM = "aes-256-gcm"
-CLEAR = "none"
 INSECURE = "none (--insecure)"
 
 
@@ -58,8 +59,8 @@ def encryption(plan: Plan) -> WanEncryption:
     moves = any(d.writable for d in plan.disks)
     if plan.insecure:
         return WanEncryption(INSECURE, INSECURE if moves else "")
-    if plan.mode == Mode.TELEPORT:
-        return WanEncryption(AES_GCM, CLEAR if moves else "")
+    if plan.mode == Mode.TELEPORT:  # the disks through its tunnel (modes.py)
+        return WanEncryption(AES_GCM, AES_GCM if moves else "")
     return WanEncryption(TLS, TLS if moves else "")
 
 
