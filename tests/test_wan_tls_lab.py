@@ -120,7 +120,8 @@ def capture(site: str, pcap: Path) -> Iterator[dict[str, int]]:
     with err.open("w") as errf:
         proc = subprocess.Popen(
             ["ip", "netns", "exec", lab_site(site).netns, "tcpdump", "-i", WAN_IFACE, "-s", "0",
-             "-B", "65536", "-U", "-w", str(pcap)], stdout=subprocess.DEVNULL, stderr=errf)
+             "-Z", "root", "-B", "65536", "-U", "-w", str(pcap)],
+            stdout=subprocess.DEVNULL, stderr=errf)
     try:
         for _ in range(600):  # tcpdump says so once it captures (slow on a loaded machine)
             if "listening on" in err.read_text() or proc.poll() is not None:
