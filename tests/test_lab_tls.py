@@ -42,6 +42,8 @@ def test_each_site_gets_certificates_the_lab_ca_signed_for_its_addresses(tmp_pat
         # the source QEMU checks the name it connects to: the WAN address
         assert f"IPAddress: {s.wan_addr}" in info and f"DNSname: {s.name}" in info
         assert "TLS WWW Server" in info
+        # QEMU refuses a server certificate whose key usage lacks it (ECDSA keys had not)
+        assert "Key encipherment" in info and "Digital signature" in info
         assert "TLS WWW Client" in certtool("-i", "--infile", str(d / "client-cert.pem"))
 
 

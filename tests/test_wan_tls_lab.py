@@ -47,7 +47,7 @@ for i in range(pages):
 open("/tmp/holder-ready", "w").write("ready")
 while True:
     time.sleep(1)
-    buf[0] ^= 0  # touched: the pages stay this process's
+    buf[0] ^= 0  # touched now and then: the pages stay this process's
 """
 DISK_FILE = "/data/tls-disk-marker"
 WRITE_DISK = r"""
@@ -99,10 +99,13 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
                   f"PCTDSK-{secrets.token_hex(12)}".encode())
         site = lab.where()
         lab.shell(site, "\n".join([
-            f"python3 -c '{WRITE_DISK}' {lab.disk_marker.decode()} {DISK_FILE}",
+            # the programs in /tmp (tmpfs: guest RAM, never a disk), the markers on argv
+            f"cat > /tmp/write-disk.py <<'EOF'\n{WRITE_DISK}\nEOF",
+            f"cat > /tmp/holder.py <<'EOF'\n{HOLDER}\nEOF",
+            f"python3 /tmp/write-disk.py {lab.disk_marker.decode()} {DISK_FILE}",
             "sync; echo 3 > /proc/sys/vm/drop_caches",
             "rm -f /tmp/holder-ready",
-            f"python3 -c '{HOLDER}' {lab.memory_marker.decode()} {PAGES} "
+            f"python3 /tmp/holder.py {lab.memory_marker.decode()} {PAGES} "
             "</dev/null >/dev/null 2>&1 &",
             "for i in $(seq 600); do [ -e /tmp/holder-ready ] && break; sleep 0.5; done",
             "cat /tmp/holder-ready"]))
