@@ -172,6 +172,28 @@ def test_stock_in_clear_shows_guest_memory_and_disks_on_the_wan(lab, tmp_path) -
     assert data.count(lab.disk_marker) >= 1
 
 
+def test_lab_up_restarts_a_libvirtd_that_read_a_qemu_conf_without_tls(lab) -> None:
+    """A lab brought up before TLS: its libvirtd knows no cert dir. `lab up` rewrites qemu.conf
+    and restarts that libvirtd; the VM keeps running (the TLS migrations below use it)."""
+    from pcteleport.lab import shell, site
+    from pcteleport.lab.paths import LabPaths
+    from pcteleport.lab.topology import site as lab_site
+
+    paths, where = LabPaths.default(), lab.where()
+    s = lab_site(where)
+    conf = paths.site(where).etc_libvirt / "qemu.conf"
+    conf.write_text("".join(ln for ln in conf.read_text().splitlines(keepends=True)
+                            if "tls" not in ln))
+    site.stop_libvirtd(paths, s)
+    old = site.ensure_libvirtd(paths, s, site.require_holder(paths, s))
+    up = _cli("lab", "up", "--vms", VM, "--wan", "fast")
+    assert up.returncode == 0, up.stderr
+    new = shell.read_pid(paths.site(where).libvirtd_pid)
+    assert new is not None and new != old
+    assert "default_tls_x509_cert_dir" in conf.read_text()
+    assert lab.where() == where  # (the backend reconnects to the new libvirtd)
+
+
 @pytest.mark.parametrize("mode", [Mode.STOCK, Mode.ZSTD, Mode.DROP_CACHE])
 def test_libvirt_tls_hides_memory_and_disks(lab, tmp_path, mode) -> None:
     rec, data, _ = migrate_captured(lab, mode, False, tmp_path)

@@ -101,8 +101,10 @@ def _up(paths: LabPaths, vm_names: Sequence[str] | None, profile: str | None,
     progress(f"WAN: {st.profile} ({st.mode} delay)")
     tls.ensure(paths, sites())  # before libvirtd: it checks that the cert dir exists
     for s in sites():
-        site.prepare_files(paths, s)
+        conf_changed = site.prepare_files(paths, s)
         holder = site.ensure_holder(paths, s)
+        if conf_changed:  # e.g. a lab from before TLS: its libvirtd read no cert dir
+            site.stop_libvirtd(paths, s)
         site.ensure_libvirtd(paths, s, holder)
         site.ensure_sshd(paths, s, holder)
         _check_ssh(paths, s)
