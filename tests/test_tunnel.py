@@ -44,7 +44,11 @@ class EchoServer(threading.Thread):
 
 
 def start(obj: tunnel.TunnelIn | tunnel.TunnelOut) -> None:
+    """Run it in a thread; return once it listens (its Listening event)."""
+    listening = threading.Event()
+    obj.emit = lambda ev: listening.set()
     threading.Thread(target=obj.run, daemon=True).start()
+    assert listening.wait(60)
 
 
 def roundtrip(path: str, payload: bytes) -> bytes:
