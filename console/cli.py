@@ -150,11 +150,31 @@ def _add_relay(sub: argparse._SubParsersAction) -> None:
                       "(default 600)")
     recv.set_defaults(handler=_relay_recv)
 
+    # teleport's disk copy (NBD) over the WAN, encrypted like the stream (teleport/tunnel.py)
+    for end, listen, to in (("tunnel-in", "unix:/PATH", "H:P"), ("tunnel-out", "H:P",
+                                                                 "unix:/PATH")):
+        tun = rsub.add_parser(end, help=f"{'source' if end == 'tunnel-in' else 'destination'} "
+                              "end of the encrypted tunnel teleport's NBD disk copy takes")
+        tun.add_argument("--listen", required=True, metavar=listen)
+        tun.add_argument("--to", required=True, metavar=to)
+        tun.add_argument("--secret-file", required=True,
+                         help="file holding this migration's shared secret ('-': stdin's "
+                              "first line)")
+        tun.add_argument("--insecure", action="store_true",
+                         help="frames authenticated but NOT encrypted (for comparison only)")
+        tun.set_defaults(handler=_relay_tunnel)
+
 
 def _relay_send(args: argparse.Namespace) -> int:
     from pcteleport.teleport import relay
 
     return relay.main_send(args)
+
+
+def _relay_tunnel(args: argparse.Namespace) -> int:
+    from pcteleport.teleport import tunnel
+
+    return tunnel.main(args)
 
 
 def _relay_recv(args: argparse.Namespace) -> int:
@@ -296,8 +316,9 @@ def _add_sites(sub: argparse._SubParsersAction) -> None:
                      help="keep the destination paused until its RAM was compared page by page"
                           " with the source's at the switch-over (needs memfd-backed RAM)")
     mig.add_argument("--insecure", action="store_true",
-                     help="teleport: the relays authenticate but do NOT encrypt guest memory "
-                          "on the WAN (for comparison only; the record says so)")
+                     help="do NOT encrypt on the WAN (for comparison only; the record says "
+                          "so): no libvirt TLS for memory and disks; teleport's relays "
+                          "authenticate their frames but send them in clear")
     mig.add_argument("--dry-run", action="store_true",
                      help="start nothing: measure the VM now and print, per mode, the predicted "
                           "WAN bytes and total time, and T_min (the physical limit)")
@@ -432,6 +453,10 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
                        help="no run: write the table and figures of a run's JSON again")
     bench.add_argument("--force", action="store_true",
                        help="run even on an engine known to corrupt the guest (TCG on QEMU < 9)")
+    bench.add_argument("--insecure", action="store_true",
+                       help="every mode in clear on the WAN (no libvirt TLS, relays' frames "
+                            "unencrypted): run once with and once without to see what "
+                            "encryption costs")
     bench.set_defaults(handler=_bench_migrations)
     bsub = bench.add_subparsers(dest="bench_command", metavar="WHAT")
     codec = bsub.add_parser("codec", help="codec speed and WAN bytes on a captured stream")
@@ -484,7 +509,7 @@ def _bench_migrations(args: argparse.Namespace) -> int:
     command = "pcteleport " + " ".join(sys.argv[1:])
     return runner.main(args.scenario, args.modes, args.wan, args.repeat, args.json, args.out,
                        args.before, args.after, args.return_wan, command, args.max_downtime,
-                       args.auto_converge, args.force)
+                       args.auto_converge, args.force, args.insecure)
 
 
 def _bench_soak(args: argparse.Namespace) -> int:

@@ -425,9 +425,13 @@ class MigrationRecord:
     #: because one of them named a page cached after the first map
     map_refreshes: int = 0
     pages_teleported_later: int = 0
-    #: how guest memory crossed the WAN: "aes-256-gcm" (teleport's relays), "none" (QEMU's
-    #: stream in clear), "none (--insecure)" (teleport frames authenticated, in clear)
+    #: what protected the run's WAN traffic: one word when every stream had the same ("tls",
+    #: "aes-256-gcm", "none (--insecure)", "none"), else "partial: memory X, disks Y"
     wan_encryption: str = ""
+    #: per stream: guest memory ("tls": libvirt's TLS migration; "aes-256-gcm": teleport's
+    #: relays) and the disks' NBD copy ("tls", "none"; "" when no disk moved)
+    memory_encryption: str = ""
+    disk_encryption: str = ""
     #: wan_bytes split: the disks' storage migration and the memory stream (how each is
     #: measured: sites/libvirt/migration/stats.py split_wan)
     disk_wan_bytes: int = 0
@@ -463,6 +467,8 @@ class MigrationRecord:
             },
             "map_refreshes": self.map_refreshes,
             "wan_encryption": self.wan_encryption,
+            "memory_encryption": self.memory_encryption,
+            "disk_encryption": self.disk_encryption,
             "disk_wan_bytes": self.disk_wan_bytes,
             "memory_wan_bytes": self.memory_wan_bytes,
             "disks": [{"target": d.target, "base": d.base, "overlay_bytes": d.overlay_bytes,

@@ -6,11 +6,13 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
 
+# gnutls-bin: certtool, which makes the lab's TLS migration certificates (console/lab/tls.py);
+# tcpdump: the lab test that looks for guest memory on the WAN (tests/test_wan_tls_lab.py)
 APT_PACKAGES=(
   python3 python3-venv python3-dev python3-pip gcc make pkg-config dnsmasq-base
   busybox-static cpio kmod e2fsprogs dosfstools fdisk xfsprogs btrfs-progs
   openssh-server openssh-client iproute2 nftables iputils-ping
-  tmux
+  tmux gnutls-bin tcpdump
 )
 # The engine. By default QEMU 10.0 / libvirt 11.3 from bookworm-backports: Debian 12's own QEMU
 # 7.2 loses dirty pages when it migrates TCG guests (fixed upstream in 9.0, commit 03bfc2188f),

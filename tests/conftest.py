@@ -67,3 +67,41 @@ def lab_instance(name: str) -> Iterator[None]:
         else:
             os.environ["PCTELEPORT_LAB_INSTANCE"] = old
 
+
+
+@contextlib.contextmanager
+def lab_backend(name: str, vms: str, records: os.PathLike[str], wan: str = "fast") -> Iterator:
+    """A fresh lab instance `name` with `vms` (comma-separated) on the `wan` profile, and a
+    LibvirtBackend on it storing its records in `records`; the instance goes down afterwards."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "pcteleport.cli", *args], text=True,
+                              capture_output=True, timeout=900, stdin=subprocess.DEVNULL,
+                              cwd=Path(__file__).resolve().parent.parent)
+
+    with lab_instance(name):  # the CLI subprocesses inherit it
+        old_records = os.environ.get("PCTELEPORT_RECORDS")
+        os.environ["PCTELEPORT_RECORDS"] = str(records)
+        try:
+            cli("lab", "down")
+            up = cli("lab", "up", "--vms", vms, "--wan", wan)
+            assert up.returncode == 0, up.stderr
+            from pcteleport.lab.paths import LabPaths
+            from pcteleport.record_store import RecordStore
+            from pcteleport.sites.libvirt.backend import LibvirtBackend
+
+            b = LibvirtBackend.from_config(LabPaths.default().sites_toml)
+            b.store = RecordStore(Path(records))
+            try:
+                yield b
+            finally:
+                b.close()
+        finally:
+            cli("lab", "down")
+            if old_records is None:
+                os.environ.pop("PCTELEPORT_RECORDS", None)
+            else:
+                os.environ["PCTELEPORT_RECORDS"] = old_records

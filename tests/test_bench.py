@@ -166,6 +166,38 @@ def test_a_written_run_renders_again_from_its_json(tmp_path):
     assert again.read_text() == first
 
 
+def test_an_insecure_run_says_so_in_its_name_table_and_json(tmp_path):
+    """`bench --insecure` beside a plain run is the cost of encryption: the two must not be
+    mistaken for each other, nor lose the difference when rendered again."""
+    runs = _runs()[:2]
+    runs[0].record.wan_encryption = "none (--insecure)"
+    runs[1].record.wan_encryption = "none (--insecure)"
+    opts = BenchOptions(load("web-small"), [Mode.STOCK, Mode.TELEPORT], "fast", insecure=True)
+    md = report.write(tmp_path, opts, runs, "pcteleport bench --insecure")
+    assert "-insecure-" in md.name
+    text = md.read_text()
+    assert "**no encryption on the WAN** (`--insecure`)" in text
+    assert "WAN encryption (as the records say): stock: none (--insecure); teleport: none " \
+           "(--insecure)." in text
+    assert json.loads(Path(str(md)[:-3] + ".json").read_text())["insecure"] is True
+    md.unlink()
+    assert report.rerender(Path(str(md)[:-3] + ".json")).read_text() == text
+    secure = BenchOptions(load("web-small"), [Mode.STOCK], "fast")
+    assert "no encryption" not in report.markdown(secure, _runs()[:1], "b", "now")
+
+
+def test_bench_insecure_reaches_the_runner(monkeypatch):
+    from pcteleport import cli
+    from pcteleport.bench import runner
+
+    got = []
+    monkeypatch.setattr(runner, "main", lambda *a: got.append(a) or 0)
+    assert cli.main(["bench", "--scenario", "web-small", "--insecure"]) == 0
+    assert got[0][-1] is True
+    assert cli.main(["bench", "--scenario", "web-small"]) == 0
+    assert got[1][-1] is False
+
+
 def test_bar_heights_follow_the_values():
     doc = ET.fromstring(svg.bar_panels("t", [("x", [svg.Bar("stock", 10.0),
                                                     svg.Bar("teleport", 2.5)])]))

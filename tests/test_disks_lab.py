@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from pcteleport.records import MigrationRecord, MigrationSample, Mode, Result
-from tests.conftest import lab_instance, require
+from tests.conftest import lab_backend, require
 
 pytestmark = [pytest.mark.root, pytest.mark.lab, pytest.mark.slow]
 
@@ -86,30 +86,8 @@ def backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
     require(os.geteuid() == 0, "the lab needs root")
     require(shutil.which("qemu-system-x86_64") is not None, "QEMU is not installed")
     require(shutil.which("qemu-img") is not None, "qemu-img is not installed")
-    with lab_instance(INSTANCE):  # the CLI subprocesses inherit it
-        records = tmp_path_factory.mktemp("records")
-        old_records = os.environ.get("PCTELEPORT_RECORDS")
-        os.environ["PCTELEPORT_RECORDS"] = str(records)
-        try:
-            _cli("lab", "down")
-            up = _cli("lab", "up", "--vms", VM, "--wan", "fast")
-            assert up.returncode == 0, up.stderr
-            from pcteleport.lab.paths import LabPaths
-            from pcteleport.record_store import RecordStore
-            from pcteleport.sites.libvirt.backend import LibvirtBackend
-
-            b = LibvirtBackend.from_config(LabPaths.default().sites_toml)
-            b.store = RecordStore(records)
-            try:
-                yield b
-            finally:
-                b.close()
-        finally:
-            _cli("lab", "down")
-            if old_records is None:
-                os.environ.pop("PCTELEPORT_RECORDS", None)
-            else:
-                os.environ["PCTELEPORT_RECORDS"] = old_records
+    with lab_backend(INSTANCE, VM, tmp_path_factory.mktemp("records")) as b:
+        yield b
 
 
 def host_dir(backend, site: str) -> Path:

@@ -13,7 +13,7 @@ import libvirt
 import pytest
 
 from pcteleport.records import MigrationRecord, Mode
-from pcteleport.sites.libvirt.migration import modes
+from pcteleport.sites.libvirt.migration import modes, tls
 from pcteleport.sites.libvirt.migration.journal import Journal
 from pcteleport.sites.libvirt.migration.plan import MigrationFailed
 
@@ -25,21 +25,51 @@ class Dom:
         return XML
 
 
+ALL_CERTS = {f"/etc/pki/qemu/{f}" for f in tls.SERVER_FILES + tls.CLIENT_FILES}
+
+
+class Host:
+    """A site host over SSH: its qemu.conf and which files exist; every command kept."""
+
+    def __init__(self, files: set[str] | None = None, qemu_conf: str = "") -> None:
+        self.files = ALL_CERTS if files is None else files
+        self.qemu_conf = qemu_conf
+        self.commands: list[list[str]] = []
+
+    def run(self, argv, input=None, timeout: float = 60):
+        self.commands.append(list(argv))
+        if argv[:1] == ["cat"]:
+            return SimpleNamespace(status=0 if self.qemu_conf else 1, stdout=self.qemu_conf,
+                                   stderr="")
+        assert argv[:2] == ["sh", "-c"] and argv[3] == "sh"
+        missing = [f for f in argv[4:] if f not in self.files]
+        return SimpleNamespace(status=0, stdout="".join(f"{f}\n" for f in missing), stderr="")
+
+
 def plan(mode: Mode, libvirt_version: int, wan_addr: str = "10.77.0.2", **kw):
     conn = SimpleNamespace(getLibVersion=lambda: libvirt_version)
     return SimpleNamespace(
         vm="web", mode=mode, auto_converge=kw.get("auto_converge", False),
         bandwidth_cap=kw.get("bandwidth_cap"), disks=kw.get("disks", []), data_disk="",
-        data_serial="", data_target="",
-        src=SimpleNamespace(name="tokyo", conn=lambda: conn),
-        dst=SimpleNamespace(name="osaka", config=SimpleNamespace(wan_addr=wan_addr)))
+        data_serial="", data_target="", insecure=kw.get("insecure", False),
+        src=SimpleNamespace(name="tokyo", conn=lambda: conn, host=kw.get("src_host", Host())),
+        dst=SimpleNamespace(name="osaka", config=SimpleNamespace(wan_addr=wan_addr),
+                            host=kw.get("dst_host", Host())))
+
+
+class Agent:
+    def composition(self):
+        return SimpleNamespace(cache_clean=0)
+
+    def call(self, *a, **kw):
+        return {}
 
 
 def prepare(p) -> tuple[modes.Prepared, Journal]:
     journal = Journal(MigrationRecord(run_id="r", vm="web", from_site="tokyo", to_site="osaka",
                                       mode=p.mode), lambda ev: None)
     out = modes.Prepared()
-    modes.prepare(p, Dom(), journal, lambda site, vm: None, out)  # type: ignore[arg-type]
+    modes.prepare(p, Dom(), journal, lambda site, vm: Agent(), out)  # type: ignore[arg-type]
     return out, journal
 
 
@@ -48,7 +78,7 @@ def test_stock_goes_straight_over_the_wan():
     assert out.params[libvirt.VIR_MIGRATE_PARAM_URI] == "tcp://10.77.0.2"
     assert out.params[libvirt.VIR_MIGRATE_PARAM_LISTEN_ADDRESS] == "10.77.0.2"
     assert out.params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] == 12  # MiB/s
-    assert out.flags == modes.BASE_FLAGS and out.relays is None
+    assert out.flags == modes.BASE_FLAGS | libvirt.VIR_MIGRATE_TLS and out.relays is None
 
 
 def test_zstd_on_libvirt_11_uses_its_typed_parameter(monkeypatch):
@@ -116,3 +146,90 @@ def test_a_failed_run_gives_qemu_back_its_own_switch_over_estimate(monkeypatch, 
     t.migrated, t.told_qemu = migrated, told
     t.forget_switchover(Dom())
     assert calls == ([0] if reset else [])
+
+
+# --- encryption on the WAN: libvirt's TLS migration (issue 16) ------------------------------
+
+WRITABLE = [SimpleNamespace(writable=True, target="vda")]
+
+
+@pytest.mark.parametrize("mode", [Mode.STOCK, Mode.ZSTD, Mode.DROP_CACHE])
+def test_modes_that_send_straight_to_qemu_ask_libvirt_for_tls(mode, monkeypatch):
+    """One flag: libvirt then encrypts the memory stream and hands the same TLS credentials
+    to the NBD copy of the disks."""
+    monkeypatch.setattr(modes.libvirt_qemu, "qemuMonitorCommand",
+                        lambda *a: json.dumps({"return": {}}))
+    out, journal = prepare(plan(mode, 11_003_000))
+    assert out.flags & libvirt.VIR_MIGRATE_TLS
+    text = [line.text for line in journal.record.log]
+    assert any(t.endswith("TLS: certificates in /etc/pki/qemu at osaka, /etc/pki/qemu at tokyo")
+               for t in text)
+
+
+@pytest.mark.parametrize("mode", [Mode.STOCK, Mode.ZSTD])
+def test_insecure_sends_in_clear_and_looks_for_no_certificate(mode, monkeypatch):
+    monkeypatch.setattr(modes.libvirt_qemu, "qemuMonitorCommand",
+                        lambda *a: json.dumps({"return": {}}))
+    src, dst = Host(files=set()), Host(files=set())
+    out, journal = prepare(plan(mode, 11_003_000, insecure=True, src_host=src, dst_host=dst))
+    assert not out.flags & libvirt.VIR_MIGRATE_TLS
+    assert src.commands == dst.commands == []
+    assert any("--insecure" in line.text for line in journal.record.log)
+
+
+def test_teleport_never_asks_for_tls():
+    """The relays must read QEMU's stream to teleport pages: libvirt's TLS would hide it."""
+    assert not tls.uses_tls(plan(Mode.TELEPORT, 11_003_000))  # type: ignore[arg-type]
+    assert tls.uses_tls(plan(Mode.STOCK, 11_003_000))  # type: ignore[arg-type]
+    assert not tls.uses_tls(plan(Mode.STOCK, 11_003_000, insecure=True))  # type: ignore
+
+
+@pytest.mark.parametrize("where, lacks", [("dst", "server-cert.pem"), ("dst", "ca-cert.pem"),
+                                          ("src", "client-key.pem")])
+def test_a_site_without_certificates_is_refused_before_anything_starts(where, lacks):
+    host = Host(files=ALL_CERTS - {f"/etc/pki/qemu/{lacks}"})
+    other = Host()
+    kw = {"dst_host": host, "src_host": other} if where == "dst" else {"src_host": host,
+                                                                         "dst_host": other}
+    site = "osaka" if where == "dst" else "tokyo"
+    with pytest.raises(MigrationFailed) as err:
+        prepare(plan(Mode.STOCK, 11_003_000, disks=WRITABLE, **kw))
+    msg = str(err.value)
+    assert msg.startswith(f"{site} has no /etc/pki/qemu/{lacks}: ") and "\n" not in msg
+    assert "--insecure" in msg
+    # refused before the storage step: no image was made at the destination
+    assert not any("qemu-img" in " ".join(c) for c in host.commands + other.commands)
+
+
+def test_the_cert_dir_is_the_one_qemu_conf_gives_migration():
+    assert tls.cert_dir("") == "/etc/pki/qemu"
+    assert tls.cert_dir('default_tls_x509_cert_dir = "/etc/x"\n') == "/etc/x"
+    conf = ('#migrate_tls_x509_cert_dir = "/nope"\ndefault_tls_x509_cert_dir = "/etc/x"\n'
+            'migrate_tls_x509_cert_dir = "/etc/mig"\n')
+    assert tls.cert_dir(conf) == "/etc/mig"
+    dst = Host(files={f"/etc/mig/{f}" for f in tls.SERVER_FILES}, qemu_conf=conf)
+    with pytest.raises(MigrationFailed, match=r"tokyo has no /etc/pki/qemu/ca-cert\.pem"):
+        prepare(plan(Mode.STOCK, 11_003_000, dst_host=dst, src_host=Host(files=set())))
+    out, _ = prepare(plan(Mode.STOCK, 11_003_000, dst_host=dst))
+    assert out.flags & libvirt.VIR_MIGRATE_TLS
+
+
+@pytest.mark.parametrize("mode, insecure, disks, memory, disk, summary", [
+    (Mode.STOCK, False, WRITABLE, "tls", "tls", "tls"),
+    (Mode.ZSTD, False, [], "tls", "", "tls"),
+    (Mode.TELEPORT, False, WRITABLE, "aes-256-gcm", "aes-256-gcm", "aes-256-gcm"),
+    (Mode.TELEPORT, False, [SimpleNamespace(writable=False)], "aes-256-gcm", "",
+     "aes-256-gcm"),
+    (Mode.STOCK, True, WRITABLE, "none (--insecure)", "none (--insecure)", "none (--insecure)"),
+    (Mode.TELEPORT, True, WRITABLE, "none (--insecure)", "none (--insecure)",
+     "none (--insecure)"),
+])
+def test_the_record_names_each_streams_encryption(mode, insecure, disks, memory, disk, summary):
+    from pcteleport.sites.libvirt.migration.run import MigrationRun
+
+    p = plan(mode, 11_003_000, insecure=insecure, disks=disks)
+    p.vm_uuid, p.bandwidth_cap, p.wan = "u", None, None
+    rec = MigrationRun(p, lambda ev: None, lambda s, v: None).record  # type: ignore[arg-type]
+    assert (rec.memory_encryption, rec.disk_encryption, rec.wan_encryption) == (
+        memory, disk, summary)
+    assert rec.summary()["disk_encryption"] == disk

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from pcteleport.records import LogLine, MigrationRecord, Mode, Result
-from tests.conftest import lab_instance, require
+from tests.conftest import lab_backend, require
 
 pytestmark = [pytest.mark.root, pytest.mark.lab, pytest.mark.slow]
 
@@ -38,30 +38,8 @@ def _cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
 def backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
     require(os.geteuid() == 0, "the lab needs root")
     require(shutil.which("qemu-system-x86_64") is not None, "QEMU is not installed")
-    with lab_instance(INSTANCE):  # the CLI subprocesses inherit it
-        records = tmp_path_factory.mktemp("records")
-        old_records = os.environ.get("PCTELEPORT_RECORDS")
-        os.environ["PCTELEPORT_RECORDS"] = str(records)
-        try:
-            _cli("lab", "down")
-            up = _cli("lab", "up", "--vms", VM, "--wan", "fast")
-            assert up.returncode == 0, up.stderr
-            from pcteleport.lab.paths import LabPaths
-            from pcteleport.record_store import RecordStore
-            from pcteleport.sites.libvirt.backend import LibvirtBackend
-
-            b = LibvirtBackend.from_config(LabPaths.default().sites_toml)
-            b.store = RecordStore(records)
-            try:
-                yield b
-            finally:
-                b.close()
-        finally:
-            _cli("lab", "down")
-            if old_records is None:
-                os.environ.pop("PCTELEPORT_RECORDS", None)
-            else:
-                os.environ["PCTELEPORT_RECORDS"] = old_records
+    with lab_backend(INSTANCE, VM, tmp_path_factory.mktemp("records")) as b:
+        yield b
 
 
 def migrate(backend, to: str, mode: Mode, cap: float | None = None,
@@ -141,12 +119,17 @@ def test_every_mode_migrates_there_and_back(backend) -> None:
         summary = there.summary()
         assert set(summary) == {"vm", "from", "to", "mode", "result", "total_s", "downtime_ms",
                                 "wan_bytes", "guest_bytes", "pages", "map_refreshes",
-                                "wan_encryption", "disk_wan_bytes", "memory_wan_bytes", "disks",
+                                "wan_encryption", "memory_encryption", "disk_encryption",
+                                "disk_wan_bytes", "memory_wan_bytes", "disks",
+                                "predicted_wan_bytes", "predicted_total_s", "t_min_s",
                                 "runs_at", "guest_crashed", "ram_pages_differing",
-                                "relay_cpu_s_per_gb"}
+                                "writes_checked", "writes_lost", "relay_cpu_s_per_gb"}
         assert summary["disk_wan_bytes"] + summary["memory_wan_bytes"] == there.wan_bytes
         assert summary["runs_at"] == "osaka" and summary["guest_crashed"] is False
-        assert summary["wan_encryption"] == ("aes-256-gcm" if mode is Mode.TELEPORT else "none")
+        # teleport: memory in its relays' frames, disks through its tunnel; else libvirt's TLS
+        crypt = "aes-256-gcm" if mode is Mode.TELEPORT else "tls"
+        assert (summary["memory_encryption"], summary["disk_encryption"],
+                summary["wan_encryption"]) == (crypt, crypt, crypt)
         # the relays' CPU per GB of guest memory: teleport only, both ends
         cpu = summary["relay_cpu_s_per_gb"]
         assert (cpu["send"] > 0 and cpu["recv"] > 0) if mode is Mode.TELEPORT else cpu is None

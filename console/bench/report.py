@@ -111,6 +111,17 @@ def rows(runs: list[ModeRun]) -> list[ModeRow]:
     return out
 
 
+def encryption_by_mode(runs: list[ModeRun]) -> dict[str, str]:
+    """Each mode's WAN encryption, from its runs' records ("a / b" if they differ)."""
+    out: dict[str, list[str]] = {}
+    for r in runs:
+        seen = out.setdefault(str(r.mode), [])
+        enc = r.record.wan_encryption or "not recorded"
+        if enc not in seen:
+            seen.append(enc)
+    return {m: " / ".join(v) for m, v in out.items()}
+
+
 def ratio(value: float | None, stock: float | None) -> str:
     if value is None or not stock:
         return "–"
@@ -157,7 +168,8 @@ def markdown(options: BenchOptions, runs: list[ModeRun], command: str, started: 
         f"Started {started}; `{command}`; {options.repeat} round(s), modes interleaved; "
         f"{options.before_s:g} s measured before and {options.after_s:g} s after each migration; "
         f"downtime limit {options.max_downtime_ms or 'QEMU default'} ms"
-        + (", auto-converge for every mode." if options.auto_converge else "."),
+        + (", auto-converge for every mode" if options.auto_converge else "")
+        + ("; **no encryption on the WAN** (`--insecure`)." if options.insecure else "."),
         "",
         "| mode | migrated/runs (ok) | total time (s) | vs stock | WAN (MB) | vs stock "
         "| disks (MB) | memory (MB) "
@@ -212,6 +224,8 @@ def markdown(options: BenchOptions, runs: list[ModeRun], command: str, started: 
         "no map names, compressed as the sample says; zero pages' records; the overlays; the "
         "dirtying meanwhile) over the goodput, plus 3 RTTs; *×T_min*: the run's total time "
         "over it.",
+        "WAN encryption (as the records say): " + "; ".join(
+            f"{m}: {enc}" for m, enc in encryption_by_mode(runs).items()) + ".",
         "",
         "## Every run",
         "",
@@ -310,13 +324,16 @@ def write(out_root: Path, options: BenchOptions, runs: list[ModeRun], command: s
     started = time.strftime("%Y-%m-%d %H:%M:%S UTC", now)
     folder = out_root / time.strftime("%Y-%m-%d", now)
     folder.mkdir(parents=True, exist_ok=True)
-    stem = folder / f"{options.scenario.name}-{options.wan_profile}-{time.strftime('%H%M%S', now)}"
+    clear = "-insecure" if options.insecure else ""
+    stem = folder / (f"{options.scenario.name}-{options.wan_profile}{clear}-"
+                     f"{time.strftime('%H%M%S', now)}")
     from pcteleport.records import to_dict
 
     data = {"scenario": options.scenario.name, "wan": options.wan_profile, "command": command,
             "started": started, "repeat": options.repeat,
             "before_s": options.before_s, "after_s": options.after_s,
             "max_downtime_ms": options.max_downtime_ms, "auto_converge": options.auto_converge,
+            "insecure": options.insecure,
             "modes": [str(m) for m in options.modes], "machine": machine(),
             "table": [r.__dict__ for r in rows(runs)], "runs": describe(runs),
             "returns": [to_dict(r) for r in returns or []]}
@@ -357,7 +374,8 @@ def load_runs(path: Path) -> tuple[BenchOptions, list[ModeRun], str, str]:
     options = BenchOptions(load(data["scenario"]), [Mode(m) for m in data["modes"]],
                            data["wan"], repeat=data["repeat"], before_s=data["before_s"],
                            after_s=data["after_s"], max_downtime_ms=data.get("max_downtime_ms"),
-                           auto_converge=bool(data.get("auto_converge", False)))
+                           auto_converge=bool(data.get("auto_converge", False)),
+                           insecure=bool(data.get("insecure", False)))
     runs = []
     for r in data["runs"]:
         record = from_dict(MigrationRecord, r["record"])

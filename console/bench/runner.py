@@ -56,6 +56,7 @@ class BenchOptions:
     migration_timeout_s: float = 900.0  # then the bench aborts it (the record says so)
     auto_converge: bool = False  # libvirt's auto-converge, for every mode alike
     force: bool = False  # run even on an engine known to corrupt the guest (engine.py)
+    insecure: bool = False  # every mode in clear on the WAN: the cost of encryption, measured
 
 
 @dataclass
@@ -158,7 +159,8 @@ class Bench:
         timer.start()
         try:
             request = MigrationRequest(vm, to, mode, auto_converge=self.o.auto_converge,
-                                       force=self.o.force, prediction_inputs=inputs)
+                                       force=self.o.force, prediction_inputs=inputs,
+                                       insecure=self.o.insecure)
             return self.backend.migrate(request, on_event)
         finally:
             timer.cancel()
@@ -286,7 +288,7 @@ def describe(runs: list[ModeRun]) -> list[dict[str, Any]]:
 def main(scenario: str, modes: str, wan_profile: str, repeat: int, as_json: bool,
          out: str, before_s: float, after_s: float, return_wan: str, command: str,
          max_downtime_ms: int | None = 1000, auto_converge: bool | None = None,
-         force: bool = False) -> int:
+         force: bool = False, insecure: bool = False) -> int:
     """`pcteleport bench`: run, write results/<date>/, print the table (or JSON paths)."""
     import json
     from pathlib import Path
@@ -305,7 +307,8 @@ def main(scenario: str, modes: str, wan_profile: str, repeat: int, as_json: bool
     options = BenchOptions(chosen, mode_list, wan_profile, return_wan, repeat,
                            before_s, after_s, max_downtime_ms=max_downtime_ms or None,
                            auto_converge=(chosen.auto_converge if auto_converge is None
-                                          else auto_converge), force=force)
+                                          else auto_converge), force=force,
+                           insecure=insecure)
     bench = Bench(options)
 
     def checkpoint(so_far: list[ModeRun]) -> None:

@@ -12,7 +12,8 @@ Format (one `[[site]]` per site, one `[[vm]]` per lab VM):
     replica_dir = "/srv/replicas"          # on the site host (read-only replicas, older labs)
     image_dir = "/srv/images"              # the image cache: raw bases, same bytes everywhere
     agent_socket_dir = "/srv/agents"       # <vm>.agent.sock / <vm>.shell.sock on the site host
-    wan_addr = "10.77.0.1"                 # where relays at this site listen / connect
+    wan_addr = "10.77.0.1"                 # where relays at this site listen / connect (and
+                                           # the name its TLS server certificate carries)
     wan_iface = "wan0"                     # count WAN bytes here
     ssh = { host = "10.77.1.2", port = 22, user = "root", key = "…", known_hosts = "…" }
     lab = { netns = "pcteleport-tokyo", local_libvirt_uri = "qemu:///system?socket=…",

@@ -23,6 +23,7 @@ from pcteleport.lab import (
     scenarios,
     shell,
     site,
+    tls,
     vms,
     wan,
     wanprofiles,
@@ -48,7 +49,7 @@ def require_root() -> None:
     if os.geteuid() != 0:
         raise PcteleportError("the lab needs root (namespaces, libvirtd): run it with sudo")
     for tool in ("ip", "tc", "nsenter", "unshare", site.LIBVIRTD, site.SSHD, "ssh-keygen",
-                 "qemu-system-x86_64", "qemu-img", "mkfs.ext4"):
+                 "certtool", "qemu-system-x86_64", "qemu-img", "mkfs.ext4"):
         if shutil.which(tool) is None:
             raise PcteleportError(f"{tool} is missing: run scripts/setup.sh as root")
 
@@ -98,9 +99,12 @@ def _up(paths: LabPaths, vm_names: Sequence[str] | None, profile: str | None,
     st = wan.ensure(paths, profile)
     report.wan_mode, report.wan_profile = st.mode, st.profile
     progress(f"WAN: {st.profile} ({st.mode} delay)")
+    tls.ensure(paths, sites())  # before libvirtd: it checks that the cert dir exists
     for s in sites():
-        site.prepare_files(paths, s)
+        conf_changed = site.prepare_files(paths, s)
         holder = site.ensure_holder(paths, s)
+        if conf_changed:  # e.g. a lab from before TLS: its libvirtd read no cert dir
+            site.stop_libvirtd(paths, s)
         site.ensure_libvirtd(paths, s, holder)
         site.ensure_sshd(paths, s, holder)
         _check_ssh(paths, s)

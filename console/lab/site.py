@@ -12,7 +12,7 @@ import uuid
 from pathlib import Path
 
 from pcteleport.errors import PcteleportError
-from pcteleport.lab import shell
+from pcteleport.lab import shell, tls
 from pcteleport.lab.paths import (
     CREATED_DIRS,
     SITE_AGENT_DIR,
@@ -100,8 +100,9 @@ def _read_lines(path: Path) -> list[str]:
         return []
 
 
-def prepare_files(paths: LabPaths, s: Site) -> None:
-    """The site's private /etc/libvirt, passwd/group, /srv tree and sshd config."""
+def prepare_files(paths: LabPaths, s: Site) -> bool:
+    """The site's private /etc/libvirt, passwd/group, /srv tree and sshd config; True when
+    libvirtd's or QEMU's config changed (a running libvirtd must read it again)."""
     sp = paths.site(s.name)
     for attr in (*LIBVIRT_DIRS.values(), "run_libvirt", "srv"):
         getattr(sp, attr).mkdir(parents=True, exist_ok=True)
@@ -115,7 +116,7 @@ def prepare_files(paths: LabPaths, s: Site) -> None:
     if not uuid_file.exists():
         uuid_file.write_text(f"{uuid.uuid4()}\n")
     host_uuid = uuid_file.read_text().strip()
-    _write(etc / "libvirtd.conf",
+    changed = _write(etc / "libvirtd.conf",
         "# pcteleport lab site: UNIX socket only (the operator comes in over SSH)\n"
         f'host_uuid = "{host_uuid}"\n'
         'unix_sock_rw_perms = "0700"\n'
@@ -123,7 +124,7 @@ def prepare_files(paths: LabPaths, s: Site) -> None:
         'auth_unix_ro = "none"\n'
         'log_outputs = "3:file:/var/log/libvirt/libvirtd.log"\n'
     )
-    _write(etc / "qemu.conf",
+    changed |= _write(etc / "qemu.conf",
         "# pcteleport lab site: QEMU runs as root without a security driver, no private /dev,\n"
         "# console output to files (no virtlogd in the site).\n"
         'user = "root"\n'
@@ -135,6 +136,10 @@ def prepare_files(paths: LabPaths, s: Site) -> None:
         'stdio_handler = "file"\n'
         "migration_port_min = 49152\n"
         "migration_port_max = 49215\n"
+        "# TLS migration (VIR_MIGRATE_TLS; the NBD disk copy too): the lab's CA and this host's\n"
+        "# certificates (lab/tls.py); both ends check the other's certificate\n"
+        f'default_tls_x509_cert_dir = "{tls.SITE_TLS_DIR}"\n'
+        "default_tls_x509_verify = 1\n"
     )
     passwd = Path("/etc/passwd").read_text()
     if "\nlibvirt-qemu:" not in "\n" + passwd:
@@ -165,12 +170,15 @@ def prepare_files(paths: LabPaths, s: Site) -> None:
         "MaxStartups 50:30:100\n"
         "Subsystem sftp internal-sftp\n"
     )
+    return changed
 
 
-def _write(path: Path, text: str) -> None:
-    """Write only on change: a second `lab up` leaves every file as it was."""
+def _write(path: Path, text: str) -> bool:
+    """Write only on change: a second `lab up` leaves every file as it was. True if written."""
     if not path.exists() or path.read_text() != text:
         path.write_text(text)
+        return True
+    return False
 
 
 def holder_script(paths: LabPaths, s: Site) -> str:
@@ -206,6 +214,15 @@ def ensure_holder(paths: LabPaths, s: Site) -> int:
     if pid is None:
         raise PcteleportError(f"site {s.name} could not set up its mounts: see {sp.holder_log}")
     return pid
+
+
+def stop_libvirtd(paths: LabPaths, s: Site) -> None:
+    """Stop the site's libvirtd (its VMs keep running; the next one reconnects to them)."""
+    sp = paths.site(s.name)
+    pid = shell.read_pid(sp.libvirtd_pid)
+    if pid is not None:
+        shell.stop_pid(pid, timeout=60)
+    sp.libvirtd_pid.unlink(missing_ok=True)
 
 
 def ensure_libvirtd(paths: LabPaths, s: Site, holder: int) -> int:

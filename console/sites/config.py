@@ -16,6 +16,11 @@ it is looked up). One `[[site]]` table per site:
     ssh = { host = "tokyo.example", port = 22, user = "root", key = "...", known_hosts = "..." }
 
 Optional `[[vm]]` tables describe VMs the console should know more about (their data disk).
+
+stock, zstd and drop-cache migrate with libvirt's TLS (unless `--insecure`): every site host
+needs, in the directory its /etc/libvirt/qemu.conf gives migration TLS (default /etc/pki/qemu),
+ca-cert.pem, server-cert.pem, server-key.pem, client-cert.pem and client-key.pem, its server
+certificate naming its `wan_addr` (README: Encryption on the WAN).
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ import random
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -105,22 +106,19 @@ class RelayPair:
         sources, replicas = [d for d in sources if d], [d for d in replicas if d]
         if not self.dst.config.wan_addr:
             raise RelayFailure(f"site {self.dst.name} has no wan_addr in the sites config")
-        rng = random.Random()
-        last: PcteleportError | None = None
-        for _ in range(3):  # a port somebody else holds: try another
-            wan_port = rng.randint(*PORT_RANGE)
-            self.qemu_port = rng.randint(*PORT_RANGE)
-            try:
-                self._spawn_recv(wan_port, replicas)
-                self._spawn_send(wan_port, sources)
-                self.recv.wait_event(events.Listening, 30)
-                self.send.wait_event(events.Listening, 30)
-                return
-            except RelayFailure as exc:
-                last = exc
-                self.stop()
-                self.send, self.recv = RelayEnd(self.src, "send"), RelayEnd(self.dst, "recv")
-        raise RelayFailure(str(last))
+
+        def attempt(wan_port: int) -> None:
+            self.qemu_port = random.randint(*PORT_RANGE)
+            self._spawn_recv(wan_port, replicas)
+            self._spawn_send(wan_port, sources)
+            self.recv.wait_event(events.Listening, 30)
+            self.send.wait_event(events.Listening, 30)
+
+        def reset() -> None:
+            self.stop()
+            self.send, self.recv = RelayEnd(self.src, "send"), RelayEnd(self.dst, "recv")
+
+        on_a_free_port(attempt, reset)
 
     def feed_map(self, map_text: str) -> None:
         """One map for the send relay: the first, then refreshes (framed, see mapfile)."""
@@ -172,12 +170,79 @@ class RelayPair:
 
     def stop(self) -> None:
         """Stop whatever still runs (best effort, never raises)."""
-        for end in (self.send, self.recv):
-            pid = end.pid()
-            try:
-                if pid and end.proc is not None and not end.proc.done.is_set():
-                    end.site.host.run(["kill", str(pid)], timeout=10)
-                if end.proc is not None:
-                    end.proc.close()
-            except PcteleportError:
-                pass
+        stop_ends(self.send, self.recv)
+
+
+def on_a_free_port(attempt: Callable[[int], None], reset: Callable[[], None]) -> None:
+    """`attempt` on a random WAN port; a port somebody else holds: `reset`, try another."""
+    last: PcteleportError | None = None
+    for _ in range(3):
+        try:
+            attempt(random.randint(*PORT_RANGE))
+            return
+        except RelayFailure as exc:
+            last = exc
+            reset()
+    raise RelayFailure(str(last))
+
+
+def stop_ends(*ends: RelayEnd) -> None:
+    """Signal each end's process by the pid it announced and drop its SSH channel (best
+    effort, never raises)."""
+    for end in ends:
+        pid = end.pid()
+        try:
+            if pid and end.proc is not None and not end.proc.done.is_set():
+                end.site.host.run(["kill", str(pid)], timeout=10)
+            if end.proc is not None:
+                end.proc.close()
+        except PcteleportError:
+            pass
+
+
+class TunnelPair:
+    """teleport's disk copy over the WAN, encrypted like its stream (teleport/tunnel.py):
+    `relay tunnel-out` at the destination forwards to libvirt's NBD server on a unix socket,
+    `relay tunnel-in` at the source listens on the same path for the source QEMU. Both run
+    until `stop`."""
+
+    def __init__(self, src: SiteRuntime, dst: SiteRuntime, secret: str) -> None:
+        self.src, self.dst, self.secret = src, dst, secret
+        self.path = f"/run/pcteleport-nbd-{secrets.token_hex(6)}.sock"
+        self.tin = RelayEnd(src, "tunnel-in")
+        self.tout = RelayEnd(dst, "tunnel-out")
+
+    @property
+    def disks_uri(self) -> str:
+        return f"unix://{self.path}"
+
+    def start(self) -> None:
+        if not self.dst.config.wan_addr:
+            raise RelayFailure(f"site {self.dst.name} has no wan_addr in the sites config")
+
+        def attempt(port: int) -> None:
+            self._spawn(self.tout, "--listen", f"{self.dst.config.wan_addr}:{port}",
+                        "--to", f"unix:{self.path}")
+            self._spawn(self.tin, "--listen", f"unix:{self.path}",
+                        "--to", f"{self.dst.config.wan_addr}:{port}")
+            self.tout.wait_event(events.Listening, 30)
+            self.tin.wait_event(events.Listening, 30)
+
+        def reset() -> None:
+            self.stop()
+            self.tin, self.tout = RelayEnd(self.src, "tunnel-in"), RelayEnd(self.dst,
+                                                                            "tunnel-out")
+
+        on_a_free_port(attempt, reset)
+
+    def _spawn(self, end: RelayEnd, *args: str) -> None:
+        argv = [*end.site.config.relay_command, "relay", end.role, *args, "--secret-file", "-"]
+        end.proc = end.site.host.spawn(argv, end.on_line, stdin=self.secret + "\n",
+                                       close_stdin=True)
+
+    def failure(self) -> str | None:
+        return self.tout.failure() or self.tin.failure()
+
+    def stop(self) -> None:
+        """Stop both ends (best effort, never raises); tunnel-in removes its socket."""
+        stop_ends(self.tin, self.tout)

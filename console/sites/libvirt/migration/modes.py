@@ -5,6 +5,7 @@ VM's writable disks the same way first (storage.py)."""
 from __future__ import annotations
 
 import json
+import secrets
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -14,7 +15,7 @@ import libvirt_qemu
 
 from pcteleport.records import Mode, Phase
 from pcteleport.sites.guest_agent import GuestAgent
-from pcteleport.sites.libvirt.migration import storage, switchover
+from pcteleport.sites.libvirt.migration import storage, switchover, tls
 from pcteleport.sites.libvirt.migration.journal import Journal
 from pcteleport.sites.libvirt.migration.maps import MapFeed
 from pcteleport.sites.libvirt.migration.plan import (
@@ -24,7 +25,7 @@ from pcteleport.sites.libvirt.migration.plan import (
     raw_image,
     teleport_sources,
 )
-from pcteleport.sites.libvirt.relays import RelayPair
+from pcteleport.sites.libvirt.relays import RelayPair, TunnelPair
 from pcteleport.sites.libvirt.site_runtime import SiteRuntime
 
 LIBVIRT_MULTIFD_ZSTD = 9_004_000  # libvirt 9.4 passes compression=zstd to multifd itself
@@ -43,6 +44,7 @@ class Prepared:
     params: dict[str, object] = field(default_factory=dict)
     flags: int = BASE_FLAGS
     relays: RelayPair | None = None
+    tunnel: TunnelPair | None = None  # teleport's disk copy, encrypted through our tunnel
     maps: MapFeed | None = None  # teleport: the map and its refreshes
     sizer: switchover.DrainRate | None = None  # the switch-over sized by the WAN (QEMU >= 8.2)
     storage: storage.Storage = field(default_factory=storage.Storage)  # the disks' copy
@@ -51,6 +53,14 @@ class Prepared:
 def prepare(plan: Plan, dom: libvirt.virDomain, journal: Journal, agent_for: AgentFor,
             out: Prepared) -> None:
     """Fill `out` for `plan`'s mode: what every mode shares, then the mode's own step."""
+    if tls.uses_tls(plan):  # first: a site without certificates refuses before anything starts
+        journal.log(tls.check_certificates(plan))
+        out.flags |= libvirt.VIR_MIGRATE_TLS
+        journal.log("TLS: QEMU encrypts guest memory and libvirt's NBD disk copy on the WAN "
+                    "(libvirt's TLS migration)")
+    elif plan.insecure:
+        journal.log("--insecure: guest memory and disks cross the WAN in clear (for "
+                    "comparison only)")
     if plan.auto_converge:
         out.flags |= libvirt.VIR_MIGRATE_AUTO_CONVERGE
         journal.log("auto-converge: QEMU slows the guest's vCPUs while it dirties memory "
@@ -105,6 +115,8 @@ def prepare_teleport(plan: Plan, dom: libvirt.virDomain, journal: Journal,
                      agent_for: AgentFor, out: Prepared) -> None:
     """Relays up, the map on its way: it is taken from the guest while the relays start
     and libvirt prepares the destination, and handed to the send relay when it comes."""
+    if not plan.insecure and libvirt.VIR_MIGRATE_PARAM_DISKS_URI in out.params:
+        _disks_through_tunnel(plan, journal, out)
     sources = teleport_sources(plan)
     if not sources:
         if not any(d.reason for d in plan.disks):
@@ -146,6 +158,18 @@ def prepare_teleport(plan: Plan, dom: libvirt.virDomain, journal: Journal,
                     "relay, which teleported pages inflate: the downtime may exceed its limit")
     out.params[libvirt.VIR_MIGRATE_PARAM_URI] = f"tcp://127.0.0.1:{relays.qemu_port}"
     out.params[libvirt.VIR_MIGRATE_PARAM_LISTEN_ADDRESS] = "127.0.0.1"
+
+
+def _disks_through_tunnel(plan: Plan, journal: Journal, out: Prepared) -> None:
+    """libvirt's TLS would hide the memory stream from the send relay, so teleport's NBD copy
+    goes through our own tunnel, in the relays' AES-256-GCM frames: libvirt's NBD server at
+    the destination on a unix socket, the same path at the source where QEMU connects."""
+    tunnel = out.tunnel = TunnelPair(plan.src, plan.dst, secrets.token_hex(32))
+    tunnel.start()
+    out.params[libvirt.VIR_MIGRATE_PARAM_DISKS_URI] = tunnel.disks_uri
+    journal.log(f"teleport: the disks' NBD copy goes through the encrypted tunnel "
+                f"({plan.src.name} {tunnel.path} -> {plan.dst.name} {plan.dst.config.wan_addr}"
+                " -> its NBD server on the same path): AES-256-GCM like the memory stream")
 
 
 STEPS = {Mode.STOCK: prepare_stock, Mode.DROP_CACHE: prepare_drop_cache,

@@ -19,12 +19,11 @@ from pcteleport.records import (
     DiskMove,
     MigrationEvent,
     MigrationRecord,
-    Mode,
     Phase,
     PhaseMark,
     Result,
 )
-from pcteleport.sites.libvirt.migration import modes, outcome, stats, storage
+from pcteleport.sites.libvirt.migration import modes, outcome, stats, storage, tls
 from pcteleport.sites.libvirt.migration.destination import Destination
 from pcteleport.sites.libvirt.migration.journal import Journal
 from pcteleport.sites.libvirt.migration.plan import (
@@ -49,11 +48,13 @@ class MigrationRun:
                  agent_for: modes.AgentFor, composition: Composition | None = None) -> None:
         self.plan, self.agent_for = plan, agent_for
         self.run_id = uuid.uuid4().hex[:12]
+        crypt = tls.encryption(plan)
         self.record = MigrationRecord(
             run_id=self.run_id, vm=plan.vm, from_site=plan.src.name, to_site=plan.dst.name,
             mode=plan.mode, vm_uuid=plan.vm_uuid, bandwidth_cap_bytes_per_s=plan.bandwidth_cap,
             started_at=time.time(), wan=plan.wan, composition=composition,
-            wan_encryption=wan_encryption(plan),
+            wan_encryption=crypt.summary, memory_encryption=crypt.memory,
+            disk_encryption=crypt.disks,
         )
         self.journal = Journal(self.record, on_event)
         self.log = self.journal.log
@@ -113,6 +114,8 @@ class MigrationRun:
                 self.prepared.maps.stop()
             if self.prepared.relays is not None:
                 self.prepared.relays.stop()
+            if self.prepared.tunnel is not None:
+                self.prepared.tunnel.stop()
             with contextlib.suppress(PcteleportError):
                 if self._ram_src is not None:
                     self._ram_src.close()
@@ -228,13 +231,6 @@ def per_disk_pages(plan: Plan, teleported: int,
             w = refused[i] if 0 <= i < len(refused) else 0
         out.append(dataclasses.replace(d, pages_teleported=n, pages_written_since_base=w))
     return out
-
-
-def wan_encryption(plan: Plan) -> str:
-    """What protects guest memory on the WAN in this run (the record says it plainly)."""
-    if plan.mode == Mode.TELEPORT:
-        return "none (--insecure)" if plan.insecure else "aes-256-gcm"
-    return "none"
 
 
 def completed_stats(ddom: libvirt.virDomain) -> dict:

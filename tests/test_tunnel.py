@@ -1,0 +1,156 @@
+"""teleport's disk copy tunnel (console/teleport/tunnel.py): bytes both ways between a local unix
+socket at the source and one at the destination, over a recording proxy standing in for the WAN
+— encrypted unless --insecure; a peer without the secret, a replayed connection or one that
+says nothing is dropped without holding up the real one."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import threading
+
+import pytest
+
+from pcteleport.teleport import tunnel, wan
+from tests.test_relay import free_port
+from tests.test_wan_encryption import RecordingWan
+
+SECRET = os.urandom(32)
+MARKER = b"disk-block-of-customer-4111-1111"
+
+
+class EchoServer(threading.Thread):
+    """Stands in for libvirt's NBD server: echoes every connection back, and counts them."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(daemon=True)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(path)
+        self.sock.listen(8)
+        self.connections = 0
+
+    def run(self) -> None:
+        while True:
+            conn, _ = self.sock.accept()
+            self.connections += 1
+            threading.Thread(target=self._echo, args=(conn,), daemon=True).start()
+
+    @staticmethod
+    def _echo(conn: socket.socket) -> None:
+        with conn:
+            while data := conn.recv(65536):
+                conn.sendall(data)
+
+
+def start(obj: tunnel.TunnelIn | tunnel.TunnelOut) -> None:
+    """Run it in a thread; return once it listens (its Listening event)."""
+    listening = threading.Event()
+    obj.emit = lambda ev: listening.set()
+    threading.Thread(target=obj.run, daemon=True).start()
+    assert listening.wait(60)
+
+
+def roundtrip(path: str, payload: bytes) -> bytes:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as c:
+        c.settimeout(30)
+        c.connect(path)
+        c.sendall(payload)
+        c.shutdown(socket.SHUT_WR)
+        out = b""
+        while chunk := c.recv(65536):
+            out += chunk
+    return out
+
+
+def wait_for(path: str) -> None:
+    for _ in range(300):
+        if os.path.exists(path):
+            return
+        threading.Event().wait(0.01)
+    raise AssertionError(f"{path} never appeared")
+
+
+@pytest.mark.parametrize("insecure", [False, True])
+def test_bytes_cross_both_ways_and_the_wan_sees_them_only_when_insecure(tmp_path, insecure):
+    nbd, local = str(tmp_path / "nbd.sock"), str(tmp_path / "local.sock")
+    server = EchoServer(nbd)
+    server.start()
+    port = free_port()
+    start(tunnel.TunnelOut(("127.0.0.1", port), nbd, SECRET, encrypt=not insecure))
+    proxy = RecordingWan(port)
+    proxy.start()
+    start(tunnel.TunnelIn(local, ("127.0.0.1", proxy.port), SECRET, encrypt=not insecure))
+    wait_for(local)
+    payload = (MARKER + os.urandom(4096 - len(MARKER))) * 64
+    assert roundtrip(local, payload) == payload
+    proxy.join(30)
+    assert len(proxy.seen) > len(payload)  # it did cross the proxy, both ways
+    assert (MARKER in proxy.seen) is insecure
+    assert server.connections == 1
+
+
+def test_each_connection_has_its_own_keys_and_a_wrong_peer_is_dropped(tmp_path):
+    nbd, local = str(tmp_path / "nbd.sock"), str(tmp_path / "local.sock")
+    server = EchoServer(nbd)
+    server.start()
+    port = free_port()
+    start(tunnel.TunnelOut(("127.0.0.1", port), nbd, SECRET))
+    # a squatter that says nothing, and one with the wrong secret: neither reaches the server
+    idle = socket.create_connection(("127.0.0.1", port))
+    wrong = socket.create_connection(("127.0.0.1", port))
+    wrong.sendall(tunnel.CONN.pack(0))
+    wan.FrameWriter(wrong.sendall, tunnel.conn_secret(os.urandom(32), 0)).send(
+        wan.HELLO, tunnel.HELLO)
+    assert wrong.recv(10) == b""  # dropped
+    start(tunnel.TunnelIn(local, ("127.0.0.1", port), SECRET))
+    wait_for(local)
+    for _ in range(3):  # connections 0, 1, 2: each its own keys
+        assert len(roundtrip(local, b"x" * 1000)) == 1000
+    assert server.connections == 3
+    # connection 0 again (a replay of its opening): refused
+    again = socket.create_connection(("127.0.0.1", port))
+    again.sendall(tunnel.CONN.pack(0))
+    wan.FrameWriter(again.sendall, tunnel.conn_secret(SECRET, 0)).send(wan.HELLO, tunnel.HELLO)
+    assert again.recv(10) == b""
+    assert server.connections == 3
+    for s in (idle, wrong, again):
+        with contextlib.suppress(OSError):
+            s.close()
+    assert tunnel.conn_secret(SECRET, 0) != tunnel.conn_secret(SECRET, 1)
+
+
+def test_the_cli_ends_take_the_secret_on_stdin_and_stop_on_sigterm(tmp_path):
+    """As the sites start them over SSH (sites/libvirt/relays.py TunnelPair)."""
+    import json
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    nbd, local = str(tmp_path / "nbd.sock"), str(tmp_path / "local.sock")
+    EchoServer(nbd).start()
+    port = free_port()
+    secret = os.urandom(24).hex() + "\n"
+    root = Path(__file__).resolve().parent.parent
+
+    def end(*args: str) -> subprocess.Popen[str]:
+        p = subprocess.Popen([sys.executable, "-m", "pcteleport.cli", "relay", *args,
+                              "--secret-file", "-"], cwd=root, text=True,
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        assert p.stdin is not None and p.stdout is not None
+        p.stdin.write(secret)
+        p.stdin.close()
+        event = json.loads(p.stdout.readline())  # blocks until it listens
+        assert event["event"] == "listening" and event["pid"] == p.pid
+        return p
+
+    out = end("tunnel-out", "--listen", f"127.0.0.1:{port}", "--to", f"unix:{nbd}")
+    tin = end("tunnel-in", "--listen", f"unix:{local}", "--to", f"127.0.0.1:{port}")
+    try:
+        assert roundtrip(local, MARKER * 100) == MARKER * 100
+    finally:
+        for p in (tin, out):
+            p.send_signal(signal.SIGTERM)
+            assert p.wait(60) == 0
+    assert not os.path.exists(local)  # tunnel-in removed its socket
