@@ -106,10 +106,11 @@ def pages_of(inp: PredictionInputs, model: PredictionModel = DEFAULT_MODEL) -> P
 
 
 def goodput(inp: PredictionInputs, model: PredictionModel = DEFAULT_MODEL) -> float | None:
-    rate = inp.link_rate_bytes_per_s
-    if rate is not None and inp.cap_bytes_per_s is not None:
-        rate = min(rate, inp.cap_bytes_per_s)
-    return rate * model.goodput_share if rate else None
+    """Bytes/s the migration gets: the measured goodput, never above the cap or the profile's
+    rate (a goodput taken from runs on a faster link must not make this one look fast)."""
+    rates = [r for r in (inp.link_rate_bytes_per_s, inp.cap_bytes_per_s,
+                         inp.profile_rate_bytes_per_s) if r]
+    return min(rates) * model.goodput_share if inp.link_rate_bytes_per_s and rates else None
 
 
 def _ratios(inp: PredictionInputs, model: PredictionModel) -> tuple[float, float]:

@@ -164,3 +164,14 @@ def test_teleport_never_costs_more_than_stock(free: int, anon: int, clean: int,
     stock = predict(inp, Mode.STOCK)
     tele = predict(inp, Mode.TELEPORT)
     assert 0 <= tele.wan_bytes <= stock.wan_bytes
+
+
+def test_the_goodput_is_never_above_the_profiles_rate() -> None:
+    # a goodput measured on a faster link (the fast profile's runs) must not speed this one up
+    fast = predict(inputs(link_rate_bytes_per_s=100e6, profile_rate_bytes_per_s=12.5e6),
+                   Mode.STOCK, NO_OVERHEAD)
+    right = predict(inputs(link_rate_bytes_per_s=12.5e6), Mode.STOCK, NO_OVERHEAD)
+    assert fast.total_s == pytest.approx(right.total_s)
+    slower = predict(inputs(link_rate_bytes_per_s=10e6, profile_rate_bytes_per_s=12.5e6),
+                     Mode.STOCK, NO_OVERHEAD)
+    assert slower.total_s and right.total_s and slower.total_s > right.total_s

@@ -51,16 +51,31 @@ def dirty_rate(dom: libvirt.virDomain, conn: libvirt.virConnect,
     raise PcteleportError(f"dirty rate: {last}")
 
 
-def measured_goodput(store: RecordStore, src: str, dst: str) -> float | None:
-    """The rate the WAN carried in recent migrations from `src` to `dst`: the 90th percentile
-    of their per-second WAN rates (a saturated link's seconds), None if none ran."""
+def same_link(rec: WanLink | None, link: WanLink | None) -> bool:
+    """A record ran on this link: the same WAN profile, and an RTT within a third of this
+    one's. The RTT guards against records whose profile label was stale (bench's bring-homes
+    on the fast WAN were stamped with the configured profile), or from another lab that names
+    its sites alike and shares the record store."""
+    if rec is None or link is None or rec.profile != link.profile:
+        return False
+    if rec.rtt_ms and link.rtt_ms:
+        return abs(rec.rtt_ms - link.rtt_ms) <= max(2.0, link.rtt_ms / 3)
+    return True
+
+
+def measured_goodput(store: RecordStore, src: str, dst: str,
+                     link: WanLink | None = None) -> float | None:
+    """The rate the WAN carried in recent migrations from `src` to `dst` on this link (same
+    profile and RTT: see same_link): the 90th percentile of their per-second WAN rates (a
+    saturated link's seconds), never above the profile's rate; None if none ran."""
     recs = [r for r in store.load_all().records
-            if r.from_site == src and r.to_site == dst and r.samples]
+            if r.from_site == src and r.to_site == dst and r.samples and same_link(r.wan, link)]
     rates = [s.wan_rate_bytes_per_s for r in sorted(recs, key=lambda r: r.started_at)
              [-GOODPUT_RECORDS:] for s in r.samples if s.wan_rate_bytes_per_s > 0]
     if len(rates) < 5:
         return None
-    return statistics.quantiles(rates, n=10)[-1]
+    p90 = statistics.quantiles(rates, n=10)[-1]
+    return min(p90, link.rate_bytes_per_s) if link and link.rate_bytes_per_s else p90
 
 
 def measure(plan: Plan, agent: GuestAgent, link: WanLink | None, store: RecordStore | None,
@@ -72,10 +87,11 @@ def measure(plan: Plan, agent: GuestAgent, link: WanLink | None, store: RecordSt
                            cap_bytes_per_s=cap, auto_converge=auto_converge)
     if link is not None:
         inp.link_rate_bytes_per_s, inp.rtt_ms = link.rate_bytes_per_s, link.rtt_ms
+        inp.wan_profile, inp.profile_rate_bytes_per_s = link.profile, link.rate_bytes_per_s
     if store is not None:
         try:
-            inp.link_rate_bytes_per_s = measured_goodput(store, plan.src.name, plan.dst.name) \
-                or inp.link_rate_bytes_per_s
+            inp.link_rate_bytes_per_s = measured_goodput(store, plan.src.name, plan.dst.name,
+                                                         link) or inp.link_rate_bytes_per_s
         except (OSError, PcteleportError) as exc:
             inp.problems.append(f"goodput from earlier runs: {exc}")
     moving = [d for d in plan.disks if d.writable]
