@@ -30,10 +30,14 @@ GOODPUT_RECORDS = 5  # recent runs over the same link whose WAN rate tells its g
 def dirty_rate(dom: libvirt.virDomain, conn: libvirt.virConnect,
                seconds: int = DIRTY_CALC_S) -> float:
     """Bytes/s the guest writes, by QEMU's calc-dirty-rate: dirty-bitmap mode (every page
-    written in the window counts once) where QEMU can, page sampling otherwise."""
+    written in the window counts once) where QEMU can, page sampling otherwise, and page
+    sampling too when dirty-bitmap read 0: every stored run (web, and tpcc, which rewrote
+    ~10 MB/s during its migrations) read 0 that way on the lab's TCG guests. A stat libvirt
+    did not give is no reading, not 0."""
     modes = [libvirt.VIR_DOMAIN_DIRTYRATE_MODE_DIRTY_BITMAP,
              libvirt.VIR_DOMAIN_DIRTYRATE_MODE_PAGE_SAMPLING]
     last: Exception | None = None
+    readings: list[float] = []
     for mode in modes:
         try:
             dom.startDirtyRateCalc(seconds, mode)
@@ -42,12 +46,21 @@ def dirty_rate(dom: libvirt.virDomain, conn: libvirt.virConnect,
             continue
         deadline = time.monotonic() + seconds + 10
         time.sleep(seconds)
+        last = PcteleportError(f"no dirty rate within {seconds + 10} s")
         while time.monotonic() < deadline:
             stats = dict(conn.domainListGetStats([dom], libvirt.VIR_DOMAIN_STATS_DIRTYRATE)[0][1])
             if stats.get("dirtyrate.calc_status") == libvirt.VIR_DOMAIN_DIRTYRATE_MEASURED:
-                return float(stats.get("dirtyrate.megabytes_per_second", 0)) * 2**20
+                mib = stats.get("dirtyrate.megabytes_per_second")
+                if mib is None:
+                    last = PcteleportError("measured, but no dirtyrate.megabytes_per_second")
+                else:
+                    readings.append(float(mib) * 2**20)
+                break
             time.sleep(0.2)
-        last = PcteleportError(f"no dirty rate within {seconds + 10} s")
+        if readings and readings[-1] > 0:
+            return readings[-1]
+    if readings:
+        return max(readings)
     raise PcteleportError(f"dirty rate: {last}")
 
 
