@@ -451,6 +451,10 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     bench.add_argument("--json", action="store_true", help="print JSON instead of the table")
     bench.add_argument("--report", metavar="FILE.json",
                        help="no run: write the table and figures of a run's JSON again")
+    bench.add_argument("--repredict", nargs="+", metavar="FILE.json",
+                       help="no run: each run's prediction again, from the inputs its record "
+                            "kept, with the current model, beside the one it had and what it "
+                            "measured")
     bench.add_argument("--force", action="store_true",
                        help="run even on an engine known to corrupt the guest (TCG on QEMU < 9)")
     bench.add_argument("--insecure", action="store_true",
@@ -505,6 +509,14 @@ def _bench_migrations(args: argparse.Namespace) -> int:
         from pcteleport.bench import report
 
         print(report.rerender(Path(args.report)).read_text())
+        return 0
+    if args.repredict:
+        from pathlib import Path
+
+        from pcteleport.bench import repredict
+
+        print(repredict.table(repredict.repredict_files([Path(p) for p in args.repredict])),
+              end="")
         return 0
     command = "pcteleport " + " ".join(sys.argv[1:])
     return runner.main(args.scenario, args.modes, args.wan, args.repeat, args.json, args.out,

@@ -260,6 +260,10 @@ class PredictionInputs:
     dirty_calc_s: float = 0.0
     link_rate_bytes_per_s: float | None = None  # the WAN's goodput
     rtt_ms: float | None = None
+    #: the lab WAN profile the link had (empty: not a lab link) and its configured rate: the
+    #: goodput can be no higher, whatever earlier records said
+    wan_profile: str = ""
+    profile_rate_bytes_per_s: float | None = None
     cap_bytes_per_s: float | None = None
     disk_overlay_bytes: int = 0  # the writable layers the storage migration mirrors
     disks_whole_bytes: int = 0  # disks without a base at the destination: copied whole

@@ -356,21 +356,28 @@ def _render(stem: str, options: BenchOptions, runs: list[ModeRun], command: str,
     return Path(f"{stem}.md")
 
 
-def load_runs(path: Path) -> tuple[BenchOptions, list[ModeRun], str, str]:
-    """A run back from its JSON (options, runs, command, start), to render it again."""
-    from pcteleport.bench.scenario import load
-    from pcteleport.bench.timeline import Point, summarise
-    from pcteleport.records import MigrationRecord, from_dict
-
+def read_json(path: Path, keys: frozenset[str] = frozenset({"scenario", "modes", "runs"})
+              ) -> dict[str, Any]:
+    """A bench run's JSON, with at least `keys`."""
     try:
         data = json.loads(path.read_text())
     except OSError as exc:
         raise PcteleportError(f"cannot read {path}: {exc.strerror}") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise PcteleportError(f"{path} is not a bench run's JSON ({exc})") from None
-    if not isinstance(data, dict) or not {"scenario", "modes", "runs"} <= data.keys():
-        raise PcteleportError(f"{path} is not a bench run's JSON (no scenario, modes, runs): "
-                              "give the .json that `pcteleport bench` wrote")
+    if not isinstance(data, dict) or not keys <= data.keys():
+        raise PcteleportError(f"{path} is not a bench run's JSON (no {', '.join(sorted(keys))}):"
+                              " give the .json that `pcteleport bench` wrote")
+    return data
+
+
+def load_runs(path: Path) -> tuple[BenchOptions, list[ModeRun], str, str]:
+    """A run back from its JSON (options, runs, command, start), to render it again."""
+    from pcteleport.bench.scenario import load
+    from pcteleport.bench.timeline import Point, summarise
+    from pcteleport.records import MigrationRecord, from_dict
+
+    data = read_json(path)
     options = BenchOptions(load(data["scenario"]), [Mode(m) for m in data["modes"]],
                            data["wan"], repeat=data["repeat"], before_s=data["before_s"],
                            after_s=data["after_s"], max_downtime_ms=data.get("max_downtime_ms"),

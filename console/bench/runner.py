@@ -123,7 +123,7 @@ class Bench:
 
     def set_wan(self, profile: str) -> None:
         wan.use_profile(self.paths, profile)
-        self.backend.forget_wan_measurements()
+        self.backend.forget_wan_measurements(profile)
 
     def predict_inputs(self, to: str) -> PredictionInputs | None:
         """Measured while the workload runs, as the dialog and `migrate` measure: the record

@@ -248,7 +248,7 @@ class Soak:
 
         if self._on_lab():  # real sites: the WAN is what it is
             wan.use_profile(LabPaths.default(), profile)
-            self.backend.forget_wan_measurements()
+            self.backend.forget_wan_measurements(profile)
 
 
 # -- results ------------------------------------------------------------------------------

@@ -64,6 +64,7 @@ class LibvirtBackend(Backend):
         self._running: dict[str, MigrationRun] = {}
         self._lock = threading.Lock()
         self._rtt: dict[tuple[str, str], tuple[float, float | None]] = {}
+        self._wan_profile = cfg.wan_profile  # the live profile: bench switches it
 
     @classmethod
     def from_config(cls, path: str | Path) -> LibvirtBackend:
@@ -78,10 +79,14 @@ class LibvirtBackend(Backend):
             raise ServiceError(f"no site named '{name}' (sites: {', '.join(self.sites_rt)})"
                                ) from None
 
-    def forget_wan_measurements(self) -> None:
-        """The WAN changed (a lab profile switched): the next sites() measures it again
-        instead of stamping a cached RTT of the old link on the next record."""
+    def forget_wan_measurements(self, profile: str | None = None) -> None:
+        """The WAN changed (a lab profile switched to `profile`): the next sites() measures it
+        again instead of stamping a cached RTT of the old link on the next record, and names
+        the profile now live (not the one the config had when this backend opened), so
+        records and the prediction's goodput know which link they ran on."""
         self._rtt.clear()
+        if profile is not None:
+            self._wan_profile = profile
 
     def _rtt_ms(self, a: SiteRuntime, b: SiteRuntime) -> float | None:
         key = (a.name, b.name)
@@ -102,7 +107,7 @@ class LibvirtBackend(Backend):
 
     def sites(self) -> list[Site]:
         out = []
-        rate, _ = PROFILE_RATES.get(self.cfg.wan_profile, (None, None))
+        rate, _ = PROFILE_RATES.get(self._wan_profile, (None, None))
         for rt in self.sites_rt.values():
             site = Site(name=rt.name, host=rt.config.ssh.host)
             try:
@@ -117,7 +122,7 @@ class LibvirtBackend(Backend):
                     continue
                 rtt = self._rtt_ms(rt, peer) if site.connection is ConnectionState.CONNECTED \
                     else None
-                site.wan.append(WanLink(peer.name, self.cfg.wan_profile, rate, rtt))
+                site.wan.append(WanLink(peer.name, self._wan_profile, rate, rtt))
             out.append(site)
         return out
 
