@@ -75,6 +75,8 @@ class Transfer:
             err = outcome["error"]
             assert isinstance(err, libvirt.libvirtError)
             relays = self.prepared.relays
+            if relays is not None and relays.failure():
+                relays.settle(2.0)  # the peer of a killed relay often complains first
             relay_problem = relays.failure() if relays else None
             self.abort.check()
             if relay_problem:  # we aborted the job because a relay failed
