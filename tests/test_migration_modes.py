@@ -116,3 +116,25 @@ def test_a_failed_run_gives_qemu_back_its_own_switch_over_estimate(monkeypatch, 
     t.migrated, t.told_qemu = migrated, told
     t.forget_switchover(Dom())
     assert calls == ([0] if reset else [])
+
+
+def test_the_destination_qemus_log_tells_a_crash_from_libvirts_clean_up():
+    """libvirt's log of the incoming QEMU: killed under it (reason=crashed), or stopped by
+    libvirt itself after the source's job failed (reason=failed); only a stop since the run
+    began counts."""
+    from datetime import UTC, datetime
+
+    from pcteleport.sites.libvirt.migration.destination import qemu_crashed_since
+
+    start = datetime(2026, 11, 30, 14, 26, 50, tzinfo=UTC).timestamp()
+    killed = ("2026-11-30 14:26:53.704+0000: Domain id=1 is tainted: host-cpu\n"
+              "2026-11-30 14:26:58.192+0000: shutting down, reason=crashed\n")
+    cleaned_up = ("2026-11-30T14:27:13.806071Z qemu-system-x86_64: check_section_footer: Read "
+                  "section footer failed: -5\n"
+                  "2026-11-30 14:27:13.932+0000: shutting down, reason=failed\n"
+                  "2026-11-30T14:27:13.932955Z qemu-system-x86_64: terminating on signal 15 "
+                  "from pid 20944 (/usr/sbin/libvirtd)\n")
+    assert qemu_crashed_since(killed, start)
+    assert not qemu_crashed_since(killed + cleaned_up, start)  # the last stop counts
+    assert not qemu_crashed_since(killed, start + 3600)  # an earlier run's crash
+    assert not qemu_crashed_since("", start)

@@ -35,7 +35,7 @@ from pcteleport.sites.libvirt.migration.plan import (
     fmt_bytes,
     teleport_sources,
 )
-from pcteleport.sites.libvirt.migration.transfer import Transfer
+from pcteleport.sites.libvirt.migration.transfer import Transfer, TransferFailed
 from pcteleport.sites.libvirt.ramcheck import RamProbe
 from pcteleport.sites.libvirt.relays import RelayFailure
 from pcteleport.sites.libvirt.vm_lock import VmLock
@@ -101,6 +101,14 @@ class MigrationRun:
             self._finish(wan_before)
         except Aborted as exc:
             self._fail(Result.ABORTED, str(exc), wan_before)
+        except TransferFailed as exc:
+            if abort.is_set():
+                self._fail(Result.ABORTED, abort.reason, wan_before)
+            elif self.destination.qemu_crashed():  # libvirt only says the channel broke
+                self._fail(Result.FAILED, f"the QEMU at {p.dst.name} receiving the VM died "
+                           f"(its libvirt log: reason=crashed); {exc}", wan_before)
+            else:
+                self._fail(Result.FAILED, str(exc), wan_before)
         except (PcteleportError, libvirt.libvirtError) as exc:
             if abort.is_set():  # the abort made libvirt or a relay fail: say it was the abort
                 self._fail(Result.ABORTED, abort.reason, wan_before)

@@ -27,6 +27,9 @@ from pcteleport.sites.libvirt.site_runtime import WanMeter
 from pcteleport.teleport import events
 
 
+class TransferFailed(MigrationFailed):
+    """libvirt's migration job failed, and libvirt's message is all we know yet."""
+
 class Transfer:
     def __init__(self, plan: Plan, journal: Journal, prepared: Prepared,
                  abort: AbortSignal) -> None:
@@ -83,7 +86,7 @@ class Transfer:
                 raise MigrationFailed(relay_problem)
             if err.get_error_code() == libvirt.VIR_ERR_OPERATION_ABORTED:
                 raise Aborted("aborted through libvirt (pcteleport abort, or virsh domjobabort)")
-            raise MigrationFailed(f"libvirt: {err.get_error_message()}")
+            raise TransferFailed(f"libvirt: {err.get_error_message()}")
 
     def _on_lifecycle(self, ev: LifecycleEvent) -> None:
         p, j = self.plan, self.journal
