@@ -104,3 +104,12 @@ def test_qemu_is_told_again_only_when_the_rate_moved():
     assert d.worth_telling(10e6)
     d.applied = 10e6
     assert not d.worth_telling(10.3e6) and d.worth_telling(11e6)
+
+
+def test_a_stall_counts_from_the_last_time_any_byte_moved():
+    s = stats.Stall(now=100.0)
+    assert s.still_for(0, 100.0) == 0.0  # the first reading is progress
+    assert s.still_for(0, 110.0) == 10.0
+    assert s.still_for(5, 111.0) == 0.0  # disk or memory moved
+    assert s.still_for(5, 140.5) == 29.5
+    assert s.still_for(4, 141.0) == 30.0  # a smaller sum (a counter reset) is no progress
