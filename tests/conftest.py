@@ -67,3 +67,42 @@ def lab_instance(name: str) -> Iterator[None]:
         else:
             os.environ["PCTELEPORT_LAB_INSTANCE"] = old
 
+
+
+@contextlib.contextmanager
+def lab_backend(name: str, vms: str, records: os.PathLike[str], wan: str = "fast") -> Iterator:
+    """A lab instance `name` of its own, brought up with `vms` on the `wan` profile, and a
+    LibvirtBackend on it whose records go to `records`; torn down afterwards."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "pcteleport.cli", *args],
+                              capture_output=True, text=True, timeout=600,
+                              cwd=Path(__file__).resolve().parent.parent,
+                              stdin=subprocess.DEVNULL)
+
+    with lab_instance(name):  # the CLI subprocesses inherit it
+        old_records = os.environ.get("PCTELEPORT_RECORDS")
+        os.environ["PCTELEPORT_RECORDS"] = str(records)
+        try:
+            cli("lab", "down")
+            up = cli("lab", "up", "--vms", vms, "--wan", wan)
+            assert up.returncode == 0, up.stderr
+            from pcteleport.lab.paths import LabPaths
+            from pcteleport.record_store import RecordStore
+            from pcteleport.sites.libvirt.backend import LibvirtBackend
+
+            b = LibvirtBackend.from_config(LabPaths.default().sites_toml)
+            b.store = RecordStore(Path(records))
+            try:
+                yield b
+            finally:
+                b.close()
+        finally:
+            cli("lab", "down")
+            if old_records is None:
+                os.environ.pop("PCTELEPORT_RECORDS", None)
+            else:
+                os.environ["PCTELEPORT_RECORDS"] = old_records
