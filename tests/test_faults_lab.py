@@ -1,7 +1,7 @@
 """Faults injected mid-migration on the real lab (issue 16 item 3): the send relay killed, the
 destination QEMU killed, the WAN down for 5 s and for 60 s, Ctrl-C of `pcteleport migrate` while
 it copies the disks and while it copies the memory, the guest agent killed before the checks at
-the destination. For each: where the VM runs afterwards (the
+the destination, the destination's libvirtd killed. For each: where the VM runs afterwards (the
 record and both sites' libvirt), that the guest is intact (it answers on its shell and its
 agent; where the migration went through, the product's own checks passed), that nothing is left
 behind (no domain or overlay at the destination after a failure, no relay of this lab at either
@@ -370,3 +370,37 @@ def test_guest_agent_killed_before_the_checks(at_tokyo) -> None:
             assert time.monotonic() < deadline, "the restarted agent never answered"
             time.sleep(1)
     guest_answers(backend, "osaka")
+
+
+def test_destination_libvirtd_killed_mid_migration(at_tokyo) -> None:
+    """kill -9 of osaka's libvirtd while the memory is copied: the run fails naming osaka's
+    libvirt, the VM runs on at tokyo; once libvirtd is back (as an operator restarts it),
+    osaka holds nothing of the run."""
+    from pcteleport.lab import shell as labshell
+    from pcteleport.lab import site as labsite
+    from pcteleport.lab.paths import LabPaths
+    from pcteleport.lab.topology import site
+
+    backend = at_tokyo
+    paths, osaka = LabPaths.default(), site("osaka")
+    killed: list[int] = []
+
+    def kill_libvirtd() -> None:
+        pid = labshell.read_pid(paths.site("osaka").libvirtd_pid)
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        killed.append(pid)
+
+    try:
+        rec = migrate(backend, "osaka", Mode.STOCK, cap=16 * MiB,
+                      during=once_copying_memory(kill_libvirtd))
+    finally:
+        paths.site("osaka").libvirtd_pid.unlink(missing_ok=True)
+        labsite.ensure_libvirtd(paths, osaka, labsite.require_holder(paths, osaka))
+    assert killed
+    print(f"destination libvirtd killed: {rec.result}: {rec.error}; {rec.log[-1].text}")
+    assert_failed_cleanly(backend, rec)
+    assert (rec.error or "").startswith("libvirt at osaka stopped answering during the "
+                                        "migration; libvirt: "), rec.error
+    assert any("removed /srv/vms/web-small/vda.qcow2, /srv/vms/web-small/vdb.qcow2 at osaka"
+               in line.text for line in rec.log)

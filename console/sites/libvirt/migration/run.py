@@ -38,6 +38,7 @@ from pcteleport.sites.libvirt.migration.plan import (
 from pcteleport.sites.libvirt.migration.transfer import Transfer, TransferFailed
 from pcteleport.sites.libvirt.ramcheck import RamProbe
 from pcteleport.sites.libvirt.relays import RelayFailure
+from pcteleport.sites.libvirt.site_runtime import SiteRuntime
 from pcteleport.sites.libvirt.vm_lock import VmLock
 from pcteleport.teleport import events
 
@@ -107,6 +108,9 @@ class MigrationRun:
             elif self.destination.qemu_crashed():  # libvirt only says the channel broke
                 self._fail(Result.FAILED, f"the QEMU at {p.dst.name} receiving the VM died "
                            f"(its libvirt log: reason=crashed); {exc}", wan_before)
+            elif not answers(p.dst):  # libvirt only says "client socket is closed"
+                self._fail(Result.FAILED, f"libvirt at {p.dst.name} stopped answering during "
+                           f"the migration; {exc}", wan_before)
             else:
                 self._fail(Result.FAILED, str(exc), wan_before)
         except (PcteleportError, libvirt.libvirtError) as exc:
@@ -211,6 +215,15 @@ class MigrationRun:
             elif self.prepared.storage.created:  # the source's are stale (once only)
                 storage.drop_source_layers(self.plan, self.prepared.storage, self.log)
         self.log(f"migration {result}: {message}; {where}")
+
+
+def answers(site: SiteRuntime) -> bool:
+    """Does libvirt at `site` answer now (its connection opened again if it was dropped)?"""
+    try:
+        site.conn().getLibVersion()
+        return True
+    except (PcteleportError, libvirt.libvirtError):
+        return False
 
 
 def per_disk_pages(plan: Plan, teleported: int,
