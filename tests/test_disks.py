@@ -423,3 +423,23 @@ def test_an_image_changed_in_the_same_clock_tick_as_its_checksum_is_stale(tmp_pa
         f.write(b"\x01")
     assert imagecache.read_checksum(img) == ("", "stale")
     assert imagecache.info(img).sha256 == imagecache.sha256_file(img)
+
+
+def test_overlays_go_after_a_failure_even_when_the_destinations_libvirt_is_gone():
+    """libvirtd at the destination killed mid-migration: the clean-up cannot ask it which VM
+    uses which image, and still removes the images this run created (it left them before)."""
+    from pcteleport.sites.libvirt.site_runtime import SiteError
+
+    ran: list = []
+    p = make_plan(ran)
+
+    def gone():
+        raise SiteError("cannot reach libvirt at osaka")
+
+    p.dst.conn = gone
+    out = storage.Storage(created=["/srv/vms/web/vda.qcow2", "/srv/vms/web/vdb.qcow2"])
+    lines: list[str] = []
+    storage.discard_destination(p, out, lines.append)
+    assert ran == [["rm", "-f", "--", "/srv/vms/web/vda.qcow2", "/srv/vms/web/vdb.qcow2"]]
+    assert lines == ["removed /srv/vms/web/vda.qcow2, /srv/vms/web/vdb.qcow2 at osaka (the "
+                     "migration did not complete)"] and out.created == []

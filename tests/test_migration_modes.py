@@ -233,3 +233,23 @@ def test_the_record_names_each_streams_encryption(mode, insecure, disks, memory,
     assert (rec.memory_encryption, rec.disk_encryption, rec.wan_encryption) == (
         memory, disk, summary)
     assert rec.summary()["disk_encryption"] == disk
+def test_the_destination_qemus_log_tells_a_crash_from_libvirts_clean_up():
+    """libvirt's log of the incoming QEMU: killed under it (reason=crashed), or stopped by
+    libvirt itself after the source's job failed (reason=failed); only a stop since the run
+    began counts."""
+    from datetime import UTC, datetime
+
+    from pcteleport.sites.libvirt.migration.destination import qemu_crashed_since
+
+    start = datetime(2026, 11, 30, 14, 26, 50, tzinfo=UTC).timestamp()
+    killed = ("2026-11-30 14:26:53.704+0000: Domain id=1 is tainted: host-cpu\n"
+              "2026-11-30 14:26:58.192+0000: shutting down, reason=crashed\n")
+    cleaned_up = ("2026-11-30T14:27:13.806071Z qemu-system-x86_64: check_section_footer: Read "
+                  "section footer failed: -5\n"
+                  "2026-11-30 14:27:13.932+0000: shutting down, reason=failed\n"
+                  "2026-11-30T14:27:13.932955Z qemu-system-x86_64: terminating on signal 15 "
+                  "from pid 20944 (/usr/sbin/libvirtd)\n")
+    assert qemu_crashed_since(killed, start)
+    assert not qemu_crashed_since(killed + cleaned_up, start)  # the last stop counts
+    assert not qemu_crashed_since(killed, start + 3600)  # an earlier run's crash
+    assert not qemu_crashed_since("", start)

@@ -112,3 +112,10 @@ def test_relay_cpu_per_gb_of_guest_memory():
     assert stats.relay_cpu(send, None) is None
     assert stats.relay_cpu(send, events.Summary(counters=pages)) is None
     assert stats.relay_cpu(events.Summary(counters=CodecCounters(), cpu_s=0.1), recv) is None
+def test_a_stall_counts_from_the_last_time_any_byte_moved():
+    s = stats.Stall(now=100.0)
+    assert s.still_for(0, 100.0) == 0.0  # the first reading is progress
+    assert s.still_for(0, 110.0) == 10.0
+    assert s.still_for(5, 111.0) == 0.0  # disk or memory moved
+    assert s.still_for(5, 140.5) == 29.5
+    assert s.still_for(4, 141.0) == 30.0  # a smaller sum (a counter reset) is no progress

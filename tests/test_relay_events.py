@@ -82,3 +82,35 @@ def test_the_relay_writes_events_the_service_reads(tmp_path):
     assert isinstance(end.latest, events.Stats) and end.latest.counters.pages_teleported == 7
     assert end.event(events.Failed).message == "replica differs at block 3"
     assert [type(e) for e in end.events] == [events.Listening, events.Stats, events.Failed]
+
+
+def test_a_killed_relay_is_named_not_its_peer_that_lost_the_connection():
+    """The send relay killed by a signal: the recv relay says the WAN connection closed first;
+    the failure the operator reads names the killed one."""
+    import threading
+
+    from pcteleport.sites.libvirt.relays import RelayPair
+
+    class Site:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+    class Ended:
+        def __init__(self, status: int | None, signal: str | None = None) -> None:
+            self.exit_status, self.exit_signal = status, signal
+            self.stderr_lines: list[str] = []
+            self.done = threading.Event()
+            self.done.set()
+
+        def how_it_ended(self) -> str:
+            return f"killed by signal {self.exit_signal}" if self.exit_signal else "exit"
+
+    pair = RelayPair(Site("tokyo"), Site("osaka"))  # type: ignore[arg-type]
+    pair.recv.proc = Ended(1)  # type: ignore[assignment]
+    pair.recv.on_line(events.encode(events.Failed(
+        message="the WAN connection closed before the end of the stream")))
+    pair.send.proc = Ended(None)  # type: ignore[assignment]  # (not ended yet)
+    assert pair.failure() == ("relay recv at osaka: the WAN connection closed before the end "
+                              "of the stream")
+    pair.send.proc = Ended(None, "KILL")  # type: ignore[assignment]
+    assert pair.failure() == "relay send at tokyo: killed by signal KILL"

@@ -73,13 +73,20 @@ class RelayEnd:
         err = self.event(events.Failed)
         if err:
             return f"relay {self.role} at {self.site.name}: {err.message}"
-        if self.proc is not None and self.proc.exit_status not in (None, 0):
+        if self.proc is not None and (self.proc.exit_signal is not None
+                                      or self.proc.exit_status not in (None, 0)):
             return f"relay {self.role} at {self.site.name}: {self.proc.how_it_ended()}"
         return None
 
     def pid(self) -> int | None:
         ev = self.event(events.Listening)
         return ev.pid if ev else None
+
+    def killed(self) -> bool:
+        """It ended by a signal, or its SSH session was lost, without a word of its own."""
+        proc = self.proc
+        return (proc is not None and self.event(events.Failed) is None
+                and (proc.exit_signal is not None or proc.exit_status == -1))
 
 
 class RelayPair:
@@ -153,7 +160,18 @@ class RelayPair:
                                              close_stdin=not sources)
 
     def failure(self) -> str | None:
-        return self.map_problem or self.recv.failure() or self.send.failure()
+        # A relay killed outright is the cause; its peer's complaint that the WAN connection
+        # closed is only the consequence (a killed send relay was reported as the recv's fault).
+        dead = next((end for end in (self.send, self.recv) if end.killed()), None)
+        return (self.map_problem or (dead.failure() if dead is not None else None)
+                or self.recv.failure() or self.send.failure())
+
+    def settle(self, timeout: float) -> None:
+        """After a failure, give both ends a moment to end, so `failure` sees which died."""
+        deadline = time.monotonic() + timeout
+        for end in (self.send, self.recv):
+            if end.proc is not None:
+                end.proc.done.wait(max(0.0, deadline - time.monotonic()))
 
     def wait_done(self, timeout: float) -> None:
         """Wait for both relays to exit after the stream; raise with the reason if one failed."""

@@ -4,8 +4,10 @@ soaks — is its RAM the source's at the switch-over, page by page."""
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 from pcteleport.errors import PcteleportError
@@ -16,6 +18,21 @@ from pcteleport.sites.libvirt.migration.plan import MigrationFailed, Plan, ram_l
 from pcteleport.sites.libvirt.ramcheck import RamCheckError, RamProbe, compare_across
 
 WRITE_CHECK_LIMIT_S = 120.0  # a journal of hours of writes is checked in part, and says so
+QEMU_LOG_DIR = "/var/log/libvirt/qemu"  # libvirt's log of each domain's QEMU, at every site
+_STOPPED = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+)\+0000: shutting down, "
+                      r"reason=(\w+)")
+
+
+def qemu_crashed_since(log_text: str, since: float) -> bool:
+    """Does libvirt's log of a QEMU say it last stopped on its own (killed, crashed: libvirt
+    writes reason=crashed; its own clean-up of a failed incoming migration says
+    reason=failed) at or after `since` (epoch seconds; a little slack for the site's clock)?"""
+    for line in reversed(log_text.splitlines()):
+        m = _STOPPED.match(line)
+        if m:
+            at = datetime.strptime(m[1], "%Y-%m-%d %H:%M:%S.%f").replace(tzinfo=UTC)
+            return m[2] == "crashed" and at.timestamp() >= since - 5
+    return False
 
 
 class Destination:
@@ -36,6 +53,15 @@ class Destination:
         self.record.guest_console = crash
         return MigrationFailed(f"VM {p.vm} crashed at {p.dst.name} after the switch-over "
                                f"(guest console: {guest_health.crash_summary(crash)!r})")
+
+    def qemu_crashed(self) -> bool:
+        """Did the destination's QEMU end on its own during this run (its libvirt log)?"""
+        p = self.plan
+        try:
+            out = p.dst.host.run(["tail", "-n", "40", f"{QEMU_LOG_DIR}/{p.vm}.log"], timeout=20)
+        except PcteleportError:
+            return False
+        return qemu_crashed_since(out.stdout, self.record.started_at)
 
     def check(self) -> None:
         """The destination guest runs and its console shows no oops or panic."""

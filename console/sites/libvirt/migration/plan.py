@@ -17,6 +17,9 @@ from pcteleport.sites.libvirt.site_runtime import DomainDisk, SiteRuntime, domai
 from pcteleport.teleport.layout import RamLayout
 
 ROOT_SERIAL = "pctroot"
+#: a migration that moves no byte (disk or memory) this long is abandoned: TCP would keep the
+#: job waiting on a dead WAN for many minutes (tcp_retries2) with no word to the operator
+STALL_S = 30.0
 
 
 class MigrationFailed(PcteleportError):
@@ -54,6 +57,7 @@ class Plan:
     console_log: str = ""
     #: teleport frames in clear (authenticated only), for comparison
     insecure: bool = False
+    stall_s: float = STALL_S
 
 
 def fmt_bytes(n: float) -> str:

@@ -34,9 +34,10 @@ from pcteleport.sites.libvirt.migration.plan import (
     fmt_bytes,
     teleport_sources,
 )
-from pcteleport.sites.libvirt.migration.transfer import Transfer
+from pcteleport.sites.libvirt.migration.transfer import Transfer, TransferFailed
 from pcteleport.sites.libvirt.ramcheck import RamProbe
 from pcteleport.sites.libvirt.relays import RelayFailure
+from pcteleport.sites.libvirt.site_runtime import SiteRuntime
 from pcteleport.sites.libvirt.vm_lock import VmLock
 from pcteleport.teleport import events
 
@@ -102,6 +103,17 @@ class MigrationRun:
             self._finish(wan_before)
         except Aborted as exc:
             self._fail(Result.ABORTED, str(exc), wan_before)
+        except TransferFailed as exc:
+            if abort.is_set():
+                self._fail(Result.ABORTED, abort.reason, wan_before)
+            elif self.destination.qemu_crashed():  # libvirt only says the channel broke
+                self._fail(Result.FAILED, f"the QEMU at {p.dst.name} receiving the VM died "
+                           f"(its libvirt log: reason=crashed); {exc}", wan_before)
+            elif not answers(p.dst):  # libvirt only says "client socket is closed"
+                self._fail(Result.FAILED, f"libvirt at {p.dst.name} stopped answering during "
+                           f"the migration; {exc}", wan_before)
+            else:
+                self._fail(Result.FAILED, str(exc), wan_before)
         except (PcteleportError, libvirt.libvirtError) as exc:
             if abort.is_set():  # the abort made libvirt or a relay fail: say it was the abort
                 self._fail(Result.ABORTED, abort.reason, wan_before)
@@ -212,6 +224,15 @@ class MigrationRun:
             elif self.prepared.storage.created:  # the source's are stale (once only)
                 storage.drop_source_layers(self.plan, self.prepared.storage, self.log)
         self.log(f"migration {result}: {message}; {where}")
+
+
+def answers(site: SiteRuntime) -> bool:
+    """Does libvirt at `site` answer now (its connection opened again if it was dropped)?"""
+    try:
+        site.conn().getLibVersion()
+        return True
+    except (PcteleportError, libvirt.libvirtError):
+        return False
 
 
 def per_disk_pages(plan: Plan, teleported: int,

@@ -127,3 +127,18 @@ def split_wan(wan_bytes: int, memory_bytes: int, relay_wan_bytes: int | None,
         return disk_processed, memory
     memory = min(memory, wan_bytes)
     return wan_bytes - memory, memory
+
+
+class Stall:
+    """How long a migration has moved no byte, disk or memory (libvirt's processed counters):
+    a WAN that carries nothing leaves QEMU blocked in its socket and TCP retrying for many
+    minutes, with the source running and the operator told nothing."""
+
+    def __init__(self, now: float) -> None:
+        self.moved, self.moved_at = -1, now
+
+    def still_for(self, moved: int, now: float) -> float:
+        """Seconds since the counters last grew, given their sum `moved` now."""
+        if moved > self.moved:
+            self.moved, self.moved_at = moved, now
+        return now - self.moved_at

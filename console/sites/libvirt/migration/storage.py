@@ -147,7 +147,9 @@ def _paths_in_use(site: SiteRuntime) -> dict[str, str]:
             with contextlib.suppress(libvirt.libvirtError):
                 for d in domain_disks(other.XMLDesc(0)):
                     out[d.path] = other.name()
-    except libvirt.libvirtError:
+    except (libvirt.libvirtError, PcteleportError):
+        # libvirt there does not answer (killed mid-migration): the clean-up still removes what
+        # this run created (before, it gave up silently and left the overlays)
         pass
     return out
 

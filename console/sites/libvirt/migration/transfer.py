@@ -22,9 +22,18 @@ from pcteleport.sites.libvirt.migration.plan import (
     Plan,
     fmt_bytes,
 )
-from pcteleport.sites.libvirt.migration.stats import WanRate, build_sample, progress_line
+from pcteleport.sites.libvirt.migration.stats import (
+    Stall,
+    WanRate,
+    build_sample,
+    progress_line,
+)
 from pcteleport.sites.libvirt.site_runtime import WanMeter
 from pcteleport.teleport import events
+
+
+class TransferFailed(MigrationFailed):
+    """libvirt's migration job failed, and libvirt's message is all we know yet."""
 
 
 class Transfer:
@@ -37,6 +46,7 @@ class Transfer:
         self.disk_processed = 0  # the most libvirt said its storage migration copied
         self.memory_processed = 0  # ... and the memory stream (for a run that failed)
         self.told_qemu = False  # avail-switchover-bandwidth was set on the source QEMU
+        self.stalled = ""  # why the job was abandoned for moving nothing (see Stall)
 
     def run(self, dom: libvirt.virDomain) -> None:
         """Returns once QEMU's migration completed; raises MigrationFailed or Aborted."""
@@ -75,13 +85,17 @@ class Transfer:
             err = outcome["error"]
             assert isinstance(err, libvirt.libvirtError)
             relays = self.prepared.relays
+            if relays is not None and relays.failure():
+                relays.settle(2.0)  # the peer of a killed relay often complains first
             relay_problem = relays.failure() if relays else None
             self.abort.check()
             if relay_problem:  # we aborted the job because a relay failed
                 raise MigrationFailed(relay_problem)
+            if self.stalled:  # we aborted it: nothing moved for too long
+                raise MigrationFailed(self.stalled)
             if err.get_error_code() == libvirt.VIR_ERR_OPERATION_ABORTED:
                 raise Aborted("aborted through libvirt (pcteleport abort, or virsh domjobabort)")
-            raise MigrationFailed(f"libvirt: {err.get_error_message()}")
+            raise TransferFailed(f"libvirt: {err.get_error_message()}")
 
     def _on_lifecycle(self, ev: LifecycleEvent) -> None:
         p, j = self.plan, self.journal
@@ -98,10 +112,13 @@ class Transfer:
         wan = WanRate(*((meter.latest, meter.latest_at) if meter is not None else (None, 0.0)))
         remaining_min: int | None = None
         start = time.monotonic()
+        stall = Stall(start)
         tick = 0.5  # a first sample soon, then one a second on a steady clock
         while worker.is_alive():
             worker.join(max(0.0, start + tick - time.monotonic()))
-            tick += 1.0
+            # one a second; after jobStats blocked (a job cancelling on a dead link), no burst
+            # of catch-up samples
+            tick = max(tick + 1.0, time.monotonic() - start + 0.5)
             if not worker.is_alive():
                 break
             try:
@@ -129,6 +146,15 @@ class Transfer:
             problem = relays.failure() if relays is not None else None
             if problem:
                 j.log(problem)
+                with contextlib.suppress(libvirt.libvirtError):
+                    dom.abortJob()
+            moved = sample.disk_processed_bytes + int(stats.get("memory_processed", 0) or 0)
+            idle = stall.still_for(moved, time.monotonic())
+            if idle > self.plan.stall_s and not self.stalled:
+                self.stalled = (f"no progress for {idle:.0f} s: nothing reached "
+                                f"{self.plan.dst.name} over the WAN (is the link down?); "
+                                "the migration was abandoned")
+                j.log(self.stalled)
                 with contextlib.suppress(libvirt.libvirtError):
                     dom.abortJob()
 
