@@ -19,7 +19,8 @@ on one estimate and a test can pin it. The model is QEMU precopy over a link:
   full again, and they are dirtied after it passed them, so they cross twice (web: drop-cache
   sent 1.56x stock's pages); before that the guest spent `drop_s` dropping and zeroing;
 * the disks' overlays cross first (libvirt's NBD mirror: at the link's rate, after
-  `disk_setup_s` to start the NBD server and the mirror jobs);
+  `disk_setup_s` to start the NBD server and the mirror jobs), then the mirror carries the
+  guest's disk writes (measured before the start) beside the memory stream;
 * time is the WAN bytes over the goodput, or the relay's / zstd's CPU rate when that is lower,
   plus the map (teleport), setup and the switch-over.
 
@@ -224,8 +225,11 @@ def predict(inp: PredictionInputs, mode: Mode,
     if not rate:
         # No rate: bytes of one pass and what was dirtied is unknown; say so with None.
         return ModePrediction(mode, int(first + disk), None, int(first), disk, True, 1)
-    run = precopy(first, page_wan, dirty, p.total, rate, downtime_s, inp.auto_converge,
-                  first_extra=reread, min_round_s=cpu_s)
+    # the mirror sends the guest's disk writes while memory goes: they share the link
+    writes = min(inp.disk_write_bytes_per_s or 0.0, 0.9 * rate)
+    run = precopy(first, page_wan, dirty, p.total, rate - writes, downtime_s,
+                  inp.auto_converge, first_extra=reread, min_round_s=cpu_s)
+    disk += int(writes * run.seconds)
     seconds = run.seconds + disk_seconds(inp, rate, model)
     seconds += model.setup_s + model.switchover_s + model.setup_rtts * (inp.rtt_ms or 0) / 1e3
     if mode in (Mode.STOCK, Mode.DROP_CACHE) and disk and model.stream_slow_s:

@@ -267,6 +267,9 @@ class PredictionInputs:
     cap_bytes_per_s: float | None = None
     disk_overlay_bytes: int = 0  # the writable layers the storage migration mirrors
     disks_whole_bytes: int = 0  # disks without a base at the destination: copied whole
+    #: bytes/s the guest wrote to the moving disks while this was measured (libvirt's block
+    #: stats): the mirror carries every write made during the migration as well
+    disk_write_bytes_per_s: float | None = None
     auto_converge: bool = False
     max_downtime_ms: float | None = None  # QEMU's downtime limit for the VM's next migration
     problems: list[str] = field(default_factory=list)

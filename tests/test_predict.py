@@ -26,7 +26,7 @@ from tests.record_factory import constructed_run
 MIB = 2**20
 GIB = 2**30
 NO_OVERHEAD = PredictionModel(setup_s=0, switchover_s=0, setup_rtts=0, tmin_rtts=0,
-                              goodput_share=1.0)
+                              goodput_share=1.0, disk_setup_s=0, stream_slow_s=0)
 
 
 def comp(restorable: int = 300 * MIB, clean: int = 400 * MIB, free: int = 300 * MIB,
@@ -179,3 +179,16 @@ def test_the_goodput_is_never_above_the_profiles_rate() -> None:
     slower = predict(inputs(link_rate_bytes_per_s=10e6, profile_rate_bytes_per_s=12.5e6),
                      Mode.STOCK, NO_OVERHEAD)
     assert slower.total_s and right.total_s and slower.total_s > right.total_s
+
+
+def test_the_guests_disk_writes_cross_too_and_slow_the_memory_down() -> None:
+    quiet = predict(inputs(disk_overlay_bytes=8 * MIB), Mode.STOCK, NO_OVERHEAD)
+    busy = predict(inputs(disk_overlay_bytes=8 * MIB, disk_write_bytes_per_s=2.5e6),
+                   Mode.STOCK, NO_OVERHEAD)
+    assert quiet.total_s is not None and busy.total_s is not None
+    # memory gets 10 of the link's 12.5 MB/s: it takes 1.25x as long ...
+    memory_s = quiet.total_s - 8 * MIB / 12.5e6
+    assert busy.total_s - 8 * MIB / 12.5e6 == pytest.approx(1.25 * memory_s, rel=0.01)
+    # ... and the mirror sends 2.5 MB/s for that long beside it
+    assert busy.disk_wan_bytes == pytest.approx(8 * MIB + 2.5e6 * 1.25 * memory_s, rel=0.01)
+    assert busy.memory_wan_bytes == quiet.memory_wan_bytes

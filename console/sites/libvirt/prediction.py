@@ -91,6 +91,14 @@ def measured_goodput(store: RecordStore, src: str, dst: str,
     return min(p90, link.rate_bytes_per_s) if link and link.rate_bytes_per_s else p90
 
 
+def disk_writes(dom: libvirt.virDomain, targets: list[str]) -> int | None:
+    """Bytes written so far to these disks (libvirt's block stats), None if unknown."""
+    try:
+        return sum(int(dom.blockStats(t)[3]) for t in targets)
+    except libvirt.libvirtError:
+        return None
+
+
 def measure(plan: Plan, agent: GuestAgent, link: WanLink | None, store: RecordStore | None,
             cap: float | None, auto_converge: bool,
             say: Callable[[str], None] = lambda _m: None) -> PredictionInputs:
@@ -108,6 +116,7 @@ def measure(plan: Plan, agent: GuestAgent, link: WanLink | None, store: RecordSt
         except (OSError, PcteleportError) as exc:
             inp.problems.append(f"goodput from earlier runs: {exc}")
     moving = [d for d in plan.disks if d.writable]
+    written = disk_writes(dom, [d.target for d in moving])
     inp.disk_overlay_bytes = sum(d.overlay_bytes for d in moving if d.copy is DiskCopy.OVERLAY)
     for d in moving:
         if d.copy is DiskCopy.WHOLE:
@@ -174,4 +183,7 @@ def measure(plan: Plan, agent: GuestAgent, link: WanLink | None, store: RecordSt
     inp.dirty_rate_bytes_per_s = rate.get("bytes_per_s")
     inp.dirty_calc_s = DIRTY_CALC_S if "bytes_per_s" in rate else 0.0
     inp.took_s = time.monotonic() - t0
+    after = disk_writes(dom, [d.target for d in moving])
+    if written is not None and after is not None and inp.took_s > 0:
+        inp.disk_write_bytes_per_s = max(0, after - written) / inp.took_s
     return inp
