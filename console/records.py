@@ -428,6 +428,9 @@ class MigrationRecord:
     #: how guest memory crossed the WAN: "aes-256-gcm" (teleport's relays), "none" (QEMU's
     #: stream in clear), "none (--insecure)" (teleport frames authenticated, in clear)
     wan_encryption: str = ""
+    #: teleport: how the switch-over was sized by the WAN: "avail-switchover-bandwidth" (QEMU
+    #: >= 8.2), "downtime-limit" (older QEMU: the limit scaled), "off", "" (not sized)
+    switchover_sizing: str = ""
     #: wan_bytes split: the disks' storage migration and the memory stream (how each is
     #: measured: sites/libvirt/migration/stats.py split_wan)
     disk_wan_bytes: int = 0
@@ -463,6 +466,7 @@ class MigrationRecord:
             },
             "map_refreshes": self.map_refreshes,
             "wan_encryption": self.wan_encryption,
+            "switchover_sizing": self.switchover_sizing,
             "disk_wan_bytes": self.disk_wan_bytes,
             "memory_wan_bytes": self.memory_wan_bytes,
             "disks": [{"target": d.target, "base": d.base, "overlay_bytes": d.overlay_bytes,
