@@ -205,3 +205,16 @@ def test_a_refused_limit_is_one_line_and_no_more_tries():
     assert lines(j).count("could not scale the downtime limit") == 1
     t.forget_switchover(dom)  # nothing was set: nothing to give back (and no second error)
     assert "could not give back" not in lines(j)
+
+
+def test_the_record_says_which_limit_qemu_stopped_the_guest_by():
+    from pcteleport.sites.libvirt.lifecycle import LifecycleEvent
+
+    dom = Dom(new=False)
+    t, j = sized(dom)
+    t.plan.vm_uuid = "u"  # type: ignore[attr-defined]
+    t._size_switchover(dom, relay_stats(1, 0, 0, 100 * MB), {"memory_bps": 250 * MB})
+    t._on_lifecycle(LifecycleEvent(site="tokyo", vm_uuid="u", vm="web",
+                                   event=libvirt.VIR_DOMAIN_EVENT_SUSPENDED,
+                                   detail=libvirt.VIR_DOMAIN_EVENT_SUSPENDED_MIGRATED, at=0.0))
+    assert "guest paused for the switch-over with the downtime limit at 50 ms of 1000" in lines(j)

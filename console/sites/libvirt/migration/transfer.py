@@ -90,6 +90,11 @@ class Transfer:
             return
         if ev.site == p.src.name and ev.suspended_for_migration:
             j.phase(Phase.STOP_AND_COPY, j.iteration, at=ev.at)
+            scaled = self.prepared.downtime
+            if scaled is not None and scaled.applied is not None:
+                # what QEMU sized its last round by (only changes of 25 % are logged)
+                j.log(f"guest paused for the switch-over with the downtime limit at "
+                      f"{scaled.applied} ms of {scaled.limit_ms}")
         elif ev.site == p.dst.name and ev.resumed_after_migration:
             j.phase(Phase.RESUME, j.iteration, at=ev.at)
 
