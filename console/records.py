@@ -439,6 +439,9 @@ class MigrationRecord:
     #: relays) and the disks' NBD copy ("tls", "none"; "" when no disk moved)
     memory_encryption: str = ""
     disk_encryption: str = ""
+    #: teleport: how the switch-over was sized by the WAN: "avail-switchover-bandwidth" (QEMU
+    #: >= 8.2), "downtime-limit" (older QEMU: the limit scaled), "off", "" (not sized)
+    switchover_sizing: str = ""
     #: wan_bytes split: the disks' storage migration and the memory stream (how each is
     #: measured: sites/libvirt/migration/stats.py split_wan)
     disk_wan_bytes: int = 0
@@ -476,6 +479,7 @@ class MigrationRecord:
             "wan_encryption": self.wan_encryption,
             "memory_encryption": self.memory_encryption,
             "disk_encryption": self.disk_encryption,
+            "switchover_sizing": self.switchover_sizing,
             "disk_wan_bytes": self.disk_wan_bytes,
             "memory_wan_bytes": self.memory_wan_bytes,
             "disks": [{"target": d.target, "base": d.base, "overlay_bytes": d.overlay_bytes,

@@ -32,3 +32,36 @@ def test_tcg_on_qemu_before_9_is_named(version: object) -> None:
 ])
 def test_no_warning_where_the_engine_is_sound_or_unknown(version: object, tcg: bool) -> None:
     assert tcg_dirty_page_bug(version, tcg) is None  # type: ignore[arg-type]
+
+
+def test_dirty_bitmap_measurement_is_avoided_where_it_kills_qemu() -> None:
+    from pcteleport.engine import dirty_bitmap_crashes
+
+    assert dirty_bitmap_crashes("7.2.22", tcg=True)  # measured: QEMU segfaults
+    assert dirty_bitmap_crashes(7_002_022, tcg=True)
+    assert not dirty_bitmap_crashes("10.0.2", tcg=True)  # measured: fine
+    assert not dirty_bitmap_crashes("7.2.22", tcg=False)  # KVM has the state it reads
+    assert not dirty_bitmap_crashes("", tcg=True) and not dirty_bitmap_crashes(None, tcg=True)
+
+
+def test_page_sampling_alone_where_dirty_bitmap_would_crash() -> None:
+    import libvirt
+
+    from pcteleport.sites.libvirt.prediction import dirty_rate
+
+    asked: list[int] = []
+
+    class Dom:
+        def startDirtyRateCalc(self, seconds: int, mode: int) -> None:
+            asked.append(mode)
+
+    class Conn:
+        def domainListGetStats(self, doms: list, what: int) -> list:
+            return [(doms[0], {"dirtyrate.calc_status": libvirt.VIR_DOMAIN_DIRTYRATE_MEASURED,
+                               "dirtyrate.megabytes_per_second": 3})]
+
+    assert dirty_rate(Dom(), Conn(), seconds=0, bitmap=False) == 3 * 2**20  # type: ignore[arg-type]
+    assert asked == [libvirt.VIR_DOMAIN_DIRTYRATE_MODE_PAGE_SAMPLING]
+    asked.clear()
+    dirty_rate(Dom(), Conn(), seconds=0)  # type: ignore[arg-type]
+    assert asked == [libvirt.VIR_DOMAIN_DIRTYRATE_MODE_DIRTY_BITMAP]

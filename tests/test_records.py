@@ -60,7 +60,7 @@ def test_summary_has_exactly_the_issue_5_11_14_and_16_keys() -> None:
     s = r.summary()
     assert list(s) == ["vm", "from", "to", "mode", "result", "total_s", "downtime_ms",
                        "wan_bytes", "guest_bytes", "pages", "map_refreshes", "wan_encryption",
-                       "memory_encryption", "disk_encryption",
+                       "memory_encryption", "disk_encryption", "switchover_sizing",
                        "disk_wan_bytes", "memory_wan_bytes", "disks", "predicted_wan_bytes",
                        "predicted_total_s", "t_min_s", "runs_at",
                        "guest_crashed", "ram_pages_differing", "writes_checked", "writes_lost",

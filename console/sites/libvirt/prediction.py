@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import libvirt
 
+from pcteleport.engine import dirty_bitmap_crashes
 from pcteleport.errors import PcteleportError
 from pcteleport.record_store import RecordStore
 from pcteleport.records import PAGE_SIZE, DiskCopy, PredictionInputs, WanLink
@@ -21,6 +22,7 @@ from pcteleport.sites.guest_agent import GuestAgent
 from pcteleport.sites.libvirt.migration.maps import merged
 from pcteleport.sites.libvirt.migration.plan import Plan, ram_layout, teleport_sources
 from pcteleport.sites.libvirt.ramcheck import RamProbe
+from pcteleport.sites.libvirt.site_runtime import is_tcg
 
 DIRTY_CALC_S = 3  # long enough to see more than one burst of a workload, short for a dialog
 SAMPLE_PAGES = 16384  # single pages for the zero share (±0.4 %); as many in runs of 64 for zstd
@@ -28,14 +30,15 @@ GOODPUT_RECORDS = 5  # recent runs over the same link whose WAN rate tells its g
 
 
 def dirty_rate(dom: libvirt.virDomain, conn: libvirt.virConnect,
-               seconds: int = DIRTY_CALC_S) -> float:
+               seconds: int = DIRTY_CALC_S, bitmap: bool = True) -> float:
     """Bytes/s the guest writes, by QEMU's calc-dirty-rate: dirty-bitmap mode (every page
-    written in the window counts once) where QEMU can, page sampling otherwise, and page
-    sampling too when dirty-bitmap read 0: every stored run (web, and tpcc, which rewrote
-    ~10 MB/s during its migrations) read 0 that way on the lab's TCG guests. A stat libvirt
-    did not give is no reading, not 0."""
-    modes = [libvirt.VIR_DOMAIN_DIRTYRATE_MODE_DIRTY_BITMAP,
-             libvirt.VIR_DOMAIN_DIRTYRATE_MODE_PAGE_SAMPLING]
+    written in the window counts once) where QEMU can, page sampling otherwise (and where
+    `bitmap` is False: a QEMU that dirty-bitmap mode would crash), and page sampling too when
+    dirty-bitmap read 0: every stored run (web, and tpcc, which rewrote ~10 MB/s during its
+    migrations) read 0 that way on the lab's TCG guests. A stat libvirt did not give is no
+    reading, not 0."""
+    modes = ([libvirt.VIR_DOMAIN_DIRTYRATE_MODE_DIRTY_BITMAP] if bitmap else []) + \
+        [libvirt.VIR_DOMAIN_DIRTYRATE_MODE_PAGE_SAMPLING]
     last: Exception | None = None
     readings: list[float] = []
     for mode in modes:
@@ -131,10 +134,12 @@ def measure(plan: Plan, agent: GuestAgent, link: WanLink | None, store: RecordSt
 
     # The dirty rate is measured by QEMU while the agent walks the cache and RAM is sampled.
     rate: dict[str, float] = {}
+    xml = dom.XMLDesc(0)
+    bitmap = not dirty_bitmap_crashes(plan.src.domain_qemu_version(xml), is_tcg(xml))
 
     def calc() -> None:
         try:
-            rate["bytes_per_s"] = dirty_rate(dom, plan.src.conn())
+            rate["bytes_per_s"] = dirty_rate(dom, plan.src.conn(), bitmap=bitmap)
         except (PcteleportError, libvirt.libvirtError) as exc:
             inp.problems.append(str(exc))
 

@@ -5,6 +5,7 @@ VM's writable disks the same way first (storage.py)."""
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
@@ -30,6 +31,7 @@ from pcteleport.sites.libvirt.site_runtime import SiteRuntime
 
 LIBVIRT_MULTIFD_ZSTD = 9_004_000  # libvirt 9.4 passes compression=zstd to multifd itself
 QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
+SIZING_ENV = "PCTELEPORT_SWITCHOVER_BY_WAN"  # "0": QEMU sizes the switch-over alone (to compare)
 BASE_FLAGS = (libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PERSIST_DEST
               | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE)
 
@@ -46,7 +48,8 @@ class Prepared:
     relays: RelayPair | None = None
     tunnel: TunnelPair | None = None  # teleport's disk copy, encrypted through our tunnel
     maps: MapFeed | None = None  # teleport: the map and its refreshes
-    sizer: switchover.DrainRate | None = None  # the switch-over sized by the WAN (QEMU >= 8.2)
+    sizer: switchover.DrainRate | None = None  # the switch-over sized by the WAN
+    downtime: switchover.ScaledDowntime | None = None  # ... on QEMU < 8.2: by the limit
     storage: storage.Storage = field(default_factory=storage.Storage)  # the disks' copy
 
 
@@ -148,14 +151,7 @@ def prepare_teleport(plan: Plan, dom: libvirt.virDomain, journal: Journal,
         raise MigrationFailed(relays.map_problem)
     journal.log(f"relays up: {plan.src.name} 127.0.0.1:{relays.qemu_port} -> "
                 f"{plan.dst.name} {plan.dst.config.wan_addr}")
-    if switchover.supported(dom):
-        out.sizer = switchover.DrainRate(plan.wan.rate_bytes_per_s if plan.wan else None)
-        journal.log("switch-over sized by the WAN: QEMU is told the rate at which the WAN drains "
-                    "guest memory (avail-switchover-bandwidth), not the rate at which it "
-                    "writes into the relay")
-    else:
-        journal.log("this QEMU (< 8.2) sizes the switch-over by the rate it writes into the "
-                    "relay, which teleported pages inflate: the downtime may exceed its limit")
+    size_switchover(plan, dom, journal, out)
     out.params[libvirt.VIR_MIGRATE_PARAM_URI] = f"tcp://127.0.0.1:{relays.qemu_port}"
     out.params[libvirt.VIR_MIGRATE_PARAM_LISTEN_ADDRESS] = "127.0.0.1"
 
@@ -171,6 +167,37 @@ def _disks_through_tunnel(plan: Plan, journal: Journal, out: Prepared) -> None:
                 f"({plan.src.name} {tunnel.path} -> {plan.dst.name} {plan.dst.config.wan_addr}"
                 " -> its NBD server on the same path): AES-256-GCM like the memory stream")
 
+def size_switchover(plan: Plan, dom: libvirt.virDomain, journal: Journal,
+                    out: Prepared) -> None:
+    """The switch-over sized by the WAN's drain rate (switchover.py): QEMU >= 8.2 is told the
+    rate; an older QEMU gets its downtime limit scaled. PCTELEPORT_SWITCHOVER_BY_WAN=0 turns
+    both off (to compare)."""
+    if os.environ.get(SIZING_ENV, "1").strip() in ("0", "off", "no"):
+        journal.record.switchover_sizing = "off"
+        journal.log(f"switch-over sized by QEMU alone ({SIZING_ENV}=0): it assumes the rate at "
+                    "which it writes into the relay, which teleported pages inflate")
+        return
+    link = plan.wan.rate_bytes_per_s if plan.wan else None
+    if switchover.supported(dom):
+        out.sizer = switchover.DrainRate(link)
+        journal.record.switchover_sizing = switchover.PARAM
+        journal.log("switch-over sized by the WAN: QEMU is told the rate at which the WAN drains "
+                    "guest memory (avail-switchover-bandwidth), not the rate at which it "
+                    "writes into the relay")
+        return
+    try:
+        limit = int(dom.migrateGetMaxDowntime(0))
+    except libvirt.libvirtError as exc:
+        journal.log(f"this QEMU (< 8.2) sizes the switch-over by the rate it writes into the "
+                    f"relay, and its downtime limit could not be read ({exc}): the downtime "
+                    "may exceed the limit")
+        return
+    out.sizer = switchover.DrainRate(link)
+    out.downtime = switchover.ScaledDowntime(limit)
+    journal.record.switchover_sizing = "downtime-limit"
+    journal.log(f"switch-over sized by the WAN (QEMU < 8.2): the downtime limit ({limit} ms) is "
+                "scaled by the WAN's drain rate over QEMU's write rate into the relay, and "
+                "given back after the run")
 
 STEPS = {Mode.STOCK: prepare_stock, Mode.DROP_CACHE: prepare_drop_cache,
          Mode.ZSTD: prepare_zstd, Mode.TELEPORT: prepare_teleport}

@@ -15,6 +15,12 @@ only come out shorter than the limit QEMU planned for.
 
 libvirt (11.3) has no typed migration parameter for it, so it goes through libvirt's QEMU
 monitor passthrough, which libvirt allows during a migration job (it marks the domain tainted).
+
+QEMU < 8.2 (Debian 12's 7.2) has no such parameter. Its decision is remaining <= qemu_rate x
+downtime_limit, with qemu_rate its own measurement (over the last 100 ms). ScaledDowntime sets
+the downtime limit, through libvirt's own virDomainMigrateSetMaxDowntime (allowed during a
+migration job), to limit x drain / qemu_rate: the threshold becomes drain x limit, the same
+decision sized by the WAN. The operator's limit is given back after the run.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from pcteleport.teleport import events
 PARAM = "avail-switchover-bandwidth"
 WINDOW = 5  # relay stats (one a second) the estimate looks back over
 CHANGE = 0.05  # tell QEMU again only when the rate moved by more than this share
+FLOOR_MS = 1  # the scaled downtime limit's floor: QEMU still stops once the rest is ~nothing
 
 
 def supported(dom: libvirt.virDomain) -> bool:
@@ -73,3 +80,37 @@ class DrainRate:
     def worth_telling(self, rate: float) -> bool:
         """Only a change QEMU's decision would notice (and not a monitor call a second)."""
         return self.applied is None or abs(rate - self.applied) > CHANGE * self.applied
+
+
+def scaled_limit_ms(limit_ms: int, drain: float, qemu_rate: float) -> int:
+    """The downtime limit that turns QEMU's threshold qemu_rate x limit' into drain x limit:
+    never above the operator's limit (a WAN that drains faster than QEMU writes does not
+    allow a longer pause), never below FLOOR_MS."""
+    if drain <= 0 or qemu_rate <= 0:
+        return limit_ms  # nothing measured: QEMU decides as it would
+    return max(FLOOR_MS, min(limit_ms, int(limit_ms * drain / qemu_rate)))
+
+
+class ScaledDowntime:
+    """QEMU < 8.2: the downtime limit scaled so that its switch-over is sized by the WAN.
+
+    QEMU's rate is libvirt's memory bandwidth (QEMU's `mbps`, over its last 100 ms), sampled
+    once a second. The scale uses the highest of the last WINDOW samples: a run of teleported
+    pages raises QEMU's rate for a moment, and a sample between the runs must not let the next
+    one stop the guest with more left than the WAN drains within the limit."""
+
+    def __init__(self, limit_ms: int) -> None:
+        self.limit_ms = limit_ms  # the operator's, given back after the run
+        self.qemu_rates: deque[float] = deque(maxlen=WINDOW)
+        self.applied: int | None = None  # the limit QEMU holds now, if we set one
+
+    def update(self, drain: float | None, memory_bps: float) -> int | None:
+        """The limit (ms) for this sample, or None until both rates are known."""
+        if memory_bps > 0:  # 0 while only the disks are copied
+            self.qemu_rates.append(memory_bps)
+        if drain is None or not self.qemu_rates:
+            return None
+        return scaled_limit_ms(self.limit_ms, drain, max(self.qemu_rates))
+
+    def worth_telling(self, limit_ms: int) -> bool:
+        return self.applied is None or abs(limit_ms - self.applied) > max(1, CHANGE * self.applied)

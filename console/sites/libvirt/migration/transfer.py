@@ -47,6 +47,7 @@ class Transfer:
         self.memory_processed = 0  # ... and the memory stream (for a run that failed)
         self.told_qemu = False  # avail-switchover-bandwidth was set on the source QEMU
         self.stalled = ""  # why the job was abandoned for moving nothing (see Stall)
+        self._drain: float | None = None  # the WAN's drain rate from the latest relay stats
 
     def run(self, dom: libvirt.virDomain) -> None:
         """Returns once QEMU's migration completed; raises MigrationFailed or Aborted."""
@@ -103,6 +104,11 @@ class Transfer:
             return
         if ev.site == p.src.name and ev.suspended_for_migration:
             j.phase(Phase.STOP_AND_COPY, j.iteration, at=ev.at)
+            scaled = self.prepared.downtime
+            if scaled is not None and scaled.applied is not None:
+                # what QEMU sized its last round by (only changes of 25 % are logged)
+                j.log(f"guest paused for the switch-over with the downtime limit at "
+                      f"{scaled.applied} ms of {scaled.limit_ms}")
         elif ev.site == p.dst.name and ev.resumed_after_migration:
             j.phase(Phase.RESUME, j.iteration, at=ev.at)
 
@@ -142,7 +148,7 @@ class Transfer:
                 remaining_min = (sample.remaining_bytes if remaining_min is None
                                  else min(remaining_min, sample.remaining_bytes))
             if self.prepared.sizer is not None and relays is not None:
-                self._size_switchover(dom, relays.send.latest)
+                self._size_switchover(dom, relays.send.latest, stats)
             problem = relays.failure() if relays is not None else None
             if problem:
                 j.log(problem)
@@ -158,14 +164,24 @@ class Transfer:
                 with contextlib.suppress(libvirt.libvirtError):
                     dom.abortJob()
 
-    def _size_switchover(self, dom: libvirt.virDomain, latest: object) -> None:
-        """Tell QEMU the WAN's drain rate, from each new stats event of the send relay."""
+    def _size_switchover(self, dom: libvirt.virDomain, latest: object,
+                         job: dict | None = None) -> None:
+        """Tell QEMU the WAN's drain rate, from each new stats event of the send relay (QEMU
+        >= 8.2), or scale its downtime limit by it at every sample (older QEMU)."""
         sizer = self.prepared.sizer
-        if sizer is None or not isinstance(latest, events.Stats) or latest.t == self._sized_at:
+        if sizer is None:
             return
-        self._sized_at = latest.t
-        rate = sizer.update(latest)
-        if rate is None or not sizer.worth_telling(rate):
+        fresh = isinstance(latest, events.Stats) and latest.t != self._sized_at
+        if fresh:
+            assert isinstance(latest, events.Stats)
+            self._sized_at = latest.t
+            self._drain = sizer.update(latest)
+        if self.prepared.downtime is not None:
+            # QEMU's rate moves every sample, the drain rate only with the relay's stats
+            self._scale_downtime(dom, float((job or {}).get("memory_bps", 0) or 0))
+            return
+        rate = self._drain
+        if not fresh or rate is None or not sizer.worth_telling(rate):
             return
         try:
             switchover.set_rate(dom, int(rate))
@@ -179,12 +195,42 @@ class Transfer:
                              "(the WAN's rate: the remainder costs its size)")
         sizer.applied = rate
 
+    def _scale_downtime(self, dom: libvirt.virDomain, memory_bps: float) -> None:
+        scaled = self.prepared.downtime
+        assert scaled is not None
+        limit = scaled.update(self._drain, memory_bps)
+        if limit is None or not scaled.worth_telling(limit):
+            return
+        try:
+            dom.migrateSetMaxDowntime(limit, 0)
+        except libvirt.libvirtError as exc:
+            self.prepared.sizer = None  # once is enough to know; the limit is given back
+            self.journal.log(f"could not scale the downtime limit: {exc}")
+            return
+        before, scaled.applied = scaled.applied, limit
+        if before is None or abs(limit - before) > 0.25 * before:
+            self.journal.log(
+                f"downtime limit {limit} ms of {scaled.limit_ms}: the WAN drains "
+                f"{fmt_bytes(self._drain or 0)}/s of guest memory, QEMU writes up to "
+                f"{fmt_bytes(max(scaled.qemu_rates))}/s into the relay")
+
     def forget_switchover(self, dom: libvirt.virDomain | None) -> None:
         """After a failed run the source QEMU lives on: its next migration (any mode) must not
-        inherit the rate we told it. 0 is QEMU's own default: estimate it yourself."""
-        if self.told_qemu and not self.migrated and dom is not None:
+        inherit the rate we told it (0 is QEMU's own default: estimate it yourself) nor the
+        downtime limit we scaled (the operator's comes back). After a successful run the
+        source QEMU is gone, and the destination's never held either."""
+        if self.migrated or dom is None:
+            return
+        if self.told_qemu:
             try:
                 switchover.set_rate(dom, 0)
             except libvirt.libvirtError as exc:
                 self.journal.log(f"warning: could not reset {switchover.PARAM} at "
                                  f"{self.plan.src.name}: {exc}")
+        scaled = self.prepared.downtime
+        if scaled is not None and scaled.applied is not None:
+            try:
+                dom.migrateSetMaxDowntime(scaled.limit_ms, 0)
+            except libvirt.libvirtError as exc:
+                self.journal.log(f"warning: could not give back the downtime limit "
+                                 f"({scaled.limit_ms} ms) at {self.plan.src.name}: {exc}")
