@@ -154,3 +154,24 @@ def test_the_cli_ends_take_the_secret_on_stdin_and_stop_on_sigterm(tmp_path):
             p.send_signal(signal.SIGTERM)
             assert p.wait(60) == 0
     assert not os.path.exists(local)  # tunnel-in removed its socket
+
+
+def test_a_relay_end_is_stopped_even_if_it_ignores_term(tmp_path):
+    """stop_ends' script: TERM, then KILL if the process is still there after 3 s."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from pcteleport.sites.libvirt.relays import stop_script
+
+    stubborn = subprocess.Popen([sys.executable, "-c", "import signal, time\n"
+                                 "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+                                 "print('up', flush=True)\ntime.sleep(60)"],
+                                stdout=subprocess.PIPE, text=True)
+    assert stubborn.stdout.readline().strip() == "up"
+    t0 = time.monotonic()
+    subprocess.run(["sh", "-c", stop_script(stubborn.pid)], check=True, timeout=15)
+    assert stubborn.wait(5) == -signal.SIGKILL and time.monotonic() - t0 < 10
+    gone = subprocess.run(["sh", "-c", stop_script(stubborn.pid)], timeout=15)
+    assert gone.returncode == 0  # a process already gone: nothing to do

@@ -205,17 +205,25 @@ def on_a_free_port(attempt: Callable[[int], None], reset: Callable[[], None]) ->
 
 
 def stop_ends(*ends: RelayEnd) -> None:
-    """Signal each end's process by the pid it announced and drop its SSH channel (best
-    effort, never raises)."""
+    """End each end's process by the pid it announced — TERM, then KILL if it is still there
+    after 3 s — and drop its SSH channel (best effort, never raises). Not "only if its channel
+    is still open": a tunnel-out outlived its channel after a failed teleport (lab fault test:
+    send relay killed), holding its WAN port with nothing to carry."""
     for end in ends:
         pid = end.pid()
         try:
-            if pid and end.proc is not None and not end.proc.done.is_set():
-                end.site.host.run(["kill", str(pid)], timeout=10)
+            if pid and end.proc is not None:
+                end.site.host.run(["sh", "-c", stop_script(pid)], timeout=15)
             if end.proc is not None:
                 end.proc.close()
         except PcteleportError:
             pass
+
+
+def stop_script(pid: int) -> str:
+    return (f"kill {pid} 2>/dev/null || exit 0; for i in $(seq 30); do "
+            f"kill -0 {pid} 2>/dev/null || exit 0; sleep 0.1; done; kill -9 {pid} 2>/dev/null; "
+            "true")
 
 
 class TunnelPair:
