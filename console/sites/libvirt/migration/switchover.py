@@ -1,4 +1,5 @@
-"""The switch-over sized by the WAN, for teleport on QEMU >= 8.2 (issue 14).
+"""The switch-over sized by the WAN, for teleport: on QEMU >= 8.2 by the rate QEMU assumes, on
+older QEMU by the downtime limit (issue 14).
 
 QEMU stops the guest when what remains fits the downtime limit at the bandwidth it assumes. It
 measures that bandwidth as the rate it writes into its migration socket — for teleport, the
@@ -20,7 +21,8 @@ QEMU < 8.2 (Debian 12's 7.2) has no such parameter. Its decision is remaining <=
 downtime_limit, with qemu_rate its own measurement (over the last 100 ms). ScaledDowntime sets
 the downtime limit, through libvirt's own virDomainMigrateSetMaxDowntime (allowed during a
 migration job), to limit x drain / qemu_rate: the threshold becomes drain x limit, the same
-decision sized by the WAN. The operator's limit is given back after the run.
+decision sized by the WAN (web on 7.2.22: 540 and 408 ms of downtime against 1814 and 921 ms
+without, docs/results.md). The operator's limit is given back after a failed run.
 """
 
 from __future__ import annotations
