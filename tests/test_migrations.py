@@ -108,7 +108,12 @@ def test_every_mode_migrates_there_and_back(backend) -> None:
         if marks["resume"] - marks["iterative"] > 1.5:  # one sample a second while it ran
             assert there.samples
         assert any(p.phase == "done" for p in there.phases)
-        assert "verified at osaka" in there.log[-2].text
+        # the checks at the destination, in order, then the last line
+        texts = [line.text for line in there.log]
+        verified = max(i for i, t in enumerate(texts) if "verified at osaka" in t)
+        assert "writes checked at osaka" in texts[verified + 1]
+        assert "finished successfully" in texts[-1]
+        assert there.write_check is not None and there.write_check.failed == 0
         assert_intact_at(backend, "osaka")
         wan[mode] = there.wan_bytes
         if mode is Mode.TELEPORT:
@@ -120,7 +125,7 @@ def test_every_mode_migrates_there_and_back(backend) -> None:
         assert set(summary) == {"vm", "from", "to", "mode", "result", "total_s", "downtime_ms",
                                 "wan_bytes", "guest_bytes", "pages", "map_refreshes",
                                 "wan_encryption", "memory_encryption", "disk_encryption",
-                                "disk_wan_bytes", "memory_wan_bytes", "disks",
+                                "switchover_sizing", "disk_wan_bytes", "memory_wan_bytes", "disks",
                                 "predicted_wan_bytes", "predicted_total_s", "t_min_s",
                                 "runs_at", "guest_crashed", "ram_pages_differing",
                                 "writes_checked", "writes_lost", "relay_cpu_s_per_gb"}
