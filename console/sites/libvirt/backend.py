@@ -128,12 +128,18 @@ class LibvirtBackend(Backend):
 
     def vms(self, site: str) -> list[VM]:
         rt = self._site(site)
-        try:
-            domains = rt.conn().listAllDomains()
-        except libvirt.libvirtError as exc:
-            raise ServiceError(f"listing VMs at {site}: {exc.get_error_message()}") from None
-        except PcteleportError as exc:
-            raise ServiceError(str(exc)) from None
+        for attempt in (1, 2):
+            try:
+                domains = rt.conn().listAllDomains()
+                break
+            except libvirt.libvirtError as exc:
+                # a connection libvirtd dropped (restarted, keepalive) fails once: ask anew
+                rt.forget_connection()
+                if attempt == 2:
+                    raise ServiceError(f"listing VMs at {site}: "
+                                       f"{exc.get_error_message()}") from None
+            except PcteleportError as exc:
+                raise ServiceError(str(exc)) from None
         out = []
         for dom in domains:
             try:
