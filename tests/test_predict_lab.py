@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import lab_instance, require
+from tests.conftest import lab_backend, require
 
 pytestmark = [pytest.mark.root, pytest.mark.lab, pytest.mark.slow]
 
@@ -30,23 +30,12 @@ def _cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The lab instance's record store (conftest.lab_backend brings the instance up and down)."""
     require(os.geteuid() == 0, "the lab needs root")
     require(shutil.which("qemu-system-x86_64") is not None, "QEMU is not installed")
-    with lab_instance(INSTANCE):
-        records = tmp_path_factory.mktemp("records")
-        old = os.environ.get("PCTELEPORT_RECORDS")
-        os.environ["PCTELEPORT_RECORDS"] = str(records)
-        try:
-            _cli("lab", "down")
-            up = _cli("lab", "up", "--vms", VM, "--wan", "fast")
-            assert up.returncode == 0, up.stderr
-            yield records
-        finally:
-            _cli("lab", "down")
-            if old is None:
-                os.environ.pop("PCTELEPORT_RECORDS", None)
-            else:
-                os.environ["PCTELEPORT_RECORDS"] = old
+    records = tmp_path_factory.mktemp("records")
+    with lab_backend(INSTANCE, VM, records):
+        yield records
 
 
 def _where() -> str:
