@@ -69,6 +69,20 @@ def lab_instance(name: str) -> Iterator[None]:
 
 
 
+def _no_keepalive_timeouts(logs: dict, start: dict[str, int]) -> None:
+    """libvirtd closed none of the connections while the lab was in use for missed keepalive
+    answers: a client whose event loop stopped answering loses its connections when idle,
+    and a destination whose connection closes kills the VM migrating in."""
+    for name, log in logs.items():
+        if not log.exists():
+            continue
+        with log.open("rb") as f:
+            f.seek(start[name])
+            new = f.read().decode(errors="replace")
+        dropped = [line for line in new.splitlines() if "keepalive timeout" in line]
+        assert not dropped, f"libvirtd at {name} dropped a connection: {dropped[0]}"
+
+
 @contextlib.contextmanager
 def lab_backend(name: str, vms: str, records: os.PathLike[str], wan: str = "fast") -> Iterator:
     """A fresh lab instance `name` with `vms` (comma-separated) on the `wan` profile, and a
@@ -95,10 +109,15 @@ def lab_backend(name: str, vms: str, records: os.PathLike[str], wan: str = "fast
 
             b = LibvirtBackend.from_config(LabPaths.default().sites_toml)
             b.store = RecordStore(Path(records))
+            logs = {name: Path(rt.config.lab["host_dir"]) / "log-libvirt" / "libvirtd.log"
+                    for name, rt in b.sites_rt.items()}
+            start = {name: log.stat().st_size if log.exists() else 0
+                     for name, log in logs.items()}
             try:
                 yield b
             finally:
                 b.close()
+            _no_keepalive_timeouts(logs, start)
         finally:
             cli("lab", "down")
             if old_records is None:

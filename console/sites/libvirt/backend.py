@@ -58,7 +58,7 @@ class LibvirtBackend(Backend):
         self.cfg = cfg
         self.title = f"sites from {cfg.path}"
         self.loop = LoopThread()
-        use_event_loop(self.loop)  # before any connection: lifecycle events need it
+        use_event_loop()  # before any connection: keepalive and lifecycle events need it
         self.sites_rt = {s.name: SiteRuntime(s, self.loop) for s in cfg.sites}
         self.store = store or RecordStore()
         self._running: dict[str, MigrationRun] = {}

@@ -1,42 +1,48 @@
-"""Domain lifecycle events from libvirt's event loop (libvirtaio on our asyncio thread).
+"""Domain lifecycle events from libvirt's own event loop, one per process.
 
-libvirt wants its event implementation registered before any connection is opened; after
-that, each site connection reports lifecycle changes (started, suspended for migration,
-resumed at the destination, stopped, ...) to the listeners registered here. The migration
-run uses them to mark stop-and-copy and resume at the moment they happen.
+libvirt wants its event implementation registered once per process, before any connection is
+opened, and running for as long as any connection is open: it answers libvirtd's keepalive
+pings (libvirtd closes a connection that misses them for 30 s, and a destination whose
+connection closes kills the incoming VM) and delivers each site's lifecycle changes (suspended
+for migration, resumed at the destination, stopped, ...) to the listeners registered here. So
+the loop belongs to the process, not to a backend: a backend closed earlier in the same
+process (a test module, a second console) must not take it along.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import libvirt
-import libvirtaio
 
-from pcteleport.sites.remote import LoopThread
-
+_log = logging.getLogger(__name__)
 _registered = False
 _lock = threading.Lock()
 
 
-def use_event_loop(loop: LoopThread) -> None:
-    """Register libvirtaio on `loop` (once per process, before connections are opened)."""
+def _run_events() -> None:
+    while True:
+        try:
+            libvirt.virEventRunDefaultImpl()
+        except Exception:  # one bad callback must not end every connection's loop
+            _log.exception("libvirt event loop iteration failed")
+            time.sleep(0.1)
+
+
+def use_event_loop() -> None:
+    """Register libvirt's default event loop and run it in a daemon thread (once per process,
+    before any connection is opened; later calls do nothing)."""
     global _registered
     with _lock:
         if _registered:
             return
-        done = threading.Event()
-
-        def register() -> None:
-            libvirtaio.virEventRegisterAsyncIOImpl(loop=loop.loop)
-            done.set()
-
-        loop.loop.call_soon_threadsafe(register)
-        done.wait(10)
+        libvirt.virEventRegisterDefaultImpl()
+        threading.Thread(target=_run_events, daemon=True, name="libvirt-events").start()
         _registered = True
 
 
