@@ -162,6 +162,10 @@ def _add_relay(sub: argparse._SubParsersAction) -> None:
                               "first line)")
         tun.add_argument("--insecure", action="store_true",
                          help="frames authenticated but NOT encrypted (for comparison only)")
+        if end == "tunnel-in":
+            tun.add_argument("--owner", metavar="USER:GROUP",
+                             help="the socket's owner: the source QEMU's user (libvirt's DAC "
+                                  "label, e.g. +64055:+64055); default root")
         tun.set_defaults(handler=_relay_tunnel)
 
 

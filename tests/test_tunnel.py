@@ -175,3 +175,76 @@ def test_a_relay_end_is_stopped_even_if_it_ignores_term(tmp_path):
     assert stubborn.wait(5) == -signal.SIGKILL and time.monotonic() - t0 < 10
     gone = subprocess.run(["sh", "-c", stop_script(stubborn.pid)], timeout=15)
     assert gone.returncode == 0  # a process already gone: nothing to do
+
+
+def test_owner_labels_as_libvirt_writes_them() -> None:
+    import grp
+    import pwd
+
+    assert tunnel.parse_owner(None) is None
+    assert tunnel.parse_owner("+64055:+64055") == (64055, 64055)
+    assert tunnel.parse_owner("0:0") == (0, 0)
+    root_group = grp.getgrgid(0).gr_name
+    assert tunnel.parse_owner(f"{pwd.getpwuid(0).pw_name}:{root_group}") == (0, 0)
+    with pytest.raises(tunnel.TunnelError, match="no user 'no-such-user' on this host"):
+        tunnel.parse_owner("no-such-user:0")
+    with pytest.raises(tunnel.TunnelError, match="is not USER:GROUP"):
+        tunnel.parse_owner("64055")
+
+
+def test_the_dac_label_of_a_running_domain() -> None:
+    from pcteleport.sites.libvirt.site_runtime import qemu_dac_label
+
+    debian = ("<domain type='kvm' id='3'><name>web</name>"
+              "<seclabel type='dynamic' model='apparmor' relabel='yes'>"
+              "<label>libvirt-0d5b</label></seclabel>"
+              "<seclabel type='dynamic' model='dac' relabel='yes'>"
+              "<label>+64055:+64055</label><imagelabel>+64055:+64055</imagelabel></seclabel>"
+              "</domain>")
+    assert qemu_dac_label(debian) == "+64055:+64055"
+    assert qemu_dac_label("<domain type='qemu'><name>lab</name></domain>") is None
+    assert qemu_dac_label("<domain><seclabel type='none' model='dac' relabel='no'/></domain>") \
+        is None
+
+
+def _connects_as(uid: int, path: str) -> bool:
+    """Whether a process running as `uid` may connect to the unix socket `path`."""
+    pid = os.fork()
+    if pid == 0:  # the child: drop to uid, try, say by exit status
+        code = 1
+        try:
+            os.setgid(uid)
+            os.setuid(uid)
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as c:
+                c.connect(path)
+            code = 0
+        except OSError:
+            code = 1
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status) == 0
+
+
+@pytest.mark.root
+def test_the_source_socket_belongs_to_the_qemu_user_and_no_one_else(tmp_path) -> None:
+    """libvirt runs QEMU as libvirt-qemu on Debian: the socket QEMU's NBD client connects to
+    is that user's (mode 0600); another unprivileged user cannot connect."""
+    import tempfile
+
+    from tests.conftest import require
+
+    require(os.geteuid() == 0, "changing a socket's owner needs root")
+    here = tempfile.mkdtemp(prefix="pct-tunnel-", dir="/tmp")
+    os.chmod(here, 0o755)  # others may search it: only the socket's mode decides
+    path = os.path.join(here, "nbd.sock")
+    try:
+        start(tunnel.TunnelIn(path, ("127.0.0.1", free_port()), SECRET, owner=(65534, 65534)))
+        st = os.stat(path)
+        assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (65534, 65534, 0o600)
+        assert _connects_as(65534, path)
+        assert not _connects_as(65533, path)
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        os.rmdir(here)

@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import grp
 import hashlib
 import hmac
 import os
+import pwd
 import signal
 import socket
 import struct
@@ -91,9 +93,11 @@ class TunnelIn:
     """Source end: local connections on a unix socket -> the WAN."""
 
     def __init__(self, path: str, to: tuple[str, int], secret: bytes, encrypt: bool = True,
-                 emit: Callable[[events.RelayEvent], None] | None = None) -> None:
+                 emit: Callable[[events.RelayEvent], None] | None = None,
+                 owner: tuple[int, int] | None = None) -> None:
         self.path, self.to, self.secret, self.encrypt = path, to, secret, encrypt
         self.emit = emit or (lambda ev: None)
+        self.owner = owner  # the source QEMU's user: libvirt runs it as libvirt-qemu, not root
 
     def run(self) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -101,7 +105,9 @@ class TunnelIn:
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             listener.bind(self.path)
-            os.chmod(self.path, 0o600)  # only the host's root (QEMU in the lab) may connect
+            os.chmod(self.path, 0o600)  # only the source QEMU's user may connect
+            if self.owner is not None:
+                os.chown(self.path, *self.owner)
             listener.listen(16)
             self.emit(events.Listening(address=f"unix:{self.path}", pid=os.getpid()))
             _serve(listener, self._handle)
@@ -195,6 +201,28 @@ def _unix_path(text: str) -> str:
     return text[len("unix:"):]
 
 
+def parse_owner(text: str | None) -> tuple[int, int] | None:
+    """`UID:GID` as libvirt's DAC label has it (`+64055:+64055`), or user and group names
+    (`libvirt-qemu:kvm`), resolved on this host."""
+    if not text:
+        return None
+    user, sep, group = text.partition(":")
+    if not sep or not user or not group:
+        raise TunnelError(f"owner '{text}' is not USER:GROUP")
+
+    def resolve(name: str, lookup: Callable[[str], int], what: str) -> int:
+        name = name.removeprefix("+")
+        if name.isdigit():
+            return int(name)
+        try:
+            return lookup(name)
+        except KeyError:
+            raise TunnelError(f"no {what} '{name}' on this host (owner '{text}')") from None
+
+    return (resolve(user, lambda n: pwd.getpwnam(n).pw_uid, "user"),
+            resolve(group, lambda n: grp.getgrnam(n).gr_gid, "group"))
+
+
 def main(args: argparse.Namespace) -> int:
     """`relay tunnel-in` (source) or `relay tunnel-out` (destination)."""
     from pcteleport.teleport.relay import Emitter, parse_hostport, read_secret
@@ -205,6 +233,7 @@ def main(args: argparse.Namespace) -> int:
     emit = Emitter(args.relay_command)
     if args.relay_command == "tunnel-in":
         return run_until_stopped(TunnelIn(_unix_path(args.listen), parse_hostport(args.to),
-                                          secret, not args.insecure, emit))
+                                          secret, not args.insecure, emit,
+                                          parse_owner(getattr(args, "owner", None))))
     return run_until_stopped(TunnelOut(parse_hostport(args.listen), _unix_path(args.to),
                                        secret, not args.insecure, emit))

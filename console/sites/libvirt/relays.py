@@ -232,8 +232,10 @@ class TunnelPair:
     `relay tunnel-in` at the source listens on the same path for the source QEMU. Both run
     until `stop`."""
 
-    def __init__(self, src: SiteRuntime, dst: SiteRuntime, secret: str) -> None:
+    def __init__(self, src: SiteRuntime, dst: SiteRuntime, secret: str,
+                 qemu_owner: str | None = None) -> None:
         self.src, self.dst, self.secret = src, dst, secret
+        self.qemu_owner = qemu_owner  # the source QEMU's user:group, who must connect
         self.path = f"/run/pcteleport-nbd-{secrets.token_hex(6)}.sock"
         self.tin = RelayEnd(src, "tunnel-in")
         self.tout = RelayEnd(dst, "tunnel-out")
@@ -250,7 +252,8 @@ class TunnelPair:
             self._spawn(self.tout, "--listen", f"{self.dst.config.wan_addr}:{port}",
                         "--to", f"unix:{self.path}")
             self._spawn(self.tin, "--listen", f"unix:{self.path}",
-                        "--to", f"{self.dst.config.wan_addr}:{port}")
+                        "--to", f"{self.dst.config.wan_addr}:{port}",
+                        *(["--owner", self.qemu_owner] if self.qemu_owner else []))
             self.tout.wait_event(events.Listening, 30)
             self.tin.wait_event(events.Listening, 30)
 

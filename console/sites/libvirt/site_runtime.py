@@ -66,6 +66,18 @@ def is_tcg(xml: str) -> bool:
     return ET.fromstring(xml).get("type") == "qemu"
 
 
+def qemu_dac_label(xml: str) -> str | None:
+    """The user:group libvirt runs the domain's QEMU as (the live XML's DAC seclabel, e.g.
+    `+64055:+64055` for libvirt-qemu:kvm on Debian), or None when libvirt does not say (the
+    DAC driver off, as in the lab: QEMU runs as root)."""
+    for sec in ET.fromstring(xml).findall("seclabel"):
+        if sec.get("model") == "dac" and sec.get("relabel", "yes") != "no":
+            label = (sec.findtext("label") or sec.findtext("imagelabel") or "").strip()
+            if label:
+                return label
+    return None
+
+
 def _source_path(elem: ET.Element | None) -> str:
     source = elem.find("source") if elem is not None else None
     return (source.get("file") or source.get("dev") or "") if source is not None else ""

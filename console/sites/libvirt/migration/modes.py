@@ -27,7 +27,7 @@ from pcteleport.sites.libvirt.migration.plan import (
     teleport_sources,
 )
 from pcteleport.sites.libvirt.relays import RelayPair, TunnelPair
-from pcteleport.sites.libvirt.site_runtime import SiteRuntime
+from pcteleport.sites.libvirt.site_runtime import SiteRuntime, qemu_dac_label
 
 LIBVIRT_MULTIFD_ZSTD = 9_004_000  # libvirt 9.4 passes compression=zstd to multifd itself
 QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
@@ -160,7 +160,8 @@ def _disks_through_tunnel(plan: Plan, journal: Journal, out: Prepared) -> None:
     """libvirt's TLS would hide the memory stream from the send relay, so teleport's NBD copy
     goes through our own tunnel, in the relays' AES-256-GCM frames: libvirt's NBD server at
     the destination on a unix socket, the same path at the source where QEMU connects."""
-    tunnel = out.tunnel = TunnelPair(plan.src, plan.dst, secrets.token_hex(32))
+    owner = qemu_dac_label(plan.src.domain(plan.vm_uuid or plan.vm).XMLDesc(0))
+    tunnel = out.tunnel = TunnelPair(plan.src, plan.dst, secrets.token_hex(32), owner)
     tunnel.start()
     out.params[libvirt.VIR_MIGRATE_PARAM_DISKS_URI] = tunnel.disks_uri
     journal.log(f"teleport: the disks' NBD copy goes through the encrypted tunnel "
