@@ -81,8 +81,15 @@ def migrate(vm: str, to: str, mode: str, bandwidth_mib: float | None, as_json: b
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr if as_json else sys.stdout, flush=True)
     if predict:  # measured before the start, so the record can keep it beside the run
-        inputs = _measure(backend, vm, to, request.bandwidth_cap_bytes_per_s, auto_converge,
-                          sys.stderr if as_json else sys.stdout)
+        try:
+            inputs = _measure(backend, vm, to, request.bandwidth_cap_bytes_per_s,
+                              auto_converge, sys.stderr if as_json else sys.stdout)
+        except KeyboardInterrupt:  # the measurement's own helpers stop in its finally blocks
+            where = backend.runs_at(vm)
+            backend.close()
+            print(f"pcteleport: interrupted while measuring, before the migration started: "
+                  f"nothing was started; VM {vm} is running at {where}", file=sys.stderr)
+            return 130
         request = dataclasses.replace(request, prediction_inputs=inputs)
 
     def on_event(event: object) -> None:
@@ -115,6 +122,8 @@ def migrate(vm: str, to: str, mode: str, bandwidth_mib: float | None, as_json: b
 
 def _measure(backend: LibvirtBackend, vm: str, to: str, cap: float | None,
              auto_converge: bool, out: Any) -> PredictionInputs | None:
+    print("measuring before the start (composition, restorable maps, RAM sample, dirty rate;"
+          " --no-predict skips it)...", file=out, flush=True)
     try:
         inputs = backend.prediction_inputs(vm, to, cap, auto_converge)
     except PcteleportError as exc:

@@ -172,6 +172,13 @@ class LibvirtBackend(Backend):
                                + "; ".join(unreachable))
         raise ServiceError(f"no running VM '{vm_uuid}' at any site")
 
+    def runs_at(self, vm_uuid: str) -> str:
+        """The site where the VM runs, or a sentence saying why that is not known."""
+        try:
+            return self._locate(vm_uuid)[0].name
+        except PcteleportError as exc:
+            return f"an unknown site ({exc})"
+
     def engine_warning(self, vm_uuid: str) -> str | None:
         rt, dom = self._locate(vm_uuid)
         try:
