@@ -120,6 +120,22 @@ def relays_left(backend) -> list[str]:
     return out.stdout.splitlines()
 
 
+def site_processes(site: str, pattern: str) -> list[str]:
+    """Command lines matching `pattern` of processes in this lab's `site` (its network
+    namespace: other labs on the host run the same commands)."""
+    pids = subprocess.run(["ip", "netns", "pids", _netns(site)], capture_output=True,
+                          text=True).stdout.split()
+    found = []
+    for pid in pids:
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if pattern in cmdline:
+            found.append(cmdline.strip())
+    return found
+
+
 def qemu_pid(backend, site: str) -> int | None:
     """The PID of this lab's QEMU for the VM at `site` (libvirt's pid file), if it runs."""
     pid_file = host_dir(backend, site).parent / "run-libvirt" / "qemu" / f"{VM}.pid"
@@ -284,15 +300,18 @@ def test_wan_down_for_60_s_fails_cleanly(at_tokyo) -> None:
     assert "nothing reached osaka over the WAN (is the link down?)" in rec.error
 
 
-@pytest.mark.parametrize("stage", ["storage", "memory"])
+@pytest.mark.parametrize("stage", ["measuring", "storage", "memory"])
 def test_ctrl_c_of_migrate(at_tokyo, stage: str) -> None:
-    """SIGINT to `pcteleport migrate` while libvirt mirrors the disks, and while QEMU copies the
-    memory: it aborts, the VM runs on at tokyo, and the last line says so."""
+    """SIGINT to `pcteleport migrate` while it measures for its prediction (before anything
+    started), while libvirt mirrors the disks, and while QEMU copies the memory: it stops, the
+    VM runs on at tokyo, and the last line says so."""
     backend = at_tokyo
     if stage == "storage":  # data in the overlay, so that its copy lasts at the cap
         shell(backend, "tokyo", "dd if=/dev/urandom of=/data/blob bs=1M count=8 2>/dev/null;"
               " sync")
-    wanted = "storage migration active" if stage == "storage" else " migration active, "
+    wanted = {"measuring": "measuring before the start", "storage": "storage migration active",
+              "memory": " migration active, "}[stage]
+    records_before = len(backend.records().records)
     proc = subprocess.Popen(
         [sys.executable, "-m", "pcteleport.cli", "migrate", VM, "--to", "osaka", "--mode",
          "stock", "--bandwidth", "2", "--json"],
@@ -304,6 +323,8 @@ def test_ctrl_c_of_migrate(at_tokyo, stage: str) -> None:
         for line in proc.stderr:
             seen.append(line)
             if wanted in line:
+                if stage == "measuring":
+                    time.sleep(2)  # into the measurement: the agent's walk, the RAM sample
                 proc.send_signal(signal.SIGINT)
                 break
         stdout, rest = proc.communicate(timeout=180)
@@ -311,12 +332,23 @@ def test_ctrl_c_of_migrate(at_tokyo, stage: str) -> None:
         proc.kill()
     err = [*seen, *rest.splitlines(keepends=True)]
     assert any(wanted in line for line in seen), "".join(seen)
-    assert proc.returncode == 1, "".join(err)
     assert not any("Traceback" in line for line in err), "".join(err)
-    summary = json.loads(stdout.strip().splitlines()[-1])
-    assert summary["result"] == "aborted" and summary["runs_at"] == "tokyo"
     last = err[-1].strip()
     print(f"Ctrl-C at {stage}: {last}")
+    if stage == "measuring":
+        assert proc.returncode == 130, "".join(err)
+        assert stdout == ""
+        assert last == (f"pcteleport: interrupted while measuring, before the migration "
+                        f"started: nothing was started; VM {VM} is running at tokyo")
+        assert len(backend.records().records) == records_before
+        assert where(backend) == {"tokyo": "running"}
+        assert relays_left(backend) == []
+        assert site_processes("tokyo", "guest-ram serve") == []  # the RAM sampler stopped
+        guest_answers(backend, "tokyo")
+        return
+    assert proc.returncode == 1, "".join(err)
+    summary = json.loads(stdout.strip().splitlines()[-1])
+    assert summary["result"] == "aborted" and summary["runs_at"] == "tokyo"
     assert "aborted by the operator" in last and f"VM {VM} is running at tokyo" in last
     rec = max(backend.records().records, key=lambda r: r.started_at)
     assert_failed_cleanly(backend, rec, Result.ABORTED)
@@ -404,3 +436,61 @@ def test_destination_libvirtd_killed_mid_migration(at_tokyo) -> None:
                                         "migration; libvirt: "), rec.error
     assert any("removed /srv/vms/web-small/vda.qcow2, /srv/vms/web-small/vdb.qcow2 at osaka"
                in line.text for line in rec.log)
+
+
+def test_ssh_to_the_destination_cut_mid_migration(at_tokyo) -> None:
+    """Every SSH connection to osaka cut (its sshd's session processes killed) while the memory
+    is copied by teleport: libvirt's connection to osaka rides on SSH (qemu+ssh), as do the
+    relay and tunnel at osaka. The run fails naming osaka, the VM runs on at tokyo, and once SSH
+    answers again osaka holds nothing of the run: no domain, no overlay, no relay."""
+    from pcteleport.lab import shell as labshell
+    from pcteleport.lab.paths import LabPaths
+
+    backend = at_tokyo
+    sshd = labshell.read_pid(LabPaths.default().site("osaka").sshd_pid)
+    assert sshd is not None
+    cut: list[str] = []
+
+    def cut_ssh() -> None:
+        out = subprocess.run(["pkill", "-KILL", "-e", "-P", str(sshd)], capture_output=True,
+                             text=True)
+        cut.append(out.stdout)
+
+    rec = migrate(backend, "osaka", Mode.TELEPORT, cap=8 * MiB, during=once_copying_memory(cut_ssh))
+    assert cut and "killed" in cut[0], cut
+    print(f"SSH to osaka cut: {rec.result}: {rec.error}; {rec.log[-1].text}")
+    assert_failed_cleanly(backend, rec)
+    assert "osaka" in (rec.error or ""), rec.error
+
+
+def test_destination_disk_full_during_the_storage_copy(at_tokyo) -> None:
+    """osaka's directory for the VM's overlays is a 2 MiB filesystem and the VM has 8 MiB of
+    new data in its overlay: libvirt's storage copy fails with ENOSPC at osaka. The run fails
+    saying osaka's disk is full, the VM runs on at tokyo with its disks untouched, osaka keeps
+    nothing of the run."""
+    from pcteleport.lab import shell as labshell
+    from pcteleport.lab.paths import LabPaths
+
+    backend = at_tokyo
+    holder = labshell.read_pid(LabPaths.default().site("osaka").holder_pid)
+    assert holder is not None
+    vm_dir = f"/srv/vms/{VM}"
+
+    def at_osaka(*cmd: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(labshell.in_site(holder, cmd), capture_output=True, text=True,
+                              timeout=60)
+
+    shell(backend, "tokyo", "dd if=/dev/urandom of=/data/blob bs=1M count=8 2>/dev/null; sync")
+    assert at_osaka("mkdir", "-p", vm_dir).returncode == 0
+    mounted = at_osaka("mount", "-t", "tmpfs", "-o", "size=2m", "pctfull", vm_dir)
+    assert mounted.returncode == 0, mounted.stderr
+    try:
+        rec = migrate(backend, "osaka", Mode.STOCK)
+        print(f"osaka's disk full: {rec.result}: {rec.error}; {rec.log[-1].text}")
+        assert_failed_cleanly(backend, rec)
+        assert "No space left on device" in (rec.error or ""), rec.error
+        assert "osaka" in (rec.error or ""), rec.error
+        assert not at_osaka("ls", "-A", vm_dir).stdout.strip()  # nothing left on it either
+    finally:
+        at_osaka("umount", vm_dir)
+    shell(backend, "tokyo", "rm -f /data/blob; sync")
