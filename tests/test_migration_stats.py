@@ -119,3 +119,75 @@ def test_a_stall_counts_from_the_last_time_any_byte_moved():
     assert s.still_for(5, 111.0) == 0.0  # disk or memory moved
     assert s.still_for(5, 140.5) == 29.5
     assert s.still_for(4, 141.0) == 30.0  # a smaller sum (a counter reset) is no progress
+
+
+MiB = 2**20
+
+
+def _feed(conv: stats.Convergence, passes: list[int], seconds_per_pass: float,
+          samples_per_pass: int = 5) -> float:
+    """Samples as libvirt gives them: each pass starts at its size and falls within it."""
+    now = 0.0
+    for n, size in enumerate(passes, start=1):
+        for k in range(samples_per_pass):
+            conv.update(n, size - k * size // samples_per_pass, now)
+            now += seconds_per_pass / samples_per_pass
+    return now
+
+
+def test_passes_that_shrink_converge():
+    conv = stats.Convergence()
+    now = _feed(conv, [256 * MiB, 96 * MiB, 60 * MiB, 40 * MiB, 25 * MiB, 15 * MiB, 9 * MiB,
+                       5 * MiB, 3 * MiB, 2 * MiB, MiB // 2], 20)
+    assert now > 200 and not conv.stuck(now)
+
+
+def test_passes_that_stay_as_big_never_converge():
+    """The lab's run that copied 6 GiB for a 256 MiB guest: every pass ~96 MiB."""
+    conv = stats.Convergence()
+    now = _feed(conv, [256 * MiB] + [96 * MiB] * 6, 20)
+    assert not conv.stuck(now)  # 7 passes: too few to say
+    now = _feed(conv, [256 * MiB] + [96 * MiB] * 8, 20)
+    assert conv.stuck(now) and conv.typical_pass() == 96 * MiB
+
+
+def test_a_late_shrink_is_progress():
+    conv = stats.Convergence()
+    now = _feed(conv, [256 * MiB] + [96 * MiB] * 7 + [60 * MiB], 20)
+    assert not conv.stuck(now)
+
+
+def test_fast_passes_need_a_minute_before_the_verdict():
+    conv = stats.Convergence()
+    now = _feed(conv, [8 * MiB] * 20, 1)
+    assert now < 60 and not conv.stuck(now)
+    assert conv.stuck(60.0)
+
+
+def test_auto_converge_gets_more_passes():
+    conv = stats.Convergence.for_run(auto_converge=True)
+    now = _feed(conv, [256 * MiB] + [96 * MiB] * 12, 20)
+    assert not conv.stuck(now)
+    now = _feed(conv, [256 * MiB] + [96 * MiB] * 30, 20)
+    assert conv.stuck(now)
+
+
+def test_the_disks_copy_is_not_a_pass():
+    conv = stats.Convergence()
+    for t in range(300):
+        conv.update(0, 50 * MiB, float(t))
+    assert not conv.stuck(300.0) and conv.started_at is None
+
+
+def test_the_message_says_why_and_what_helps():
+    s = stats.build_sample(300.0, Phase.ITERATIVE, {**JOB, "memory_iteration": 9,
+                                                    "memory_dirty_rate": 2095,
+                                                    "memory_bps": 5 * MiB}, wan_rate=5e6)
+    conv = stats.Convergence()
+    _feed(conv, [256 * MiB] + [96 * MiB] * 8, 20)
+    text = stats.not_converging(s, conv, auto_converge=False)
+    assert text.startswith("not converging: after 9 passes over its memory the guest still "
+                           "dirtied 96.0 MiB between passes (it writes 8.2 MiB/s, the "
+                           "migration moves 5.0 MiB/s)")
+    assert "--auto-converge slows the guest" in text and "\n" not in text
+    assert "even with auto-converge" in stats.not_converging(s, conv, auto_converge=True)

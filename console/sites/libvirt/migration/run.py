@@ -7,8 +7,10 @@ import contextlib
 import dataclasses
 import threading
 import time
+import traceback
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 
 import libvirt
 
@@ -120,6 +122,11 @@ class MigrationRun:
             else:
                 self._fail(Result.FAILED, exc.get_error_message() if isinstance(
                     exc, libvirt.libvirtError) else str(exc), wan_before)
+        except Exception as exc:  # a bug of ours: still a record, the truth about the VM
+            where = traceback.extract_tb(exc.__traceback__)[-1]
+            self._fail(Result.FAILED, f"internal error in pcteleport ({type(exc).__name__}: "
+                       f"{exc} at {Path(where.filename).name}:{where.lineno}); the migration "
+                       "was abandoned", wan_before)
         finally:
             self.transfer.forget_switchover(self._domain)
             if self.prepared.maps is not None:

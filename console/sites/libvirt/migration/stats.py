@@ -142,3 +142,65 @@ class Stall:
         if moved > self.moved:
             self.moved, self.moved_at = moved, now
         return now - self.moved_at
+
+
+class Convergence:
+    """Whether QEMU's passes over guest memory still shrink. Each pass starts with the pages
+    the guest dirtied during the one before (libvirt's memory_remaining is highest at a
+    pass's start and only falls within it); QEMU switches over once a pass's remainder fits
+    its downtime limit at the rate it measures. A guest that dirties memory as fast as the
+    migration sends it keeps every pass as big as the last: QEMU then copies for ever (the
+    lab saw one run 12 minutes, 6 GiB for a 256 MiB guest) with the operator told nothing.
+
+    Stuck: at least `min_passes` passes and `min_s` seconds into the memory copy, and the
+    smallest pass of the last `window` is no smaller than `shrink` times the smallest before
+    them. With auto-converge QEMU throttles the guest more each pass, so it gets more passes
+    (`for_run`)."""
+
+    def __init__(self, min_passes: int = 8, window: int = 4, shrink: float = 0.8,
+                 min_s: float = 60.0) -> None:
+        self.min_passes, self.window, self.shrink, self.min_s = min_passes, window, shrink, min_s
+        self.passes: dict[int, int] = {}  # pass number -> its largest remainder seen
+        self.started_at: float | None = None
+
+    @classmethod
+    def for_run(cls, auto_converge: bool) -> Convergence:
+        return cls(min_passes=30) if auto_converge else cls()
+
+    def update(self, iteration: int, remaining: int, now: float) -> None:
+        if iteration < 1:
+            return  # the disks' copy, or no memory pass yet
+        if self.started_at is None:
+            self.started_at = now
+        self.passes[iteration] = max(self.passes.get(iteration, 0), remaining)
+
+    def stuck(self, now: float) -> bool:
+        if self.started_at is None or now - self.started_at < self.min_s or not self.passes:
+            return False
+        last = max(self.passes)
+        if last < self.min_passes:
+            return False
+        recent = [v for n, v in self.passes.items() if n > last - self.window]
+        earlier = [v for n, v in self.passes.items() if n <= last - self.window]
+        if not recent or not earlier:
+            return False
+        return min(recent) >= self.shrink * min(earlier)
+
+    def typical_pass(self) -> int:
+        """The size of the recent passes (for the message)."""
+        last = max(self.passes, default=0)
+        recent = [v for n, v in self.passes.items() if n > last - self.window]
+        return min(recent) if recent else 0
+
+
+def not_converging(s: MigrationSample, conv: Convergence, auto_converge: bool) -> str:
+    """Why a migration that never converged was abandoned, and what the operator can do."""
+    rates = (f"it writes {fmt_bytes(s.dirty_rate_bytes_per_s)}/s, the migration moves "
+             f"{fmt_bytes(s.guest_rate_bytes_per_s)}/s")
+    hint = ("even with auto-converge slowing the guest; a higher bandwidth or a quieter "
+            "moment helps" if auto_converge else
+            "--auto-converge slows the guest until it fits; a higher bandwidth or a quieter "
+            "moment helps")
+    return (f"not converging: after {s.iteration} passes over its memory the guest still "
+            f"dirtied {fmt_bytes(conv.typical_pass())} between passes ({rates}), too much for "
+            f"the switch-over; the migration was abandoned ({hint})")

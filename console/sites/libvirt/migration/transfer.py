@@ -23,9 +23,11 @@ from pcteleport.sites.libvirt.migration.plan import (
     fmt_bytes,
 )
 from pcteleport.sites.libvirt.migration.stats import (
+    Convergence,
     Stall,
     WanRate,
     build_sample,
+    not_converging,
     progress_line,
 )
 from pcteleport.sites.libvirt.site_runtime import WanMeter
@@ -34,6 +36,10 @@ from pcteleport.teleport import events
 
 class TransferFailed(MigrationFailed):
     """libvirt's migration job failed, and libvirt's message is all we know yet."""
+
+
+#: how long a job we abort after our own failure may take to end before the run reports
+ABANDON_S = 120.0
 
 
 class Transfer:
@@ -46,7 +52,7 @@ class Transfer:
         self.disk_processed = 0  # the most libvirt said its storage migration copied
         self.memory_processed = 0  # ... and the memory stream (for a run that failed)
         self.told_qemu = False  # avail-switchover-bandwidth was set on the source QEMU
-        self.stalled = ""  # why the job was abandoned for moving nothing (see Stall)
+        self.stalled = ""  # why we abandoned the job: it moved nothing, or never converged
         self._drain: float | None = None  # the WAN's drain rate from the latest relay stats
 
     def run(self, dom: libvirt.virDomain) -> None:
@@ -69,12 +75,20 @@ class Transfer:
             self.journal.phase(Phase.ITERATIVE, 1)
             self.called = True
             worker.start()
-            meter = p.src.wan_meter()
             try:
-                self._sample_loop(dom, worker, meter)
-            finally:
-                if meter is not None:
-                    meter.close()
+                meter = p.src.wan_meter()
+                try:
+                    self._sample_loop(dom, worker, meter)
+                finally:
+                    if meter is not None:
+                        meter.close()
+            except BaseException:
+                # Whatever went wrong here, libvirt's job must not go on unwatched: a run
+                # that leaves migrate3 copying in the background has lost track of its VM.
+                with contextlib.suppress(libvirt.libvirtError):
+                    dom.abortJob()
+                worker.join(ABANDON_S)
+                raise
             worker.join()
         finally:
             for site in (p.src, p.dst):
@@ -92,7 +106,7 @@ class Transfer:
             self.abort.check()
             if relay_problem:  # we aborted the job because a relay failed
                 raise MigrationFailed(relay_problem)
-            if self.stalled:  # we aborted it: nothing moved for too long
+            if self.stalled:  # we aborted it: nothing moved for too long, or no convergence
                 raise MigrationFailed(self.stalled)
             if err.get_error_code() == libvirt.VIR_ERR_OPERATION_ABORTED:
                 raise Aborted("aborted through libvirt (pcteleport abort, or virsh domjobabort)")
@@ -119,6 +133,7 @@ class Transfer:
         remaining_min: int | None = None
         start = time.monotonic()
         stall = Stall(start)
+        converging = Convergence.for_run(self.plan.auto_converge)
         tick = 0.5  # a first sample soon, then one a second on a steady clock
         while worker.is_alive():
             worker.join(max(0.0, start + tick - time.monotonic()))
@@ -160,6 +175,14 @@ class Transfer:
                 self.stalled = (f"no progress for {idle:.0f} s: nothing reached "
                                 f"{self.plan.dst.name} over the WAN (is the link down?); "
                                 "the migration was abandoned")
+                j.log(self.stalled)
+                with contextlib.suppress(libvirt.libvirtError):
+                    dom.abortJob()
+            now = time.monotonic()
+            if sample.total_bytes:
+                converging.update(sample.iteration, sample.remaining_bytes, now)
+            if converging.stuck(now) and not self.stalled:
+                self.stalled = not_converging(sample, converging, self.plan.auto_converge)
                 j.log(self.stalled)
                 with contextlib.suppress(libvirt.libvirtError):
                     dom.abortJob()
