@@ -460,7 +460,7 @@ def test_ssh_to_the_destination_cut_mid_migration(at_tokyo) -> None:
     assert cut and "killed" in cut[0], cut
     print(f"SSH to osaka cut: {rec.result}: {rec.error}; {rec.log[-1].text}")
     assert_failed_cleanly(backend, rec)
-    assert "osaka" in (rec.error or ""), rec.error
+    assert "its SSH connection to osaka was lost" in (rec.error or ""), rec.error
 
 
 def test_destination_disk_full_during_the_storage_copy(at_tokyo) -> None:
@@ -488,9 +488,13 @@ def test_destination_disk_full_during_the_storage_copy(at_tokyo) -> None:
         rec = migrate(backend, "osaka", Mode.STOCK)
         print(f"osaka's disk full: {rec.result}: {rec.error}; {rec.log[-1].text}")
         assert_failed_cleanly(backend, rec)
-        assert "No space left on device" in (rec.error or ""), rec.error
-        assert "osaka" in (rec.error or ""), rec.error
-        assert not at_osaka("ls", "-A", vm_dir).stdout.strip()  # nothing left on it either
+        assert (rec.error or "").startswith(
+            f"the disk at osaka holding the VM's images is full ({vm_dir} "), rec.error
+        assert "MiB free): the disks' copy could not be written there; libvirt: " in rec.error
+        assert "No space left on device" in rec.error
+        # nothing of the run's left on it: no image (the incoming QEMU's serial log stays, as
+        # it does at every site a VM has run: the evidence if a guest had crashed there)
+        assert at_osaka("ls", "-A", vm_dir).stdout.split() in ([], ["console.log"])
     finally:
         at_osaka("umount", vm_dir)
     shell(backend, "tokyo", "rm -f /data/blob; sync")

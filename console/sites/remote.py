@@ -89,7 +89,8 @@ class RemoteProcess:
             if self._proc.exit_signal:
                 self.exit_signal = str(self._proc.exit_signal[0])
         except (asyncssh.Error, OSError) as exc:
-            self.stderr_lines.append(f"connection lost: {exc}")
+            self.stderr_lines.append(f"its SSH connection to {self.host.site.name} was lost "
+                                     f"({exc})")
             self.exit_status = -1
         finally:
             self.done.set()

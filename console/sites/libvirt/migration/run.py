@@ -111,6 +111,8 @@ class MigrationRun:
             elif self.destination.qemu_crashed():  # libvirt only says the channel broke
                 self._fail(Result.FAILED, f"the QEMU at {p.dst.name} receiving the VM died "
                            f"(its libvirt log: reason=crashed); {exc}", wan_before)
+            elif storage.NO_SPACE in str(exc):  # libvirt names the disk, not the host
+                self._fail(Result.FAILED, storage.disk_full(p, str(exc)), wan_before)
             elif not answers(p.dst):  # libvirt only says "client socket is closed"
                 self._fail(Result.FAILED, f"libvirt at {p.dst.name} stopped answering during "
                            f"the migration; {exc}", wan_before)

@@ -214,3 +214,25 @@ def drop_source_layers(plan: Plan, out: Storage, log: Log) -> None:
     busy = _paths_in_use(plan.src)
     remove_images(plan.src, [p for p in moved if p not in busy], log,
                   f"VM {plan.vm} now writes its disks at {plan.dst.name}")
+
+
+NO_SPACE = "No space left on device"
+
+
+def disk_full(plan: Plan, error: str) -> str:
+    """The one line for a storage copy that failed with ENOSPC: libvirt names the disk but
+    not the host. The mirror writes at the destination, so say how much room its disks'
+    directories have left (asked over SSH; only libvirt's words if it cannot be asked)."""
+    dirs = sorted({str(PurePosixPath(d.path).parent) for d in plan.disks if d.writable})
+    room = ""
+    if dirs:
+        try:
+            out = plan.dst.host.check(["df", "-Pk", "--", *dirs], timeout=20)
+            free = [f"{fields[5]} {int(fields[3]) * 1024 / 2**20:.1f} MiB free"
+                    for fields in (line.split() for line in out.splitlines()[1:])
+                    if len(fields) >= 6 and fields[3].isdigit()]
+            room = f" ({', '.join(dict.fromkeys(free))})" if free else ""
+        except PcteleportError:
+            pass
+    return (f"the disk at {plan.dst.name} holding the VM's images is full{room}: the disks' "
+            f"copy could not be written there; {error}")
