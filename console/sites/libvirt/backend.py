@@ -51,6 +51,9 @@ STATES = {
 }
 PROFILE_RATES = {"default": (100e6 / 8, 50.0), "fast": (1e9 / 8, 10.0), "slow": (30e6 / 8, 100.0)}
 RTT_TTL = 60.0
+#: a paused domain's reasons that mean a migration holds it (its job lock, to the end)
+MIGRATION_PAUSES = (libvirt.VIR_DOMAIN_PAUSED_MIGRATION, libvirt.VIR_DOMAIN_PAUSED_STARTING_UP,
+                    libvirt.VIR_DOMAIN_PAUSED_POSTCOPY)
 
 
 class LibvirtBackend(Backend):
@@ -65,6 +68,7 @@ class LibvirtBackend(Backend):
         self._lock = threading.Lock()
         self._rtt: dict[tuple[str, str], tuple[float, float | None]] = {}
         self._wan_profile = cfg.wan_profile  # the live profile: bench switches it
+        self._xml_seen: dict[str, str] = {}  # each VM's XML as last read (by UUID)
 
     @classmethod
     def from_config(cls, path: str | Path) -> LibvirtBackend:
@@ -143,17 +147,25 @@ class LibvirtBackend(Backend):
         out = []
         for dom in domains:
             try:
+                uuid = dom.UUIDString()
                 state, max_kib, _mem, vcpus, _cpu = dom.info()
-                xml = dom.XMLDesc(0)
-                disks = [Disk(d.target, d.path) for d in domain_disks(xml)
-                         if d.serial != "pctroot"]
+                paused_for = dom.state()[1] if state == libvirt.VIR_DOMAIN_PAUSED else None
+                in_migration = paused_for in MIGRATION_PAUSES
+                # libvirt's XML needs the domain's job lock, which an incoming migration holds
+                # to its end: asking would wait 30 s and fail, and pile up the console's polls
+                xml = self._xml_seen.get(uuid) if in_migration else dom.XMLDesc(0)
+                if xml is not None and not in_migration:
+                    self._xml_seen[uuid] = xml
             except libvirt.libvirtError:
                 continue  # it went away while we looked
             vm_state = STATES.get(state, VMState.UNKNOWN)
-            if dom.UUIDString() in self._running:
+            if uuid in self._running or in_migration:
                 vm_state = VMState.MIGRATING
-            out.append(VM(dom.UUIDString(), dom.name(), site, vm_state, vcpus, max_kib * 1024,
-                          disks, tcg=is_tcg(xml), qemu_version=rt.domain_qemu_version(xml)))
+            disks = ([Disk(d.target, d.path) for d in domain_disks(xml) if d.serial != "pctroot"]
+                     if xml else [])
+            out.append(VM(uuid, dom.name(), site, vm_state, vcpus, max_kib * 1024, disks,
+                          tcg=is_tcg(xml) if xml else False,
+                          qemu_version=rt.domain_qemu_version(xml) if xml else ""))
         return sorted(out, key=lambda v: v.name)
 
     def _locate(self, vm_uuid: str) -> tuple[SiteRuntime, libvirt.virDomain]:
