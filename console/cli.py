@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_codec(sub)
     _add_relay(sub)
     _add_guest_ram(sub)
+    _add_qemu_cpu(sub)
     _add_replay(sub)
     _add_lab(sub)
     _add_sites(sub)
@@ -197,6 +198,24 @@ def _guest_ram_serve(args: argparse.Namespace) -> int:
     from pcteleport.sites.libvirt import ramcheck
 
     return ramcheck.serve(args.vm, args.pid)
+
+
+def _add_qemu_cpu(sub: argparse._SubParsersAction) -> None:
+    cpu = sub.add_parser("qemu-cpu", help="a local VM's QEMU threads' CPU during a migration "
+                         "(site host)")
+    csub = cpu.add_subparsers(dest="cpu_command", metavar="ACTION", required=True)
+    watch = csub.add_parser("watch", help="read the QEMU's threads' CPU until stdin ends; "
+                            "answer 'report' lines (JSON lines on stdout)")
+    watch.add_argument("--vm", required=True, help="the libvirt domain's name on this host")
+    watch.add_argument("--wait", type=positive_number, default=600.0, metavar="S",
+                       help="give up when no QEMU of the VM ran within S seconds (default 600)")
+    watch.set_defaults(handler=_qemu_cpu_watch)
+
+
+def _qemu_cpu_watch(args: argparse.Namespace) -> int:
+    from pcteleport.sites.libvirt import proc_cpu
+
+    return proc_cpu.watch(args.vm, args.wait)
 
 
 # --- console -----------------------------------------------------------------------------
