@@ -480,6 +480,10 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
                        help="every mode in clear on the WAN (no libvirt TLS, relays' frames "
                             "unencrypted): run once with and once without to see what "
                             "encryption costs")
+    bench.add_argument("--encryption-cost", action="store_true",
+                       help="every mode twice per round, encrypted and in clear, side by side "
+                            "in this run, with the CPU of the processes carrying each migration "
+                            "at each site")
     bench.set_defaults(handler=_bench_migrations)
     bsub = bench.add_subparsers(dest="bench_command", metavar="WHAT")
     codec = bsub.add_parser("codec", help="codec speed and WAN bytes on a captured stream")
@@ -540,7 +544,8 @@ def _bench_migrations(args: argparse.Namespace) -> int:
     command = "pcteleport " + " ".join(sys.argv[1:])
     return runner.main(args.scenario, args.modes, args.wan, args.repeat, args.json, args.out,
                        args.before, args.after, args.return_wan, command, args.max_downtime,
-                       args.auto_converge, args.force, args.insecure)
+                       args.auto_converge, args.force, args.insecure,
+                       encryption_cost=args.encryption_cost)
 
 
 def _bench_soak(args: argparse.Namespace) -> int:
