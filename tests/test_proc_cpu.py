@@ -197,3 +197,52 @@ def test_relays_and_tunnel_ends_count_from_when_they_listened():
     assert [side for side, _ in meter.missing] == ["destination", "destination"]
     assert "could not read the CPU of process 10 at osaka" in meter.missing[0][1]
     assert "relay recv at osaka: no CPU figure" in meter.missing[1][1]
+
+
+class _WatchHost:
+    """A site host whose `qemu-cpu watch` answers each request at once, as the real one does."""
+
+    def __init__(self, answers: dict[str, str]) -> None:
+        self.answers, self.argv, self.fed = answers, None, []
+
+    def spawn(self, argv, on_line):
+        import threading
+
+        host = self
+        on_line('{"event": "ready", "pid": 4200}')
+
+        class Proc:
+            done = threading.Event()
+
+            def feed(self, data: str, eof: bool = True) -> None:
+                host.fed.append(data)
+                if data.strip() in host.answers:
+                    on_line(host.answers[data.strip()])
+
+            def close(self) -> None:
+                pass
+
+            def how_it_ended(self) -> str:
+                return "exit status 1"
+
+        self.argv = argv
+        return Proc()
+
+
+def test_the_console_side_asks_the_watcher_and_reads_its_threads():
+    report = {"event": "report", "pid": 4200, "ended": True,
+              "threads": [[4200, "main", 1.0, 1.25, False], [4201, "CPU 0/TCG", 3.0, 9.0, False],
+                          [4203, "mig/src/main", 0.0, 2.0, True]]}
+    host = _WatchHost({"report": json.dumps(report)})
+    site = SimpleNamespace(name="tokyo", host=host,
+                           config=SimpleNamespace(relay_command=("pcteleport",)))
+    w = proc_cpu.QemuCpuWatch(site, "web", "source")
+    assert host.argv == ["pcteleport", "qemu-cpu", "watch", "--vm", "web"]
+    assert w.wait("ready", 5)["pid"] == 4200
+    assert spans_used(w.report(), "source") == {"main": 0.25, "mig/src/main": 2.0}
+    w.close()
+    assert host.fed == ["report\n", ""]  # the request, then the end of its stdin
+    silent = proc_cpu.QemuCpuWatch(SimpleNamespace(name="osaka", host=_WatchHost({}),
+                                                   config=site.config), "web", "destination")
+    with pytest.raises(ProcCpuError, match="CPU watch at osaka: no report within 1 s"):
+        silent.report(timeout=1)

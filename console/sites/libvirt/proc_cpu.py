@@ -212,49 +212,21 @@ class QemuCpuWatch:
 
     def __init__(self, site: Any, vm: str, side: str) -> None:  # site: SiteRuntime
         self.site, self.vm, self.side = site, vm, side
-        self._lines: list[dict[str, Any]] = []
-        self._cv = threading.Condition()
         argv = [*site.config.relay_command, "qemu-cpu", "watch", "--vm", vm]
-        self._proc = site.host.spawn(argv, self._on_line)
+        from pcteleport.sites.remote import JsonLines  # here: site hosts need no SSH client
 
-    def _on_line(self, line: str) -> None:
-        try:
-            ev = json.loads(line)
-        except ValueError:
-            return
-        if isinstance(ev, dict):
-            with self._cv:
-                self._lines.append(ev)
-                self._cv.notify_all()
+        self._proc = JsonLines(site.host, argv, f"CPU watch at {site.name}", ProcCpuError)
 
     def wait(self, event: str, timeout: float) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        with self._cv:
-            while True:
-                for i, ev in enumerate(self._lines):
-                    if ev.get("event") in (event, "error"):
-                        del self._lines[i]
-                        if ev["event"] == "error":
-                            raise ProcCpuError(f"CPU watch at {self.site.name}: "
-                                               f"{ev.get('message')}")
-                        return ev
-                if self._proc.done.is_set():
-                    raise ProcCpuError(f"CPU watch at {self.site.name}: "
-                                       f"{self._proc.how_it_ended()}")
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise ProcCpuError(f"CPU watch at {self.site.name}: no {event} within "
-                                       f"{timeout:.0f} s")
-                self._cv.wait(min(left, 0.5))
+        return self._proc.wait(event, timeout)
 
     def report(self, timeout: float = 20.0) -> list[ThreadSpan]:
-        self._proc.feed("report\n", eof=False)
-        ev = self.wait("report", timeout)
+        self._proc.send("report\n")
+        ev = self._proc.wait("report", timeout)
         return [ThreadSpan(int(t[0]), str(t[1]), float(t[2]), float(t[3]), bool(t[4]))
                 for t in ev.get("threads", [])]
 
     def close(self) -> None:
-        self._proc.feed("", eof=True)  # it ends when its stdin does
         self._proc.close()
 
 
