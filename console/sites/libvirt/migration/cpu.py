@@ -29,7 +29,7 @@ class CpuMeter:
         for side, site in zip(SIDES, (self.plan.src, self.plan.dst), strict=True):
             try:
                 self.watches[side] = QemuCpuWatch(site, self.plan.vm, side)
-            except PcteleportError as exc:
+            except (PcteleportError, OSError) as exc:  # measuring never fails the migration
                 self.missing.append((side, f"QEMU at {site.name}: {exc}"))
 
     def ready(self, timeout: float = 30.0) -> None:

@@ -148,7 +148,7 @@ class MigrationRun:
     def _finish(self, wan_before: int | None) -> None:
         p, rec, relays = self.plan, self.record, self.prepared.relays
         # first: the destination QEMU's main thread goes on with the guest's I/O from now on
-        cpu = self.cpu.qemu_and_tunnels(self.prepared) if self.cpu is not None else []
+        measured = self.cpu.qemu_and_tunnels(self.prepared) if self.cpu is not None else []
         ram_problem = (self.destination.compare_ram(
             self._ram_src, default_records_dir() / "ram-evidence" / self.run_id)
             if p.compare_ram else "")
@@ -187,7 +187,7 @@ class MigrationRun:
                          "of guest memory)")
         if self.cpu is not None:
             rec.migration_cpu = mc = stats.migration_cpu(
-                cpu + self.cpu.relays(self.prepared), self.cpu.missing, rec.pages)
+                measured + self.cpu.relays(self.prepared), self.cpu.missing, rec.pages)
             if mc is not None:
                 self.log(cpu_line(mc))
         if summary is not None and self.prepared.maps is not None:
