@@ -244,5 +244,30 @@ def test_the_console_side_asks_the_watcher_and_reads_its_threads():
     assert host.fed == ["report\n", ""]  # the request, then the end of its stdin
     silent = proc_cpu.QemuCpuWatch(SimpleNamespace(name="osaka", host=_WatchHost({}),
                                                    config=site.config), "web", "destination")
-    with pytest.raises(ProcCpuError, match="CPU watch at osaka: no report within 1 s"):
+    with pytest.raises(ProcCpuError, match="QEMU's CPU watch at osaka: no report within 1 s"):
         silent.report(timeout=1)
+
+
+def test_a_meter_watches_both_qemus_and_a_side_it_could_not_watch_has_no_figure():
+    src_report = {"event": "report", "pid": 1, "ended": True,
+                  "threads": [[1, "main", 0.5, 1.0, False], [2, "mig/src/main", 0, 3.0, True],
+                              [3, "CPU 0/TCG", 1.0, 50.0, False]]}
+    config = SimpleNamespace(relay_command=("pcteleport",))
+    tokyo = SimpleNamespace(name="tokyo", host=_WatchHost({"report": json.dumps(src_report)}),
+                            config=config)
+    osaka = SimpleNamespace(name="osaka", host=_WatchHost({"report": json.dumps(
+        {"event": "error", "message": "no QEMU of VM web started within 600 s"})}),
+        config=config)
+    meter = CpuMeter(SimpleNamespace(vm="web", src=tokyo, dst=osaka))
+    meter.start()
+    meter.ready()
+    prepared = SimpleNamespace(relays=None, tunnel=None)
+    got = meter.qemu_and_tunnels(prepared) + meter.relays(prepared)  # type: ignore[arg-type]
+    assert got == [ProcessCpu("source", "tokyo", "qemu", 3.5,
+                              {"main": 0.5, "mig/src/main": 3.0})]  # the vCPU's 49 s: not ours
+    mc = stats.migration_cpu(got, meter.missing, PageCounts(sent=244_141))
+    assert mc is not None and mc.send_s == 3.5 and mc.send_s_per_gb == pytest.approx(3.5, 0.01)
+    assert mc.recv_s is None and mc.missing == [
+        "destination: QEMU's CPU watch at osaka: no QEMU of VM web started within 600 s"]
+    meter.close()
+    assert tokyo.host.fed[-1] == "" and osaka.host.fed[-1] == ""  # both told to end

@@ -215,7 +215,7 @@ class QemuCpuWatch:
         argv = [*site.config.relay_command, "qemu-cpu", "watch", "--vm", vm]
         from pcteleport.sites.remote import JsonLines  # here: site hosts need no SSH client
 
-        self._proc = JsonLines(site.host, argv, f"CPU watch at {site.name}", ProcCpuError)
+        self._proc = JsonLines(site.host, argv, f"QEMU's CPU watch at {site.name}", ProcCpuError)
 
     def wait(self, event: str, timeout: float) -> dict[str, Any]:
         return self._proc.wait(event, timeout)

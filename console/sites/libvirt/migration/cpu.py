@@ -30,7 +30,7 @@ class CpuMeter:
             try:
                 self.watches[side] = QemuCpuWatch(site, self.plan.vm, side)
             except (PcteleportError, OSError) as exc:  # measuring never fails the migration
-                self.missing.append((side, f"QEMU at {site.name}: {exc}"))
+                self.missing.append((side, f"QEMU's CPU watch at {site.name}: {exc}"))
 
     def ready(self, timeout: float = 30.0) -> None:
         """The source's first reading taken: only then may its QEMU start migrating (the
@@ -41,7 +41,7 @@ class CpuMeter:
         try:
             w.wait("ready", timeout)
         except PcteleportError as exc:
-            self.missing.append(("source", f"QEMU at {w.site.name}: {exc}"))
+            self.missing.append(("source", str(exc)))
             self._drop("source")
 
     def qemu_and_tunnels(self, prepared: Prepared) -> list[ProcessCpu]:
@@ -53,7 +53,7 @@ class CpuMeter:
             try:
                 threads = spans_used(w.report(), side)
             except PcteleportError as exc:
-                self.missing.append((side, f"QEMU at {w.site.name}: {exc}"))
+                self.missing.append((side, str(exc)))
                 continue
             if not threads:
                 self.missing.append((side, f"QEMU at {w.site.name}: no migration thread "
