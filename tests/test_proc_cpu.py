@@ -44,7 +44,7 @@ def test_a_stat_line_gives_the_threads_name_and_its_user_plus_system_time():
 
 
 @pytest.mark.parametrize(("name", "side", "expected"), [
-    ("main", "source", True), ("main", "destination", True),
+    ("main", "source", False), ("main", "destination", True),
     ("mig/src/main", "source", True), ("live_migration", "source", True),
     ("mig/src/send_1", "source", True), ("multifdsend_0", "source", True),
     ("mig/dst/recv_0", "destination", True), ("multifdrecv_3", "destination", True),
@@ -66,13 +66,13 @@ def test_a_watch_keeps_each_threads_first_and_last_reading_and_those_born_count_
     assert w.ended
     rep = w.report()
     spans = [ThreadSpan(*t) for t in rep["threads"]]
-    assert spans_used(spans, "source") == {"main": 0.75, "mig/src/main": 0.4}
+    assert spans_used(spans, "source") == {"mig/src/main": 0.4}
     assert spans_used(spans, "destination") == {"main": 0.75}
 
 
 def test_threads_of_a_real_process_are_read_with_their_names_and_cpu(tmp_path):
     """A local process names two of its threads as QEMU does (writing their comm) and burns
-    CPU in them; /proc says which is which, and only the migration one and main count."""
+    CPU in them; /proc says which is which, and only the migration one counts at the source."""
     child = textwrap.dedent("""
         import os, sys, threading, time
         def named(name, ready):
@@ -104,7 +104,8 @@ def test_threads_of_a_real_process_are_read_with_their_names_and_cpu(tmp_path):
         w = Watch(proc.pid)
         w.poll(threads)
         spans = [ThreadSpan(*t) for t in w.report()["threads"]]
-        assert set(spans_used(spans, "source")) == {"main", "mig/src/main"}
+        assert set(spans_used(spans, "source")) == {"mig/src/main"}
+        assert set(spans_used(spans, "destination")) == {"main"}
     finally:
         proc.kill()
         proc.wait()
@@ -239,7 +240,7 @@ def test_the_console_side_asks_the_watcher_and_reads_its_threads():
     w = proc_cpu.QemuCpuWatch(site, "web", "source")
     assert host.argv == ["pcteleport", "qemu-cpu", "watch", "--vm", "web"]
     assert w.wait("ready", 5)["pid"] == 4200
-    assert spans_used(w.report(), "source") == {"main": 0.25, "mig/src/main": 2.0}
+    assert spans_used(w.report(), "source") == {"mig/src/main": 2.0}
     w.close()
     assert host.fed == ["report\n", ""]  # the request, then the end of its stdin
     silent = proc_cpu.QemuCpuWatch(SimpleNamespace(name="osaka", host=_WatchHost({}),
@@ -263,10 +264,10 @@ def test_a_meter_watches_both_qemus_and_a_side_it_could_not_watch_has_no_figure(
     meter.ready()
     prepared = SimpleNamespace(relays=None, tunnel=None)
     got = meter.qemu_and_tunnels(prepared) + meter.relays(prepared)  # type: ignore[arg-type]
-    assert got == [ProcessCpu("source", "tokyo", "qemu", 3.5,
-                              {"main": 0.5, "mig/src/main": 3.0})]  # the vCPU's 49 s: not ours
+    assert got == [ProcessCpu("source", "tokyo", "qemu", 3.0,
+                              {"mig/src/main": 3.0})]  # the vCPU's 49 s and main's: not ours
     mc = stats.migration_cpu(got, meter.missing, PageCounts(sent=244_141))
-    assert mc is not None and mc.send_s == 3.5 and mc.send_s_per_gb == pytest.approx(3.5, 0.01)
+    assert mc is not None and mc.send_s == 3.0 and mc.send_s_per_gb == pytest.approx(3.0, 0.01)
     assert mc.recv_s is None and mc.missing == [
         "destination: QEMU's CPU watch at osaka: no QEMU of VM web started within 600 s"]
     meter.close()

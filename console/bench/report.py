@@ -340,9 +340,10 @@ def encryption_section(table: list[ModeRow], runs: list[ModeRun]) -> list[str]:
         "others: libvirt's TLS) and in clear (`--insecure`), in the same run, one right after "
         "the other. *ratio*: encrypted / clear, of the means above (measured once on a shared "
         "machine: a guide, not a bound). *CPU*: what the processes carrying the migration used "
-        "at each side, per GB of guest memory moved: QEMU's migration threads and its main "
-        "thread (the incoming stream and the disks' NBD copy; never its vCPUs), and for "
-        "teleport its relays and tunnel ends from when they listened "
+        "at each side, per GB of guest memory moved: QEMU's migration threads, and at the "
+        "destination its main thread, where the incoming stream is loaded (never its vCPUs, nor "
+        "the source's main thread: the guest's device I/O), and for teleport its relays and "
+        "tunnel ends from when they listened "
         "(console/sites/libvirt/proc_cpu.py).",
         "",
         *cpu_per_run(runs),

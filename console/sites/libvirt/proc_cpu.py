@@ -91,14 +91,18 @@ def read_threads(pid: int, proc: Path = Path("/proc")) -> list[ThreadCpu]:
 def counted(name: str, side: str) -> bool:
     """Is this QEMU thread the migration's work at `side` ("source" or "destination")?
 
-    The main thread counts at both: at the destination the incoming precopy stream is loaded
-    there (a coroutine of the main loop), and at both sides it runs the NBD client and server
-    of the disks' storage copy, with their TLS. Migration threads count at their side. vCPUs
-    never (the guest's work), nor QEMU's other helpers (I/O workers, RCU, VNC)."""
+    Migration threads count at their side (on QEMU 10: mig/src/main, mig/src/return,
+    mig/src/tls, mig/src/send_N; mig/dst/recv_N). The main thread counts at the destination
+    only: the incoming precopy stream is loaded there (a coroutine of the main loop), before the
+    guest runs. At the source it runs the guest's device I/O for as long as the migration lasts
+    (a lab run charged a 24 s encrypted stock run 0.64 s there against 0.11 s for its 6 s clear
+    twin), beside the NBD client of the disks' copy, whose share is small (teleport's tunnel-in
+    carrying the same bytes used 0.02 s). vCPUs never count (the guest's work), nor QEMU's other
+    helpers (I/O workers, RCU, the monitor's I/O thread)."""
     if VCPU.match(name):
         return False
     if name == MAIN:
-        return True
+        return side == "destination"
     return bool((SOURCE_THREADS if side == "source" else DEST_THREADS).match(name))
 
 
