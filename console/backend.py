@@ -69,6 +69,9 @@ class MigrationRequest:
     #: teleport's relays authenticate their frames but do not encrypt them (for comparison
     #: only; the record says so)
     insecure: bool = False
+    #: measure the CPU the migration costs at each site (QEMU's migration threads, teleport's
+    #: relays and tunnel ends) into the record's migration_cpu; a watcher per site while it runs
+    measure_cpu: bool = False
     #: what was measured before the start (Backend.prediction_inputs): the record keeps the
     #: prediction it gives for this mode, and T_min, beside what the run measured
     prediction_inputs: PredictionInputs | None = None

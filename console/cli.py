@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_codec(sub)
     _add_relay(sub)
     _add_guest_ram(sub)
+    _add_qemu_cpu(sub)
     _add_replay(sub)
     _add_lab(sub)
     _add_sites(sub)
@@ -201,6 +202,24 @@ def _guest_ram_serve(args: argparse.Namespace) -> int:
     from pcteleport.sites.libvirt import ramcheck
 
     return ramcheck.serve(args.vm, args.pid)
+
+
+def _add_qemu_cpu(sub: argparse._SubParsersAction) -> None:
+    cpu = sub.add_parser("qemu-cpu", help="a local VM's QEMU threads' CPU during a migration "
+                         "(site host)")
+    csub = cpu.add_subparsers(dest="cpu_command", metavar="ACTION", required=True)
+    watch = csub.add_parser("watch", help="read the QEMU's threads' CPU until stdin ends; "
+                            "answer 'report' lines (JSON lines on stdout)")
+    watch.add_argument("--vm", required=True, help="the libvirt domain's name on this host")
+    watch.add_argument("--wait", type=positive_number, default=600.0, metavar="S",
+                       help="give up when no QEMU of the VM ran within S seconds (default 600)")
+    watch.set_defaults(handler=_qemu_cpu_watch)
+
+
+def _qemu_cpu_watch(args: argparse.Namespace) -> int:
+    from pcteleport.sites.libvirt import proc_cpu
+
+    return proc_cpu.watch(args.vm, args.wait)
 
 
 # --- console -----------------------------------------------------------------------------
@@ -465,6 +484,10 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
                        help="every mode in clear on the WAN (no libvirt TLS, relays' frames "
                             "unencrypted): run once with and once without to see what "
                             "encryption costs")
+    bench.add_argument("--encryption-cost", action="store_true",
+                       help="every mode twice per round, encrypted and in clear, side by side "
+                            "in this run, with the CPU of the processes carrying each migration "
+                            "at each site")
     bench.set_defaults(handler=_bench_migrations)
     bsub = bench.add_subparsers(dest="bench_command", metavar="WHAT")
     codec = bsub.add_parser("codec", help="codec speed and WAN bytes on a captured stream")
@@ -525,7 +548,8 @@ def _bench_migrations(args: argparse.Namespace) -> int:
     command = "pcteleport " + " ".join(sys.argv[1:])
     return runner.main(args.scenario, args.modes, args.wan, args.repeat, args.json, args.out,
                        args.before, args.after, args.return_wan, command, args.max_downtime,
-                       args.auto_converge, args.force, args.insecure)
+                       args.auto_converge, args.force, args.insecure,
+                       encryption_cost=args.encryption_cost)
 
 
 def _bench_soak(args: argparse.Namespace) -> int:

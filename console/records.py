@@ -398,6 +398,37 @@ class RelayCpu:
 
 
 @dataclass
+class ProcessCpu:
+    """CPU one process at one side used for a migration (user + system), and of which threads:
+    the thread names counted and the seconds of each; {} when the whole process counts."""
+
+    side: str  # "source" or "destination"
+    site: str
+    process: str  # "qemu", "relay send", "relay recv", "tunnel-in", "tunnel-out"
+    cpu_s: float
+    threads: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class MigrationCpu:
+    """CPU the processes that carry a migration over the WAN (and encrypt it, when it is) used
+    at each side, in seconds and per GB (1e9 bytes) of guest memory the migration moved (its
+    pages x 4096: teleported, zero and sent alike). QEMU's migration threads in every mode
+    (never its vCPUs: sites/libvirt/proc_cpu.py says which); teleport adds its relays and disk
+    tunnel ends, each from when it listened. Measured on request (MigrationRequest.measure_cpu).
+    A side's figures are None when a process there could not be measured (`missing` says
+    which and why): a partial sum is no figure to compare."""
+
+    send_s: float | None
+    recv_s: float | None
+    guest_memory_bytes: int
+    send_s_per_gb: float | None
+    recv_s_per_gb: float | None
+    processes: list[ProcessCpu] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)  # "source: QEMU at tokyo: ..."
+
+
+@dataclass
 class MigrationRecord:
     run_id: str
     vm: str
@@ -454,6 +485,8 @@ class MigrationRecord:
     t_min_s: float | None = None
     #: teleport: the relays' CPU (None in other modes, or when a relay did not say)
     relay_cpu: RelayCpu | None = None
+    #: CPU of every process carrying the migration, at each side (None: not measured)
+    migration_cpu: MigrationCpu | None = None
     schema: int = SCHEMA_VERSION
 
     def summary(self) -> dict[str, Any]:
@@ -494,6 +527,9 @@ class MigrationRecord:
             "writes_lost": None if self.write_check is None else self.write_check.failed,
             "relay_cpu_s_per_gb": None if self.relay_cpu is None else {
                 "send": self.relay_cpu.send_s_per_gb, "recv": self.relay_cpu.recv_s_per_gb},
+            "migration_cpu_s_per_gb": None if self.migration_cpu is None else {
+                "send": self.migration_cpu.send_s_per_gb,
+                "recv": self.migration_cpu.recv_s_per_gb},
         }
 
     def to_json(self, indent: int | None = 1) -> str:

@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from xml.etree import ElementTree as ET
 
 import pytest
@@ -24,9 +25,18 @@ from pcteleport.bench import report, svg
 from pcteleport.bench.runner import BenchOptions, ModeRun, ordered_modes
 from pcteleport.bench.scenario import GUEST_PROGRAMS, load
 from pcteleport.bench.timeline import Point, summarise, to_points
+from pcteleport.errors import PcteleportError
 from pcteleport.lab import datafill, scenarios
 from pcteleport.record_store import RecordStore
-from pcteleport.records import DiskMove, MigrationRecord, Mode, PageCounts, Result
+from pcteleport.records import (
+    DiskMove,
+    MigrationCpu,
+    MigrationRecord,
+    Mode,
+    PageCounts,
+    ProcessCpu,
+    Result,
+)
 from tests.conftest import lab_instance, require
 
 # --- analysis and output, on made-up timelines ---------------------------------------------
@@ -186,16 +196,158 @@ def test_an_insecure_run_says_so_in_its_name_table_and_json(tmp_path):
     assert "no encryption" not in report.markdown(secure, _runs()[:1], "b", "now")
 
 
-def test_bench_insecure_reaches_the_runner(monkeypatch):
+def test_bench_insecure_and_encryption_cost_reach_the_runner(monkeypatch):
     from pcteleport import cli
     from pcteleport.bench import runner
 
     got = []
-    monkeypatch.setattr(runner, "main", lambda *a: got.append(a) or 0)
+    monkeypatch.setattr(runner, "main", lambda *a, **k: got.append((a, k)) or 0)
     assert cli.main(["bench", "--scenario", "web-small", "--insecure"]) == 0
-    assert got[0][-1] is True
-    assert cli.main(["bench", "--scenario", "web-small"]) == 0
-    assert got[1][-1] is False
+    assert got[0][0][-1] is True and got[0][1]["encryption_cost"] is False
+    assert cli.main(["bench", "--scenario", "web-small", "--encryption-cost"]) == 0
+    assert got[1][0][-1] is False and got[1][1]["encryption_cost"] is True
+
+
+def _cpu_run(mode: Mode, variant: str, total_s: float, downtime: float, send: float | None,
+             recv: float | None, round_no: int = 1) -> ModeRun:
+    r = _run(mode, total_s, 100_000_000, downtime, 1000)
+    r.round, r.variant = round_no, variant
+    r.record.migration_cpu = MigrationCpu(
+        send_s=send, recv_s=recv, guest_memory_bytes=10**9, send_s_per_gb=send,
+        recv_s_per_gb=recv,
+        processes=[ProcessCpu("source", "tokyo", "qemu", send or 0.0,
+                              {"main": 0.25, "mig/src/main": (send or 0.25) - 0.25}),
+                   ProcessCpu("destination", "osaka", "qemu", recv or 0.0, {"main": recv or 0})],
+        missing=[] if recv is not None else ["destination: QEMU at osaka: gone"])
+    return r
+
+
+def test_the_encryption_cost_table_puts_each_mode_encrypted_beside_clear_with_ratios():
+    runs = [_cpu_run(Mode.STOCK, "encrypted", 12, 300, 2.0, 1.5),
+            _cpu_run(Mode.STOCK, "clear", 10, 250, 1.0, 0.5),
+            _cpu_run(Mode.TELEPORT, "clear", 6, 200, 0.5, None),
+            _cpu_run(Mode.TELEPORT, "encrypted", 6, 220, 1.0, 0.75),
+            _cpu_run(Mode.STOCK, "clear", 10, 250, 1.0, 0.5, round_no=2),
+            _cpu_run(Mode.STOCK, "encrypted", 12, 300, 2.0, 1.5, round_no=2)]
+    opts = BenchOptions(load("web-small"), [Mode.STOCK, Mode.TELEPORT], "fast",
+                        encryption_cost=True, repeat=2)
+    md = report.markdown(opts, runs, "pcteleport bench --encryption-cost", "now")
+    section = md.split("## The cost of encryption")[1].split("## Predicted")[0]
+    table = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+             for line in section.splitlines() if line.startswith("| stock |")
+             or line.startswith("| teleport |")}
+    # stock: 12 s against 10 s in clear; 300 ms against 250; CPU 2.0 / 1.0, 1.5 / 0.5
+    assert table["stock"] == ["12.0", "10.0", "1.20×", "300", "250", "1.20×",
+                              "2.00", "1.00", "2.00×", "1.50", "0.50", "3.00×"]
+    # teleport: the clear run's destination was not all measured: no figure, no ratio
+    assert table["teleport"][6:] == ["1.00", "0.50", "2.00×", "0.75", "–", "–"]
+    every = [line for line in section.splitlines() if line.startswith("| 1 | teleport clear |")]
+    assert len(every) == 1 and "destination: QEMU at osaka: gone" in every[0]
+    assert "src qemu 0.50 (main 0.25, mig/src/main 0.25)" in every[0]
+    # the main table: each variant its own row, its ratios to stock of the same variant
+    main = {line.split("|")[1].strip(): line for line in md.split("## The cost")[0].splitlines()
+            if line.startswith("| ") and "/" in line.split("|")[2]}
+    assert {"stock encrypted", "stock clear", "teleport clear", "teleport encrypted"} <= set(main)
+    assert "| 6.0 | 0.60× |" in main["teleport clear"]  # 6 s against stock clear's 10 s
+    assert "| 6.0 | 0.50× |" in main["teleport encrypted"]  # against stock encrypted's 12 s
+    assert "encryption cost" not in report.markdown(
+        BenchOptions(load("web-small"), [Mode.STOCK], "fast"), _runs()[:1], "b", "now").lower()
+
+
+def test_an_encryption_cost_run_renders_again_from_its_json(tmp_path):
+    runs = [_cpu_run(Mode.STOCK, "encrypted", 12, 300, 2.0, 1.5),
+            _cpu_run(Mode.STOCK, "clear", 10, 250, 1.0, 0.5)]
+    opts = BenchOptions(load("web-small"), [Mode.STOCK], "fast", encryption_cost=True)
+    md = report.write(tmp_path, opts, runs, "pcteleport bench --encryption-cost")
+    assert "-encryption-cost-" in md.name
+    text = md.read_text()
+    md.unlink()
+    assert report.rerender(Path(str(md)[:-3] + ".json")).read_text() == text
+
+
+class _Guest:
+    def __init__(self, *_a: object) -> None:
+        pass
+
+    def install_programs(self, site: str) -> None:
+        pass
+
+    def run(self, site: str, script: str, timeout: float = 60) -> str:
+        return ""
+
+    def start(self, site: str, name: str, argv: list[str]) -> int:
+        return 1
+
+    def wait_rows(self, site: str, names: list[str]) -> None:
+        pass
+
+    def clock_offset(self, site: str) -> float:
+        return 0.0
+
+    def stop(self, site: str, pids: list[int]) -> None:
+        pass
+
+    def rows(self, site: str, name: str) -> list:
+        return []
+
+    def errors(self, site: str, name: str) -> str:
+        return ""
+
+
+class _Backend:
+    """Moves the VM where each request says, and keeps the requests."""
+
+    cfg = None
+
+    def __init__(self) -> None:
+        self.at, self.requests = "tokyo", []
+
+    def vms(self, site: str) -> list:
+        return [SimpleNamespace(name="web-small", state="running")] if site == self.at else []
+
+    def migrate(self, request, on_event) -> MigrationRecord:
+        self.requests.append(request)
+        self.at = request.to_site
+        return MigrationRecord(run_id="r", vm=request.vm_uuid, from_site="x",
+                               to_site=request.to_site, mode=request.mode, result=Result.OK,
+                               total_s=1.0)
+
+    def prediction_inputs(self, *a: object) -> None:
+        raise PcteleportError("not measured here")
+
+    def engine_warning(self, vm: str) -> str:
+        return ""
+
+    def forget_wan_measurements(self, profile: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def test_encryption_cost_runs_each_mode_encrypted_and_clear_in_turn(monkeypatch):
+    """The runner's order with a double for the lab: per round and mode, the pair back to back
+    (swapped in the next round), each measured migration asking for its CPU, the clear one
+    in clear; the trips home are neither measured nor in clear."""
+    from pcteleport.bench import guest as guest_mod
+    from pcteleport.bench import runner
+
+    monkeypatch.setattr(guest_mod, "LabGuest", _Guest)
+    monkeypatch.setattr(runner.wan, "use_profile", lambda *a: None)
+    backend = _Backend()
+    opts = BenchOptions(load("web-small"), [Mode.TELEPORT, Mode.STOCK], "fast", repeat=2,
+                        before_s=0, after_s=0, max_downtime_ms=None, encryption_cost=True)
+    runs = runner.Bench(opts, say=lambda _t: None, backend=backend).run()  # type: ignore[arg-type]
+    assert [(r.round, r.label) for r in runs] == [
+        (1, "stock encrypted"), (1, "stock clear"), (1, "teleport encrypted"),
+        (1, "teleport clear"), (2, "stock clear"), (2, "stock encrypted"),
+        (2, "teleport clear"), (2, "teleport encrypted")]
+    measured = [q for q in backend.requests if q.to_site == "osaka"]
+    assert [(q.mode, q.insecure) for q in measured] == [
+        (r.mode, r.variant == "clear") for r in runs]
+    assert all(q.measure_cpu for q in measured)
+    home = [q for q in backend.requests if q.to_site == "tokyo"]
+    assert len(home) == 8 and not any(q.insecure or q.measure_cpu for q in home)
 
 
 def test_bar_heights_follow_the_values():

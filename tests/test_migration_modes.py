@@ -52,6 +52,7 @@ def plan(mode: Mode, libvirt_version: int, wan_addr: str = "10.77.0.2", **kw):
         vm="web", mode=mode, auto_converge=kw.get("auto_converge", False),
         bandwidth_cap=kw.get("bandwidth_cap"), disks=kw.get("disks", []), data_disk="",
         data_serial="", data_target="", insecure=kw.get("insecure", False),
+        measure_cpu=False,
         src=SimpleNamespace(name="tokyo", conn=lambda: conn, host=kw.get("src_host", Host())),
         dst=SimpleNamespace(name="osaka", config=SimpleNamespace(wan_addr=wan_addr),
                             host=kw.get("dst_host", Host())))

@@ -128,7 +128,8 @@ def test_every_mode_migrates_there_and_back(backend) -> None:
                                 "switchover_sizing", "disk_wan_bytes", "memory_wan_bytes", "disks",
                                 "predicted_wan_bytes", "predicted_total_s", "t_min_s",
                                 "runs_at", "guest_crashed", "ram_pages_differing",
-                                "writes_checked", "writes_lost", "relay_cpu_s_per_gb"}
+                                "writes_checked", "writes_lost", "relay_cpu_s_per_gb",
+                                "migration_cpu_s_per_gb"}
         assert summary["disk_wan_bytes"] + summary["memory_wan_bytes"] == there.wan_bytes
         assert summary["runs_at"] == "osaka" and summary["guest_crashed"] is False
         # teleport: memory in its relays' frames, disks through its tunnel; else libvirt's TLS

@@ -16,12 +16,14 @@ from pcteleport.records import (
     DiskCopy,
     DiskMove,
     LogLine,
+    MigrationCpu,
     MigrationRecord,
     MigrationSample,
     Mode,
     PageCounts,
     Phase,
     PhaseMark,
+    ProcessCpu,
     RamCheck,
     RecordBuilder,
     RecordError,
@@ -64,14 +66,14 @@ def test_summary_has_exactly_the_issue_5_11_14_and_16_keys() -> None:
                        "disk_wan_bytes", "memory_wan_bytes", "disks", "predicted_wan_bytes",
                        "predicted_total_s", "t_min_s", "runs_at",
                        "guest_crashed", "ram_pages_differing", "writes_checked", "writes_lost",
-                       "relay_cpu_s_per_gb"]
+                       "relay_cpu_s_per_gb", "migration_cpu_s_per_gb"]
     assert s["writes_checked"] is None and s["writes_lost"] is None  # not checked
     assert s["disks"] == [] and s["disk_wan_bytes"] == s["memory_wan_bytes"] == 0
     assert s["pages"] == {"teleported": 70_000, "zero": 120_000, "sent": 40_000,
                           "teleported_after_refresh": 1_500, "written_since_base": 0}
     assert s["map_refreshes"] == 4
     assert s["guest_crashed"] is False and s["ram_pages_differing"] is None
-    assert s["relay_cpu_s_per_gb"] is None
+    assert s["relay_cpu_s_per_gb"] is None and s["migration_cpu_s_per_gb"] is None
     r.guest_console = ["Kernel panic - not syncing: Fatal exception in interrupt"]
     r.ram_check = RamCheck(pages=65536, differing=3, first=["0x1000"])
     r.runs_at = "nowhere"
@@ -103,6 +105,15 @@ def test_summary_has_exactly_the_issue_5_11_14_and_16_keys() -> None:
                            send_s_per_gb=0.6, recv_s_per_gb=0.3)
     assert r.summary()["relay_cpu_s_per_gb"] == {"send": 0.6, "recv": 0.3}
     assert MigrationRecord.from_json(r.to_json()) == r
+    # issue 16: the CPU of every process carrying the migration, a side unmeasured as None
+    r.migration_cpu = MigrationCpu(
+        send_s=1.5, recv_s=None, guest_memory_bytes=10**9, send_s_per_gb=1.5,
+        recv_s_per_gb=None,
+        processes=[ProcessCpu("source", "tokyo", "qemu", 0.3, {"main": 0.1, "mig/src/main": 0.2}),
+                   ProcessCpu("source", "tokyo", "relay send", 1.2)],
+        missing=["destination: QEMU at osaka: no report within 20 s"])
+    assert r.summary()["migration_cpu_s_per_gb"] == {"send": 1.5, "recv": None}
+    assert MigrationRecord.from_json(r.to_json()) == r
     json.dumps(s)  # serialisable as is
 
 
@@ -130,6 +141,7 @@ def test_older_records_without_optional_fields_still_load() -> None:
                        "total_s": 12})
     r = MigrationRecord.from_json(text)
     assert r.total_s == 12.0 and isinstance(r.total_s, float) and r.samples == []
+    assert r.relay_cpu is None and r.migration_cpu is None  # older than issues 15 and 16
 
 
 def test_builder_accumulates_events_and_replays_them_in_time_order() -> None:

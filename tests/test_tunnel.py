@@ -12,7 +12,7 @@ import threading
 
 import pytest
 
-from pcteleport.teleport import tunnel, wan
+from pcteleport.teleport import events, tunnel, wan
 from tests.test_relay import free_port
 from tests.test_wan_encryption import RecordingWan
 
@@ -44,11 +44,15 @@ class EchoServer(threading.Thread):
 
 
 def start(obj: tunnel.TunnelIn | tunnel.TunnelOut) -> None:
-    """Run it in a thread; return once it listens (its Listening event)."""
+    """Run it in a thread; return once it listens (its Listening event, which names the
+    process to stop and the CPU it had used by then: the start-up a run does not count)."""
     listening = threading.Event()
-    obj.emit = lambda ev: listening.set()
+    seen: list[events.RelayEvent] = []
+    obj.emit = lambda ev: (seen.append(ev), listening.set())
     threading.Thread(target=obj.run, daemon=True).start()
     assert listening.wait(60)
+    ev = seen[0]
+    assert isinstance(ev, events.Listening) and ev.pid == os.getpid() and ev.cpu_s > 0
 
 
 def roundtrip(path: str, payload: bytes) -> bytes:

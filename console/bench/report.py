@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pcteleport.bench import svg
-from pcteleport.bench.runner import BenchOptions, ModeRun, describe
+from pcteleport.bench.runner import CLEAR, ENCRYPTED, BenchOptions, ModeRun, describe
 from pcteleport.errors import PcteleportError
 from pcteleport.records import MigrationRecord, Mode
 
@@ -47,6 +47,18 @@ class ModeRow:
     time_error: float | None = None
     t_min_s: float | None = None
     x_t_min: float | None = None
+    #: "encrypted" or "clear" in an --encryption-cost run (runner.ModeRun.variant), else ""
+    variant: str = ""
+    #: the CPU of the processes carrying the migration (records.MigrationCpu), per side:
+    #: seconds, and seconds per GB of guest memory moved
+    send_cpu_s: float | None = None
+    recv_cpu_s: float | None = None
+    send_cpu_s_per_gb: float | None = None
+    recv_cpu_s_per_gb: float | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.mode} {self.variant}" if self.variant else self.mode
 
 
 def wan_error(r: ModeRun) -> float | None:
@@ -73,8 +85,8 @@ def _mean(values: list[float | None]) -> float | None:
 
 def rows(runs: list[ModeRun]) -> list[ModeRow]:
     out = []
-    for mode in dict.fromkeys(str(r.mode) for r in runs):
-        tried = [r for r in runs if str(r.mode) == mode]
+    for mode, variant in dict.fromkeys((str(r.mode), r.variant) for r in runs):
+        tried = [r for r in runs if (str(r.mode), r.variant) == (mode, variant)]
         # Only runs that reached the destination count: a run that failed before moving the VM
         # has no migration time, bytes or downtime to compare.
         rs = [r for r in tried if r.migrated]
@@ -106,16 +118,25 @@ def rows(runs: list[ModeRun]) -> list[ModeRow]:
             predicted_total_s=m(lambda r: r.record.prediction.total_s
                                 if r.record.prediction else None),
             wan_error=m(wan_error), time_error=m(time_error),
-            t_min_s=m(lambda r: r.record.t_min_s), x_t_min=m(x_t_min),
+            t_min_s=m(lambda r: r.record.t_min_s), x_t_min=m(x_t_min), variant=variant,
+            send_cpu_s=m(lambda r: _cpu(r, "send_s")), recv_cpu_s=m(lambda r: _cpu(r, "recv_s")),
+            send_cpu_s_per_gb=m(lambda r: _cpu(r, "send_s_per_gb")),
+            recv_cpu_s_per_gb=m(lambda r: _cpu(r, "recv_s_per_gb")),
         ))
     return out
+
+
+def _cpu(r: ModeRun, name: str) -> float | None:
+    """A figure of the run's migration CPU (None: not measured, or not all of that side)."""
+    mc = r.record.migration_cpu
+    return None if mc is None else getattr(mc, name)
 
 
 def encryption_by_mode(runs: list[ModeRun]) -> dict[str, str]:
     """Each mode's WAN encryption, from its runs' records ("a / b" if they differ)."""
     out: dict[str, list[str]] = {}
     for r in runs:
-        seen = out.setdefault(str(r.mode), [])
+        seen = out.setdefault(r.label, [])
         enc = r.record.wan_encryption or "not recorded"
         if enc not in seen:
             seen.append(enc)
@@ -150,7 +171,7 @@ def prediction_table(table: list[ModeRow]) -> list[str]:
     ]
     for r in table:
         lines.append(
-            f"| {r.mode} | {_num(r.wan_bytes and r.wan_bytes / 1e6)} "
+            f"| {r.label} | {_num(r.wan_bytes and r.wan_bytes / 1e6)} "
             f"| {_num(r.predicted_wan_bytes and r.predicted_wan_bytes / 1e6)} "
             f"| {_signed(r.wan_error)} | {_num(r.total_s)} | {_num(r.predicted_total_s)} "
             f"| {_signed(r.time_error)} | {_num(r.t_min_s)} "
@@ -158,15 +179,68 @@ def prediction_table(table: list[ModeRow]) -> list[str]:
     return lines
 
 
+def stock_of(table: list[ModeRow], row: ModeRow) -> ModeRow | None:
+    """The stock row a row's ratios are taken to: stock of the same variant (encrypted
+    against encrypted, clear against clear)."""
+    return next((r for r in table if r.mode == str(Mode.STOCK) and r.variant == row.variant),
+                None)
+
+
+def encryption_cost_table(table: list[ModeRow]) -> list[str]:
+    """Each mode encrypted and in clear side by side, measured in the same run, and the
+    ratio encrypted / clear ("–" where either is missing)."""
+    figures: list[tuple[str, Callable[[ModeRow], float | None], str]] = [
+        ("total time (s)", lambda r: r.total_s, "{:.1f}"),
+        ("downtime (ms)", lambda r: r.downtime_ms, "{:.0f}"),
+        ("source CPU (s/GB)", lambda r: r.send_cpu_s_per_gb, "{:.2f}"),
+        ("destination CPU (s/GB)", lambda r: r.recv_cpu_s_per_gb, "{:.2f}"),
+    ]
+    head = "| mode | " + " | ".join(f"{name}: encrypted | clear | ratio"
+                                    for name, _, _ in figures) + " |"
+    lines = [head, "|---|" + "---:|---:|---:|" * len(figures)]
+    for mode in dict.fromkeys(r.mode for r in table if r.variant):
+        enc = next((r for r in table if r.mode == mode and r.variant == ENCRYPTED), None)
+        clear = next((r for r in table if r.mode == mode and r.variant == CLEAR), None)
+        cells = []
+        for _, get, fmt in figures:
+            e = get(enc) if enc else None
+            c = get(clear) if clear else None
+            cells.append(f"{_num(e, fmt)} | {_num(c, fmt)} | {ratio(e, c)}")
+        lines.append(f"| {mode} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def cpu_per_run(runs: list[ModeRun]) -> list[str]:
+    """Each run's CPU: what was counted at each side, in seconds."""
+    lines = ["| round | mode | source CPU (s) | destination CPU (s) | guest memory moved (MB) "
+             "| counted | not measured |", "|---:|---|---:|---:|---:|---|---|"]
+    for r in runs:
+        mc = r.record.migration_cpu
+        if mc is None:
+            lines.append(f"| {r.round} | {r.label} | – | – | – | not measured | |")
+            continue
+        counted = "; ".join(
+            f"{'src' if p.side == 'source' else 'dst'} {p.process} {p.cpu_s:.2f}"
+            + (f" ({', '.join(f'{n} {v:.2f}' for n, v in p.threads.items())})"
+               if p.threads else "") for p in mc.processes)
+        lines.append(f"| {r.round} | {r.label} | {_num(mc.send_s, '{:.2f}')} "
+                     f"| {_num(mc.recv_s, '{:.2f}')} | {mc.guest_memory_bytes / 1e6:.0f} "
+                     f"| {counted.replace('|', '/')} "
+                     f"| {'; '.join(mc.missing).replace('|', '/')} |")
+    return lines
+
+
 def markdown(options: BenchOptions, runs: list[ModeRun], command: str, started: str) -> str:
     table = rows(runs)
-    stock = next((r for r in table if r.mode == str(Mode.STOCK)), None)
     s = options.scenario
     lines = [
         f"# pcteleport bench: {s.name}, WAN {options.wan_profile}",
         "",
-        f"Started {started}; `{command}`; {options.repeat} round(s), modes interleaved; "
-        f"{options.before_s:g} s measured before and {options.after_s:g} s after each migration; "
+        f"Started {started}; `{command}`; {options.repeat} round(s), modes interleaved"
+        + ("; each mode encrypted and in clear (`--encryption-cost`), the pair's order "
+           "swapped every other round" if options.encryption_cost else "")
+        + f"; {options.before_s:g} s measured before and {options.after_s:g} s after each "
+        "migration; "
         f"downtime limit {options.max_downtime_ms or 'QEMU default'} ms"
         + (", auto-converge for every mode" if options.auto_converge else "")
         + ("; **no encryption on the WAN** (`--insecure`)." if options.insecure else "."),
@@ -178,14 +252,17 @@ def markdown(options: BenchOptions, runs: list[ModeRun], command: str, started: 
         f"| {s.unit or 'workload'} during | workload recovered (s) |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    def vs_stock(value: float | None, get: Callable[[ModeRow], float | None]) -> str:
-        # Without a stock run there is nothing to take a ratio to ("–", not 1.00×).
-        return ratio(value, get(stock)) if stock is not None else "–"
-
     for r in table:
+        stock = stock_of(table, r)
+
+        def vs_stock(value: float | None, get: Callable[[ModeRow], float | None],
+                     stock: ModeRow | None = stock) -> str:
+            # Without a stock run there is nothing to take a ratio to ("–", not 1.00×).
+            return ratio(value, get(stock)) if stock is not None else "–"
+
         never = f" ({r.read_never_recovered} never)" if r.read_never_recovered else ""
         lines.append(
-            f"| {r.mode} | {r.migrated}/{r.runs} ({r.ok}) | {_num(r.total_s)} "
+            f"| {r.label} | {r.migrated}/{r.runs} ({r.ok}) | {_num(r.total_s)} "
             f"| {vs_stock(r.total_s, lambda s: s.total_s)} "
             f"| {_num(r.wan_bytes and r.wan_bytes / 1e6)} "
             f"| {vs_stock(r.wan_bytes, lambda s: s.wan_bytes)} "
@@ -213,6 +290,7 @@ def markdown(options: BenchOptions, runs: list[ModeRun], command: str, started: 
         "console/sites/libvirt/migration/stats.py `split_wan` says (the memory stream counted "
         "where it is written, the disks the rest).",
         "",
+        *(encryption_section(table, runs) if options.encryption_cost else []),
         "## Predicted before each run, and the physical limit",
         "",
         *prediction_table(table),
@@ -239,7 +317,7 @@ def markdown(options: BenchOptions, runs: list[ModeRun], command: str, started: 
         rec = r.record
         rs = r.read_summary
         lines.append(
-            f"| {r.round} | {r.mode} | {rec.result} | {r.site_after} | {_num(rec.total_s)} "
+            f"| {r.round} | {r.label} | {rec.result} | {r.site_after} | {_num(rec.total_s)} "
             f"| {rec.wan_bytes / 1e6:.1f} | {rec.disk_wan_bytes / 1e6:.1f} "
             f"| {rec.memory_wan_bytes / 1e6:.1f} | {_num(rec.downtime_ms, '{:.0f}')} "
             f"| {', '.join(f'{d.target} {d.pages_teleported:,}' for d in rec.disks) or '–'} "
@@ -252,6 +330,27 @@ def markdown(options: BenchOptions, runs: list[ModeRun], command: str, started: 
     return "\n".join(lines) + "\n"
 
 
+def encryption_section(table: list[ModeRow], runs: list[ModeRun]) -> list[str]:
+    return [
+        "## The cost of encryption",
+        "",
+        *encryption_cost_table(table),
+        "",
+        "Each mode encrypted (teleport: the relays' AES-256-GCM frames and disk tunnel; the "
+        "others: libvirt's TLS) and in clear (`--insecure`), in the same run, one right after "
+        "the other. *ratio*: encrypted / clear, of the means above (measured once on a shared "
+        "machine: a guide, not a bound). *CPU*: what the processes carrying the migration used "
+        "at each side, per GB of guest memory moved: QEMU's migration threads, and at the "
+        "destination its main thread, where the incoming stream is loaded (never its vCPUs, nor "
+        "the source's main thread: the guest's device I/O), and for teleport its relays and "
+        "tunnel ends from when they listened "
+        "(console/sites/libvirt/proc_cpu.py).",
+        "",
+        *cpu_per_run(runs),
+        "",
+    ]
+
+
 def _writes(rec: MigrationRecord) -> str:
     """The write check at the destination: journaled writes checked, and lost (must be 0)."""
     wc = rec.write_check
@@ -262,11 +361,13 @@ def _writes(rec: MigrationRecord) -> str:
 
 def bars_svg(options: BenchOptions, runs: list[ModeRun]) -> str:
     table = rows(runs)
-    stock = next((r for r in table if r.mode == str(Mode.STOCK)), None)
 
     def panel(name: str, get: Callable[[ModeRow], float | None]) -> tuple[str, list[svg.Bar]]:
-        base = get(stock) if stock else None
-        return name, [svg.Bar(r.mode, get(r), ratio(get(r), base) if base else "")
+        def base(r: ModeRow) -> float | None:
+            stock = stock_of(table, r)
+            return get(stock) if stock else None
+
+        return name, [svg.Bar(r.label, get(r), ratio(get(r), base(r)) if base(r) else "")
                       for r in table]
 
     return svg.bar_panels(
@@ -289,7 +390,7 @@ def timeline_svg(title: str, unit: str, runs: list[ModeRun], workload: bool) -> 
             rec = summary.recovered_s
             note = (f"round {r.round}: dip {100 * (summary.dip or 0):.0f} %, "
                     + (f"recovered after {rec:.1f} s" if rec is not None else "not recovered"))
-        series.append(svg.Series(str(r.mode), [(p.t, p.value) for p in pts], r.resume_t,
+        series.append(svg.Series(r.label, [(p.t, p.value) for p in pts], r.resume_t,
                                  summary.baseline if summary else None, note,
                                  r.returned_t if r.migrated else None))
     return svg.stacked_timelines(title, unit, series)
@@ -324,7 +425,8 @@ def write(out_root: Path, options: BenchOptions, runs: list[ModeRun], command: s
     started = time.strftime("%Y-%m-%d %H:%M:%S UTC", now)
     folder = out_root / time.strftime("%Y-%m-%d", now)
     folder.mkdir(parents=True, exist_ok=True)
-    clear = "-insecure" if options.insecure else ""
+    clear = ("-insecure" if options.insecure else
+             "-encryption-cost" if options.encryption_cost else "")
     stem = folder / (f"{options.scenario.name}-{options.wan_profile}{clear}-"
                      f"{time.strftime('%H%M%S', now)}")
     from pcteleport.records import to_dict
@@ -333,7 +435,7 @@ def write(out_root: Path, options: BenchOptions, runs: list[ModeRun], command: s
             "started": started, "repeat": options.repeat,
             "before_s": options.before_s, "after_s": options.after_s,
             "max_downtime_ms": options.max_downtime_ms, "auto_converge": options.auto_converge,
-            "insecure": options.insecure,
+            "insecure": options.insecure, "encryption_cost": options.encryption_cost,
             "modes": [str(m) for m in options.modes], "machine": machine(),
             "table": [r.__dict__ for r in rows(runs)], "runs": describe(runs),
             "returns": [to_dict(r) for r in returns or []]}
@@ -382,7 +484,8 @@ def load_runs(path: Path) -> tuple[BenchOptions, list[ModeRun], str, str]:
                            data["wan"], repeat=data["repeat"], before_s=data["before_s"],
                            after_s=data["after_s"], max_downtime_ms=data.get("max_downtime_ms"),
                            auto_converge=bool(data.get("auto_converge", False)),
-                           insecure=bool(data.get("insecure", False)))
+                           insecure=bool(data.get("insecure", False)),
+                           encryption_cost=bool(data.get("encryption_cost", False)))
     runs = []
     for r in data["runs"]:
         record = from_dict(MigrationRecord, r["record"])
@@ -391,7 +494,7 @@ def load_runs(path: Path) -> tuple[BenchOptions, list[ModeRun], str, str]:
                       [Point(t, v) for t, v in r["workload"]],
                       latency_p95_ms=[Point(t, v) for t, v in r.get("latency_p95_ms", [])],
                       guest_errors=r.get("guest_errors", ""), site_after=r.get("site_after", ""),
-                      returned_t=r.get("returned_t", 0.0))
+                      returned_t=r.get("returned_t", 0.0), variant=r.get("variant", ""))
         run.read_summary = summarise(run.reads, run.resume_t)
         if run.workload:
             run.workload_summary = summarise(run.workload, run.resume_t)

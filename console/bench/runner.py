@@ -1,6 +1,8 @@
 """`pcteleport bench`: every mode on the same VM and WAN in one run, interleaved.
 
-For each round (--repeat) and each mode in INTERLEAVE order: bring the VM home (a stock migration
+For each round (--repeat) and each mode in INTERLEAVE order (with --encryption-cost, each mode
+twice in a row: encrypted and in clear, the pair's order swapped every other round): bring the
+VM home (a stock migration
 back over the return WAN profile, not measured), re-warm its page cache, start the scenario's
 workload and the file reader in the guest, wait, migrate to the other site with the mode, wait,
 stop the programs and collect their per-second timelines."""
@@ -36,6 +38,7 @@ from pcteleport.sites.libvirt.backend import LibvirtBackend
 
 INTERLEAVE = (Mode.STOCK, Mode.TELEPORT, Mode.ZSTD, Mode.DROP_CACHE)
 HOME, AWAY = "tokyo", "osaka"
+ENCRYPTED, CLEAR = "encrypted", "clear"  # an --encryption-cost run's two variants of a mode
 Say = Callable[[str], None]
 
 
@@ -57,6 +60,18 @@ class BenchOptions:
     auto_converge: bool = False  # libvirt's auto-converge, for every mode alike
     force: bool = False  # run even on an engine known to corrupt the guest (engine.py)
     insecure: bool = False  # every mode in clear on the WAN: the cost of encryption, measured
+    #: every mode encrypted and in clear in the same run, side by side, with the CPU of the
+    #: processes carrying each migration (MigrationRequest.measure_cpu)
+    encryption_cost: bool = False
+
+    def variants(self, round_no: int) -> tuple[str, ...]:
+        """The variants of each mode in round `round_no`: one ("") in a plain run; with
+        --encryption-cost both, the first of the pair alternating, so a drift of the machine
+        over the run (a cache warming, a neighbour starting) does not favour either."""
+        if not self.encryption_cost:
+            return ("",)
+        pair = (ENCRYPTED, CLEAR)
+        return pair if round_no % 2 else pair[::-1]
 
 
 @dataclass
@@ -72,6 +87,12 @@ class ModeRun:
     guest_errors: str = ""
     site_after: str = ""  # where the VM ran once the migration call returned
     returned_t: float = 0.0  # when the service returned (after its verification in the guest)
+    variant: str = ""  # ENCRYPTED or CLEAR in an --encryption-cost run, else ""
+
+    @property
+    def label(self) -> str:
+        """The mode as tables name it: "stock", or "stock clear" beside "stock encrypted"."""
+        return f"{self.mode} {self.variant}" if self.variant else str(self.mode)
 
     @property
     def ok(self) -> bool:
@@ -141,8 +162,8 @@ class Bench:
         self.say(f"measured for the prediction in {inp.took_s:.1f} s")
         return inp
 
-    def migrate(self, mode: Mode, to: str,
-                inputs: PredictionInputs | None = None) -> MigrationRecord:
+    def migrate(self, mode: Mode, to: str, inputs: PredictionInputs | None = None,
+                insecure: bool | None = None, measure_cpu: bool = False) -> MigrationRecord:
         def on_event(event: object) -> None:
             if isinstance(event, LogLine):
                 self.say(f"  {event.text}")
@@ -160,7 +181,8 @@ class Bench:
         try:
             request = MigrationRequest(vm, to, mode, auto_converge=self.o.auto_converge,
                                        force=self.o.force, prediction_inputs=inputs,
-                                       insecure=self.o.insecure)
+                                       insecure=self.o.insecure if insecure is None else insecure,
+                                       measure_cpu=measure_cpu)
             return self.backend.migrate(request, on_event)
         finally:
             timer.cancel()
@@ -193,7 +215,7 @@ class Bench:
             pids.append(self.guest.start(site, "workload", list(s.workload)))
         return pids
 
-    def measure(self, mode: Mode, round_no: int) -> ModeRun:
+    def measure(self, mode: Mode, round_no: int, variant: str = "") -> ModeRun:
         s = self.o.scenario
         self.bring_home()
         self.guest.install_programs(HOME)
@@ -208,8 +230,10 @@ class Bench:
         inputs = self.predict_inputs(AWAY)  # within the window before the migration
         time.sleep(max(0.0, self.o.before_s - (time.monotonic() - t)))
         t0 = time.time()
-        self.say(f"round {round_no}: {mode} migration {HOME} -> {AWAY}")
-        record = self.migrate(mode, AWAY, inputs)
+        self.say(f"round {round_no}: {mode} migration {HOME} -> {AWAY}"
+                 + (f" ({variant})" if variant else ""))
+        record = self.migrate(mode, AWAY, inputs, self.o.insecure or variant == CLEAR,
+                              measure_cpu=self.o.encryption_cost)
         t_end = time.time()
         site = self.where()
         time.sleep(max(0.0, self.o.after_s - (time.time() - t_end)))
@@ -219,7 +243,8 @@ class Bench:
         # The guest clock stood still while the VM was paused: rows from before the pause keep
         # the source's offset. The pause began about (lag it gained) before the resume.
         pause_host = resume_host - max(0.0, offset_after - offset_before)
-        run = ModeRun(mode, round_no, record, site_after=site, returned_t=t_end - t0)
+        run = ModeRun(mode, round_no, record, site_after=site, returned_t=t_end - t0,
+                      variant=variant)
 
         def points(name: str, key: str) -> list[Point]:
             rows = self.guest.rows(site, name)
@@ -238,7 +263,7 @@ class Bench:
             after = rs.baseline * (rs.after or 0.0)
             record.throughput_after = Throughput(after, "blocks/s", rs.recovered_s)
             self.backend.store.save(record)  # measured after the service saved the record
-        self.say(f"{mode}: {record.result} in {record.total_s} s, WAN {record.wan_bytes} B, "
+        self.say(f"{run.label}: {record.result} in {record.total_s} s, WAN {record.wan_bytes} B, "
                  f"downtime {record.downtime_ms} ms; reads recovered after {rs.recovered_s} s")
         return run
 
@@ -253,9 +278,10 @@ class Bench:
         try:
             for r in range(1, self.o.repeat + 1):
                 for mode in modes:
-                    runs.append(self.measure(mode, r))
-                    if checkpoint:
-                        checkpoint(runs)
+                    for variant in self.o.variants(r):
+                        runs.append(self.measure(mode, r, variant))
+                        if checkpoint:
+                            checkpoint(runs)
             self.bring_home()
         finally:
             self.backend.close()
@@ -282,13 +308,13 @@ def describe(runs: list[ModeRun]) -> list[dict[str, Any]]:
              "read_summary": r.read_summary.as_dict() if r.read_summary else None,
              "workload_summary": r.workload_summary.as_dict() if r.workload_summary else None,
              "guest_errors": r.guest_errors, "site_after": r.site_after,
-             "returned_t": r.returned_t} for r in runs]
+             "returned_t": r.returned_t, "variant": r.variant} for r in runs]
 
 
 def main(scenario: str, modes: str, wan_profile: str, repeat: int, as_json: bool,
          out: str, before_s: float, after_s: float, return_wan: str, command: str,
          max_downtime_ms: int | None = 1000, auto_converge: bool | None = None,
-         force: bool = False, insecure: bool = False) -> int:
+         force: bool = False, insecure: bool = False, encryption_cost: bool = False) -> int:
     """`pcteleport bench`: run, write results/<date>/, print the table (or JSON paths)."""
     import json
     from pathlib import Path
@@ -303,12 +329,15 @@ def main(scenario: str, modes: str, wan_profile: str, repeat: int, as_json: bool
                               ) from None
     if repeat < 1:
         raise PcteleportError("--repeat must be at least 1")
+    if insecure and encryption_cost:
+        raise PcteleportError("--encryption-cost runs every mode in clear as well as "
+                              "encrypted: leave out --insecure")
     chosen = load(scenario)
     options = BenchOptions(chosen, mode_list, wan_profile, return_wan, repeat,
                            before_s, after_s, max_downtime_ms=max_downtime_ms or None,
                            auto_converge=(chosen.auto_converge if auto_converge is None
                                           else auto_converge), force=force,
-                           insecure=insecure)
+                           insecure=insecure, encryption_cost=encryption_cost)
     bench = Bench(options)
 
     def checkpoint(so_far: list[ModeRun]) -> None:

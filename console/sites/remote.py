@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import shlex
 import threading
+import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -209,3 +211,60 @@ class SiteHost:
     def close(self) -> None:
         if self._conn is not None:
             self.loop.loop.call_soon_threadsafe(self._conn.close)
+
+
+class JsonLines:
+    """A command on a site host that answers in JSON lines, each an object with an "event":
+    a wait is for one event by name; an "error" line, or the command's end, fails it with
+    `who` and the reason, as `error`. Requests go to its stdin (`send`)."""
+
+    def __init__(self, host: SiteHost, argv: Sequence[str], who: str,
+                 error: type[PcteleportError] = RemoteError) -> None:
+        self.who, self.error = who, error
+        self._lines: list[dict[str, Any]] = []
+        self._cv = threading.Condition()
+        self.proc = host.spawn(argv, self._on_line)
+
+    def _on_line(self, line: str) -> None:
+        try:
+            ev = json.loads(line)
+        except ValueError:
+            return
+        if isinstance(ev, dict):
+            with self._cv:
+                self._lines.append(ev)
+                self._cv.notify_all()
+
+    def send(self, data: str) -> None:
+        self.proc.feed(data, eof=False)
+
+    def wait(self, event: str, timeout: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        with self._cv:
+            while True:
+                for i, ev in enumerate(self._lines):
+                    if ev.get("event") in (event, "error"):
+                        del self._lines[i]
+                        if ev["event"] == "error":
+                            raise self.error(f"{self.who}: {ev.get('message')}")
+                        return ev
+                if self.proc.done.is_set():
+                    raise self.error(f"{self.who}: {self.proc.how_it_ended()}")
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise self.error(f"{self.who}: no {event} within {timeout:.0f} s")
+                self._cv.wait(min(left, 0.5))
+
+    def take(self, event: str) -> list[dict[str, Any]]:
+        """The lines of `event` received so far, in order (they are not seen again)."""
+        with self._cv:
+            out = [ev for ev in self._lines if ev.get("event") == event]
+            self._lines = [ev for ev in self._lines if ev.get("event") != event]
+        return out
+
+    def close(self, wait_s: float = 0.0) -> None:
+        """End its stdin (it ends when its stdin does), wait up to `wait_s`, drop the channel."""
+        self.proc.feed("", eof=True)
+        if wait_s:
+            self.proc.wait(wait_s)
+        self.proc.close()

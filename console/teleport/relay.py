@@ -208,7 +208,8 @@ class SendRelay:
 
     def run(self) -> CodecCounters:
         emit = self.emit
-        emit(events.Listening(address=f"{self.listen_addr[0]}:{self.port}", pid=os.getpid()))
+        emit(events.Listening(address=f"{self.listen_addr[0]}:{self.port}", pid=os.getpid(),
+                             cpu_s=cpu_seconds()))
         if self.load_map is not None:
             # The map may come after we listen (the console takes it from the guest while
             # libvirt prepares the destination); QEMU waits in the listen backlog meanwhile.
@@ -418,7 +419,8 @@ class RecvRelay:
 
     def run(self) -> CodecCounters:
         emit = self.emit
-        emit(events.Listening(address=f"{self.listen_addr[0]}:{self.port}", pid=os.getpid()))
+        emit(events.Listening(address=f"{self.listen_addr[0]}:{self.port}", pid=os.getpid(),
+                             cpu_s=cpu_seconds()))
         wan_sock, reader, hello = self._accept_authentic()
         self.server.close()
         qemu: socket.socket | None = None

@@ -32,6 +32,7 @@ from collections.abc import Callable
 
 from pcteleport.errors import PcteleportError
 from pcteleport.teleport import events, wan
+from pcteleport.teleport.relay import Emitter, cpu_seconds, parse_hostport, read_secret
 
 CONN = struct.Struct(">Q")
 CHUNK = 256 << 10
@@ -109,7 +110,8 @@ class TunnelIn:
             if self.owner is not None:
                 os.chown(self.path, *self.owner)
             listener.listen(16)
-            self.emit(events.Listening(address=f"unix:{self.path}", pid=os.getpid()))
+            self.emit(events.Listening(address=f"unix:{self.path}", pid=os.getpid(),
+                                       cpu_s=cpu_seconds()))
             _serve(listener, self._handle)
         finally:
             _close(listener)
@@ -151,7 +153,8 @@ class TunnelOut:
         listener = socket.create_server(self.listen, backlog=16)
         try:
             host, port = listener.getsockname()[:2]
-            self.emit(events.Listening(address=f"{host}:{port}", pid=os.getpid()))
+            self.emit(events.Listening(address=f"{host}:{port}", pid=os.getpid(),
+                                       cpu_s=cpu_seconds()))
             _serve(listener, self._handle)
         finally:
             _close(listener)
@@ -225,8 +228,6 @@ def parse_owner(text: str | None) -> tuple[int, int] | None:
 
 def main(args: argparse.Namespace) -> int:
     """`relay tunnel-in` (source) or `relay tunnel-out` (destination)."""
-    from pcteleport.teleport.relay import Emitter, parse_hostport, read_secret
-
     secret = read_secret(args.secret_file)
     if secret is None:
         raise TunnelError("the tunnel needs the migration's secret (--secret-file)")

@@ -340,7 +340,7 @@ class LibvirtBackend(Backend):
                             request.bandwidth_cap_bytes_per_s,
                             vm_cfg.data_disk if vm_cfg else "", link, request.verify_pages,
                             request.auto_converge, request.compare_ram,
-                            insecure=request.insecure)
+                            insecure=request.insecure, measure_cpu=request.measure_cpu)
         except libvirt.libvirtError as exc:  # e.g. another migration moved it just now
             raise ServiceError(f"VM {dom.name()} changed at {src.name} while this migration was "
                                f"being prepared ({exc.get_error_message()}): see where it runs "

@@ -21,7 +21,6 @@ import base64
 import json
 import os
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -244,47 +243,16 @@ class RamProbe:
     def __init__(self, site: Any, vm: str) -> None:  # site: SiteRuntime
         self.site = site
         self.vm = vm
-        self._lines: list[dict[str, Any]] = []
-        self._cv = threading.Condition()
         argv = [*site.config.relay_command, "guest-ram", "serve", "--vm", vm]
-        self._proc = site.host.spawn(argv, self._on_line)
-        self.ready = self._wait("ready", 30)
+        from pcteleport.sites.remote import JsonLines  # here: site hosts need no SSH client
 
-    def _on_line(self, line: str) -> None:
-        try:
-            ev = json.loads(line)
-        except ValueError:
-            return
-        with self._cv:
-            self._lines.append(ev)
-            self._cv.notify_all()
-
-    def _wait(self, event: str, timeout: float) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        with self._cv:
-            while True:
-                for i, ev in enumerate(self._lines):
-                    if ev.get("event") in (event, "error"):
-                        del self._lines[i]
-                        if ev["event"] == "error":
-                            raise RamCheckError(f"RAM check at {self.site.name}: "
-                                                f"{ev.get('message')}")
-                        return ev
-                if self._proc.done.is_set():
-                    raise RamCheckError(f"RAM check at {self.site.name}: "
-                                        f"{self._proc.how_it_ended()}")
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise RamCheckError(f"RAM check at {self.site.name}: no {event} within "
-                                        f"{timeout:.0f} s")
-                self._cv.wait(min(left, 0.5))
+        self._proc = JsonLines(site.host, argv, f"RAM check at {site.name}", RamCheckError)
+        self.ready = self._proc.wait("ready", 30)
 
     def digest(self) -> bytes:
-        self._proc.feed(json.dumps({"cmd": "digest"}) + "\n", eof=False)
-        done = self._wait("digest", 120)
-        with self._cv:  # the parts came before the closing line, in order
-            parts = [ev for ev in self._lines if ev.get("event") == "digest-part"]
-            self._lines = [ev for ev in self._lines if ev.get("event") != "digest-part"]
+        self._proc.send(json.dumps({"cmd": "digest"}) + "\n")
+        done = self._proc.wait("digest", 120)
+        parts = self._proc.take("digest-part")  # they came before the closing line, in order
         data = b"".join(base64.b64decode(ev["data"]) for ev in parts)
         if len(data) != done["pages"] * DIGEST:
             raise RamCheckError(f"RAM check at {self.site.name}: {len(data) // DIGEST} digests "
@@ -292,17 +260,15 @@ class RamProbe:
         return data
 
     def pages(self, index: list[int]) -> dict[int, bytes]:
-        self._proc.feed(json.dumps({"cmd": "pages", "index": index}) + "\n", eof=False)
-        data = self._wait("pages", 60)["data"]
+        self._proc.send(json.dumps({"cmd": "pages", "index": index}) + "\n")
+        data = self._proc.wait("pages", 60)["data"]
         return {int(k): base64.b64decode(v) for k, v in data.items()}
 
     def sample(self, pages: int, exclude: list[tuple[int, int]], run: int = 64,
                seed: int | None = None) -> dict[str, Any]:
-        self._proc.feed(json.dumps({"cmd": "sample", "pages": pages, "run": run, "seed": seed,
-                                    "exclude": exclude}) + "\n", eof=False)
-        return self._wait("sample", 120)
+        self._proc.send(json.dumps({"cmd": "sample", "pages": pages, "run": run, "seed": seed,
+                                    "exclude": exclude}) + "\n")
+        return self._proc.wait("sample", 120)
 
     def close(self) -> None:
-        self._proc.feed("", eof=True)
-        self._proc.wait(10)
-        self._proc.close()
+        self._proc.close(wait_s=10)

@@ -57,6 +57,8 @@ class Plan:
     console_log: str = ""
     #: teleport frames in clear (authenticated only), for comparison
     insecure: bool = False
+    #: measure the CPU of the processes carrying the migration at each side (cpu.py)
+    measure_cpu: bool = False
     stall_s: float = STALL_S
 
 
@@ -113,7 +115,7 @@ def plan_for(vm: str, src: SiteRuntime, dst: SiteRuntime, mode: Mode,
              bandwidth_cap: float | None, data_disk: str = "",
              wan: WanLink | None = None, verify_pages: int = VERIFY_SAMPLE_PAGES,
              auto_converge: bool = False, compare_ram: bool = False, *,
-             insecure: bool = False) -> Plan:
+             insecure: bool = False, measure_cpu: bool = False) -> Plan:
     dom = src.domain(vm)
     xml = dom.XMLDesc(0)
     chosen = data_disk_of(dom, data_disk)
@@ -129,6 +131,7 @@ def plan_for(vm: str, src: SiteRuntime, dst: SiteRuntime, mode: Mode,
         data_target=chosen.target if chosen else "", disks=moves, wan=wan,
         verify_pages=verify_pages, auto_converge=auto_converge, compare_ram=compare_ram,
         console_log=guest_health.console_log_of(xml), insecure=insecure,
+        measure_cpu=measure_cpu,
     )
 
 

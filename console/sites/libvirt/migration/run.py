@@ -19,6 +19,7 @@ from pcteleport.record_store import default_records_dir
 from pcteleport.records import (
     Composition,
     DiskMove,
+    MigrationCpu,
     MigrationEvent,
     MigrationRecord,
     Phase,
@@ -26,6 +27,7 @@ from pcteleport.records import (
     Result,
 )
 from pcteleport.sites.libvirt.migration import modes, outcome, stats, storage, tls
+from pcteleport.sites.libvirt.migration.cpu import CpuMeter
 from pcteleport.sites.libvirt.migration.destination import Destination
 from pcteleport.sites.libvirt.migration.journal import Journal
 from pcteleport.sites.libvirt.migration.plan import (
@@ -66,6 +68,7 @@ class MigrationRun:
         self.destination = Destination(plan, self.record, self.log)
         self._domain: libvirt.virDomain | None = None
         self._ram_src: RamProbe | None = None
+        self.cpu = CpuMeter(plan) if plan.measure_cpu else None
 
     def abort(self, reason: str = "aborted by the operator") -> None:
         self.transfer.abort.set(reason)
@@ -90,6 +93,8 @@ class MigrationRun:
             if p.dst.find_domain(p.vm) is not None:
                 raise MigrationFailed(f"a VM named {p.vm} already exists at {p.dst.name}")
             abort.check()
+            if self.cpu is not None:  # the watchers start while the mode prepares
+                self.cpu.start()
             self.destination.note_console()
             modes.prepare(p, dom, self.journal, self.agent_for, self.prepared)
             abort.check()
@@ -99,6 +104,8 @@ class MigrationRun:
                 self.log(f"RAM check: holding the source's RAM "
                          f"({fmt_bytes(self._ram_src.ready['bytes'])}) to compare it with "
                          "the destination's at the switch-over")
+            if self.cpu is not None:
+                self.cpu.ready()
             p.dst.conn()  # connect now, so the clock below starts with the migration itself
             wan_before = p.src.wan_tx_bytes()
             self.transfer.run(dom)
@@ -140,6 +147,8 @@ class MigrationRun:
             with contextlib.suppress(PcteleportError):
                 if self._ram_src is not None:
                     self._ram_src.close()
+            if self.cpu is not None:
+                self.cpu.close()
             with contextlib.suppress(PcteleportError):
                 if lock is not None:
                     lock.release()
@@ -147,6 +156,8 @@ class MigrationRun:
 
     def _finish(self, wan_before: int | None) -> None:
         p, rec, relays = self.plan, self.record, self.prepared.relays
+        # first: the destination QEMU's main thread goes on with the guest's I/O from now on
+        measured = self.cpu.qemu_and_tunnels(self.prepared) if self.cpu is not None else []
         ram_problem = (self.destination.compare_ram(
             self._ram_src, default_records_dir() / "ram-evidence" / self.run_id)
             if p.compare_ram else "")
@@ -183,6 +194,11 @@ class MigrationRun:
                 self.log(f"relays used {cpu.send_s:.2f} s CPU to send, {cpu.recv_s:.2f} s to "
                          f"receive ({cpu.send_s_per_gb:.2f} and {cpu.recv_s_per_gb:.2f} s per GB "
                          "of guest memory)")
+        if self.cpu is not None:
+            rec.migration_cpu = mc = stats.migration_cpu(
+                measured + self.cpu.relays(self.prepared), self.cpu.missing, rec.pages)
+            if mc is not None:
+                self.log(cpu_line(mc))
         if summary is not None and self.prepared.maps is not None:
             rec.map_refreshes = self.prepared.maps.refreshes
             rec.pages_teleported_later = summary.counters.pages_teleported_later
@@ -233,6 +249,20 @@ class MigrationRun:
             elif self.prepared.storage.created:  # the source's are stale (once only)
                 storage.drop_source_layers(self.plan, self.prepared.storage, self.log)
         self.log(f"migration {result}: {message}; {where}")
+
+
+def cpu_line(mc: MigrationCpu) -> str:
+    """The run's log line: each side's CPU, what it is made of, and what was not measured."""
+    def side(name: str, total: float | None, per_gb: float | None) -> str:
+        parts = ", ".join(f"{p.process} {p.cpu_s:.2f} s" for p in mc.processes
+                          if p.side == name)
+        head = f"{total:.2f} s" if total is not None else "incomplete"
+        return (f"{name} {head} ({parts or 'nothing measured'}"
+                + (f"; {per_gb:.2f} s per GB of guest memory)" if per_gb is not None else ")"))
+
+    missing = f"; not measured: {'; '.join(mc.missing)}" if mc.missing else ""
+    return (f"CPU of the migration: {side('source', mc.send_s, mc.send_s_per_gb)}, "
+            f"{side('destination', mc.recv_s, mc.recv_s_per_gb)}{missing}")
 
 
 def answers(site: SiteRuntime) -> bool:

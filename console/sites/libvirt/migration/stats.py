@@ -8,7 +8,15 @@ QEMU cannot see which of the pages it sent the relay teleported."""
 
 from __future__ import annotations
 
-from pcteleport.records import PAGE_SIZE, MigrationSample, PageCounts, Phase, RelayCpu
+from pcteleport.records import (
+    PAGE_SIZE,
+    MigrationCpu,
+    MigrationSample,
+    PageCounts,
+    Phase,
+    ProcessCpu,
+    RelayCpu,
+)
 from pcteleport.sites.libvirt.migration.plan import fmt_bytes
 from pcteleport.teleport import events
 
@@ -106,6 +114,29 @@ def relay_cpu(send: events.Summary | None, recv: events.Summary | None) -> Relay
     return RelayCpu(send_s=send.cpu_s, recv_s=recv.cpu_s, guest_memory_bytes=memory,
                     send_s_per_gb=round(send.cpu_s / gb, 3),
                     recv_s_per_gb=round(recv.cpu_s / gb, 3))
+
+
+def migration_cpu(processes: list[ProcessCpu], missing: list[tuple[str, str]],
+                  pages: PageCounts) -> MigrationCpu | None:
+    """Each side's CPU summed over the processes measured there, and per GB of the guest
+    memory the migration moved (its pages, as relay_cpu counts them). `missing`: (side, what
+    could not be measured and why); that side then has no figures (None, never a partial
+    sum), nor one that measured nothing. None if nothing was measured or missed."""
+    if not processes and not missing:
+        return None
+    memory = (pages.teleported + pages.zero + pages.sent) * PAGE_SIZE
+
+    def side(name: str) -> tuple[float | None, float | None]:
+        mine = [p.cpu_s for p in processes if p.side == name]
+        if not mine or any(s == name for s, _ in missing):
+            return None, None
+        total = round(sum(mine), 3)
+        return total, round(total / (memory / 1e9), 3) if memory else None
+
+    (send, send_gb), (recv, recv_gb) = side("source"), side("destination")
+    return MigrationCpu(send_s=send, recv_s=recv, guest_memory_bytes=memory,
+                        send_s_per_gb=send_gb, recv_s_per_gb=recv_gb, processes=processes,
+                        missing=[f"{s}: {why}" for s, why in missing])
 
 
 def split_wan(wan_bytes: int, memory_bytes: int, relay_wan_bytes: int | None,
