@@ -145,23 +145,23 @@ def test_passes_that_shrink_converge():
 def test_passes_that_stay_as_big_never_converge():
     """The lab's run that copied 6 GiB for a 256 MiB guest: every pass ~96 MiB."""
     conv = stats.Convergence()
-    now = _feed(conv, [256 * MiB] + [96 * MiB] * 6, 20)
-    assert not conv.stuck(now)  # 7 passes: too few to say
-    now = _feed(conv, [256 * MiB] + [96 * MiB] * 8, 20)
+    now = _feed(conv, [256 * MiB] + [96 * MiB] * 10, 20)
+    assert now > 180 and not conv.stuck(now)  # 11 passes: too few to say
+    now = _feed(conv, [256 * MiB] + [96 * MiB] * 12, 20)
     assert conv.stuck(now) and conv.typical_pass() == 96 * MiB
 
 
 def test_a_late_shrink_is_progress():
     conv = stats.Convergence()
-    now = _feed(conv, [256 * MiB] + [96 * MiB] * 7 + [60 * MiB], 20)
+    now = _feed(conv, [256 * MiB] + [96 * MiB] * 11 + [60 * MiB], 20)
     assert not conv.stuck(now)
 
 
-def test_fast_passes_need_a_minute_before_the_verdict():
+def test_fast_passes_need_three_minutes_before_the_verdict():
     conv = stats.Convergence()
-    now = _feed(conv, [8 * MiB] * 20, 1)
-    assert now < 60 and not conv.stuck(now)
-    assert conv.stuck(60.0)
+    now = _feed(conv, [8 * MiB] * 100, 1)
+    assert now < 180 and not conv.stuck(now)
+    assert conv.stuck(180.0)
 
 
 def test_auto_converge_gets_more_passes():
@@ -184,7 +184,7 @@ def test_the_message_says_why_and_what_helps():
                                                     "memory_dirty_rate": 2095,
                                                     "memory_bps": 5 * MiB}, wan_rate=5e6)
     conv = stats.Convergence()
-    _feed(conv, [256 * MiB] + [96 * MiB] * 8, 20)
+    _feed(conv, [256 * MiB] + [96 * MiB] * 12, 20)
     text = stats.not_converging(s, conv, auto_converge=False)
     assert text.startswith("not converging: after 9 passes over its memory the guest still "
                            "dirtied 96.0 MiB between passes (it writes 8.2 MiB/s, the "
