@@ -191,3 +191,11 @@ def test_the_message_says_why_and_what_helps():
                            "migration moves 5.0 MiB/s)")
     assert "--auto-converge slows the guest" in text and "\n" not in text
     assert "even with auto-converge" in stats.not_converging(s, conv, auto_converge=True)
+
+
+def test_a_bigger_guest_gets_longer_as_nova_gives_it():
+    conv = stats.Convergence()
+    now = _feed(conv, [256 * MiB] + [96 * MiB] * 12, 20)  # 260 s of passes that never shrink
+    assert conv.stuck(now, ram_bytes=256 * MiB)  # 205 s for 256 MiB
+    assert not conv.stuck(now, ram_bytes=2**30)  # 800 s for 1 GiB
+    assert conv.stuck(800.0, ram_bytes=2**30)

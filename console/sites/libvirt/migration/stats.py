@@ -175,6 +175,9 @@ class Stall:
         return now - self.moved_at
 
 
+PER_GIB_S = 800.0  # how long a pass may go on not shrinking, per GiB of guest RAM
+
+
 class Convergence:
     """Whether QEMU's passes over guest memory still shrink. Each pass starts with the pages
     the guest dirtied during the one before (libvirt's memory_remaining is highest at a
@@ -208,8 +211,11 @@ class Convergence:
             self.started_at = now
         self.passes[iteration] = max(self.passes.get(iteration, 0), remaining)
 
-    def stuck(self, now: float) -> bool:
-        if self.started_at is None or now - self.started_at < self.min_s or not self.passes:
+    def stuck(self, now: float, ram_bytes: int = 0) -> bool:
+        """`ram_bytes`: the guest's RAM; a bigger guest gets longer, as Nova gives it 800 s
+        per GiB (live_migration_completion_timeout), never less than `min_s`."""
+        wait = max(self.min_s, PER_GIB_S * ram_bytes / 2**30)
+        if self.started_at is None or now - self.started_at < wait or not self.passes:
             return False
         last = max(self.passes)
         if last < self.min_passes:

@@ -181,7 +181,7 @@ class Transfer:
             now = time.monotonic()
             if sample.total_bytes:
                 converging.update(sample.iteration, sample.remaining_bytes, now)
-            if converging.stuck(now) and not self.stalled:
+            if converging.stuck(now, sample.total_bytes) and not self.stalled:
                 self.stalled = not_converging(sample, converging, self.plan.auto_converge)
                 j.log(self.stalled)
                 with contextlib.suppress(libvirt.libvirtError):
