@@ -54,6 +54,8 @@ HELLO_TIMEOUT = 10.0  # a WAN client has this long to authenticate
 MAX_REFUSED = 16  # connections turned away before the recv relay gives up
 WAIT_FOR_SOURCE = 600.0  # for the source relay's connection (the map may take minutes)
 DRAIN_TIMEOUT = 30.0  # after the stream, how long to wait for the return path to close
+PEER_SAYS_WHY_S = 2.0  # how long a write error waits for the peer's reason
+
 
 
 class RelayError(PcteleportError):
@@ -245,6 +247,10 @@ class SendRelay:
             try:
                 counters = encoder.run(SocketReader(qemu))
             except (OSError, PcteleportError) as exc:
+                if isinstance(exc, OSError) and not self.back_error:
+                    # a peer that closed (a wrong secret: it never said hello) breaks our
+                    # writes before the back channel has read why: let it say so first
+                    back.join(PEER_SAYS_WHY_S)
                 if self.back_error:  # the peer's failure is why QEMU's stream was cut
                     raise RelayError(self.back_error) from None
                 self._send_error(writer, str(exc))
