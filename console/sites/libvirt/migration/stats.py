@@ -217,20 +217,22 @@ class Convergence:
         wait = max(self.min_s, PER_GIB_S * ram_bytes / 2**30)
         if self.started_at is None or now - self.started_at < wait or not self.passes:
             return False
-        last = max(self.passes)
-        if last < self.min_passes:
-            return False
-        recent = [v for n, v in self.passes.items() if n > last - self.window]
-        earlier = [v for n, v in self.passes.items() if n <= last - self.window]
-        if not recent or not earlier:
+        recent, earlier = self._split()
+        if max(self.passes) < self.min_passes or not recent or not earlier:
             return False
         return min(recent) >= self.shrink * min(earlier)
 
     def typical_pass(self) -> int:
         """The size of the recent passes (for the message)."""
+        recent, _ = self._split()
+        return min(recent) if recent else 0
+
+    def _split(self) -> tuple[list[int], list[int]]:
+        """The last `window` passes' sizes, and those before them."""
         last = max(self.passes, default=0)
         recent = [v for n, v in self.passes.items() if n > last - self.window]
-        return min(recent) if recent else 0
+        earlier = [v for n, v in self.passes.items() if n <= last - self.window]
+        return recent, earlier
 
 
 def not_converging(s: MigrationSample, conv: Convergence, auto_converge: bool) -> str:
