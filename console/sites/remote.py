@@ -47,6 +47,19 @@ class LoopThread:
             raise RemoteError("an SSH operation timed out") from None
 
     def close(self) -> None:
+        """Cancel what still runs on the loop (a pump whose channel never ended), then stop it:
+        a task left pending is destroyed at exit with a message on stderr, after the CLI's
+        last line."""
+
+        async def cancel_the_rest() -> None:
+            rest = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in rest:
+                task.cancel()
+            await asyncio.gather(*rest, return_exceptions=True)
+
+        if self._thread.is_alive():
+            with contextlib.suppress(Exception):
+                asyncio.run_coroutine_threadsafe(cancel_the_rest(), self.loop).result(5)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(5)
 
@@ -95,6 +108,7 @@ class RemoteProcess:
                                      f"({exc})")
             self.exit_status = -1
         finally:
+            err_task.cancel()  # stdout may end (a lost connection) before stderr does
             self.done.set()
 
     def how_it_ended(self) -> str:
