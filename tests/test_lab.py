@@ -139,6 +139,22 @@ def test_wan_is_shaped_to_the_profile_within_10_percent(lab_up):
         assert m["delay_cpu_pct"] < 30, m
 
 
+def test_site_sockets_start_with_a_window_for_the_wan(lab_up):
+    """A TCP socket at a site starts with room for twice the fastest profile's bandwidth-delay
+    product: with the kernel's 128 KB default, libvirt's one TLS migration stream stayed
+    window-limited (~64 KB per 50 ms) when autotuning did not grow it."""
+    from pcteleport.lab.topology import sites
+    from pcteleport.lab.wanprofiles import PROFILES
+
+    bdp = max(p.rate_bytes * p.rtt_ms / 1000 for p in PROFILES.values())
+    probe = ("import socket; s = socket.socket(); "
+             "print(s.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))")
+    for s in sites():
+        out = subprocess.run(["ip", "netns", "exec", s.netns, sys.executable, "-c", probe],
+                             capture_output=True, text=True, check=True).stdout
+        assert int(out) >= 2 * bdp, (s.name, out)
+
+
 def test_second_up_changes_nothing(lab_up):
     before = _snapshot()
     lab("up", "--vms", VM)

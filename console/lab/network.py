@@ -11,12 +11,28 @@ import os
 from pcteleport.errors import PcteleportError
 from pcteleport.lab import shell
 from pcteleport.lab.topology import MGMT_IFACE, WAN_IFACE, WAN_MTU, Site, peer, sites
+from pcteleport.lab.wanprofiles import PROFILES
+
+
+def wan_tcp_rmem() -> str:
+    """net.ipv4.tcp_rmem for a site: a socket starts with a receive buffer of twice the largest
+    profile's bandwidth-delay product, rounded up to a power of two.
+
+    With the kernel's default (128 KB) a socket's window is ~64 KB until autotuning grows it,
+    and on the lab it sometimes never did: libvirt's one TLS migration stream then crossed the
+    100 Mbit/50 ms WAN at 1.1 MiB/s for minutes and did not converge (docs/results.md). This
+    is the tuning WAN hosts get anyway (long fat networks)."""
+    bdp = max(p.rate_bytes * p.rtt_ms / 1000 for p in PROFILES.values())
+    initial = 1 << (int(2 * bdp) - 1).bit_length()
+    return f"4096 {initial} {max(initial, 32 << 20)}"
 
 
 def ensure_netns(s: Site) -> None:
     if s.netns not in shell.netns_names():
         shell.run(["ip", "netns", "add", s.netns])
     shell.run(["ip", "-n", s.netns, "link", "set", "lo", "up"])
+    shell.run(["ip", "netns", "exec", s.netns, "sysctl", "-q", "-w",
+               f"net.ipv4.tcp_rmem={wan_tcp_rmem()}"])
 
 
 def _link_exists(ifname: str, netns: str | None = None) -> bool:
