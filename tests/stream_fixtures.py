@@ -11,7 +11,13 @@ unpacks Debian 12's QEMU 7.2 into /opt/qemu72 if it is not there, as the lab's 7
 
     scripts/capture-stream-fixtures                      # every capture in CAPTURES
     scripts/capture-stream-fixtures --qemu /path/to/qemu-system-x86_64 \\
-        --machine pc-i440fx-8.2 --machine pc-q35-8.2     # another QEMU, e.g. 8.2
+        --machine pc-i440fx-8.2 --machine pc-q35-8.2 \\
+        --source-note "where this QEMU came from"        # another QEMU, e.g. 8.2
+
+QEMU 8.2 is in no registry these machines reach: its fixtures were captured from a QEMU 8.2.2
+built by hand from source and installed under /opt/qemu82 (each manifest's qemu.source says
+what it was built from). CAPTURES takes it where /opt/qemu82 holds one, its note read from
+/opt/qemu82/SOURCE; elsewhere its fixtures stay as they were captured.
 
 The guest is tests/fixtures/fixture_guest.c (built here with gcc -m32), booted by QEMU's
 multiboot loader after SeaBIOS: a Linux guest would leave ~12 MB of compressed kernel in every
@@ -43,11 +49,17 @@ READY = "PCTELEPORT-FIXTURE-UP"
 
 QEMU10 = "/usr/bin/qemu-system-x86_64"
 QEMU72 = os.path.join(os.environ.get("QEMU72_DIR", "/opt/qemu72"), "qemu-system-x86_64")
-#: what `capture` takes with no arguments: (QEMU binary, machine types)
+#: a QEMU 8.2 built from source by hand (no package of it can be had here), if there is one
+QEMU82_DIR = os.environ.get("QEMU82_DIR", "/opt/qemu82")
+QEMU82 = os.path.join(QEMU82_DIR, "bin", "qemu-system-x86_64")
+#: a file beside a QEMU (its prefix, or the folder of its binary) saying where it came from,
+#: recorded as the manifests' qemu.source when --source-note does not say it
+SOURCE_FILE = "SOURCE"
+#: what `capture` takes with no arguments: (QEMU binary, machine types); 8.2 only where built
 CAPTURES = (
     (QEMU10, ("pc-i440fx-10.0", "pc-q35-10.0", "pc-i440fx-7.2", "pc-q35-7.2")),
     (QEMU72, ("pc-i440fx-7.2", "pc-q35-7.2")),
-)
+) + (((QEMU82, ("pc-i440fx-8.2", "pc-q35-8.2")),) if os.access(QEMU82, os.X_OK) else ())
 #: the smallest RAM (MiB) at which the machine type maps part of pc.ram above 4 GiB
 #: (hw/i386/pc_piix.c: from 3.5 GiB, 3 GiB below; pc_q35.c: from 2.75 GiB, 2 GiB below)
 RAM_MIB = {"i440fx": 3584, "q35": 2816}
@@ -167,9 +179,21 @@ def parse_ram_split(text: str) -> dict[str, dict[str, int]]:
     return split
 
 
-def capture(qemu: str, machine: str, workdir: Path) -> tuple[bytes, dict]:
+def source_note(qemu: str) -> str | None:
+    """What the SOURCE file beside `qemu` says (in its folder or the one above: an install
+    prefix), else None."""
+    binary = Path(shutil.which(qemu) or qemu)
+    for folder in (binary.parent, binary.parent.parent):
+        note = folder / SOURCE_FILE
+        if note.is_file():
+            return " ".join(note.read_text().split())
+    return None
+
+
+def capture(qemu: str, machine: str, workdir: Path,
+            source: str | None = None) -> tuple[bytes, dict]:
     """Boot the fixture guest on `qemu` with `machine`, migrate it live to a file; the stream
-    and its manifest."""
+    and its manifest (`source`: where this QEMU came from, when its package does not say)."""
     from qemu_guest import Disk, QemuGuest
 
     workdir.mkdir(parents=True, exist_ok=True)
@@ -204,6 +228,7 @@ def capture(qemu: str, machine: str, workdir: Path) -> tuple[bytes, dict]:
             "version": f"{qv['major']}.{qv['minor']}.{qv['micro']}",
             "package": version["package"].strip(" ()"),  # type: ignore[index]
             "binary": qemu,
+            **({"source": source} if source else {}),
         },
         "machine": machine,
         **({"machine_requested": requested} if requested != machine else {}),
@@ -249,21 +274,27 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--machine", action="append", default=[],
                     help="machine type (repeat); needed with --qemu")
     ap.add_argument("--out", type=Path, default=FIXTURE_DIR, help="fixture directory")
+    ap.add_argument("--source-note", help="where --qemu came from (repository, commit, how "
+                    "it was built), recorded as the manifests' qemu.source; default: the "
+                    f"{SOURCE_FILE} file beside the binary, if any")
     args = ap.parse_args(argv)
     if args.qemu:
         if not args.machine:
             ap.error("--qemu needs at least one --machine")
         plan = [(args.qemu, tuple(args.machine))]
     else:
+        if args.source_note:
+            ap.error("--source-note needs --qemu")
         plan = list(CAPTURES)
     sys.path.insert(0, str(HERE))
     for qemu, machines in plan:
         if not shutil.which(qemu):
             print(f"capture: {qemu} is not installed", file=sys.stderr)
             return 1
+        source = args.source_note or source_note(qemu)
         for machine in machines:
             with tempfile.TemporaryDirectory(prefix="pct-fixture-") as tmp:
-                data, manifest = capture(qemu, machine, Path(tmp))
+                data, manifest = capture(qemu, machine, Path(tmp), source)
             path = store(data, manifest, args.out)
             size = (args.out / manifest["stream"]["file"]).stat().st_size
             print(f"{path.name}: QEMU {manifest['qemu']['version']} {machine}, "
