@@ -118,6 +118,17 @@ def test_the_map_parser_on_anything(data):
                for g, d, n in m.extents)
 
 
+def test_a_map_number_past_64_bits_is_refused_in_one_line():
+    """Found by the fuzzer: an offset of 2^64 was accepted, then the binary form (64-bit
+    fields) raised struct.error."""
+    for line in (f"0 {1 << 64} 4096", f"{1 << 64} 0 4096", f"0 0 {1 << 70}"):
+        with pytest.raises(PcteleportError, match="does not fit in 64 bits"):
+            mapfile.parse(line.encode())
+    top = (1 << 64) - PAGE  # the largest aligned 64-bit value still goes through
+    assert mapfile.parse(mapfile.parse(f"0 {top} 4096".encode()).to_binary()).extents == [
+        (0, top, 4096)]
+
+
 @FUZZ
 @given(frames=st.lists(st.binary(max_size=200), max_size=4), junk=st.binary(max_size=50))
 def test_the_map_update_stream_on_anything(frames, junk):

@@ -77,6 +77,8 @@ def _number(word: str, lineno: int, what: str) -> int:
         raise MapError(f"map line {lineno}: {what} '{word}' is not a number") from None
     if value < 0:
         raise MapError(f"map line {lineno}: {what} {word} is negative")
+    if value >= 1 << 64:  # the binary form (and the relays) hold 64-bit numbers
+        raise MapError(f"map line {lineno}: {what} {word} does not fit in 64 bits")
     return value
 
 
