@@ -270,8 +270,10 @@ def encode_all(
     secret: bytes | None = None,
     level: int = 1,
 ) -> CodecCounters:
-    """Encode a whole stream to `write` (offline use: files, tests, benchmarks)."""
+    """Encode a whole stream to `write` (offline use: files, tests, benchmarks). No page is
+    kept for FETCH: offline there is no back channel to ask for one (so `bench codec` measures
+    what a relay does by default, whose peer fails on a mismatch and asks for none)."""
     writer = wan.FrameWriter(write, secret)
-    enc = Encoder(writer, rmap, disk, level=level)
+    enc = Encoder(writer, rmap, disk, level=level, keep_bytes=0)
     enc.hello()
     return enc.run(reader)
