@@ -11,6 +11,8 @@ import socket
 import threading
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pcteleport.teleport import wan
 
@@ -72,6 +74,20 @@ def test_altered_replayed_or_reordered_frames_are_caught():
     retyped[3] = wan.ERROR
     with pytest.raises(wan.WanError, match="failed authentication"):
         read_all(bytes(retyped), secret=SECRET)
+
+
+@settings(max_examples=60, deadline=None)
+@given(parts=st.lists(st.binary(max_size=300), min_size=1, max_size=5),
+       framing=st.sampled_from([{}, {"secret": SECRET}, {"secret": SECRET, "encrypt": False}]),
+       views=st.booleans())
+def test_a_payload_sent_in_parts_is_the_frame_of_the_joined_payload(parts, framing, views):
+    """The encoder hands a DATA frame's kind byte and its compressed bytes as two parts: the
+    frame on the wire is the one of the joined payload, byte for byte, in every framing."""
+    given = [memoryview(p) for p in parts] if views else parts
+    out = io.BytesIO()
+    wan.FrameWriter(out.write, **framing).send(wan.DATA, *given)
+    assert out.getvalue() == frames([b"".join(parts)], **framing)
+    assert read_all(out.getvalue(), **framing) == [b"".join(parts)]
 
 
 def test_each_direction_has_its_own_key():

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import xxhash
 
-from pcteleport.teleport import mapfile, wan
+from pcteleport.teleport import heap, mapfile, wan
 from pcteleport.teleport.counters import CodecCounters
 from pcteleport.teleport.decoder import decode_all, iter_frames
 from pcteleport.teleport.disk import DiskImage
@@ -103,6 +103,7 @@ def _round_trip(stream: bytes, rmap: mapfile.RestorableMap, disk: DiskImage,
 
 def run(stream_path: Path, disk_path: Path, map_path: Path, repeat: int = 3,
         level: int = 1) -> CodecBench:
+    heap.keep_freed_memory()  # as the relays do
     stream = stream_path.read_bytes()
     rmap = mapfile.load(map_path)
     pages = zero = 0

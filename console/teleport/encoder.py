@@ -30,6 +30,7 @@ from pcteleport.teleport.stream import PAGE, RUN, ZERO, ByteSource, Chunk, Reade
 REF = struct.Struct(">IQ16s")
 COUNT = struct.Struct(">I")
 PLAIN, ZSTD = 0, 1
+_KIND = {PLAIN: bytes([PLAIN]), ZSTD: bytes([ZSTD])}  # the payload's first byte
 FRAME_BYTES = 512 << 10  # flush a DATA frame at this much literal data
 KEEP_BYTES = 64 << 20  # teleported pages kept to answer the decoder's FETCH requests
 
@@ -238,11 +239,13 @@ class Encoder:
             return
         plain = b"".join([COUNT.pack(len(self._refs)), *self._refs, *self._lits])
         packed = self._zstd.compress(plain)
-        payload = bytes([ZSTD]) + packed if len(packed) < len(plain) else bytes([PLAIN]) + plain
         self._lits.clear()
         self._refs.clear()
         self._litlen = 0
-        self.writer.send(wan.DATA, payload)
+        if len(packed) < len(plain):
+            self.writer.send(wan.DATA, _KIND[ZSTD], packed)
+        else:
+            self.writer.send(wan.DATA, _KIND[PLAIN], plain)
         self.counters.wan_bytes = self.writer.bytes_out
 
     # -- the back channel ---------------------------------------------------------------
@@ -267,8 +270,10 @@ def encode_all(
     secret: bytes | None = None,
     level: int = 1,
 ) -> CodecCounters:
-    """Encode a whole stream to `write` (offline use: files, tests, benchmarks)."""
+    """Encode a whole stream to `write` (offline use: files, tests, benchmarks). No page is
+    kept for FETCH: offline there is no back channel to ask for one (so `bench codec` measures
+    what a relay does by default, whose peer fails on a mismatch and asks for none)."""
     writer = wan.FrameWriter(write, secret)
-    enc = Encoder(writer, rmap, disk, level=level)
+    enc = Encoder(writer, rmap, disk, level=level, keep_bytes=0)
     enc.hello()
     return enc.run(reader)

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from typing import BinaryIO
 
 from pcteleport.errors import PcteleportError
-from pcteleport.teleport import mapfile, wan
+from pcteleport.teleport import heap, mapfile, wan
 from pcteleport.teleport.decoder import MAX_PLAIN, decode_all, iter_frames
 from pcteleport.teleport.disk import DiskImage
 from pcteleport.teleport.encoder import COUNT, PLAIN, REF, ZSTD, Encoder
@@ -61,6 +61,7 @@ def _report(summary: dict) -> None:
 
 
 def encode_file(map_path: str, disk_path: str, src: str, dst: str) -> int:
+    heap.keep_freed_memory()
     rmap = mapfile.load(map_path)
     with DiskImage(disk_path) as disk, _open(src, "rb") as fin, _output(dst) as fout:
         writer = wan.FrameWriter(fout.write)
@@ -72,6 +73,7 @@ def encode_file(map_path: str, disk_path: str, src: str, dst: str) -> int:
 
 
 def decode_file(disk_path: str, src: str, dst: str) -> int:
+    heap.keep_freed_memory()
     with DiskImage(disk_path) as disk, _open(src, "rb") as fin, _output(dst) as fout:
         reader = wan.FrameReader(wan.file_read_exact(fin))
         counters = decode_all(iter_frames(reader), disk, fout.write)

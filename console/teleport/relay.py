@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from pcteleport.errors import PcteleportError
-from pcteleport.teleport import events, mapfile, wan
+from pcteleport.teleport import events, heap, mapfile, wan
 from pcteleport.teleport.counters import CodecCounters
 from pcteleport.teleport.decoder import DecodeError, Decoder
 from pcteleport.teleport.disk import DiskImage, DiskSet, open_disks
@@ -534,6 +534,7 @@ class RecvRelay:
 
 def main_send(args: argparse.Namespace) -> int:
     emit = Emitter("send")
+    heap.keep_freed_memory()
     if args.map and not args.disk:
         raise RelayError("--map needs --disk (the source image the map refers to)")
     from_stdin = args.map == "-"
@@ -563,6 +564,7 @@ def main_send(args: argparse.Namespace) -> int:
 
 def main_recv(args: argparse.Namespace) -> int:
     emit = Emitter("recv")
+    heap.keep_freed_memory()
     disk = open_disks(args.disk)
     relay = RecvRelay(
         parse_hostport(args.listen), parse_hostport(args.to), disk,

@@ -527,7 +527,8 @@ class StreamParser:
         block = self._last_block
         assert block is not None
         limit = self.info.ram_blocks[block] - PAGE_SIZE  # the last page offset inside the block
-        stop = min(len(buf), start + RUN_BYTES)
+        end = len(buf)
+        stop = min(end, start + RUN_BYTES)
         unpack = _BE64.unpack_from
         pages: list[tuple[int, int]] = []
         add = pages.append
@@ -540,12 +541,12 @@ class StreamParser:
             if addr > limit:
                 break
             if flags == _RUN_PAGE:
-                if pos + 8 + PAGE_SIZE > len(buf):
+                if pos + 8 + PAGE_SIZE > end:
                     break
                 add((pos + 8 - start, addr))
                 pos += 8 + PAGE_SIZE
             elif flags == _RUN_ZERO:
-                if pos + 9 > len(buf):
+                if pos + 9 > end:
                     break
                 zero += 1
                 pos += 9

@@ -23,7 +23,7 @@ import hmac
 import json
 import struct
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +40,7 @@ VERSION = 2  # 2: AES-256-GCM frames (1 had MAC-only frames)
 HEADER = struct.Struct(">2sBBIQ")
 TAG_SIZE = 16
 MAX_PAYLOAD = 64 << 20
+Buffer = bytes | bytearray | memoryview  # what a payload may be given as
 
 # Frame types.
 HELLO = 1  # JSON: who is talking, and what about
@@ -81,11 +82,13 @@ class Sealer:
             else:
                 self._mac_key = key
 
-    def seal(self, header: bytes, seq: int, payload: bytes) -> bytes:
-        """body + tag"""
+    def frame(self, header: bytes, seq: int, parts: Sequence[Buffer]) -> bytes:
+        """header + body + tag, the payload given in parts: built in one piece, so a frame's
+        bytes are copied once (not once per step: payload, + tag, header +)."""
         if self._aead is not None:
-            return self._aead.encrypt(_nonce(seq), payload, header)
-        return payload + self._tag(header, payload)
+            payload = parts[0] if len(parts) == 1 else b"".join(parts)
+            return header + self._aead.encrypt(_nonce(seq), payload, header)
+        return b"".join([header, *parts, self._tag(header, parts)])
 
     def open(self, header: bytes, seq: int, body: bytes) -> bytes | None:
         """The payload, or None if the body does not open under this key (or was altered)."""
@@ -95,17 +98,17 @@ class Sealer:
             except InvalidTag:
                 return None
         payload, tag = body[:-TAG_SIZE], body[-TAG_SIZE:]
-        return payload if hmac.compare_digest(tag, self._tag(header, payload)) else None
+        return payload if hmac.compare_digest(tag, self._tag(header, (payload,))) else None
 
-    def _tag(self, header: bytes, payload: bytes) -> bytes:
+    def _tag(self, header: bytes, parts: Sequence[Buffer]) -> bytes:
         if self._mac_key:
             h = hashlib.blake2b(key=self._mac_key, digest_size=TAG_SIZE)
             h.update(header)
-            h.update(payload)
-            return h.digest()
-        c = xxhash.xxh3_128(header)
-        c.update(payload)
-        return c.digest()
+        else:
+            h = xxhash.xxh3_128(header)
+        for part in parts:
+            h.update(part)
+        return h.digest()
 
 
 def _nonce(seq: int) -> bytes:
@@ -139,12 +142,16 @@ class FrameWriter:
         self.bytes_out = 0
         self._lock = threading.Lock()  # the encoder and the back channel share one socket
 
-    def send(self, ftype: int, payload: bytes = b"") -> None:
-        if len(payload) > MAX_PAYLOAD:
-            raise WanError(f"frame payload of {len(payload)} bytes is over the limit")
+    def send(self, ftype: int, payload: Buffer = b"", *more: Buffer) -> None:
+        """One frame; its payload is `payload` and `more` after it, joined (in one copy with
+        the header and tag: a caller need not join them first)."""
+        parts = (payload, *more)
+        length = sum(map(len, parts)) if more else len(payload)
+        if length > MAX_PAYLOAD:
+            raise WanError(f"frame payload of {length} bytes is over the limit")
         with self._lock:
-            header = HEADER.pack(MAGIC, VERSION, ftype, len(payload), self.seq)
-            frame = header + self._sealer.seal(header, self.seq, payload)
+            header = HEADER.pack(MAGIC, VERSION, ftype, length, self.seq)
+            frame = self._sealer.frame(header, self.seq, parts)
             self.seq += 1
             self.bytes_out += len(frame)
             self._write(frame)
