@@ -300,21 +300,24 @@ def test_wan_down_for_60_s_fails_cleanly(at_tokyo) -> None:
     assert "nothing reached osaka over the WAN (is the link down?)" in rec.error
 
 
-@pytest.mark.parametrize("stage", ["measuring", "storage", "memory"])
+@pytest.mark.parametrize("stage", ["measuring", "storage", "memory", "checks"])
 def test_ctrl_c_of_migrate(at_tokyo, stage: str) -> None:
     """SIGINT to `pcteleport migrate` while it measures for its prediction (before anything
     started), while libvirt mirrors the disks, and while QEMU copies the memory: it stops, the
-    VM runs on at tokyo, and the last line says so."""
+    VM runs on at tokyo, and the last line says so. After the switch-over, while the VM is
+    checked at osaka, it is too late: the run says so and finishes its checks."""
     backend = at_tokyo
     if stage == "storage":  # data in the overlay, so that its copy lasts at the cap
         shell(backend, "tokyo", "dd if=/dev/urandom of=/data/blob bs=1M count=8 2>/dev/null;"
               " sync")
     wanted = {"measuring": "measuring before the start", "storage": "storage migration active",
-              "memory": " migration active, "}[stage]
+              "memory": " migration active, ",
+              "checks": f"(VM {VM} now writes its disks at osaka)"}[stage]
     records_before = len(backend.records().records)
+    cap = [] if stage == "checks" else ["--bandwidth", "2"]  # the checks: soon, at full speed
     proc = subprocess.Popen(
         [sys.executable, "-m", "pcteleport.cli", "migrate", VM, "--to", "osaka", "--mode",
-         "stock", "--bandwidth", "2", "--json"],
+         "stock", *cap, "--json"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         stdin=subprocess.DEVNULL)
     seen: list[str] = []
@@ -345,6 +348,16 @@ def test_ctrl_c_of_migrate(at_tokyo, stage: str) -> None:
         assert relays_left(backend) == []
         assert site_processes("tokyo", "guest-ram serve") == []  # the RAM sampler stopped
         guest_answers(backend, "tokyo")
+        return
+    if stage == "checks":
+        assert proc.returncode == 0, "".join(err)
+        summary = json.loads(stdout.strip().splitlines()[-1])
+        assert summary["result"] == "ok" and summary["runs_at"] == "osaka"
+        assert any(f"not aborted: the switch-over is done and VM {VM} runs at osaka; its "
+                   "checks there go on" in line for line in err), "".join(err)
+        assert "migration finished successfully" in last
+        rec = max(backend.records().records, key=lambda r: r.started_at)
+        assert_went_through(backend, rec)
         return
     assert proc.returncode == 1, "".join(err)
     summary = json.loads(stdout.strip().splitlines()[-1])

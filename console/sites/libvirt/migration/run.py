@@ -71,6 +71,10 @@ class MigrationRun:
         self.cpu = CpuMeter(plan) if plan.measure_cpu else None
 
     def abort(self, reason: str = "aborted by the operator") -> None:
+        if self.transfer.migrated:  # too late: stopping now would only lose the checks
+            self.log(f"not aborted: the switch-over is done and VM {self.plan.vm} runs at "
+                     f"{self.plan.dst.name}; its checks there go on")
+            return
         self.transfer.abort.set(reason)
         if self._domain is not None:  # no job yet, or already over: the run sees the flag
             with contextlib.suppress(libvirt.libvirtError):
