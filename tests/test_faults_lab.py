@@ -346,7 +346,11 @@ def test_ctrl_c_of_migrate(at_tokyo, stage: str) -> None:
         assert len(backend.records().records) == records_before
         assert where(backend) == {"tokyo": "running"}
         assert relays_left(backend) == []
-        assert site_processes("tokyo", "guest-ram serve") == []  # the RAM sampler stopped
+        # the RAM sampler was told to stop; busy with its sample, it may take a few seconds
+        deadline = time.monotonic() + 30
+        while site_processes("tokyo", "guest-ram serve"):
+            assert time.monotonic() < deadline, site_processes("tokyo", "guest-ram serve")
+            time.sleep(0.5)
         guest_answers(backend, "tokyo")
         return
     if stage == "checks":

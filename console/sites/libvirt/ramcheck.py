@@ -247,7 +247,11 @@ class RamProbe:
         from pcteleport.sites.remote import JsonLines  # here: site hosts need no SSH client
 
         self._proc = JsonLines(site.host, argv, f"RAM check at {site.name}", RamCheckError)
-        self.ready = self._proc.wait("ready", 30)
+        try:
+            self.ready = self._proc.wait("ready", 30)
+        except BaseException:  # (Ctrl-C too) no caller holds it yet to close it
+            self._proc.close(wait_s=10)
+            raise
 
     def digest(self) -> bytes:
         self._proc.send(json.dumps({"cmd": "digest"}) + "\n")
