@@ -146,7 +146,7 @@ def test_site_sockets_start_with_a_window_for_the_wan(lab_up):
     from pcteleport.lab.topology import sites
     from pcteleport.lab.wanprofiles import PROFILES
 
-    bdp = max(p.rate_bytes * p.rtt_ms / 1000 for p in PROFILES.values())
+    bdp = max(p.bdp_bytes for p in PROFILES.values())
     probe = ("import socket; s = socket.socket(); "
              "print(s.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))")
     for s in sites():

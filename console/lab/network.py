@@ -22,7 +22,7 @@ def wan_tcp_rmem() -> str:
     and on the lab it sometimes never did: libvirt's one TLS migration stream then crossed the
     100 Mbit/50 ms WAN at 1.1 MiB/s for minutes and did not converge (docs/results.md). This
     is the tuning WAN hosts get anyway (long fat networks)."""
-    bdp = max(p.rate_bytes * p.rtt_ms / 1000 for p in PROFILES.values())
+    bdp = max(p.bdp_bytes for p in PROFILES.values())
     initial = 1 << (int(2 * bdp) - 1).bit_length()
     return f"4096 {initial} {max(initial, 32 << 20)}"
 

@@ -21,6 +21,11 @@ class WanProfile:
     def rate_bytes(self) -> float:
         return self.rate_mbit * 1e6 / 8
 
+    @property
+    def bdp_bytes(self) -> float:
+        """Bandwidth-delay product: the bytes in flight that keep the link full."""
+        return self.rate_bytes * self.rtt_ms / 1000
+
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
 
