@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -350,6 +351,43 @@ def test_encryption_cost_runs_each_mode_encrypted_and_clear_in_turn(monkeypatch)
     assert len(home) == 8 and not any(q.insecure or q.measure_cpu for q in home)
 
 
+def test_a_stopped_bench_aborts_the_migration_in_flight_and_starts_no_other(monkeypatch):
+    """Ctrl-C while a measured migration runs (the runner's double for the lab): the backend is
+    asked to abort that VM's migration, no other mode runs and the VM is not brought home;
+    with nothing in flight, stop() says so (the SIGINT handler then interrupts at once)."""
+    from pcteleport.bench import guest as guest_mod
+    from pcteleport.bench import runner
+
+    monkeypatch.setattr(guest_mod, "LabGuest", _Guest)
+    monkeypatch.setattr(runner.wan, "use_profile", lambda *a: None)
+    aborted: list[str] = []
+
+    class Interrupted(_Backend):
+        def migrate(self, request, on_event) -> MigrationRecord:
+            self.requests.append(request)
+            assert bench.stop()  # the operator's Ctrl-C, while this one runs
+            return MigrationRecord(run_id="r", vm=request.vm_uuid, from_site="tokyo",
+                                   to_site=request.to_site, mode=request.mode,
+                                   result=Result.ABORTED, runs_at="tokyo")
+
+        def abort(self, vm: str) -> None:
+            aborted.append(vm)
+
+    backend = Interrupted()
+    opts = BenchOptions(load("web-small"), [Mode.TELEPORT, Mode.STOCK], "fast", repeat=2,
+                        before_s=0, after_s=0, max_downtime_ms=None)
+    bench = runner.Bench(opts, say=lambda _t: None, backend=backend)  # type: ignore[arg-type]
+    runs = bench.run()
+    deadline = time.monotonic() + 5  # (the abort goes from a thread of its own)
+    while not aborted and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert aborted == ["web-small"]
+    assert [(r.mode, r.record.result) for r in runs] == [(Mode.STOCK, Result.ABORTED)]
+    assert [q.to_site for q in backend.requests] == ["osaka"]  # not brought home
+    assert bench.stopped_where == "VM web-small is running at tokyo"
+    assert not bench.stop()  # nothing in flight any more
+
+
 def test_bar_heights_follow_the_values():
     doc = ET.fromstring(svg.bar_panels("t", [("x", [svg.Bar("stock", 10.0),
                                                     svg.Bar("teleport", 2.5)])]))
@@ -511,3 +549,51 @@ def test_idle_small_teleport(lab, tmp_path):
     runs = _bench(tmp_path, "idle-small", "teleport")
     assert not Path(runs["_stem"] + "-workload.svg").exists()  # idle has no workload
     assert runs["teleport"]["record"]["wan_bytes"] > 0
+
+
+@pytest.mark.root
+@pytest.mark.lab
+@pytest.mark.slow
+def test_ctrl_c_of_bench_aborts_its_migration_and_frees_the_vm(lab, tmp_path):
+    """SIGINT to `pcteleport bench` while a measured migration copies (disks or memory): it is
+    aborted (its record says so), no other run starts, the VM runs on at tokyo and the last
+    line says so. libvirt holds no job on the VM afterwards, so a migration right after
+    goes through (an interrupted bench once left one for minutes, refusing every migration)."""
+    begun = time.time()
+    proc = subprocess.Popen([*CLI, "bench", "--scenario", "web-small", "--modes",
+                             "stock,teleport", "--wan", "default", "--before", "1", "--after",
+                             "30", "--out", str(tmp_path), "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            stdin=subprocess.DEVNULL)
+    seen: list[str] = []
+    try:
+        assert proc.stderr is not None
+        measured = False  # (a bring-home first copies memory too: not that one)
+        for line in proc.stderr:
+            seen.append(line)
+            measured = measured or "round 1: stock migration tokyo -> osaka" in line
+            if measured and " migration active, " in line:
+                proc.send_signal(signal.SIGINT)
+                break
+        stdout, rest = proc.communicate(timeout=240)
+    finally:
+        proc.kill()
+        _cli("lab", "wan", "fast")
+    err = [*seen, *rest.splitlines(keepends=True)]
+    assert any(" migration active, " in line for line in seen), "".join(err[-40:])
+    assert not any("Traceback" in line for line in err), "".join(err)
+    assert proc.returncode == 130, "".join(err[-40:])
+    assert stdout == ""
+    assert any("bench: stopping: aborting the migration of web-small" in line for line in err)
+    assert not any("round 1: teleport" in line for line in err)  # no other run started
+    last = err[-1].strip()
+    assert last.startswith("pcteleport: bench stopped by the operator; the 1 migration(s) "
+                           "measured so far are in "), last
+    assert last.endswith("; VM web-small is running at tokyo"), last
+    recs = [r for r in RecordStore().load_all().records
+            if r.vm == "web-small" and r.started_at >= begun and r.to_site == "osaka"]
+    assert [(r.result, r.runs_at) for r in recs] == [(Result.ABORTED, "tokyo")], recs
+    after = _cli("migrate", "web-small", "--to", "osaka", "--mode", "stock", "--no-predict",
+                 "--json")
+    assert after.returncode == 0, after.stderr[-2000:]
+    assert json.loads(after.stdout.strip().splitlines()[-1])["runs_at"] == "osaka"

@@ -125,3 +125,51 @@ def test_our_own_failure_aborts_the_job_before_the_run_hears_of_it(fast_clock) -
     _, err = run_transfer(dom)
     assert isinstance(err, RuntimeError) and str(err) == "a bug of ours"
     assert dom.aborted.is_set()  # libvirt's job did not go on unwatched
+
+
+class HeldJob:
+    """A source domain on which libvirt still holds a job after the run: it ends `ends_after`
+    jobInfo calls after abortJob (never, if None)."""
+
+    def __init__(self, ends_after: int | None = 1, held: bool = True) -> None:
+        self.ends_after, self.held = ends_after, held
+        self.aborts, self.since_abort = 0, 0
+
+    def jobInfo(self) -> list[int]:
+        if self.aborts:
+            self.since_abort += 1
+            if self.ends_after is not None and self.since_abort > self.ends_after:
+                self.held = False
+        kind = libvirt.VIR_DOMAIN_JOB_UNBOUNDED if self.held else libvirt.VIR_DOMAIN_JOB_NONE
+        return [kind, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+
+    def abortJob(self) -> int:
+        self.aborts += 1
+        return 0
+
+
+def test_a_job_libvirt_still_holds_after_the_run_is_aborted() -> None:
+    from pcteleport.sites.libvirt.migration.outcome import end_lingering_job
+
+    dom = HeldJob(ends_after=2)
+    notes = end_lingering_job(dom, "tokyo", "web", wait_s=5)
+    assert dom.aborts == 1 and not dom.held
+    assert notes == ["aborted the job libvirt at tokyo still held on VM web after the run"]
+
+
+def test_no_job_left_means_no_abort() -> None:
+    from pcteleport.sites.libvirt.migration.outcome import end_lingering_job
+
+    dom = HeldJob(held=False)
+    assert end_lingering_job(dom, "tokyo", "web", wait_s=5) == []
+    assert dom.aborts == 0
+
+
+def test_a_job_that_will_not_end_is_named_with_the_way_out() -> None:
+    from pcteleport.sites.libvirt.migration.outcome import end_lingering_job
+
+    dom = HeldJob(ends_after=None)
+    notes = end_lingering_job(dom, "tokyo", "web", wait_s=1)
+    assert dom.aborts == 1 and dom.held
+    assert notes == ["libvirt at tokyo still holds a job on VM web after the run; "
+                     "`pcteleport abort web` ends it"]

@@ -9,6 +9,7 @@ stop the programs and collect their per-second timelines."""
 
 from __future__ import annotations
 
+import signal
 import sys
 import threading
 import time
@@ -126,6 +127,22 @@ class Bench:
         self.paths = LabPaths.default()
         self.returns: list[MigrationRecord] = []
         self.started = time.time()
+        #: the operator asked to stop (Ctrl-C): the migration in flight is aborted, no more
+        #: runs start and the VM stays where that run left it
+        self.stopping = threading.Event()
+        self._in_flight: str | None = None  # the VM of the migration under way, if one is
+        self.stopped_where = ""  # once stopped: where the VM runs, in the operator's words
+
+    def stop(self) -> bool:
+        """Stop after the migration in flight, which is aborted (any thread; the SIGINT
+        handler's first Ctrl-C). False when none is in flight: the caller interrupts at once."""
+        self.stopping.set()
+        vm = self._in_flight
+        if vm is None:
+            return False
+        self.say(f"stopping: aborting the migration of {vm} (Ctrl-C again to stop waiting)")
+        threading.Thread(target=self.backend.abort, args=(vm,), daemon=True).start()
+        return True
 
     @staticmethod
     def _say(text: str) -> None:
@@ -176,8 +193,11 @@ class Bench:
                 dom.migrateSetMaxDowntime(self.o.max_downtime_ms, 0)
             except (libvirt.libvirtError, PcteleportError) as exc:
                 self.say(f"could not set the downtime limit of {vm} at {src}: {exc}")
+        if self.stopping.is_set():
+            raise PcteleportError("stopped by the operator before the migration started")
         timer = threading.Timer(self.o.migration_timeout_s, self._give_up, args=(vm,))
         timer.start()
+        self._in_flight = vm
         try:
             request = MigrationRequest(vm, to, mode, auto_converge=self.o.auto_converge,
                                        force=self.o.force, prediction_inputs=inputs,
@@ -185,6 +205,7 @@ class Bench:
                                        measure_cpu=measure_cpu)
             return self.backend.migrate(request, on_event)
         finally:
+            self._in_flight = None
             timer.cancel()
 
     def _give_up(self, vm: str) -> None:
@@ -236,7 +257,8 @@ class Bench:
                               measure_cpu=self.o.encryption_cost)
         t_end = time.time()
         site = self.where()
-        time.sleep(max(0.0, self.o.after_s - (time.time() - t_end)))
+        if not self.stopping.is_set():  # (stopped: the timelines so far are enough)
+            time.sleep(max(0.0, self.o.after_s - (time.time() - t_end)))
         offset_after = self.guest.clock_offset(site)  # after the window: nothing in it but us
         self.guest.stop(site, pids)
         resume_host = t0 + (record.total_s or (t_end - t0))
@@ -267,7 +289,7 @@ class Bench:
                  f"downtime {record.downtime_ms} ms; reads recovered after {rs.recovered_s} s")
         return run
 
-    def run(self, checkpoint: Callable[[list[ModeRun]], None] | None = None) -> list[ModeRun]:
+    def run(self, checkpoint: Callable[[list[ModeRun]], object] | None = None) -> list[ModeRun]:
         """Every round and mode; `checkpoint` gets the runs so far after each one, so a long
         run that is stopped half way still leaves its measured migrations on disk."""
         modes = ordered_modes(self.o.modes)
@@ -279,13 +301,28 @@ class Bench:
             for r in range(1, self.o.repeat + 1):
                 for mode in modes:
                     for variant in self.o.variants(r):
+                        if self.stopping.is_set():
+                            return runs
                         runs.append(self.measure(mode, r, variant))
                         if checkpoint:
                             checkpoint(runs)
-            self.bring_home()
+            if not self.stopping.is_set():
+                self.bring_home()
+        except PcteleportError:
+            if not self.stopping.is_set():
+                raise  # (stopped: a bring-home aborted, or a migration refused, is expected)
         finally:
+            if self.stopping.is_set():
+                self.stopped_where = self._where_words()
             self.backend.close()
         return runs
+
+    def _where_words(self) -> str:
+        vm = self.o.scenario.name
+        try:
+            return f"VM {vm} is running at {self.where()}"
+        except PcteleportError as exc:
+            return str(exc)
 
 
 def refuse_corrupting_engine(backend: LibvirtBackend, vm: str, force: bool, say: Say) -> None:
@@ -340,10 +377,29 @@ def main(scenario: str, modes: str, wan_profile: str, repeat: int, as_json: bool
                            insecure=insecure, encryption_cost=encryption_cost)
     bench = Bench(options)
 
-    def checkpoint(so_far: list[ModeRun]) -> None:
-        report.write(Path(out), options, so_far, command, bench.returns, bench.started)
+    def checkpoint(so_far: list[ModeRun]) -> Path:
+        return report.write(Path(out), options, so_far, command, bench.returns, bench.started)
 
-    runs = bench.run(checkpoint)
+    def on_sigint(_sig: int, _frame: object) -> None:
+        if bench.stopping.is_set() or not bench.stop():
+            raise KeyboardInterrupt  # nothing to abort, or the second Ctrl-C: stop waiting
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        runs = bench.run(checkpoint)
+    except KeyboardInterrupt:  # between migrations, or a second Ctrl-C: runs so far are kept
+        print(f"pcteleport: bench interrupted; {bench.stopped_where}", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if bench.stopping.is_set():
+        written = ""
+        if runs:
+            kept = checkpoint(runs)
+            written = f"; the {len(runs)} migration(s) measured so far are in {kept}"
+        print(f"pcteleport: bench stopped by the operator{written}; {bench.stopped_where}",
+              file=sys.stderr)
+        return 130
     md = report.write(Path(out), options, runs, command, bench.returns, bench.started)
     if as_json:
         stem = str(md)[:-3]

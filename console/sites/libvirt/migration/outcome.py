@@ -3,6 +3,7 @@ QEMU had not finished, and in every case where the VM really runs, asked of both
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import libvirt
@@ -52,6 +53,8 @@ def restore_source(plan: Plan, record: MigrationRecord, migrate_called: bool) ->
         notes.append(f"could not check {plan.dst.name} for a leftover incoming VM")
     try:
         dom = plan.src.find_domain(plan.vm_uuid or plan.vm)
+        if dom is not None and migrate_called:  # (before: a job there is somebody else's)
+            notes.extend(end_lingering_job(dom, plan.src.name, plan.vm))
         if dom is not None and dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED:
             dom.resume()  # libvirt resumes it on failure; make sure
     except (libvirt.libvirtError, PcteleportError):
@@ -66,6 +69,35 @@ def restore_source(plan: Plan, record: MigrationRecord, migrate_called: bool) ->
     else:
         state = f"VM {plan.vm} is in an unknown state at {plan.src.name}"
     return "; ".join([state, *notes])
+
+
+#: how long a job libvirt still holds after the run may take to end once aborted
+JOB_END_S = 30.0
+
+
+def end_lingering_job(dom: libvirt.virDomain, site: str, vm: str,
+                      wait_s: float = JOB_END_S) -> list[str]:
+    """The run is over, so no job of ours may go on at the source: libvirt has been seen to
+    hold a migration job for minutes after its client went, refusing every new migration
+    ("another migration job is already running"). Such a job is aborted here."""
+    if _job_type(dom) in (None, libvirt.VIR_DOMAIN_JOB_NONE):
+        return []
+    with contextlib.suppress(libvirt.libvirtError):
+        dom.abortJob()
+    deadline = time.monotonic() + wait_s
+    while _job_type(dom) not in (None, libvirt.VIR_DOMAIN_JOB_NONE):
+        if time.monotonic() >= deadline:
+            return [f"libvirt at {site} still holds a job on VM {vm} after the run; "
+                    f"`pcteleport abort {vm}` ends it"]
+        time.sleep(0.5)
+    return [f"aborted the job libvirt at {site} still held on VM {vm} after the run"]
+
+
+def _job_type(dom: libvirt.virDomain) -> int | None:
+    try:
+        return int(dom.jobInfo()[0])
+    except (libvirt.libvirtError, IndexError, TypeError, ValueError):
+        return None  # no answer: nothing known to abort
 
 
 def conclude(plan: Plan, record: MigrationRecord, destination: Destination, *, migrated: bool,
