@@ -247,6 +247,9 @@ class PredictionInputs:
     composition: Composition | None = None
     #: bytes the fresh restorable maps name (every disk teleport reads from)
     restorable_bytes: int | None = None
+    #: of the sampled pages the maps name, the share whose block on the base image holds
+    #: other bytes (written since the base: the overlay has them), which teleport sends whole
+    map_written_share: float | None = None
     map_s: float | None = None  # how long taking the maps took (teleport takes them again)
     #: random runs of guest pages read from the source QEMU's RAM
     sample_pages: int = 0

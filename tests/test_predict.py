@@ -75,6 +75,15 @@ def test_teleport_sends_the_rest_compressed_as_sampled_and_a_reference_per_mappe
     assert more.wan_bytes < p.wan_bytes
 
 
+def test_mapped_pages_written_since_the_base_cross_whole() -> None:
+    """A quarter of the mapped pages sampled differ from their base block: teleport counts
+    three quarters as restorable and sends the rest whole; stock does not change."""
+    inp = inputs(map_written_share=0.25)
+    assert pages_of(inp).restorable == pages_of(inputs()).restorable * 3 // 4
+    assert predict(inp, Mode.TELEPORT).wan_bytes > predict(inputs(), Mode.TELEPORT).wan_bytes
+    assert predict(inp, Mode.STOCK) == predict(inputs(), Mode.STOCK)
+
+
 def test_zstd_uses_the_sampled_ratio_of_every_non_zero_page() -> None:
     lo = predict(inputs(zstd_ratio=0.2), Mode.ZSTD)
     hi = predict(inputs(zstd_ratio=0.6), Mode.ZSTD)

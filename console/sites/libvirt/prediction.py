@@ -20,7 +20,12 @@ from pcteleport.record_store import RecordStore
 from pcteleport.records import PAGE_SIZE, DiskCopy, PredictionInputs, WanLink
 from pcteleport.sites.guest_agent import GuestAgent
 from pcteleport.sites.libvirt.migration.maps import merged
-from pcteleport.sites.libvirt.migration.plan import Plan, ram_layout, teleport_sources
+from pcteleport.sites.libvirt.migration.plan import (
+    Plan,
+    ram_layout,
+    raw_image,
+    teleport_sources,
+)
 from pcteleport.sites.libvirt.ramcheck import RamProbe
 from pcteleport.sites.libvirt.site_runtime import is_tcg
 
@@ -161,10 +166,10 @@ def measure(plan: Plan, agent: GuestAgent, link: WanLink | None, store: RecordSt
             inp.map_s = time.monotonic() - t
             inp.restorable_bytes = rmap.pages * PAGE_SIZE
             layout = ram_layout(dom)
-            for gpa, _disk, length in rmap.extents:
+            for gpa, disk, length in rmap.extents:
                 off = layout.ram_offset(gpa)
                 if off is not None:
-                    exclude.append((off // PAGE_SIZE, length // PAGE_SIZE))
+                    exclude.append((off // PAGE_SIZE, length // PAGE_SIZE, disk))
         except PcteleportError as exc:
             inp.problems.append(f"restorable map: {exc}")
     else:
@@ -172,10 +177,12 @@ def measure(plan: Plan, agent: GuestAgent, link: WanLink | None, store: RecordSt
     try:
         probe = RamProbe(plan.src, plan.vm)
         try:
-            s = probe.sample(SAMPLE_PAGES, exclude)
+            s = probe.sample(SAMPLE_PAGES, exclude, disks=[raw_image(d) for d in sources])
         finally:
             probe.close()
         inp.sample_pages = int(s["pages"])
+        if s.get("named"):
+            inp.map_written_share = int(s.get("named_written", 0)) / int(s["named"])
         if inp.sample_pages:
             inp.zero_fraction = s["zero"] / inp.sample_pages
         if s["raw"]:

@@ -28,6 +28,7 @@ from typing import Any
 
 from pcteleport.errors import PcteleportError
 from pcteleport.records import RamCheck
+from pcteleport.teleport.disk import split_offset
 
 PAGE = 4096
 DIGEST = 8  # bytes of xxh3-64 per page
@@ -180,9 +181,12 @@ def keep_evidence(folder: Path, index: list[int], src: dict[int, bytes],
 
 def sample(fd: int, size: int, req: dict[str, Any]) -> dict[str, Any]:
     """Guest pages at random, for the prediction (pcteleport.predict): of `pages` single
-    pages, how many are zero and how many a map names (`exclude`: [first page, pages]
-    ranges); on runs of `run` pages, how well zstd at QEMU's and the relay's level (1)
-    compresses the non-zero ones, all of them and those no map names."""
+    pages, how many are zero and how many a map names (`exclude`: [first page, pages] or
+    [first page, pages, disk offset] ranges, the offset in the relays' address space of
+    `disks`, the raw images teleport reads); of those named, how many differ from their block
+    there (`named_written`: written since the base, sent whole); on runs of `run` pages, how
+    well zstd at QEMU's and the relay's level (1) compresses the non-zero ones, all of them
+    and those no map names."""
     import bisect
     import random
 
@@ -191,12 +195,26 @@ def sample(fd: int, size: int, req: dict[str, Any]) -> dict[str, Any]:
     run = max(1, int(req.get("run", 64)))
     total = size // PAGE
     runs = max(1, min(int(req.get("pages", 8192)) // run, total // run))
-    ranges = sorted((int(a), int(n)) for a, n in req.get("exclude", []))
-    starts = [a for a, _ in ranges]
+    ranges = sorted((int(r[0]), int(r[1]), int(r[2]) if len(r) > 2 else -1)
+                    for r in req.get("exclude", []))
+    starts = [a for a, _n, _d in ranges]
+    images = [os.open(path, os.O_RDONLY) for path in req.get("disks", [])]
+
+    def named_at(page: int) -> int | None:
+        """The range's index naming `page`, if one does."""
+        i = bisect.bisect_right(starts, page) - 1
+        return i if i >= 0 and page < ranges[i][0] + ranges[i][1] else None
 
     def excluded(page: int) -> bool:
-        i = bisect.bisect_right(starts, page) - 1
-        return i >= 0 and page < ranges[i][0] + ranges[i][1]
+        return named_at(page) is not None
+
+    def written(page: int, data: bytes) -> bool:
+        """The block the map names for `page` holds other bytes (or none): sent whole."""
+        first, _n, disk = ranges[named_at(page)]  # type: ignore[index]
+        index, offset = split_offset(disk) if disk >= 0 else (len(images), 0)
+        if index >= len(images):
+            return False  # not asked: counted as restorable, as before
+        return os.pread(images[index], PAGE, offset + (page - first) * PAGE) != data
 
     rng = random.Random(req.get("seed"))
     zc = zstandard.ZstdCompressor(level=1)
@@ -206,14 +224,20 @@ def sample(fd: int, size: int, req: dict[str, Any]) -> dict[str, Any]:
     # 0.53-0.54 (zero memory comes in long stretches: 256 runs are 256 draws, not 16,384), and
     # T_min with it.
     singles = min(runs * run, total)
-    zero = named = rest = 0
-    for i in rng.sample(range(total), singles):
-        if os.pread(fd, PAGE, i * PAGE) == empty:
-            zero += 1
-        elif excluded(i):
-            named += 1
-        else:
-            rest += 1
+    zero = named = named_written = rest = 0
+    try:
+        for i in rng.sample(range(total), singles):
+            page = os.pread(fd, PAGE, i * PAGE)
+            if page == empty:
+                zero += 1
+            elif excluded(i):
+                named += 1
+                named_written += written(i, page)
+            else:
+                rest += 1
+    finally:
+        for image in images:
+            os.close(image)
     # zstd on runs: a run's pages compressed together, as multifd packets and relay frames are
     raw_all = packed_all = raw_rest = packed_rest = 0
     for first in rng.sample(range(total // run), runs):
@@ -232,8 +256,8 @@ def sample(fd: int, size: int, req: dict[str, Any]) -> dict[str, Any]:
         if whole:
             raw_rest += len(whole) * PAGE
             packed_rest += len(zc.compress(b"".join(whole)))
-    return {"pages": singles, "zero": zero, "named": named, "rest": rest,
-            "raw": raw_all, "packed": packed_all, "raw_rest": raw_rest,
+    return {"pages": singles, "zero": zero, "named": named, "named_written": named_written,
+            "rest": rest, "raw": raw_all, "packed": packed_all, "raw_rest": raw_rest,
             "packed_rest": packed_rest}
 
 
@@ -268,10 +292,10 @@ class RamProbe:
         data = self._proc.wait("pages", 60)["data"]
         return {int(k): base64.b64decode(v) for k, v in data.items()}
 
-    def sample(self, pages: int, exclude: list[tuple[int, int]], run: int = 64,
-               seed: int | None = None) -> dict[str, Any]:
+    def sample(self, pages: int, exclude: list[tuple[int, ...]], run: int = 64,
+               seed: int | None = None, disks: list[str] | None = None) -> dict[str, Any]:
         self._proc.send(json.dumps({"cmd": "sample", "pages": pages, "run": run, "seed": seed,
-                                    "exclude": exclude}) + "\n")
+                                    "exclude": exclude, "disks": disks or []}) + "\n")
         return self._proc.wait("sample", 120)
 
     def close(self) -> None:
