@@ -54,6 +54,7 @@ class Transfer:
         self.told_qemu = False  # avail-switchover-bandwidth was set on the source QEMU
         self.stalled = ""  # why we abandoned the job: it moved nothing, or never converged
         self._drain: float | None = None  # the WAN's drain rate from the latest relay stats
+        self._moving = [d.target for d in plan.disks if d.writable]  # the mirror's disks
 
     def run(self, dom: libvirt.virDomain) -> None:
         """Returns once QEMU's migration completed; raises MigrationFailed or Aborted."""
@@ -154,7 +155,11 @@ class Transfer:
                 j.phase(Phase.ITERATIVE, it)
             sample = build_sample(j.t(), j.current, stats, wan_rate,
                                   relays.send.latest if relays is not None else None)
-            self.disk_processed = max(self.disk_processed, sample.disk_processed_bytes)
+            # the mirror goes on copying the guest's writes once in sync, which libvirt's disk
+            # counter no longer shows: its block jobs' progress does
+            mirrored = mirror_progress(dom, self._moving)
+            self.disk_processed = max(self.disk_processed, sample.disk_processed_bytes,
+                                      mirrored)
             self.memory_processed = max(self.memory_processed,
                                         int(stats.get("memory_processed", 0) or 0))
             j.emit(sample)
@@ -169,7 +174,8 @@ class Transfer:
                 j.log(problem)
                 with contextlib.suppress(libvirt.libvirtError):
                     dom.abortJob()
-            moved = sample.disk_processed_bytes + int(stats.get("memory_processed", 0) or 0)
+            moved = (max(sample.disk_processed_bytes, mirrored)
+                     + int(stats.get("memory_processed", 0) or 0))
             idle = stall.still_for(moved, time.monotonic())
             if idle > self.plan.stall_s and not self.stalled:
                 self.stalled = (f"no progress for {idle:.0f} s: nothing reached "
@@ -257,3 +263,16 @@ class Transfer:
             except libvirt.libvirtError as exc:
                 self.journal.log(f"warning: could not give back the downtime limit "
                                  f"({scaled.limit_ms} ms) at {self.plan.src.name}: {exc}")
+
+
+def mirror_progress(dom: libvirt.virDomain, targets: list[str]) -> int:
+    """Bytes the storage migration's block jobs have copied so far (their `cur`), the guest's
+    writes after the mirrors were in sync included; 0 where a disk has no job."""
+    total = 0
+    for target in targets:
+        try:
+            info = dom.blockJobInfo(target, 0)
+        except libvirt.libvirtError:
+            continue
+        total += int(info.get("cur", 0) or 0) if isinstance(info, dict) else 0
+    return total
