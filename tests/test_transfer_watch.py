@@ -213,3 +213,25 @@ def test_a_mirror_copying_the_guests_writes_is_progress(fast_clock) -> None:
     idle = MirrorBusy(still=60, mirroring=False)
     _j, err = run_transfer(idle, disks=("vda", "vdb"))
     assert str(err).startswith("no progress for "), err
+
+
+class DisksNeverInSync(CopyingForever):
+    """The storage copy only: the guest writes its disks as fast as the mirror copies them
+    (libvirt's disk_total grows with disk_processed, the memory never starts)."""
+
+    def jobStats(self) -> dict:
+        self.calls += 1
+        copied = self.calls * 12 * MiB
+        return {"type": libvirt.VIR_DOMAIN_JOB_UNBOUNDED, "disk_processed": copied,
+                "disk_total": 2048 * MiB + copied, "disk_remaining": 2048 * MiB}
+
+
+def test_disks_that_never_get_in_sync_are_abandoned_saying_why(fast_clock) -> None:
+    dom = DisksNeverInSync()
+    j, err = run_transfer(dom)
+    assert any(line.text.endswith(str(err)) for line in j.record.log)
+    assert isinstance(err, MigrationFailed)
+    assert str(err).startswith("disks not converging: in "), err
+    assert "for writable layers that held 2.0 GiB at its start" in str(err)
+    assert dom.aborted.is_set()
+    assert dom.calls * 12 >= 3 * 2048  # not before three times the layers were copied

@@ -235,6 +235,37 @@ class Convergence:
         return recent, earlier
 
 
+class DiskConvergence:
+    """Whether the disks' copy can ever be in sync. libvirt starts the memory only once every
+    mirror is; a guest that writes its disks (amplified: the mirror copies whole granules)
+    as fast as the WAN carries the copy keeps it at 99 % for ever. tpcc on the default WAN
+    copied 7.4 GiB in 11 minutes for writable layers of 2.2 GiB, with the operator told
+    nothing. Stuck: `min_s` seconds into the copy, and `factor` times what the layers held at
+    its start copied, the memory not begun."""
+
+    def __init__(self, min_s: float = 300.0, factor: float = 3.0) -> None:
+        self.min_s, self.factor = min_s, factor
+        self.started_at: float | None = None
+        self.first_total = 0  # what the copy had to move when it was first seen
+
+    def stuck(self, s: MigrationSample, now: float) -> bool:
+        if s.total_bytes or not s.disk_total_bytes:
+            return False  # the memory copy began (the disks were in sync), or no disk copy
+        if self.started_at is None:
+            self.started_at, self.first_total = now, s.disk_total_bytes
+        return (now - self.started_at >= self.min_s
+                and s.disk_processed_bytes >= self.factor * self.first_total)
+
+    def why(self, s: MigrationSample, now: float) -> str:
+        took = now - (self.started_at or now)
+        return (f"disks not converging: in {took:.0f} s the storage copy moved "
+                f"{fmt_bytes(s.disk_processed_bytes)} for writable layers that held "
+                f"{fmt_bytes(self.first_total)} at its start; the guest writes its disks about "
+                "as fast as the WAN carries the copy, and the memory starts only once they are "
+                "in sync; the migration was abandoned (a higher bandwidth or a quieter moment "
+                "helps)")
+
+
 def not_converging(s: MigrationSample, conv: Convergence, auto_converge: bool) -> str:
     """Why a migration that never converged was abandoned, and what the operator can do."""
     rates = (f"it writes {fmt_bytes(s.dirty_rate_bytes_per_s)}/s, the migration moves "

@@ -24,6 +24,7 @@ from pcteleport.sites.libvirt.migration.plan import (
 )
 from pcteleport.sites.libvirt.migration.stats import (
     Convergence,
+    DiskConvergence,
     Stall,
     WanRate,
     build_sample,
@@ -135,6 +136,7 @@ class Transfer:
         start = time.monotonic()
         stall = Stall(start)
         converging = Convergence.for_run(self.plan.auto_converge)
+        disks_converging = DiskConvergence()
         tick = 0.5  # a first sample soon, then one a second on a steady clock
         while worker.is_alive():
             worker.join(max(0.0, start + tick - time.monotonic()))
@@ -187,6 +189,11 @@ class Transfer:
             now = time.monotonic()
             if sample.total_bytes:
                 converging.update(sample.iteration, sample.remaining_bytes, now)
+            if disks_converging.stuck(sample, now) and not self.stalled:
+                self.stalled = disks_converging.why(sample, now)
+                j.log(self.stalled)
+                with contextlib.suppress(libvirt.libvirtError):
+                    dom.abortJob()
             if converging.stuck(now, sample.total_bytes) and not self.stalled:
                 self.stalled = not_converging(sample, converging, self.plan.auto_converge)
                 j.log(self.stalled)
