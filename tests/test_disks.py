@@ -77,7 +77,8 @@ def test_the_domains_disks_with_their_bases():
         "/srv/images/web-data.raw", "/srv/images/root.raw", "/srv/replicas/ref.raw"]
 
 
-def make_plan(host_log: list | None = None, wan_addr: str = "10.77.0.2"):
+def make_plan(host_log: list | None = None, wan_addr: str = "10.77.0.2",
+              auto_converge: bool = False):
     disks = domain_disks(XML)
     host = SimpleNamespace(check=lambda argv, timeout=60: (host_log.append(argv)
                                                             if host_log is not None else None)
@@ -88,7 +89,7 @@ def make_plan(host_log: list | None = None, wan_addr: str = "10.77.0.2"):
     return SimpleNamespace(
         vm="web", src=site("tokyo", "10.77.0.1"), dst=site("osaka", wan_addr),
         disks=plan_mod.disk_moves(disks), data_disk="/srv/images/web-data.raw",
-        data_serial="pctdata", data_target="vdb")
+        data_serial="pctdata", data_target="vdb", auto_converge=auto_converge)
 
 
 def bases(monkeypatch, **states: str) -> None:
@@ -115,6 +116,17 @@ def test_bases_at_the_destination_move_only_the_overlays(monkeypatch):
             f"/srv/vms/web/vdb.qcow2 {64 << 20}") in script
     assert [d.reason for d in p.disks] == ["", "", ""]
     assert p.data_disk == "/srv/images/web-data.raw"
+
+
+def test_with_auto_converge_the_guests_disk_writes_wait_for_the_mirror(monkeypatch):
+    """auto-converge is asked for so that the migration converges: the disks too (a guest
+    writing them as fast as the WAN carries the mirror keeps them from ever being in sync)."""
+    bases(monkeypatch)
+    out, lines = storage.Storage(), []
+    storage.prepare(make_plan([], auto_converge=True), Dom(), lines.append, out)  # type: ignore[arg-type]
+    assert out.flags == (libvirt.VIR_MIGRATE_NON_SHARED_INC
+                         | libvirt.VIR_MIGRATE_NON_SHARED_SYNCHRONOUS_WRITES)
+    assert any("synchronous writes" in line for line in lines)
 
 
 def test_a_base_missing_at_the_destination_turns_teleport_off_and_copies_whole(monkeypatch):

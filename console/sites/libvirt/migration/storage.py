@@ -114,6 +114,14 @@ def prepare(plan: Plan, dom: libvirt.virDomain, log: Log, out: Storage) -> None:
     held = "" if out.whole else f"; the overlays hold {fmt_bytes(total)}"
     log(f"storage: {', '.join(d.target for d in moving)} go {how} over NBD to "
         f"{plan.dst.name} {plan.dst.config.wan_addr}{held}")
+    if plan.auto_converge:
+        # auto-converge slows the vCPUs so the memory converges; a guest that writes its
+        # disks as fast as the WAN carries the mirror keeps them from ever being in sync
+        # (libvirt starts the memory only then): its writes wait for the mirror instead
+        out.flags |= libvirt.VIR_MIGRATE_NON_SHARED_SYNCHRONOUS_WRITES
+        log("storage: with auto-converge, the guest's disk writes complete only once the "
+            "mirror has sent them too (libvirt's synchronous writes), so the disks' copy "
+            "converges however fast the guest writes")
 
 
 def destination_xml(dom: libvirt.virDomain, plan: Plan, base_xml: str | None = None) -> str:
