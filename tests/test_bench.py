@@ -531,13 +531,17 @@ def test_web_small_all_modes(lab, tmp_path):
 @pytest.mark.root
 @pytest.mark.lab
 @pytest.mark.slow
-def test_tpcc_small_stock_and_teleport(lab, tmp_path):
-    runs = _bench(tmp_path, "tpcc-small", "stock,teleport")
-    assert runs["teleport"]["record"]["wan_bytes"] < runs["stock"]["record"]["wan_bytes"]
+def test_tpcc_small_teleport(lab, tmp_path):
+    """The scenario's [bench] settings reach the runs (auto-converge, and with it the guest's
+    disk writes waiting for the mirror), and its workload runs. Teleport alone: stock beside
+    it cost 70 s of the suite; teleport against stock is test_web_small_all_modes's."""
+    runs = _bench(tmp_path, "tpcc-small", "teleport")
     assert "auto-converge for every mode" in runs["_md"]  # as tpcc-small.toml says
-    for mode in ("stock", "teleport"):
-        assert any("auto-converge:" in line["text"] for line in runs[mode]["record"]["log"])
-    assert max(v for _t, v in runs["stock"]["workload"]) > 0  # transactions ran
+    log = [line["text"] for line in runs["teleport"]["record"]["log"]]
+    assert any("auto-converge:" in line for line in log)
+    assert any("libvirt's synchronous writes" in line for line in log)
+    assert runs["teleport"]["record"]["pages"]["teleported"] > 0
+    assert max(v for _t, v in runs["teleport"]["workload"]) > 0  # transactions ran
 
 
 @pytest.mark.root

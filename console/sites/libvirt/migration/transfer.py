@@ -55,7 +55,6 @@ class Transfer:
         self.told_qemu = False  # avail-switchover-bandwidth was set on the source QEMU
         self.stalled = ""  # why we abandoned the job: it moved nothing, or never converged
         self._drain: float | None = None  # the WAN's drain rate from the latest relay stats
-        self._moving = [d.target for d in plan.disks if d.writable]  # the mirror's disks
 
     def run(self, dom: libvirt.virDomain) -> None:
         """Returns once QEMU's migration completed; raises MigrationFailed or Aborted."""
@@ -137,6 +136,7 @@ class Transfer:
         stall = Stall(start)
         converging = Convergence.for_run(self.plan.auto_converge)
         disks_converging = DiskConvergence()
+        moving = [d.target for d in self.plan.disks if d.writable]  # the mirror's disks
         tick = 0.5  # a first sample soon, then one a second on a steady clock
         while worker.is_alive():
             worker.join(max(0.0, start + tick - time.monotonic()))
@@ -159,7 +159,7 @@ class Transfer:
                                   relays.send.latest if relays is not None else None)
             # the mirror goes on copying the guest's writes once in sync, which libvirt's disk
             # counter no longer shows: its block jobs' progress does
-            mirrored = mirror_progress(dom, self._moving)
+            mirrored = mirror_progress(dom, moving)
             self.disk_processed = max(self.disk_processed, sample.disk_processed_bytes,
                                       mirrored)
             self.memory_processed = max(self.memory_processed,
