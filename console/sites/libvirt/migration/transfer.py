@@ -179,26 +179,26 @@ class Transfer:
             moved = (max(sample.disk_processed_bytes, mirrored)
                      + int(stats.get("memory_processed", 0) or 0))
             idle = stall.still_for(moved, time.monotonic())
-            if idle > self.plan.stall_s and not self.stalled:
-                self.stalled = (f"no progress for {idle:.0f} s: nothing reached "
-                                f"{self.plan.dst.name} over the WAN (is the link down?); "
-                                "the migration was abandoned")
-                j.log(self.stalled)
-                with contextlib.suppress(libvirt.libvirtError):
-                    dom.abortJob()
+            if idle > self.plan.stall_s:
+                self._abandon(dom, f"no progress for {idle:.0f} s: nothing reached "
+                              f"{self.plan.dst.name} over the WAN (is the link down?); "
+                              "the migration was abandoned")
             now = time.monotonic()
             if sample.total_bytes:
                 converging.update(sample.iteration, sample.remaining_bytes, now)
-            if disks_converging.stuck(sample, now) and not self.stalled:
-                self.stalled = disks_converging.why(sample, now)
-                j.log(self.stalled)
-                with contextlib.suppress(libvirt.libvirtError):
-                    dom.abortJob()
-            if converging.stuck(now, sample.total_bytes) and not self.stalled:
-                self.stalled = not_converging(sample, converging, self.plan.auto_converge)
-                j.log(self.stalled)
-                with contextlib.suppress(libvirt.libvirtError):
-                    dom.abortJob()
+            if disks_converging.stuck(sample, now):
+                self._abandon(dom, disks_converging.why(sample, now))
+            if converging.stuck(now, sample.total_bytes):
+                self._abandon(dom, not_converging(sample, converging, self.plan.auto_converge))
+
+    def _abandon(self, dom: libvirt.virDomain, why: str) -> None:
+        """Abort libvirt's job for `why` (the first reason only): the run fails with it."""
+        if self.stalled:
+            return
+        self.stalled = why
+        self.journal.log(why)
+        with contextlib.suppress(libvirt.libvirtError):
+            dom.abortJob()
 
     def _size_switchover(self, dom: libvirt.virDomain, latest: object,
                          job: dict | None = None) -> None:
