@@ -28,7 +28,7 @@ from typing import Any
 
 from pcteleport.errors import PcteleportError
 from pcteleport.records import RamCheck
-from pcteleport.teleport.disk import split_offset
+from pcteleport.teleport.disk import DiskSet, split_offset
 
 PAGE = 4096
 DIGEST = 8  # bytes of xxh3-64 per page
@@ -198,7 +198,7 @@ def sample(fd: int, size: int, req: dict[str, Any]) -> dict[str, Any]:
     ranges = sorted((int(r[0]), int(r[1]), int(r[2]) if len(r) > 2 else -1)
                     for r in req.get("exclude", []))
     starts = [a for a, _n, _d in ranges]
-    images = [os.open(path, os.O_RDONLY) for path in req.get("disks", [])]
+    paths = list(req.get("disks", []))
 
     def named_at(page: int) -> int | None:
         """The range's index naming `page`, if one does."""
@@ -208,13 +208,12 @@ def sample(fd: int, size: int, req: dict[str, Any]) -> dict[str, Any]:
     def excluded(page: int) -> bool:
         return named_at(page) is not None
 
-    def written(page: int, data: bytes) -> bool:
-        """The block the map names for `page` holds other bytes (or none): sent whole."""
-        first, _n, disk = ranges[named_at(page)]  # type: ignore[index]
-        index, offset = split_offset(disk) if disk >= 0 else (len(images), 0)
-        if index >= len(images):
+    def written(disks: DiskSet, r: int, page: int, data: bytes) -> bool:
+        """The block range `r` names for `page` holds other bytes (or none): sent whole."""
+        first, _n, disk = ranges[r]
+        if disk < 0 or split_offset(disk)[0] >= len(paths):
             return False  # not asked: counted as restorable, as before
-        return os.pread(images[index], PAGE, offset + (page - first) * PAGE) != data
+        return disks.block(disk + (page - first) * PAGE) != data
 
     rng = random.Random(req.get("seed"))
     zc = zstandard.ZstdCompressor(level=1)
@@ -225,19 +224,17 @@ def sample(fd: int, size: int, req: dict[str, Any]) -> dict[str, Any]:
     # T_min with it.
     singles = min(runs * run, total)
     zero = named = named_written = rest = 0
-    try:
+    with DiskSet(paths) as disks:
         for i in rng.sample(range(total), singles):
             page = os.pread(fd, PAGE, i * PAGE)
+            r = named_at(i)
             if page == empty:
                 zero += 1
-            elif excluded(i):
+            elif r is not None:
                 named += 1
-                named_written += written(i, page)
+                named_written += written(disks, r, i, page)
             else:
                 rest += 1
-    finally:
-        for image in images:
-            os.close(image)
     # zstd on runs: a run's pages compressed together, as multifd packets and relay frames are
     raw_all = packed_all = raw_rest = packed_rest = 0
     for first in rng.sample(range(total // run), runs):
