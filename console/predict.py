@@ -10,17 +10,20 @@ on one estimate and a test can pin it. The model is QEMU precopy over a link:
 * each page costs, by mode: a page record (stock, drop-cache), its zstd size as sampled (zstd;
   teleport's relay compresses the pages it sends whole the same way), or a reference
   (teleport, pages the fresh map names);
-* later rounds resend what the guest dirtied meanwhile (the measured dirty rate, at most its
-  RAM), until what is left fits in the downtime limit; auto-converge throttles the guest's
-  vCPUs by QEMU's steps (20 %, +10 % a round) while a round dirties more than half of what it
-  sent;
+* QEMU then resends what the guest wrote meanwhile: the pages written in a window, at the
+  measured dirty rate, where a write to a page already written adds nothing (`dirtied`), so
+  a long round finds fewer than rate x time; it syncs after each round, or every 5 s once
+  auto-converge runs (QEMU >= 9.2), and done when what is left fits the downtime limit at
+  QEMU's own bandwidth; auto-converge throttles the vCPUs by QEMU's steps (20 %, then +10 %
+  every second sync period that dirtied more than half of what QEMU sent);
 * drop-cache turns the clean cache into zero pages, but the workload reads its files again
   while the migration runs (`reread_share` of the clean cache): round 1 finds those pages
   full again, and they are dirtied after it passed them, so they cross twice (web: drop-cache
   sent 1.56x stock's pages); before that the guest spent `drop_s` dropping and zeroing;
 * the disks' overlays cross first (libvirt's NBD mirror: at the link's rate, after
   `disk_setup_s` to start the NBD server and the mirror jobs), then the mirror carries the
-  guest's disk writes (measured before the start) beside the memory stream;
+  guest's disk writes (measured before the start) beside the memory stream: whole granules
+  in the background, each write once when they are synchronous (with auto-converge);
 * time is the WAN bytes over the goodput, or the relay's / zstd's CPU rate when that is lower,
   plus the map (teleport), setup and the switch-over.
 
@@ -31,8 +34,10 @@ dirties meanwhile) over the goodput, plus a few RTTs.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
+from pcteleport.engine import version_tuple
 from pcteleport.records import (
     PAGE_SIZE,
     Composition,
@@ -44,7 +49,19 @@ from pcteleport.records import (
 
 PAGE_RECORD_BYTES = PAGE_SIZE + 8  # be64 offset|flags, then the page
 ZERO_RECORD_BYTES = 9  # be64 offset|flags, then one fill byte
-MAX_ROUNDS = 60  # QEMU keeps iterating; past this a migration that does not converge is stuck
+#: QEMU keeps iterating; past either a migration that does not converge is stuck
+MAX_PRECOPY_S = 3600.0
+MAX_SYNCS = 2000
+#: QEMU's auto-converge (migration/ram.c, cpu-throttle.c): a sync period that dirtied more
+#: than this share of the bytes QEMU sent is high; every second high one throttles the vCPUs
+THROTTLE_TRIGGER = 0.5
+THROTTLE_INITIAL = 0.2
+THROTTLE_STEP = 0.1
+THROTTLE_MAX = 0.99
+#: QEMU 9.2 and later sync the dirty bitmap every 5 s once auto-converge is on (after round
+#: 1), so the throttle is raised within a long round: tpcc's iterations came every 5 s
+PERIODIC_SYNC_S = 5.0
+PERIODIC_SYNC_QEMU = (9, 2, 0)
 QEMU_DOWNTIME_MS = 300.0  # QEMU's own downtime limit when none was set
 
 
@@ -72,6 +89,10 @@ class PredictionModel:
     #: granules (64 KiB) a write dirtied (fitted: tpcc-default-232108's stock and teleport
     #: mirrored 5.7 and 3.7 MB/s of writes until in sync, after 0.56 and 0.52 MB/s measured)
     mirror_write_amplification: float = 8.6
+    #: synchronous writes (auto-converge) cross once: tpcc-default-001407's stock and zstd
+    #: mirrored 0.40 and 0.25 MB/s beyond the overlays after 0.56 MB/s measured (the guest,
+    #: throttled, wrote less)
+    mirror_sync_write_amplification: float = 1.0
     drop_s: float = 2.0  # drop-cache: the guest's sync and drop, before zeroing
     #: drop-cache: how fast a TCG guest zeroes its free memory (fitted: 884 MB in 37.6 s on a
     #: loaded machine; earlier runs on a quiet one zeroed ~2.5x faster)
@@ -149,10 +170,21 @@ def disk_wan(inp: PredictionInputs) -> int:
 def mirror_writes(inp: PredictionInputs, rate: float,
                   model: PredictionModel = DEFAULT_MODEL) -> float:
     """Bytes/s the disks' mirror sends for the guest's writes while it runs: what the guest
-    wrote, times the mirror's amplification (it copies whole granules), at most 90 % of the
-    link."""
-    return min((inp.disk_write_bytes_per_s or 0.0) * model.mirror_write_amplification,
-               0.9 * rate)
+    wrote, times the mirror's amplification (in the background it copies the whole granules
+    a write dirtied; with auto-converge the writes are synchronous, see
+    sites/libvirt/migration/storage.py, and each crosses once), at most 90 % of the link."""
+    amplification = (model.mirror_sync_write_amplification if inp.auto_converge
+                     else model.mirror_write_amplification)
+    return min((inp.disk_write_bytes_per_s or 0.0) * amplification, 0.9 * rate)
+
+
+def periodic_sync(qemu_version: str) -> bool:
+    """QEMU syncs its dirty bitmap every 5 s under auto-converge (9.2 and later; a version not
+    known is taken as the lab's, which has it)."""
+    try:
+        return not qemu_version or version_tuple(qemu_version) >= PERIODIC_SYNC_QEMU
+    except ValueError:
+        return True
 
 
 def disk_seconds(inp: PredictionInputs, rate: float,
@@ -171,36 +203,76 @@ def disk_seconds(inp: PredictionInputs, rate: float,
 class Precopy:
     wan_bytes: float
     seconds: float  # on the WAN (or CPU-bound), first round to the end of stop-and-copy
-    rounds: int
+    rounds: int  # dirty-bitmap syncs: QEMU's iterations
     converges: bool
 
 
-def precopy(first_wan: float, dirty_page_wan: float, dirty_pages_per_s: float,
-            max_dirty_pages: int, rate: float, downtime_s: float, auto_converge: bool,
+@dataclass(frozen=True)
+class Stream:
+    """How one mode's stream carries pages: round 1 (every page once), a page resent later
+    on the WAN, and as QEMU counts it on its own socket (QEMU sizes the switch-over and
+    auto-converge by its own bandwidth: zstd's compressed bytes, the raw pages it hands
+    teleport's relay)."""
+
+    first_wan: float
+    first_qemu: float
+    page_wan: float
+    page_qemu: float
+
+
+def dirtied(pages_per_s: float, span: int, seconds: float) -> float:
+    """Distinct pages a guest has written after `seconds`, writing `pages_per_s` (as measured
+    over a few seconds) over `span` pages: a write to a page already written adds nothing, so
+    a long round sees fewer than rate x time (tpcc: 883 MB of its 1 GiB in an 86 s round 1, at
+    18-22 MB/s measured)."""
+    if span <= 0 or pages_per_s <= 0 or seconds <= 0:
+        return 0.0
+    return span * -math.expm1(-pages_per_s * seconds / span)
+
+
+def _throttled(throttle: float) -> float:
+    return THROTTLE_INITIAL if throttle == 0 else min(THROTTLE_MAX, throttle + THROTTLE_STEP)
+
+
+def precopy(stream: Stream, dirty_pages_per_s: float, span: int, rate: float,
+            downtime_s: float, auto_converge: bool, periodic_sync: bool = True,
             first_extra: float = 0.0, min_round_s: float = 0.0) -> Precopy:
-    """Rounds of a precopy: round 1 costs `first_wan` bytes (plus `first_extra` pages dirtied
-    by something other than the guest's own rate, e.g. drop-cache's re-reads), each later round
-    the pages dirtied during the one before at `dirty_page_wan` bytes each; done when a round
-    fits in the downtime limit. `min_round_s`: a round never takes less (a CPU bound)."""
-    sent = first_wan
-    t = max(first_wan / rate, min_round_s)
-    dirty_pages = min(dirty_pages_per_s * t + first_extra, max_dirty_pages)
-    throttle = 0.0
-    rounds = 1
-    while rounds < MAX_ROUNDS:
-        round_wan = dirty_pages * dirty_page_wan
-        if round_wan / rate <= downtime_s:  # stop-and-copy
-            return Precopy(sent + round_wan, t + round_wan / rate, rounds + 1, True)
-        round_t = round_wan / rate
-        sent += round_wan
-        t += round_t
-        rounds += 1
-        new = min(dirty_pages_per_s * (1.0 - throttle) * round_t, max_dirty_pages)
-        # QEMU's auto-converge: throttle once a round dirties more than half of what it sent
-        if auto_converge and new > 0.5 * dirty_pages:
-            throttle = 0.2 if throttle == 0 else min(0.99, throttle + 0.1)
-        dirty_pages = new
-    return Precopy(sent, t, rounds, False)
+    """QEMU's precopy, sync by sync. Round 1 sends `stream.first_wan` (never faster than
+    `min_round_s`, a CPU bound); at its end every page written meanwhile is pending (plus
+    `first_extra`, pages dirtied by something else: drop-cache's re-reads). Then QEMU sends
+    what is pending and syncs again: after the whole round, or every 5 s once auto-converge
+    runs on a QEMU that has its periodic sync. At each sync a period that dirtied more than
+    half of what QEMU sent counts as high, and every second one throttles the vCPUs a step.
+    Done when what is pending fits the downtime limit at QEMU's own bandwidth."""
+    t = max(stream.first_wan / rate, min_round_s)
+    sent = stream.first_wan
+    pages_per_s = rate / stream.page_wan
+    fits = pages_per_s * stream.page_qemu * downtime_s / PAGE_SIZE
+    pending = min(dirtied(dirty_pages_per_s, span, t) + first_extra, float(span))
+    throttle, high = 0.0, 0
+    if auto_converge and pending * PAGE_SIZE > THROTTLE_TRIGGER * stream.first_qemu:
+        high = 1
+    syncs = 1
+    while t < MAX_PRECOPY_S and syncs < MAX_SYNCS:
+        if pending <= fits:  # stop-and-copy
+            last = pending * stream.page_wan
+            return Precopy(sent + last, t + last / rate, syncs + 1, True)
+        n = pending
+        if auto_converge and periodic_sync:
+            n = min(pending, pages_per_s * PERIODIC_SYNC_S)
+        dt = n / pages_per_s
+        # pages still pending when the guest writes them again add nothing
+        new = dirtied(dirty_pages_per_s * (1.0 - throttle), span, dt) * \
+            max(0.0, 1.0 - (pending - n) / span)
+        pending = min(pending - n + new, float(span))
+        sent += n * stream.page_wan
+        t += dt
+        syncs += 1
+        if auto_converge and new * PAGE_SIZE > THROTTLE_TRIGGER * n * stream.page_qemu:
+            high += 1
+            if high >= 2:
+                high, throttle = 0, _throttled(throttle)
+    return Precopy(sent, t, syncs, False)
 
 
 def predict(inp: PredictionInputs, mode: Mode,
@@ -228,6 +300,10 @@ def predict(inp: PredictionInputs, mode: Mode,
     else:
         page_wan, zero_wan = float(PAGE_RECORD_BYTES), float(ZERO_RECORD_BYTES)
     first = nonzero * page_wan + zero * zero_wan + teleported * model.teleport_ref_bytes
+    # what QEMU itself writes: teleport's relay gets every page whole, zstd is compressed
+    page_qemu = float(PAGE_RECORD_BYTES) if mode is Mode.TELEPORT else page_wan
+    first_qemu = first if mode is not Mode.TELEPORT else \
+        (nonzero + teleported) * page_qemu + zero * ZERO_RECORD_BYTES
 
     disk = disk_wan(inp)
     rate = goodput(inp, model)
@@ -245,8 +321,10 @@ def predict(inp: PredictionInputs, mode: Mode,
     # the mirror sends the guest's disk writes until it is in sync and while memory goes:
     # they share the link
     writes = mirror_writes(inp, rate, model)
-    run = precopy(first, page_wan, dirty, p.total, rate - writes, downtime_s,
-                  inp.auto_converge, first_extra=reread, min_round_s=cpu_s)
+    run = precopy(Stream(first, first_qemu, page_wan, page_qemu), dirty, p.total,
+                  rate - writes, downtime_s, inp.auto_converge,
+                  periodic_sync=periodic_sync(inp.qemu_version), first_extra=reread,
+                  min_round_s=cpu_s)
     mirror_s = disk_seconds(inp, rate, model)
     disk += int(writes * (run.seconds + max(0.0, mirror_s - model.disk_setup_s)))
     seconds = run.seconds + mirror_s

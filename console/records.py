@@ -275,6 +275,7 @@ class PredictionInputs:
     disk_write_bytes_per_s: float | None = None
     auto_converge: bool = False
     max_downtime_ms: float | None = None  # QEMU's downtime limit for the VM's next migration
+    qemu_version: str = ""  # the QEMU the VM runs at the source ("" if not known)
     problems: list[str] = field(default_factory=list)
 
 

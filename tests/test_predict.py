@@ -12,9 +12,13 @@ from pcteleport.predict import (
     PAGE_RECORD_BYTES,
     ZERO_RECORD_BYTES,
     PredictionModel,
+    Stream,
+    dirtied,
     keep_prediction,
+    mirror_writes,
     must_cross_bytes,
     pages_of,
+    periodic_sync,
     precopy,
     predict,
     predict_all,
@@ -123,11 +127,63 @@ def test_dirtying_costs_rounds_and_a_guest_faster_than_the_link_does_not_converg
     assert not wild.converges
 
 
+def stream(first: float = 500e6, page: float = 4104.0, qemu: float | None = None) -> Stream:
+    return Stream(first, first, page, page if qemu is None else qemu)
+
+
 def test_auto_converge_throttles_a_fast_writer_until_it_converges() -> None:
-    without = precopy(500e6, 4104, 50e6 / 4096, 2**18, 12.5e6, 1.0, auto_converge=False)
-    with_ac = precopy(500e6, 4104, 50e6 / 4096, 2**18, 12.5e6, 1.0, auto_converge=True)
-    assert not without.converges and with_ac.converges
-    assert with_ac.wan_bytes > 500e6
+    for periodic in (True, False):
+        without = precopy(stream(), 50e6 / 4096, 2**18, 12.5e6, 1.0, auto_converge=False,
+                          periodic_sync=periodic)
+        with_ac = precopy(stream(), 50e6 / 4096, 2**18, 12.5e6, 1.0, auto_converge=True,
+                          periodic_sync=periodic)
+        assert not without.converges and with_ac.converges
+        assert with_ac.wan_bytes > 500e6
+
+
+def test_a_long_round_finds_fewer_pages_written_than_rate_times_time() -> None:
+    """Writes land on pages already written: a short window counts nearly every write, a long
+    one approaches the span (the pages the guest writes over) and never exceeds it."""
+    rate, span = 5000.0, 2**18
+    assert dirtied(rate, span, 1.0) == pytest.approx(rate, rel=0.01)
+    assert dirtied(rate, span, 60.0) < 0.9 * rate * 60
+    assert dirtied(rate, span, 1e4) == pytest.approx(span)
+    assert dirtied(rate, span, 0.0) == 0 and dirtied(0.0, span, 10.0) == 0
+
+
+def test_periodic_syncs_throttle_within_what_would_be_one_long_round() -> None:
+    """QEMU >= 9.2 syncs every 5 s under auto-converge: the throttle rises while the big
+    remainder of round 1 goes, instead of once per whole round, so less is resent."""
+    args = (stream(1e9), 20e6 / 4096, 2**18, 12.5e6, 1.0)
+    periodic = precopy(*args, auto_converge=True, periodic_sync=True)
+    rounds = precopy(*args, auto_converge=True, periodic_sync=False)
+    assert periodic.converges and rounds.converges
+    assert periodic.wan_bytes < rounds.wan_bytes
+    assert periodic.rounds > rounds.rounds  # a sync every 5 s
+    assert periodic_sync("10.0.2") and periodic_sync("9.2.0") and periodic_sync("")
+    assert not periodic_sync("7.2.22") and not periodic_sync("9.1.3")
+
+
+def test_qemu_switches_over_by_its_own_bandwidth() -> None:
+    """zstd: QEMU counts compressed bytes, so what fits its downtime limit is as many raw
+    pages as the link carries compressed bytes in that time, not more."""
+    rate, dirty = 12.5e6, 2000.0
+    plain = precopy(stream(), dirty, 2**18, rate, 1.0, auto_converge=False)
+    # same WAN cost per page, but QEMU counts a third of it: the remainder must shrink more
+    counted_less = precopy(stream(qemu=4104 / 3), dirty, 2**18, rate, 1.0,
+                           auto_converge=False)
+    assert counted_less.rounds > plain.rounds
+
+
+def test_synchronous_writes_cross_once() -> None:
+    """With auto-converge the guest's disk writes are synchronous (storage.py): the mirror
+    sends each once instead of the granules around it."""
+    model = dataclasses.replace(NO_OVERHEAD, mirror_write_amplification=8.0,
+                                mirror_sync_write_amplification=1.0)
+    bg = inputs(disk_write_bytes_per_s=1e5)
+    sync = inputs(disk_write_bytes_per_s=1e5, auto_converge=True)
+    assert mirror_writes(bg, 12.5e6, model) == pytest.approx(8e5)
+    assert mirror_writes(sync, 12.5e6, model) == pytest.approx(1e5)
 
 
 def test_a_cap_slows_it_down_and_rtts_add_up() -> None:

@@ -140,7 +140,8 @@ def measure(plan: Plan, agent: GuestAgent, link: WanLink | None, store: RecordSt
     # The dirty rate is measured by QEMU while the agent walks the cache and RAM is sampled.
     rate: dict[str, float] = {}
     xml = dom.XMLDesc(0)
-    bitmap = not dirty_bitmap_crashes(plan.src.domain_qemu_version(xml), is_tcg(xml))
+    inp.qemu_version = plan.src.domain_qemu_version(xml)
+    bitmap = not dirty_bitmap_crashes(inp.qemu_version, is_tcg(xml))
 
     def calc() -> None:
         try:
