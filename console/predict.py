@@ -94,9 +94,10 @@ class PredictionModel:
     #: throttled, wrote less)
     mirror_sync_write_amplification: float = 1.0
     drop_s: float = 2.0  # drop-cache: the guest's sync and drop, before zeroing
-    #: drop-cache: how fast a TCG guest zeroes its free memory (fitted: 884 MB in 37.6 s on a
-    #: loaded machine; earlier runs on a quiet one zeroed ~2.5x faster)
-    zero_bytes_per_s: float = 23.5e6
+    #: drop-cache: how fast a TCG guest zeroes its free memory (the median of 24 drop-cache
+    #: runs, free and clean cache over the drop less drop_s: 24-136 MB/s by the machine's load;
+    #: it was the slowest of them, 23.5, before)
+    zero_bytes_per_s: float = 60e6
     #: the disks' mirror: NBD server, blockdev-mirror jobs until they copy (fitted: request
     #: to the first memory byte, less the overlay at the link's rate, 2.2-3.1 s, mean 2.7)
     disk_setup_s: float = 2.7
@@ -275,6 +276,28 @@ def precopy(stream: Stream, dirty_pages_per_s: float, span: int, rate: float,
     return Precopy(sent, t, syncs, False)
 
 
+def stale_pages(inp: PredictionInputs, p: Pages, ratio_rest: float,
+                model: PredictionModel = DEFAULT_MODEL) -> int:
+    """Mapped pages the guest rewrites before round 1 sends them: their bytes no longer match
+    the disk's, so the relay sends them whole. The maps are refreshed all along, each taking
+    `map_s`, so a page goes against a map about that old, plus half of round 1 (tpcc at
+    25 MB/s with 11 s maps: the relay refused 55 % of the mapped pages of round 1; the sample
+    had found 11 % written since the base)."""
+    rate = goodput(inp, model)
+    dirty = (inp.dirty_rate_bytes_per_s or 0.0) / PAGE_SIZE
+    if not rate or not dirty or not p.restorable:
+        return 0
+    stale = 0.0
+    for _ in range(2):  # round 1's length depends on how many go whole
+        whole = p.nonzero - p.restorable + stale
+        round1 = max((whole * PAGE_SIZE * ratio_rest + (p.restorable - stale)
+                      * model.teleport_ref_bytes) / rate,
+                     p.nonzero * PAGE_SIZE / model.relay_bytes_per_s)
+        age = (inp.map_s or 0.0) + round1 / 2
+        stale = p.restorable * dirtied(dirty, p.total, age) / p.total
+    return int(stale)
+
+
 def predict(inp: PredictionInputs, mode: Mode,
             model: PredictionModel = DEFAULT_MODEL) -> ModePrediction:
     p = pages_of(inp, model)
@@ -288,7 +311,7 @@ def predict(inp: PredictionInputs, mode: Mode,
         # them (first_extra below): they cross twice
         zero, nonzero = zero + dropped - reread, nonzero - dropped + reread
     elif mode is Mode.TELEPORT:
-        teleported = p.restorable
+        teleported = p.restorable - stale_pages(inp, p, ratio_rest, model)
         nonzero -= teleported
 
     if mode is Mode.ZSTD:

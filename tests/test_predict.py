@@ -22,6 +22,7 @@ from pcteleport.predict import (
     precopy,
     predict,
     predict_all,
+    stale_pages,
     t_min,
 )
 from pcteleport.records import PAGE_SIZE, Composition, Mode, PredictionInputs
@@ -264,3 +265,20 @@ def test_the_guests_disk_writes_cross_too_and_slow_the_memory_down() -> None:
     assert busy.disk_wan_bytes == pytest.approx(
         8 * MIB + 2.5e6 * (1.25 * disk_s + busy_memory_s), rel=0.01)
     assert busy.memory_wan_bytes == quiet.memory_wan_bytes
+
+
+def test_a_map_the_guest_rewrites_meanwhile_names_fewer_pages_teleport_can_use() -> None:
+    """Mapped pages the guest rewrites between the map and round 1 differ from their disk
+    blocks: the relay sends them whole. The older the map (it takes map_s) and the faster the
+    guest writes, the more of them."""
+    still = inputs(dirty_rate_bytes_per_s=0.0, map_s=10.0)
+    busy = inputs(dirty_rate_bytes_per_s=25e6, map_s=10.0)
+    quick = inputs(dirty_rate_bytes_per_s=25e6, map_s=0.5)
+    p = pages_of(busy)
+    assert stale_pages(still, p, 0.4) == 0
+    assert 0 < stale_pages(quick, p, 0.4) < stale_pages(busy, p, 0.4) < p.restorable
+    tele = [predict(i, Mode.TELEPORT).memory_wan_bytes for i in (still, quick, busy)]
+    assert tele[0] < tele[1] < tele[2]
+    # stock sends every page whatever the map says
+    assert predict(busy, Mode.STOCK).memory_wan_bytes == \
+        predict(dataclasses.replace(busy, map_s=0.5), Mode.STOCK).memory_wan_bytes
