@@ -381,9 +381,11 @@ def must_cross_bytes(inp: PredictionInputs, model: PredictionModel = DEFAULT_MOD
 
 
 def t_min(inp: PredictionInputs, model: PredictionModel = DEFAULT_MODEL) -> float | None:
-    """Seconds: the bytes that must cross over the goodput, the guest's dirtying at the same
-    cost per page while they do, plus a few RTTs. None without a link rate, or when the guest
-    dirties faster than the link can carry even at that cost (no precopy bound)."""
+    """Seconds: the disks' overlays over the goodput (the memory waits for them, so the guest's
+    dirtying costs nothing meanwhile), then the memory that must cross over what the goodput
+    leaves beside the guest's dirtying at the same cost per page, plus a few RTTs. None
+    without a link rate, or when the guest dirties faster than the link can carry even at
+    that cost (no precopy bound)."""
     rate = goodput(inp, model)
     if not rate:
         return None
@@ -391,7 +393,8 @@ def t_min(inp: PredictionInputs, model: PredictionModel = DEFAULT_MODEL) -> floa
     dirty_wan = (inp.dirty_rate_bytes_per_s or 0.0) * rest
     if dirty_wan >= rate:
         return None
-    return must_cross_bytes(inp, model) / (rate - dirty_wan) + \
+    disks = disk_wan(inp)
+    return disks / rate + (must_cross_bytes(inp, model) - disks) / (rate - dirty_wan) + \
         model.tmin_rtts * (inp.rtt_ms or 0.0) / 1000.0
 
 

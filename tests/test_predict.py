@@ -208,6 +208,18 @@ def test_t_min_is_what_must_cross_over_the_goodput_plus_rtts() -> None:
     assert t_min(inputs(dirty_rate_bytes_per_s=1e9)) is None  # faster than any precopy
 
 
+def test_t_min_does_not_charge_the_guests_dirtying_while_the_overlays_cross() -> None:
+    """The memory starts once the disks are in sync: the overlays go at the full goodput,
+    only the memory shares the link with the guest's dirtying (tpcc-default-025144's teleport
+    ran in 0.83x a T_min that charged it on its 562 MB overlay too)."""
+    model = PredictionModel(goodput_share=1.0, tmin_rtts=0)
+    bare = inputs(dirty_rate_bytes_per_s=5e6)
+    disks = inputs(dirty_rate_bytes_per_s=5e6, disk_overlay_bytes=500 * MIB)
+    a, b = t_min(bare, model), t_min(disks, model)
+    assert a is not None and b is not None
+    assert b - a == pytest.approx(500 * MIB / 12.5e6)
+
+
 def test_the_record_keeps_the_prediction_of_its_own_mode_and_t_min() -> None:
     r = constructed_run(Mode.ZSTD)
     inp = inputs()
