@@ -14,7 +14,7 @@ import libvirt
 
 from pcteleport.backend import VERIFY_SAMPLE_PAGES, MigrationRequest
 from pcteleport.errors import PcteleportError
-from pcteleport.predict import predict, predict_all, t_min
+from pcteleport.predict import caveats, predict, predict_all, t_min
 from pcteleport.records import LogLine, Mode, PredictionInputs, Result, to_dict
 from pcteleport.sites.backends import sites_config_candidates
 from pcteleport.sites.libvirt.backend import LibvirtBackend
@@ -150,6 +150,7 @@ def prediction_summary(vm: str, to: str, inputs: PredictionInputs) -> dict[str, 
                    "predicted_memory_wan_bytes": p.memory_wan_bytes,
                    "predicted_disk_wan_bytes": p.disk_wan_bytes,
                    "converges": p.converges} for p in predict_all(inputs)],
+        "caveats": caveats(inputs),
         "inputs": to_dict(inputs),
     }
 
@@ -183,6 +184,8 @@ def dry_run(vm: str, to: str, bandwidth_mib: float | None, as_json: bool,
         note = "" if m["converges"] else "  may not converge"
         print(f"{m['mode']:<11} {m['predicted_wan_bytes'] / 2**20:>7.1f} MiB {time_txt:>9} "
               f"{ratio:>8}{note}")
+    for c in out["caveats"]:
+        print(f"note: {c}")
     return 0
 
 

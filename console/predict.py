@@ -398,6 +398,19 @@ def t_min(inp: PredictionInputs, model: PredictionModel = DEFAULT_MODEL) -> floa
         model.tmin_rtts * (inp.rtt_ms or 0.0) / 1000.0
 
 
+def caveats(inp: PredictionInputs) -> list[str]:
+    """What the inputs cannot see, in words for the operator beside the prediction."""
+    out = []
+    if inp.dirty_rate_method == "page-sampling":
+        # QEMU's dirty-bitmap measurement counts only KVM's dirty log (0 on a TCG guest);
+        # sampling hashes pages: a page rewritten with the bytes it held looks clean, though
+        # QEMU's migration bitmap resends it (web stock: 54 s, or 263 s hovering at the
+        # downtime limit, from the same inputs: docs/results.md)
+        out.append("dirty rate by page sampling: rewrites of the same bytes are not seen, so "
+                   "a guest busy reading its cache may take longer to converge than predicted")
+    return out
+
+
 def inputs_from_composition(composition: Composition, link_bytes_per_s: float | None,
                             rtt_ms: float | None = None, cap_bytes_per_s: float | None = None,
                             ram_bytes: int | None = None) -> PredictionInputs:

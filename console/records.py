@@ -261,6 +261,9 @@ class PredictionInputs:
     #: guest memory written per second (QEMU calc-dirty-rate, over dirty_calc_s)
     dirty_rate_bytes_per_s: float | None = None
     dirty_calc_s: float = 0.0
+    #: how QEMU measured it: "dirty-bitmap" (every write), "page-sampling" (pages whose bytes
+    #: changed: a guest rewriting the same bytes, as one reading its cache does, looks calmer)
+    dirty_rate_method: str = ""
     link_rate_bytes_per_s: float | None = None  # the WAN's goodput
     rtt_ms: float | None = None
     #: the lab WAN profile the link had (empty: not a lab link) and its configured rate: the

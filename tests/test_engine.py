@@ -60,7 +60,8 @@ def test_page_sampling_alone_where_dirty_bitmap_would_crash() -> None:
             return [(doms[0], {"dirtyrate.calc_status": libvirt.VIR_DOMAIN_DIRTYRATE_MEASURED,
                                "dirtyrate.megabytes_per_second": 3})]
 
-    assert dirty_rate(Dom(), Conn(), seconds=0, bitmap=False) == 3 * 2**20  # type: ignore[arg-type]
+    assert dirty_rate(Dom(), Conn(), seconds=0, bitmap=False) == (  # type: ignore[arg-type]
+        3 * 2**20, "page-sampling")
     assert asked == [libvirt.VIR_DOMAIN_DIRTYRATE_MODE_PAGE_SAMPLING]
     asked.clear()
     dirty_rate(Dom(), Conn(), seconds=0)  # type: ignore[arg-type]

@@ -13,6 +13,7 @@ from pcteleport.predict import (
     ZERO_RECORD_BYTES,
     PredictionModel,
     Stream,
+    caveats,
     dirtied,
     keep_prediction,
     mirror_writes,
@@ -294,3 +295,13 @@ def test_a_map_the_guest_rewrites_meanwhile_names_fewer_pages_teleport_can_use()
     # stock sends every page whatever the map says
     assert predict(busy, Mode.STOCK).memory_wan_bytes == \
         predict(dataclasses.replace(busy, map_s=0.5), Mode.STOCK).memory_wan_bytes
+
+
+def test_a_sampled_dirty_rate_comes_with_a_caveat_and_the_dry_run_carries_it() -> None:
+    from pcteleport.headless import prediction_summary
+
+    sampled = inputs(dirty_rate_method="page-sampling")
+    assert caveats(sampled) and "same bytes" in caveats(sampled)[0]
+    assert caveats(inputs(dirty_rate_method="dirty-bitmap")) == []
+    assert prediction_summary("web", "osaka", sampled)["caveats"] == caveats(sampled)
+    assert prediction_summary("web", "osaka", inputs())["caveats"] == []

@@ -62,6 +62,10 @@ def test_dry_run_predicts_every_mode_and_t_min_and_starts_nothing(lab: Path) -> 
     assert inputs["sample_pages"] > 0 and 0 <= inputs["zero_fraction"] <= 1
     assert inputs["restorable_bytes"] > 0, inputs["problems"]
     assert inputs["dirty_rate_bytes_per_s"] is not None, inputs["problems"]
+    # the lab's guests are TCG: QEMU's bitmap mode reads 0 there, sampling measured, and the
+    # operator is told what sampling cannot see
+    assert inputs["qemu_version"] and inputs["dirty_rate_method"] == "page-sampling"
+    assert out["caveats"] and "same bytes" in out["caveats"][0]
     # nothing started: the VM runs where it ran, and no migration was recorded
     assert _where() == before
     assert not list(lab.glob("**/*.json"))

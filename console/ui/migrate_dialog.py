@@ -15,7 +15,7 @@ from textual.widgets import Button, DataTable, Input, Label, RadioButton, RadioS
 
 from pcteleport.backend import MigrationRequest
 from pcteleport.engine import tcg_dirty_page_bug
-from pcteleport.predict import inputs_from_composition, predict_all, t_min
+from pcteleport.predict import caveats, inputs_from_composition, predict_all, t_min
 from pcteleport.records import VM, Composition, Mode, PredictionInputs, Site
 from pcteleport.ui import palette, units
 from pcteleport.ui.failures import describe
@@ -175,7 +175,10 @@ class MigrateDialog(ModalScreen[MigrationRequest | None]):
                           Text(time_txt, style=style), Text(vs, style=style))
         limit = f"T_min {units.seconds(tmin)}" if tmin is not None else "T_min unknown"
         if self.inputs is not None and self.inputs.sample_pages:
-            self.note(f"{limit} · predicted from a fresh measurement")
+            # the whole caveat is in `migrate --dry-run`; the dialog has one line
+            sampled = " · dirty rate sampled: may converge later" if caveats(self.inputs) \
+                else ""
+            self.note(f"{limit} · predicted from a fresh measurement{sampled}")
         elif self.inputs is not None:  # a backend that knows only the composition (a replay)
             self.note(f"{limit} · predicted from the composition only (no RAM sample)")
         elif self.measuring:

@@ -101,6 +101,7 @@ class FakeBackend(Backend):
     outcome: dict[str, object] = field(default_factory=dict)  # fields the final record gets
     title: str = "test"
     calls: list[str] = field(default_factory=list)
+    dirty_rate_method: str = ""  # how the stand-in dirty rate was measured
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -140,6 +141,7 @@ class FakeBackend(Backend):
         inp.zero_fraction = comp.free / max(1, inp.ram_bytes)
         inp.zstd_ratio, inp.zstd_ratio_rest = 0.3, 0.25
         inp.dirty_rate_bytes_per_s, inp.dirty_calc_s = 1 * 2**20, 3.0
+        inp.dirty_rate_method = self.dirty_rate_method
         inp.disk_overlay_bytes = 6 * 2**20
         return inp
 

@@ -97,6 +97,19 @@ async def test_the_dialog_measures_the_guest_when_it_opens_and_shows_t_min() -> 
         assert all(r[3].endswith("×") and float(r[3][:-1]) >= 1.0 for r in rows)
 
 
+async def test_a_sampled_dirty_rate_is_said_beside_the_prediction() -> None:
+    """Page sampling misses rewrites of the same bytes (a TCG guest, where QEMU's bitmap mode
+    reads 0): the note says so; a bitmap reading needs no word."""
+    for method, said in (("page-sampling", True), ("dirty-bitmap", False)):
+        backend = populated_backend()
+        backend.dirty_rate_method = method
+        app = create_app(backend, refresh_s=60)
+        async with app.run_test(size=(120, 30)) as pilot:
+            dialog = await measured_dialog(pilot, app)
+            note = str(dialog.query_one("#prediction-note", Static).render())
+            assert ("dirty rate sampled: may converge later" in note) is said, note
+
+
 async def test_escape_cancels() -> None:
     backend = populated_backend()
     app = create_app(backend, refresh_s=60)

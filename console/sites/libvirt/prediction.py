@@ -32,20 +32,24 @@ from pcteleport.sites.libvirt.site_runtime import is_tcg
 DIRTY_CALC_S = 3  # long enough to see more than one burst of a workload, short for a dialog
 SAMPLE_PAGES = 16384  # single pages for the zero share (±0.4 %); as many in runs of 64 for zstd
 GOODPUT_RECORDS = 5  # recent runs over the same link whose WAN rate tells its goodput
+DIRTY_MODES = {libvirt.VIR_DOMAIN_DIRTYRATE_MODE_DIRTY_BITMAP: "dirty-bitmap",
+               libvirt.VIR_DOMAIN_DIRTYRATE_MODE_PAGE_SAMPLING: "page-sampling"}
 
 
 def dirty_rate(dom: libvirt.virDomain, conn: libvirt.virConnect,
-               seconds: int = DIRTY_CALC_S, bitmap: bool = True) -> float:
+               seconds: int = DIRTY_CALC_S, bitmap: bool = True) -> tuple[float, str]:
     """Bytes/s the guest writes, by QEMU's calc-dirty-rate: dirty-bitmap mode (every page
     written in the window counts once) where QEMU can, page sampling otherwise (and where
     `bitmap` is False: a QEMU that dirty-bitmap mode would crash), and page sampling too when
     dirty-bitmap read 0: every stored run (web, and tpcc, which rewrote ~10 MB/s during its
-    migrations) read 0 that way on the lab's TCG guests. A stat libvirt did not give is no
-    reading, not 0."""
+    migrations) read 0 that way on the lab's TCG guests: QEMU counts only KVM's dirty log
+    there. A stat libvirt did not give is no reading, not 0. Returns the rate and the mode
+    that measured it ("dirty-bitmap" or "page-sampling": sampling hashes pages, so it misses
+    writes that leave a page's bytes as they were, which QEMU's migration bitmap counts)."""
     modes = ([libvirt.VIR_DOMAIN_DIRTYRATE_MODE_DIRTY_BITMAP] if bitmap else []) + \
         [libvirt.VIR_DOMAIN_DIRTYRATE_MODE_PAGE_SAMPLING]
     last: Exception | None = None
-    readings: list[float] = []
+    readings: list[tuple[float, str]] = []
     for mode in modes:
         try:
             dom.startDirtyRateCalc(seconds, mode)
@@ -62,10 +66,10 @@ def dirty_rate(dom: libvirt.virDomain, conn: libvirt.virConnect,
                 if mib is None:
                     last = PcteleportError("measured, but no dirtyrate.megabytes_per_second")
                 else:
-                    readings.append(float(mib) * 2**20)
+                    readings.append((float(mib) * 2**20, DIRTY_MODES[mode]))
                 break
             time.sleep(0.2)
-        if readings and readings[-1] > 0:
+        if readings and readings[-1][0] > 0:
             return readings[-1]
     if readings:
         return max(readings)
@@ -138,14 +142,14 @@ def measure(plan: Plan, agent: GuestAgent, link: WanLink | None, store: RecordSt
         inp.max_downtime_ms = None
 
     # The dirty rate is measured by QEMU while the agent walks the cache and RAM is sampled.
-    rate: dict[str, float] = {}
+    rate: dict[str, tuple[float, str]] = {}
     xml = dom.XMLDesc(0)
     inp.qemu_version = plan.src.domain_qemu_version(xml)
     bitmap = not dirty_bitmap_crashes(inp.qemu_version, is_tcg(xml))
 
     def calc() -> None:
         try:
-            rate["bytes_per_s"] = dirty_rate(dom, plan.src.conn(), bitmap=bitmap)
+            rate["reading"] = dirty_rate(dom, plan.src.conn(), bitmap=bitmap)
         except (PcteleportError, libvirt.libvirtError) as exc:
             inp.problems.append(str(exc))
 
@@ -193,8 +197,9 @@ def measure(plan: Plan, agent: GuestAgent, link: WanLink | None, store: RecordSt
     except PcteleportError as exc:
         inp.problems.append(f"RAM sample: {exc}")
     dirty.join()
-    inp.dirty_rate_bytes_per_s = rate.get("bytes_per_s")
-    inp.dirty_calc_s = DIRTY_CALC_S if "bytes_per_s" in rate else 0.0
+    if "reading" in rate:
+        inp.dirty_rate_bytes_per_s, inp.dirty_rate_method = rate["reading"]
+        inp.dirty_calc_s = DIRTY_CALC_S
     inp.took_s = time.monotonic() - t0
     after = disk_writes(dom, [d.target for d in moving])
     if written is not None and after is not None and inp.took_s > 0:
