@@ -218,9 +218,9 @@ class Precopy:
 @dataclass(frozen=True)
 class Stream:
     """How one mode's stream carries pages: round 1 (every page once), a page resent later
-    on the WAN, and as QEMU counts it on its own socket (QEMU sizes the switch-over and
-    auto-converge by its own bandwidth: zstd's compressed bytes, the raw pages it hands
-    teleport's relay)."""
+    on the WAN, and as QEMU counts it on its own socket (auto-converge compares the pages
+    dirtied with those bytes: zstd's compressed bytes, the raw pages it hands teleport's
+    relay)."""
 
     first_wan: float
     first_qemu: float
@@ -251,11 +251,14 @@ def precopy(stream: Stream, dirty_pages_per_s: float, span: int, rate: float,
     what is pending and syncs again: after the whole round, or every 5 s once auto-converge
     runs on a QEMU that has its periodic sync. At each sync a period that dirtied more than
     half of what QEMU sent counts as high, and every second one throttles the vCPUs a step.
-    Done when what is pending fits the downtime limit at QEMU's own bandwidth."""
+    Done when what is pending fits the downtime limit at the link's rate in guest bytes."""
     t = max(stream.first_wan / rate, min_round_s)
     sent = stream.first_wan
     pages_per_s = rate / stream.page_wan
-    fits = pages_per_s * stream.page_qemu * downtime_s / PAGE_SIZE
+    # QEMU's switch-over threshold is its bandwidth x the limit, in guest bytes: zstd's is
+    # in compressed bytes and teleport's is told the WAN's rate (switchover.py), so for every
+    # mode it is the link's rate in raw pages: compression does not widen it
+    fits = rate * downtime_s / PAGE_SIZE
     pending = min(dirtied(dirty_pages_per_s, span, t) + first_extra, float(span))
     throttle, high = 0.0, 0
     if auto_converge and pending * PAGE_SIZE > THROTTLE_TRIGGER * stream.first_qemu:

@@ -166,15 +166,20 @@ def test_periodic_syncs_throttle_within_what_would_be_one_long_round() -> None:
     assert not periodic_sync("7.2.22") and not periodic_sync("9.1.3")
 
 
-def test_qemu_switches_over_by_its_own_bandwidth() -> None:
-    """zstd: QEMU counts compressed bytes, so what fits its downtime limit is as many raw
-    pages as the link carries compressed bytes in that time, not more."""
-    rate, dirty = 12.5e6, 2000.0
-    plain = precopy(stream(), dirty, 2**18, rate, 1.0, auto_converge=False)
-    # same WAN cost per page, but QEMU counts a third of it: the remainder must shrink more
-    counted_less = precopy(stream(qemu=4104 / 3), dirty, 2**18, rate, 1.0,
-                           auto_converge=False)
-    assert counted_less.rounds > plain.rounds
+def test_compression_does_not_widen_the_switch_over_threshold() -> None:
+    """QEMU switches over when what is pending fits the limit at its bandwidth in guest bytes
+    (zstd's counted compressed, teleport's told the WAN's rate): a remainder of 15 MB at a
+    12.5 MB/s link does not fit 1 s raw, though it would compressed 3x. It costs a round."""
+    pending = 15e6 / 4096
+    raw = precopy(stream(), 0.0, 2**18, 12.5e6, 1.0, auto_converge=False,
+                  first_extra=pending)
+    # teleport-like: QEMU hands its relay raw pages, the relay sends a third of the bytes
+    packed = precopy(stream(page=4104 / 3, qemu=4104), 0.0, 2**18, 12.5e6, 1.0,
+                     auto_converge=False, first_extra=pending)
+    assert raw.rounds == packed.rounds == 3  # round 1, the remainder, stop-and-copy
+    fits = precopy(stream(page=4104 / 3, qemu=4104), 0.0, 2**18, 12.5e6, 1.0,
+                   auto_converge=False, first_extra=10e6 / 4096)
+    assert fits.rounds == 2  # round 1, then the remainder in stop-and-copy
 
 
 def test_synchronous_writes_cross_once() -> None:
