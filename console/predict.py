@@ -248,10 +248,11 @@ def precopy(stream: Stream, dirty_pages_per_s: float, span: int, rate: float,
     """QEMU's precopy, sync by sync. Round 1 sends `stream.first_wan` (never faster than
     `min_round_s`, a CPU bound); at its end every page written meanwhile is pending, at least
     `first_extra` (drop-cache's re-reads: the refill of the dropped cache is what the guest's
-    measured dirtying, cache turnover, mostly is, so the larger of the two counts, not both). Then QEMU sends
-    what is pending and syncs again: after the whole round, or every 5 s once auto-converge
-    runs on a QEMU that has its periodic sync. At each sync a period that dirtied more than
-    half of what QEMU sent counts as high, and every second one throttles the vCPUs a step.
+    measured dirtying, cache turnover, mostly is, so the larger of the two counts, not both).
+    Then QEMU sends what is pending and syncs again: after the whole round, or every 5 s once
+    auto-converge runs on a QEMU that has its periodic sync. At each sync a period that
+    dirtied more than half of what QEMU sent counts as high, and every second one throttles
+    the vCPUs a step.
     Done when what is pending fits the downtime limit at the link's rate in guest bytes."""
     t = max(stream.first_wan / rate, min_round_s)
     sent = stream.first_wan
