@@ -310,3 +310,16 @@ def test_a_sampled_dirty_rate_comes_with_a_caveat_and_the_dry_run_carries_it() -
     assert caveats(inputs(dirty_rate_method="dirty-bitmap")) == []
     assert prediction_summary("web", "osaka", sampled)["caveats"] == caveats(sampled)
     assert prediction_summary("web", "osaka", inputs())["caveats"] == []
+
+
+def test_a_teleport_that_can_use_none_of_its_map_sends_what_zstd_sends() -> None:
+    """Mapped pages sent whole are cache pages and compress as those do (the sample's ratio on
+    every page, less the share of those no map names): with every mapped block written since
+    the base, teleport's relay compresses the same pages zstd does, to the same bytes."""
+    inp = inputs(zstd_ratio=0.4, zstd_ratio_rest=0.25, map_written_share=1.0)
+    tele = predict(inp, Mode.TELEPORT, NO_OVERHEAD)
+    zstd = predict(inp, Mode.ZSTD, NO_OVERHEAD)
+    assert tele.memory_wan_bytes == pytest.approx(zstd.memory_wan_bytes, rel=0.01)
+    # a usable map sends less
+    assert predict(inputs(zstd_ratio=0.4, zstd_ratio_rest=0.25), Mode.TELEPORT,
+                   NO_OVERHEAD).memory_wan_bytes < tele.memory_wan_bytes
