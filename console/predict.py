@@ -13,9 +13,9 @@ on one estimate and a test can pin it. The model is QEMU precopy over a link:
 * QEMU then resends what the guest wrote meanwhile: the pages written in a window, at the
   measured dirty rate, where a write to a page already written adds nothing (`dirtied`), so
   a long round finds fewer than rate x time; it syncs after each round, or every 5 s once
-  auto-converge runs (QEMU >= 9.2), and done when what is left fits the downtime limit at
-  QEMU's own bandwidth; auto-converge throttles the vCPUs by QEMU's steps (20 %, then +10 %
-  every second sync period that dirtied more than half of what QEMU sent);
+  auto-converge runs (QEMU >= 9.2), and is done when what is left fits the downtime limit at
+  the link's rate in guest bytes; auto-converge throttles the vCPUs by QEMU's steps (20 %,
+  then +10 % every second sync period that dirtied more than half of what QEMU sent);
 * drop-cache turns the clean cache into zero pages, but the workload reads its files again
   while the migration runs (`reread_share` of the clean cache): round 1 finds those pages
   full again, and they are dirtied after it passed them, so they cross twice (web: drop-cache
