@@ -15,6 +15,7 @@ from pcteleport.records import (
     Mode,
     ModePrediction,
     PredictionInputs,
+    Result,
     WanLink,
     to_dict,
 )
@@ -80,3 +81,8 @@ def test_an_unfinished_run_has_nothing_to_compare() -> None:
     r = _run(Mode.STOCK, "f")
     r.total_s, r.wan_bytes = None, 0
     assert repredict(r) is None
+    # an aborted run has bytes and a time, of a migration cut short
+    cut = _run(Mode.STOCK, "g")
+    assert repredict(cut) is not None
+    cut.result = Result.ABORTED
+    assert repredict(cut) is None

@@ -11,7 +11,13 @@ from pathlib import Path
 
 from pcteleport.bench.report import read_json
 from pcteleport.predict import DEFAULT_MODEL, PredictionModel, predict, t_min
-from pcteleport.records import MigrationRecord, ModePrediction, PredictionInputs, from_dict
+from pcteleport.records import (
+    MigrationRecord,
+    ModePrediction,
+    PredictionInputs,
+    Result,
+    from_dict,
+)
 
 
 @dataclass
@@ -54,9 +60,10 @@ def inputs_of(record: MigrationRecord) -> PredictionInputs | None:
 def repredict(record: MigrationRecord, source: str = "",
               model: PredictionModel = DEFAULT_MODEL) -> Repredicted | None:
     """None for a run whose record kept no inputs, or that did not finish (nothing to
-    compare)."""
+    compare: an aborted or failed run's bytes and time are those of a migration cut short)."""
     inp = inputs_of(record)
-    if inp is None or not record.total_s or not record.wan_bytes:
+    if inp is None or record.result is not Result.OK or not record.total_s \
+            or not record.wan_bytes:
         return None
     return Repredicted(source, record, record.prediction, record.t_min_s,
                        predict(inp, record.mode, model), t_min(inp, model))
