@@ -337,25 +337,21 @@ def predict(inp: PredictionInputs, mode: Mode,
     elif mode is Mode.TELEPORT:
         teleported = p.restorable - stale_pages(inp, p, ratio_rest, model)
         nonzero -= teleported
-    # teleport's pages sent whole: those no map names, compressed as the sample says, and the
-    # mapped ones it could not use (written since the base, rewritten since the map), which
-    # are cache pages and compress as those do (tpcc: 0.45 against 0.24 for the rest)
-    named_whole = max(0, min(p.named, p.nonzero) - teleported) if mode is Mode.TELEPORT else 0
-
-    if mode is Mode.ZSTD:
-        page_wan = PAGE_SIZE * ratio_all
-        zero_wan = model.zero_wan_bytes
-    elif mode is Mode.TELEPORT:
-        # a page resent after round 1 is any page the guest wrote: as compressible as RAM
-        page_wan = PAGE_SIZE * ratio_all
-        zero_wan = model.zero_wan_bytes
+    if mode in (Mode.ZSTD, Mode.TELEPORT):
+        # teleport: a page resent after round 1 is any page the guest wrote, as compressible
+        # as RAM at large
+        page_wan, zero_wan = PAGE_SIZE * ratio_all, model.zero_wan_bytes
     else:
         page_wan, zero_wan = float(PAGE_RECORD_BYTES), float(ZERO_RECORD_BYTES)
-    first = nonzero * page_wan + zero * zero_wan + teleported * model.teleport_ref_bytes
+    whole_wan = nonzero * page_wan
     if mode is Mode.TELEPORT:
-        first = (nonzero - named_whole) * PAGE_SIZE * ratio_rest + \
-            named_whole * PAGE_SIZE * _mapped_ratio(p, ratio_all, ratio_rest) + \
-            zero * zero_wan + teleported * model.teleport_ref_bytes
+        # teleport's pages sent whole: those no map names, compressed as the sample says, and
+        # the mapped ones it could not use (written since the base, rewritten since the map),
+        # which are cache pages and compress as those do (tpcc: 0.45 against 0.24 for the rest)
+        named_whole = max(0, min(p.named, p.nonzero) - teleported)
+        whole_wan = (nonzero - named_whole) * PAGE_SIZE * ratio_rest + \
+            named_whole * PAGE_SIZE * _mapped_ratio(p, ratio_all, ratio_rest)
+    first = whole_wan + zero * zero_wan + teleported * model.teleport_ref_bytes
     # what QEMU itself writes: teleport's relay gets every page whole, zstd is compressed
     page_qemu = float(PAGE_RECORD_BYTES) if mode is Mode.TELEPORT else page_wan
     first_qemu = first if mode is not Mode.TELEPORT else \
