@@ -27,6 +27,7 @@ from pcteleport.ui import palette, units
 from pcteleport.ui.console_screen import ConsoleScreen
 from pcteleport.ui.failures import describe
 from pcteleport.ui.messages import Exported, RecordsLoaded
+from pcteleport.ui.tables import ConsoleTable
 
 if TYPE_CHECKING:
     from pcteleport.ui.app import PcteleportApp
@@ -106,9 +107,9 @@ class CompareScreen(ConsoleScreen):
     def compose(self) -> ComposeResult:
         yield Header()
         yield Static(id="cmp-filters")
-        table: DataTable[Text | str] = DataTable(id="cmp-table", cursor_type="row",
-                                                 cursor_foreground_priority="renderable",
-                                                 zebra_stripes=True)
+        table: ConsoleTable[Text | str] = ConsoleTable(id="cmp-table", cursor_type="row",
+                                                       cursor_foreground_priority="renderable",
+                                                       zebra_stripes=True)
         table.add_column("when", key="when")
         table.add_column("VM", key="vm")
         table.add_column("route", key="route")

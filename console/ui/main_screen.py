@@ -30,6 +30,7 @@ from pcteleport.ui.messages import (
     TrackedMigrationStarted,
 )
 from pcteleport.ui.polling import PollSchedule
+from pcteleport.ui.tables import ConsoleTable
 from pcteleport.ui.tracker import MigrationTracker
 
 if TYPE_CHECKING:
@@ -108,8 +109,8 @@ class SitePane(Vertical):
     def compose(self) -> ComposeResult:
         yield Static(site_header(self.site, self.peers), classes="site-header")
         # The cursor row keeps each cell's own colours, so the composition bar stays readable.
-        table: DataTable[Text | str] = DataTable(cursor_type="row", zebra_stripes=True,
-                                                 cursor_foreground_priority="renderable")
+        table: ConsoleTable[Text | str] = ConsoleTable(cursor_type="row", zebra_stripes=True,
+                                                       cursor_foreground_priority="renderable")
         table.add_column("VM", key="name")
         table.add_column("state", key="state")
         table.add_column("vCPU", key="vcpus")

@@ -20,6 +20,7 @@ from pcteleport.records import VM, Composition, Mode, PredictionInputs, Site
 from pcteleport.ui import palette, units
 from pcteleport.ui.failures import describe
 from pcteleport.ui.messages import PredictionMeasured
+from pcteleport.ui.tables import ConsoleTable
 
 if TYPE_CHECKING:
     from pcteleport.ui.app import PcteleportApp
@@ -72,7 +73,7 @@ class MigrateDialog(ModalScreen[MigrationRequest | None]):
             if self.engine_warning:
                 yield Static(Text(f"⚠ {self.engine_warning}", style="bold"),
                              id="engine-warning")
-            table: DataTable[Text | str] = DataTable(id="predictions", cursor_type="none")
+            table: ConsoleTable[Text | str] = ConsoleTable(id="predictions", cursor_type="none")
             table.add_column("mode", key="mode")
             table.add_column("WAN bytes", key="wan")
             table.add_column("time", key="time")

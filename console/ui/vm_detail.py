@@ -29,6 +29,7 @@ from pcteleport.ui.messages import (
     TrackedMigrationStarted,
 )
 from pcteleport.ui.polling import PollSchedule
+from pcteleport.ui.tables import ConsoleTable
 from pcteleport.ui.tracker import MigrationTracker
 
 if TYPE_CHECKING:
@@ -106,7 +107,7 @@ class VMDetailScreen(ConsoleScreen):
         yield Static(id="vm-numbers")
         yield Static(history_legend(), id="vm-history-legend")
         yield PlotextPlot(id="vm-history")
-        disks: DataTable[Text | str] = DataTable(id="vm-disks", cursor_type="none")
+        disks: ConsoleTable[Text | str] = ConsoleTable(id="vm-disks", cursor_type="none")
         disks.add_column("disk", key="disk")
         disks.add_column("size", key="size")
         for site in self.sites:  # one column per site: its replica of the disk
