@@ -8,6 +8,7 @@ differ, a reader of the screenshot sees something the console does not show (iss
 
 from __future__ import annotations
 
+import difflib
 import html
 import re
 
@@ -47,3 +48,31 @@ def harsh(svg: str) -> list[str]:
 def differences(svg: str) -> list[tuple[str, str]]:
     """(terminal line, harsh viewer's line) for every line the two read differently."""
     return [(a, b) for a, b in zip(shown(svg), harsh(svg), strict=True) if a != b]
+
+
+_STYLED = re.compile(r'<text class="[^"]*-(?P<cls>r\d+)" x="(?P<x>[^"]*)" y="(?P<y>[^"]*)"')
+_STYLE = re.compile(r"\.[\w-]*-(?P<cls>r\d+) \{ (?P<css>[^}]*)\}")
+
+
+def _styles(svg: str) -> list[list[tuple[float, str]]]:
+    """Per screen row, (x, the run's CSS) of each run: what `shown` drops (colours, bold)."""
+    css = {m["cls"]: m["css"].strip() for m in _STYLE.finditer(svg)}
+    rows: dict[float, list[tuple[float, str]]] = {}
+    for m in _STYLED.finditer(svg):
+        rows.setdefault(float(m["y"]), []).append((float(m["x"]), css.get(m["cls"], m["cls"])))
+    return [sorted(runs) for _, runs in sorted(rows.items())]
+
+
+def explain(expected: str, actual: str) -> str:
+    """What a failed snapshot shows differently, as text a CI log can hold: the rows whose
+    words differ (a unified diff), else the rows whose colours differ, naming the columns."""
+    want, got = shown(expected), shown(actual)
+    if want != got:
+        return "\n".join(difflib.unified_diff(want, got, "snapshot", "now", lineterm="", n=1))
+    lines = []
+    for row, (a, b) in enumerate(zip(_styles(expected), _styles(actual), strict=False)):
+        if a != b:
+            cols = sorted({round(x / 12.2) for x, _ in set(a) ^ set(b)})
+            lines.append(f"row {row} ({got[row] if row < len(got) else ''!r}): styles differ "
+                         f"at columns {cols[:12]}")
+    return "\n".join(lines) or "same words and styles: the SVGs differ elsewhere (size, title)"

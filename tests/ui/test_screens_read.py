@@ -15,7 +15,7 @@ from rich.text import Text
 from pcteleport.record_store import RecordStore
 from pcteleport.ui.svg_export import legible_svg
 from tests.record_factory import constructed_run
-from tests.ui.svg_reading import differences, harsh, shown
+from tests.ui.svg_reading import differences, explain, harsh, shown
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 
@@ -100,3 +100,17 @@ def test_shipped_screenshots_read_the_same_in_any_viewer(path: Path) -> None:
     assert differences(path.read_text(encoding="utf-8")) == [], "run `make screenshots`"
 
 
+
+
+def test_a_failed_snapshot_says_which_rows_differ() -> None:
+    # A flaky snapshot in a CI run is a bug report: the log must say what the screen showed.
+    svg = (ROOT / "tests" / "ui" / "__snapshots__" / "test_snapshots"
+           / "test_main_screen[80x24].svg").read_text(encoding="utf-8")
+    assert explain(svg, svg).startswith("same words and styles")
+    worded = explain(svg, svg.replace(">connected<", ">gone&#160;away<", 1))
+    assert "-│ tokyo  10.77.0.1  libvirt 9.0.0  ● connected" in worded
+    assert "+│ tokyo  10.77.0.1  libvirt 9.0.0  ● gone away" in worded
+    first = svg.index('class="terminal-r5" x="24.4"')  # "tokyo", bold
+    restyled = svg[:first] + 'class="terminal-r2" x="24.4"' + svg[first + 28:]
+    assert explain(svg, restyled).startswith("row 2 ('│ tokyo  10.77.0.1") \
+        and "styles differ at columns [2]" in explain(svg, restyled)

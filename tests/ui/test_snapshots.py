@@ -11,15 +11,16 @@ from typing import Any
 
 import pytest
 from textual.pilot import Pilot
+from textual.widgets import DataTable
 
 from pcteleport.backend import MigrationRequest
 from pcteleport.records import ConnectionState, Mode, Site
-from pcteleport.ui.app import create_app
+from pcteleport.ui.app import PcteleportApp, create_app
 from pcteleport.ui.compare_screen import CompareScreen
 from pcteleport.ui.main_screen import SitePane
 from pcteleport.ui.migration_view import MigrationView
 from tests.record_factory import MIB, constructed_run
-from tests.ui.conftest import wait_for
+from tests.ui.conftest import steady, wait_for
 from tests.ui.fake_backend import FakeBackend, populated_backend
 
 SIZES = [pytest.param((80, 24), id="80x24"), pytest.param((160, 48), id="160x48")]
@@ -33,6 +34,18 @@ def _utc(monkeypatch: pytest.MonkeyPatch) -> Any:
     yield
     monkeypatch.undo()
     time.tzset()
+
+
+@pytest.fixture(autouse=True)
+def _toasts_stay(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A toast lasts seconds (migration ok: 4 s); on a loaded machine the picture was taken
+    # after it had gone. The snapshots show it as an operator sees it when it comes.
+    notify = PcteleportApp.notify
+
+    def lasting(self: PcteleportApp, message: str, **kwargs: Any) -> None:
+        notify(self, message, **{**kwargs, "timeout": 600})
+
+    monkeypatch.setattr(PcteleportApp, "notify", lasting)
 
 
 def backend() -> FakeBackend:
@@ -51,7 +64,13 @@ async def loaded(pilot: Pilot) -> None:
     app = pilot.app
     await wait_for(pilot, lambda: sum(p.table.row_count for p in app.screen.query(SitePane)
                                       if p.ready) == 4)
-    await pilot.pause(0.1)
+    await wait_for(pilot, lambda: isinstance(app.focused, DataTable), what="a table's focus")
+    # a table sizes its columns to new rows when idle: on a loaded machine a snapshot caught
+    # them at their old widths ("runni", "1.0 Gi")
+    await wait_for(pilot, lambda: not any(getattr(t, "_require_update_dimensions", False)
+                                          for t in app.screen.query(DataTable)),
+                   what="the tables' column widths")
+    await steady(pilot)
 
 
 def then(*keys: str, until: Callable[[Pilot], bool] | None = None) -> Callable[[Pilot], Any]:
@@ -60,7 +79,7 @@ def then(*keys: str, until: Callable[[Pilot], bool] | None = None) -> Callable[[
         await pilot.press(*keys)
         if until is not None:
             await wait_for(pilot, lambda: until(pilot))
-        await pilot.pause(0.2)
+        await steady(pilot)
 
     return run
 
@@ -111,7 +130,7 @@ def test_migration_view_finished(snap_compare: Any, size: tuple[int, int]) -> No
         view = MigrationView(app.tracker.start(request), app.tracker)
         await app.push_screen(view)
         await wait_for(pilot, lambda: view.final is not None)
-        await pilot.pause(0.2)
+        await steady(pilot)
 
     assert snap_compare(app, terminal_size=size, run_before=run)
 
