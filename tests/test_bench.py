@@ -517,9 +517,12 @@ def _bench(tmp_path: Path, scenario: str, modes: str) -> dict:
 @pytest.mark.root
 @pytest.mark.lab
 @pytest.mark.slow
-def test_web_small_all_modes(lab, tmp_path):
-    runs = _bench(tmp_path, "web-small", "stock,drop-cache,zstd,teleport")
-    assert {"stock", "teleport", "zstd", "drop-cache"} <= set(runs)
+def test_web_small_teleport_against_stock(lab, tmp_path):
+    """The bench's table, plots and workload with the two modes it compares first. zstd and
+    drop-cache ran here too (another 170 s of the suite) and tested no more of the bench: every
+    mode migrates in test_every_mode_migrates_there_and_back."""
+    runs = _bench(tmp_path, "web-small", "stock,teleport")
+    assert {"stock", "teleport"} == {m for m in runs if not m.startswith("_")}
     assert runs["stock"]["site_after"] == runs["teleport"]["site_after"] == "osaka"
     tel, stock = runs["teleport"]["record"], runs["stock"]["record"]
     assert tel["pages"]["teleported"] > 0
@@ -534,7 +537,7 @@ def test_web_small_all_modes(lab, tmp_path):
 def test_tpcc_small_teleport(lab, tmp_path):
     """The scenario's [bench] settings reach the runs (auto-converge, and with it the guest's
     disk writes waiting for the mirror), and its workload runs. Teleport alone: stock beside
-    it cost 70 s of the suite; teleport against stock is test_web_small_all_modes's."""
+    it cost 70 s of the suite; teleport against stock is test_web_small_teleport_against_stock's."""
     runs = _bench(tmp_path, "tpcc-small", "teleport")
     assert "auto-converge for every mode" in runs["_md"]  # as tpcc-small.toml says
     log = [line["text"] for line in runs["teleport"]["record"]["log"]]
