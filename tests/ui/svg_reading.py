@@ -14,7 +14,7 @@ import re
 
 from rich.cells import cell_len
 
-_TEXT = re.compile(r'<text class="[^"]*-r\d+" x="(?P<x>[^"]*)" y="(?P<y>[^"]*)" '
+_TEXT = re.compile(r'<text class="[^"]*-(?P<cls>r\d+)" x="(?P<x>[^"]*)" y="(?P<y>[^"]*)" '
                    r'textLength="(?P<len>[^"]*)"[^>]*>(?P<body>[^<]*)</text>')
 
 
@@ -50,7 +50,6 @@ def differences(svg: str) -> list[tuple[str, str]]:
     return [(a, b) for a, b in zip(shown(svg), harsh(svg), strict=True) if a != b]
 
 
-_STYLED = re.compile(r'<text class="[^"]*-(?P<cls>r\d+)" x="(?P<x>[^"]*)" y="(?P<y>[^"]*)"')
 _STYLE = re.compile(r"\.[\w-]*-(?P<cls>r\d+) \{ (?P<css>[^}]*)\}")
 
 
@@ -58,7 +57,7 @@ def _styles(svg: str) -> list[list[tuple[float, str]]]:
     """Per screen row, (x, the run's CSS) of each run: what `shown` drops (colours, bold)."""
     css = {m["cls"]: m["css"].strip() for m in _STYLE.finditer(svg)}
     rows: dict[float, list[tuple[float, str]]] = {}
-    for m in _STYLED.finditer(svg):
+    for m in _TEXT.finditer(svg):
         rows.setdefault(float(m["y"]), []).append((float(m["x"]), css.get(m["cls"], m["cls"])))
     return [sorted(runs) for _, runs in sorted(rows.items())]
 

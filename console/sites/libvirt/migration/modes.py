@@ -121,7 +121,7 @@ def prepare_teleport(plan: Plan, dom: libvirt.virDomain, journal: Journal,
     and libvirt prepares the destination, and handed to the send relay when it comes. The
     disks' tunnel starts beside the relays (each pair is a few SSH round trips and two
     processes starting: one after the other, they held the WAN idle ~0.5 s longer)."""
-    tunnel_up = (_disks_through_tunnel(plan, journal, out)
+    tunnel_up = (_disks_through_tunnel(plan, out)
                  if not plan.insecure and libvirt.VIR_MIGRATE_PARAM_DISKS_URI in out.params
                  else None)
     try:
@@ -176,7 +176,7 @@ def _relays_and_map(plan: Plan, dom: libvirt.virDomain, journal: Journal,
     out.params[libvirt.VIR_MIGRATE_PARAM_LISTEN_ADDRESS] = "127.0.0.1"
 
 
-def _disks_through_tunnel(plan: Plan, journal: Journal, out: Prepared) -> Future[None]:
+def _disks_through_tunnel(plan: Plan, out: Prepared) -> Future[None]:
     """libvirt's TLS would hide the memory stream from the send relay, so teleport's NBD copy
     goes through our own tunnel, in the relays' AES-256-GCM frames: libvirt's NBD server at
     the destination on a unix socket, the same path at the source where QEMU connects.
