@@ -47,12 +47,13 @@ def test_composition_lines_add_up() -> None:
         assert s["source"] in ("module", "fallback")
 
 
-def test_map_goes_ahead_of_the_guests_work_and_verify_behind_it() -> None:
+def test_map_goes_ahead_of_the_guests_work_and_the_checks_beside_it() -> None:
     """Requests run at their own nice value (this thread only) and leave it as it was."""
     import os
     import threading
 
-    assert agent.NICE_FOR["map"] < 0 < agent.NICE_FOR["verify"]
+    assert agent.NICE_FOR["map"] < 0
+    assert agent.NICE_FOR["verify"] == agent.NICE_FOR["check-writes"] == 0
     seen: dict[str, int] = {}
 
     def probe() -> None:  # a thread of its own: its nice value is its own on Linux
@@ -67,6 +68,24 @@ def test_map_goes_ahead_of_the_guests_work_and_verify_behind_it() -> None:
     t.start()
     t.join()
     assert seen == {"inside": 3, "none": 0, "after": 0}
+
+
+def test_files_on_lists_regular_files_and_stays_out_of_mounts_below(tmp_path, monkeypatch) -> None:
+    """The walk for verify and the fallback map: every regular file, however deep; never a
+    FIFO, a symlink or a directory another filesystem is mounted on."""
+    import os
+
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / "mnt" / "inner").mkdir(parents=True)
+    for rel in ("top", "a/one", "a/b/two", "mnt/inner/other-fs"):
+        (tmp_path / rel).write_text(rel)
+    os.mkfifo(tmp_path / "a" / "fifo")
+    (tmp_path / "a" / "link").symlink_to(tmp_path / "top")
+    real = agent._mounts()
+    monkeypatch.setattr(agent, "_mounts", lambda: [*real, ("tmpfs", str(tmp_path / "mnt"),
+                                                           "tmpfs")])
+    found = sorted(os.path.relpath(p, tmp_path) for p in agent._files_on(str(tmp_path)))
+    assert found == ["a/b/two", "a/one", "top"]
 
 
 def test_unknown_disk_is_one_clear_line() -> None:
