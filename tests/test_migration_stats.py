@@ -112,6 +112,22 @@ def test_relay_cpu_per_gb_of_guest_memory():
     assert stats.relay_cpu(send, None) is None
     assert stats.relay_cpu(send, events.Summary(counters=pages)) is None
     assert stats.relay_cpu(events.Summary(counters=CodecCounters(), cpu_s=0.1), recv) is None
+def test_the_sampler_polls_once_a_second_and_never_in_a_burst():
+    c = stats.Cadence(start=100.0)
+    assert c.due_in(100.0) == 0.5  # a first sample soon
+    seen = []
+    now = 100.0
+    for took in (0.01, 0.02, 0.01, 56.9, 0.01, 0.01):  # the fourth poll blocked ~57 s
+        now += c.due_in(now)
+        now += took
+        seen.append(round(now, 2))
+        c.polled(now)
+    # a steady second apart, whatever each poll took; after the blocked one, half a second
+    # from its return, then a steady second again: never two samples 10 ms apart
+    assert seen == [100.51, 101.52, 102.51, 160.4, 160.91, 161.91]
+    assert c.due_in(seen[-1] + 2.0) == 0.0  # late: due now, once
+
+
 def test_a_stall_counts_from_the_last_time_any_byte_moved():
     s = stats.Stall(now=100.0)
     assert s.still_for(0, 100.0) == 0.0  # the first reading is progress

@@ -160,6 +160,25 @@ def split_wan(wan_bytes: int, memory_bytes: int, relay_wan_bytes: int | None,
     return wan_bytes - memory, memory
 
 
+class Cadence:
+    """When the progress sampler polls libvirt: one a second on a steady clock, the first
+    after half a second. A poll that blocked (libvirt's job stats wait while a job cancels
+    over a dead link: a minute with the disks in an IOThread) is followed by the next half a
+    second after it returned, not at once by catch-up polls (two samples 10 ms apart)."""
+
+    def __init__(self, start: float, first: float = 0.5) -> None:
+        self.start, self.tick = start, first
+
+    def due_in(self, now: float) -> float:
+        """Seconds until the next poll is due (0: now)."""
+        return max(0.0, self.start + self.tick - now)
+
+    def polled(self, now: float) -> None:
+        """A poll returned at `now`: the next one a second after this one was due, and at
+        least half a second from now."""
+        self.tick = max(self.tick + 1.0, now - self.start + 0.5)
+
+
 class Stall:
     """How long a migration has moved no byte, disk or memory (libvirt's processed counters):
     a WAN that carries nothing leaves QEMU blocked in its socket and TCP retrying for many

@@ -23,6 +23,7 @@ from pcteleport.sites.libvirt.migration.plan import (
     fmt_bytes,
 )
 from pcteleport.sites.libvirt.migration.stats import (
+    Cadence,
     Convergence,
     DiskConvergence,
     Stall,
@@ -137,17 +138,17 @@ class Transfer:
         converging = Convergence.for_run(self.plan.auto_converge)
         disks_converging = DiskConvergence()
         moving = [d.target for d in self.plan.disks if d.writable]  # the mirror's disks
-        tick = 0.5  # a first sample soon, then one a second on a steady clock
+        cadence = Cadence(start)
         while worker.is_alive():
-            worker.join(max(0.0, start + tick - time.monotonic()))
-            # one a second; after jobStats blocked (a job cancelling on a dead link), no burst
-            # of catch-up samples
-            tick = max(tick + 1.0, time.monotonic() - start + 0.5)
+            worker.join(cadence.due_in(time.monotonic()))
             if not worker.is_alive():
                 break
             try:
                 stats = dom.jobStats()  # (not dom.state(): it waits seconds for the job lock)
             except libvirt.libvirtError:
+                stats = None
+            cadence.polled(time.monotonic())  # (after it: the poll itself may have blocked)
+            if stats is None:
                 continue  # the job just ended; the worker tells us how
             wan_rate = (wan.update(meter.latest, meter.latest_at) if meter is not None
                         else 0.0)
