@@ -51,7 +51,7 @@ def _q(value: object) -> str:
 def _disk(d: LabDisk) -> str:
     return (
         "    <disk type='file' device='disk'>\n"
-        "      <driver name='qemu' type='qcow2' iothread='1'/>\n"
+        "      <driver name='qemu' type='qcow2'/>\n"
         f"      <source file={_q(d.overlay)}/>\n"
         "      <backingStore type='file'>\n"
         "        <format type='raw'/>\n"
@@ -87,10 +87,6 @@ def domain_xml(spec: VmSpec, boot: GuestBoot) -> str:
         f"  <memory unit='MiB'>{spec.memory_mib}</memory>\n"
         "  <memoryBacking><source type='memfd'/><access mode='shared'/></memoryBacking>\n"
         f"  <vcpu>{spec.vcpus}</vcpu>\n"
-        # the disks' I/O in an IOThread, as operators run them: the destination's NBD server
-        # then answers the disk copy while its main loop loads the memory stream
-        # (storage.main_loop_note)
-        "  <iothreads>1</iothreads>\n"
         f"{os_xml}\n"
         "  <features><acpi/></features>\n"
         "  <cpu mode='maximum' check='none'/>\n"
