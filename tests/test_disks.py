@@ -77,25 +77,6 @@ def test_the_domains_disks_with_their_bases():
         "/srv/images/web-data.raw", "/srv/images/root.raw", "/srv/replicas/ref.raw"]
 
 
-def test_teleport_names_the_moving_disks_served_from_the_main_loop():
-    moves = plan_mod.disk_moves(domain_disks(XML))
-    moving = [m for m in moves if m.writable]
-    # no IOThread anywhere: both moving disks named, the read-only replica (it stays) not
-    note = storage.main_loop_note(XML, moving)
-    assert note.startswith("storage: vda, vdb have no IOThread:")
-    assert "vdc" not in note and "<driver iothread='N'/>" in note
-    # one disk given an IOThread by the attribute, the other by libvirt's mapping element
-    one = XML.replace("<driver name='qemu' type='qcow2'/>",
-                      "<driver name='qemu' type='qcow2' iothread='1'/>", 1)
-    assert storage.main_loop_note(one, moving).startswith("storage: vdb has no IOThread:")
-    both = one.replace("<driver name='qemu' type='qcow2'/>",
-                       "<driver name='qemu' type='qcow2'><iothreads><iothread id='2'/>"
-                       "</iothreads></driver>", 1)
-    assert [d.iothread for d in domain_disks(both)] == ["1", "2", ""]
-    assert storage.main_loop_note(both, moving) == ""
-    assert storage.main_loop_note(XML, []) == ""  # nothing moves: nothing to say
-
-
 def make_plan(host_log: list | None = None, wan_addr: str = "10.77.0.2",
               auto_converge: bool = False):
     disks = domain_disks(XML)

@@ -39,9 +39,6 @@ class DomainDisk:
     format: str = "raw"  # of `path`: raw, qcow2, ...
     base: str = ""  # the image under `path` (its backing file), "" for a disk of one image
     base_format: str = ""
-    #: the IOThread(s) its I/O runs in ("" for QEMU's main loop): `<driver iothread=N>`, or
-    #: libvirt's `<driver><iothreads><iothread id=N/>` mapping
-    iothread: str = ""
 
     @property
     def writable(self) -> bool:
@@ -104,12 +101,8 @@ def domain_disks(xml: str) -> list[DomainDisk]:
             f = backing.find("format")
             base_fmt = (f.get("type") if f is not None else None) or "raw"
         serial = disk.findtext("serial") or ""
-        threads = (driver.get("iothread") or ",".join(
-            t.get("id", "") for t in driver.iterfind("./iothreads/iothread"))
-            if driver is not None else "")
         out.append(DomainDisk(target.get("dev", ""), path, serial,
-                              disk.find("readonly") is not None, fmt, base, base_fmt,
-                              threads))
+                              disk.find("readonly") is not None, fmt, base, base_fmt))
     return out
 
 

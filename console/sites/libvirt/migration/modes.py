@@ -121,9 +121,6 @@ def prepare_teleport(plan: Plan, dom: libvirt.virDomain, journal: Journal,
     and libvirt prepares the destination, and handed to the send relay when it comes. The
     disks' tunnel starts beside the relays (each pair is a few SSH round trips and two
     processes starting: one after the other, they held the WAN idle ~0.5 s longer)."""
-    note = storage.main_loop_note(dom.XMLDesc(0), [d for d in plan.disks if d.writable])
-    if note:
-        journal.log(note)
     tunnel_up = (_disks_through_tunnel(plan, out)
                  if not plan.insecure and libvirt.VIR_MIGRATE_PARAM_DISKS_URI in out.params
                  else None)

@@ -124,24 +124,6 @@ def prepare(plan: Plan, dom: libvirt.virDomain, log: Log, out: Storage) -> None:
             "converges however fast the guest writes")
 
 
-def main_loop_note(xml: str, moving: list[DiskMove]) -> str:
-    """A line for teleport when disks it copies have no IOThread, else "". libvirt's NBD server
-    at the destination is that QEMU's, and a disk without an IOThread is served from its main
-    loop, which loads the incoming memory stream without pause while it has bytes to read:
-    teleport's relay restores pages faster than any WAN delivers them, so the mirror's last
-    writes and the flush at the switch-over wait for the stream's end (web on the lab: NBD
-    writes answered 0.3-0.7 s late, downtime median 0.95 s in 21 runs; with an IOThread most
-    answered within 2 ms, median 0.62 s in 10: docs/results.md)."""
-    targets = {d.target for d in moving}
-    bare = [d.target for d in domain_disks(xml) if d.target in targets and not d.iothread]
-    if not bare:
-        return ""
-    return (f"storage: {', '.join(bare)} {'has' if len(bare) == 1 else 'have'} no IOThread: "
-            "the destination QEMU serves the disks' copy from the main loop that loads the "
-            "memory stream, so the switch-over may wait for it (give the disks "
-            "<driver iothread='N'/> and the domain <iothreads>)")
-
-
 def destination_xml(dom: libvirt.virDomain, plan: Plan, base_xml: str | None = None) -> str:
     """The domain as the destination must define it when the disks go whole: their images
     stand alone (no backing base)."""
